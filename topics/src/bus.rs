@@ -1,0 +1,408 @@
+//! Records on Kafka: the envelope edges publish, what workers send the router and the edges, and
+//! the edges' own lifecycle events. All JSON, all carrying the wire version.
+
+use crate::{Domain, Error, ErrorCode, Id, Request, Result, WIRE_VERSION};
+use serde::{Deserialize, Serialize};
+
+/// Who sent a request, as the edge knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Auth {
+    None,
+    /// An HTTP call or a handshake: the SHA-256 (hex) of the bearer token. The token itself never
+    /// leaves the edge.
+    Token { token_hash: String },
+    /// A frame on a WebSocket whose handshake was verified: workers still check that the session
+    /// exists (it may have been revoked or expired since).
+    Session { session_id: String, user_id: Id },
+}
+
+/// A client request wrapped by the edge that received it. Partitioned by [`Envelope::key`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub v: u16,
+    /// Edge that holds the client; replies go to its topic.
+    pub edge: String,
+    /// Connection on that edge (0 for an HTTP call).
+    pub conn: u64,
+    /// Edge-unique correlation id (answers HTTP calls and handshakes).
+    pub req: u64,
+    /// The client's own request id, echoed in the reply frame.
+    pub rid: Option<String>,
+    pub auth: Auth,
+    /// Client address as the edge saw it (first `X-Forwarded-For` hop behind nginx).
+    pub peer: Option<String>,
+    pub sent_at_ms: u64,
+    pub request: Request,
+}
+
+impl Envelope {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("envelopes always serialise")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        let env: Envelope = serde_json::from_slice(bytes)?;
+        if env.v != WIRE_VERSION {
+            return Err(Error::Version(env.v));
+        }
+        Ok(env)
+    }
+
+    /// The worker domain that handles this request.
+    pub fn domain(&self) -> Domain {
+        match &self.request {
+            Request::Ping
+            | Request::Login { .. }
+            | Request::Verify
+            | Request::Refresh
+            | Request::SessionList
+            | Request::Logout { .. }
+            | Request::LogoutAll => Domain::Auth,
+            Request::UserCreate { .. }
+            | Request::Me
+            | Request::UserLookup { .. }
+            | Request::UserDelete => Domain::Users,
+            Request::InviteSend { .. }
+            | Request::InviteRespond { .. }
+            | Request::InviteList
+            | Request::ConnectionRemove { .. } => Domain::Invites,
+            Request::DmOpen { .. }
+            | Request::DmList
+            | Request::DmHistory { .. }
+            | Request::DmSend { .. }
+            | Request::DmRead { .. }
+            | Request::DmSync { .. } => Domain::Dms,
+            Request::OnlineList { .. } | Request::BroadcastSend { .. } => Domain::Presence,
+        }
+    }
+
+    /// Kafka key: messages of one conversation share the conversation id so they stay in order;
+    /// everything else of one user stays in order by user; anonymous calls spread by request.
+    pub fn key(&self) -> String {
+        match (&self.request, &self.auth) {
+            (Request::DmSend { conversation_id, .. }, _) => format!("c{conversation_id}"),
+            (_, Auth::Session { user_id, .. }) => format!("u{user_id}"),
+            _ => format!("{}/{}", self.edge, self.req),
+        }
+    }
+}
+
+/// A session handed to an edge: after login (HTTP sets the cookie), after a refresh (rotated
+/// token), and after a handshake check (the edge tags the connection with it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionGrant {
+    pub session_id: String,
+    pub user_id: Id,
+    /// Present when a new token was minted (login, refresh).
+    pub token: Option<String>,
+    pub idle_timeout_s: u64,
+}
+
+/// Records on an edge's own topic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum EdgeMessage {
+    /// The answer to one request (a WebSocket frame, an HTTP call or a handshake check).
+    Reply {
+        conn: u64,
+        req: u64,
+        /// A serialised [`crate::ServerFrame`], written to the socket as is.
+        frame: String,
+        error: Option<ErrorCode>,
+        session: Option<SessionGrant>,
+        /// The session ended (logout of the current session): clear the cookie.
+        #[serde(default)]
+        clear_session: bool,
+    },
+    /// Write a frame to these connections.
+    Deliver { conns: Vec<u64>, frame: String },
+    /// Write a frame to every connection of this edge.
+    Broadcast { frame: String },
+    /// Write the frame, then close these connections (revoked sessions).
+    Close {
+        conns: Vec<u64>,
+        frame: String,
+        reason: String,
+    },
+}
+
+/// Who a delivery is for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Target {
+    /// Every connection of these users.
+    Users { user_ids: Vec<Id> },
+    /// Connections of one user opened with these sessions.
+    Sessions {
+        user_id: Id,
+        session_ids: Vec<String>,
+    },
+    /// Every connection on every live edge.
+    All,
+}
+
+/// A worker's request to the router: deliver `frame` to `target`, and close the connections if
+/// `close` is set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub v: u16,
+    pub target: Target,
+    pub frame: String,
+    #[serde(default)]
+    pub close: Option<String>,
+}
+
+impl Delivery {
+    pub fn new(target: Target, frame: String) -> Self {
+        Delivery {
+            v: WIRE_VERSION,
+            target,
+            frame,
+            close: None,
+        }
+    }
+
+    pub fn key(&self) -> String {
+        match &self.target {
+            Target::Users { user_ids } => user_ids
+                .first()
+                .map(|u| format!("u{u}"))
+                .unwrap_or_default(),
+            Target::Sessions { user_id, .. } => format!("u{user_id}"),
+            Target::All => "all".into(),
+        }
+    }
+}
+
+/// What an edge tells the presence workers about itself and its connections. Keyed by edge id,
+/// so the events of one edge are applied in order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum EdgeEvent {
+    /// A new process took this edge id: connections of earlier epochs are gone.
+    Started { edge: String, epoch: u64 },
+    Heartbeat {
+        edge: String,
+        epoch: u64,
+        connections: u64,
+    },
+    Connected {
+        edge: String,
+        conn: u64,
+        user_id: Id,
+        session_id: String,
+    },
+    Disconnected {
+        edge: String,
+        conn: u64,
+        user_id: Id,
+    },
+}
+
+/// Record of the presence topic: either an edge event or a client request envelope.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PresenceRecord {
+    Edge { v: u16, edge_event: EdgeEvent },
+    Request(Box<Envelope>),
+}
+
+impl EdgeEvent {
+    pub fn edge(&self) -> &str {
+        match self {
+            EdgeEvent::Started { edge, .. }
+            | EdgeEvent::Heartbeat { edge, .. }
+            | EdgeEvent::Connected { edge, .. }
+            | EdgeEvent::Disconnected { edge, .. } => edge,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(&PresenceRecord::Edge {
+            v: WIRE_VERSION,
+            edge_event: self.clone(),
+        })
+        .expect("edge events always serialise")
+    }
+}
+
+/// The epoch (boot time) an edge puts in the top 24 bits of its connection ids, so a connection
+/// id of an earlier process of the same edge id can be told from a live one.
+pub fn conn_epoch(conn: u64) -> u64 {
+    conn >> 40
+}
+
+/// A connection id: `epoch` (24 bits) then a per-process counter (40 bits).
+pub fn conn_id(epoch: u64, counter: u64) -> u64 {
+    ((epoch & 0xff_ffff) << 40) | (counter & 0xff_ffff_ffff)
+}
+
+/// Decode any record with a version field, rejecting unknown versions.
+pub fn decode_versioned<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    #[derive(Deserialize)]
+    struct V {
+        v: u16,
+    }
+    let v: V = serde_json::from_slice(bytes)?;
+    if v.v != WIRE_VERSION {
+        return Err(Error::Version(v.v));
+    }
+    Ok(serde_json::from_slice(bytes)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    fn env(request: Request, auth: Auth) -> Envelope {
+        Envelope {
+            v: WIRE_VERSION,
+            edge: "edge-0".into(),
+            conn: 7,
+            req: 9,
+            rid: Some("r".into()),
+            auth,
+            peer: None,
+            sent_at_ms: 1,
+            request,
+        }
+    }
+
+    fn arb_request() -> impl Strategy<Value = Request> {
+        let s = "[a-zA-Z0-9 _<>\"\\\\]{0,20}";
+        prop_oneof![
+            Just(Request::Ping),
+            Just(Request::Verify),
+            Just(Request::Refresh),
+            Just(Request::SessionList),
+            Just(Request::LogoutAll),
+            Just(Request::Me),
+            Just(Request::UserDelete),
+            Just(Request::InviteList),
+            Just(Request::DmList),
+            (s, s).prop_map(|(u, p)| Request::UserCreate { username: u, password: p }),
+            (s, s).prop_map(|(u, p)| Request::Login { username: u, password: p }),
+            proptest::option::of(s).prop_map(|session_id| Request::Logout { session_id }),
+            (proptest::option::of(s), proptest::option::of(any::<u64>()))
+                .prop_map(|(username, id)| Request::UserLookup { username, user_id: id.map(Id) }),
+            (proptest::option::of(s), proptest::option::of(any::<u32>()))
+                .prop_map(|(cursor, limit)| Request::OnlineList { cursor, limit }),
+            s.prop_map(|text| Request::BroadcastSend { text }),
+            s.prop_map(|code| Request::InviteSend { code }),
+            (any::<u64>(), any::<bool>())
+                .prop_map(|(u, accept)| Request::InviteRespond { user_id: Id(u), accept }),
+            any::<u64>().prop_map(|u| Request::ConnectionRemove { user_id: Id(u) }),
+            any::<u64>().prop_map(|u| Request::DmOpen { user_id: Id(u) }),
+            (any::<u64>(), proptest::option::of(any::<u64>()), proptest::option::of(any::<u64>()), proptest::option::of(any::<u32>()))
+                .prop_map(|(c, before_seq, after_seq, limit)| Request::DmHistory { conversation_id: Id(c), before_seq, after_seq, limit }),
+            (any::<u64>(), s, s).prop_map(|(c, m, text)| Request::DmSend { conversation_id: Id(c), client_msg_id: m, text }),
+            (any::<u64>(), any::<u64>()).prop_map(|(c, seq)| Request::DmRead { conversation_id: Id(c), seq }),
+            proptest::collection::btree_map(any::<u64>().prop_map(Id), any::<u64>(), 0..4)
+                .prop_map(|since: BTreeMap<Id, u64>| Request::DmSync { since }),
+        ]
+    }
+
+    fn arb_auth() -> impl Strategy<Value = Auth> {
+        prop_oneof![
+            Just(Auth::None),
+            "[0-9a-f]{64}".prop_map(|token_hash| Auth::Token { token_hash }),
+            ("[0-9a-f]{32}", any::<u64>()).prop_map(|(session_id, u)| Auth::Session { session_id, user_id: Id(u) }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn envelopes_round_trip(request in arb_request(), auth in arb_auth(), conn in any::<u64>(), req in any::<u64>()) {
+            let mut e = env(request, auth);
+            e.conn = conn;
+            e.req = req;
+            let back = Envelope::decode(&e.encode()).unwrap();
+            prop_assert_eq!(&back, &e);
+            prop_assert_eq!(back.key(), e.key());
+            // every request also round-trips as a client frame
+            let frame = crate::ClientFrame { rid: e.rid.clone(), request: e.request.clone() };
+            let text = serde_json::to_string(&frame).unwrap();
+            prop_assert_eq!(crate::frames::parse_client_frame(&text).unwrap(), frame);
+        }
+
+        #[test]
+        fn conn_ids_keep_their_epoch(epoch in 0u64..(1 << 24), counter in 0u64..(1 << 40)) {
+            prop_assert_eq!(conn_epoch(conn_id(epoch, counter)), epoch);
+        }
+
+        #[test]
+        fn edge_events_round_trip(conn in any::<u64>(), u in any::<u64>()) {
+            for ev in [
+                EdgeEvent::Started { edge: "e".into(), epoch: conn },
+                EdgeEvent::Heartbeat { edge: "e".into(), epoch: 1, connections: conn },
+                EdgeEvent::Connected { edge: "e".into(), conn, user_id: Id(u), session_id: "s".into() },
+                EdgeEvent::Disconnected { edge: "e".into(), conn, user_id: Id(u) },
+            ] {
+                let rec: PresenceRecord = decode_versioned(&ev.encode()).unwrap();
+                prop_assert_eq!(rec, PresenceRecord::Edge { v: WIRE_VERSION, edge_event: ev.clone() });
+                prop_assert_eq!(ev.edge(), "e");
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_unknown_versions_and_garbage() {
+        let mut e = env(Request::Ping, Auth::None);
+        e.v = 99;
+        assert!(matches!(Envelope::decode(&e.encode()), Err(Error::Version(99))));
+        assert!(matches!(Envelope::decode(b"{"), Err(Error::Json(_))));
+        assert!(decode_versioned::<Delivery>(br#"{"v":2}"#).is_err());
+    }
+
+    #[test]
+    fn keys_keep_a_conversation_in_order() {
+        let send = |c| {
+            env(
+                Request::DmSend {
+                    conversation_id: Id(c),
+                    client_msg_id: "m".into(),
+                    text: "t".into(),
+                },
+                Auth::Session {
+                    session_id: "s".into(),
+                    user_id: Id(5),
+                },
+            )
+        };
+        assert_eq!(send(3).key(), "c3");
+        assert_eq!(send(3).domain(), Domain::Dms);
+        let me = env(Request::Me, Auth::Session { session_id: "s".into(), user_id: Id(5) });
+        assert_eq!(me.key(), "u5");
+        assert_eq!(env(Request::Ping, Auth::None).key(), "edge-0/9");
+    }
+
+    #[test]
+    fn every_request_has_a_domain() {
+        let cases = [
+            (Request::Ping, Domain::Auth),
+            (Request::Refresh, Domain::Auth),
+            (Request::UserDelete, Domain::Users),
+            (Request::InviteList, Domain::Invites),
+            (Request::DmList, Domain::Dms),
+            (Request::BroadcastSend { text: "x".into() }, Domain::Presence),
+        ];
+        for (r, d) in cases {
+            assert_eq!(env(r, Auth::None).domain(), d);
+        }
+    }
+
+    #[test]
+    fn delivery_keys() {
+        let d = Delivery::new(Target::Users { user_ids: vec![Id(4)] }, "{}".into());
+        assert_eq!(d.key(), "u4");
+        assert_eq!(Delivery::new(Target::All, "{}".into()).key(), "all");
+        assert_eq!(
+            Delivery::new(Target::Sessions { user_id: Id(2), session_ids: vec![] }, "{}".into()).key(),
+            "u2"
+        );
+        assert_eq!(Delivery::new(Target::Users { user_ids: vec![] }, "{}".into()).key(), "");
+    }
+}

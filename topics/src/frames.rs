@@ -1,0 +1,436 @@
+//! What clients send and receive. A WebSocket text frame is one JSON object; HTTP bodies use the
+//! same request and response shapes (see docs/protocol.md).
+
+use crate::{ErrorBody, ErrorCode, Id};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A client frame: an optional request id the reply echoes, and the request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClientFrame {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rid: Option<String>,
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+/// Every request a client can make, over WebSocket or (mapped by the edge) over HTTP.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum Request {
+    #[serde(rename = "ping")]
+    Ping,
+    /// Sign up (HTTP `POST /api/v1/users`).
+    #[serde(rename = "user.create")]
+    UserCreate { username: String, password: String },
+    /// Log in (HTTP `POST /api/v1/sessions`).
+    #[serde(rename = "session.login")]
+    Login { username: String, password: String },
+    /// Edge-internal: check the session of a WebSocket handshake and register the connection.
+    #[serde(rename = "session.verify")]
+    Verify,
+    /// Keep-alive: extends the session's idle lifetime and rotates its token.
+    #[serde(rename = "session.refresh")]
+    Refresh,
+    #[serde(rename = "session.list")]
+    SessionList,
+    /// Log out one session (the current one when `session_id` is absent).
+    #[serde(rename = "session.logout")]
+    Logout {
+        #[serde(default)]
+        session_id: Option<String>,
+    },
+    #[serde(rename = "session.logout_all")]
+    LogoutAll,
+    #[serde(rename = "user.me")]
+    Me,
+    #[serde(rename = "user.lookup")]
+    UserLookup {
+        #[serde(default)]
+        username: Option<String>,
+        #[serde(default)]
+        user_id: Option<Id>,
+    },
+    #[serde(rename = "user.delete")]
+    UserDelete,
+    #[serde(rename = "online.list")]
+    OnlineList {
+        #[serde(default)]
+        cursor: Option<String>,
+        #[serde(default)]
+        limit: Option<u32>,
+    },
+    #[serde(rename = "broadcast.send")]
+    BroadcastSend { text: String },
+    #[serde(rename = "invite.send")]
+    InviteSend { code: String },
+    #[serde(rename = "invite.respond")]
+    InviteRespond { user_id: Id, accept: bool },
+    #[serde(rename = "invite.list")]
+    InviteList,
+    #[serde(rename = "connection.remove")]
+    ConnectionRemove { user_id: Id },
+    #[serde(rename = "dm.open")]
+    DmOpen { user_id: Id },
+    #[serde(rename = "dm.list")]
+    DmList,
+    #[serde(rename = "dm.history")]
+    DmHistory {
+        conversation_id: Id,
+        #[serde(default)]
+        before_seq: Option<u64>,
+        #[serde(default)]
+        after_seq: Option<u64>,
+        #[serde(default)]
+        limit: Option<u32>,
+    },
+    #[serde(rename = "dm.send")]
+    DmSend {
+        conversation_id: Id,
+        client_msg_id: String,
+        text: String,
+    },
+    #[serde(rename = "dm.read")]
+    DmRead { conversation_id: Id, seq: u64 },
+    /// After a reconnect: the last sequence seen per conversation; the reply holds what was missed.
+    #[serde(rename = "dm.sync")]
+    DmSync { since: BTreeMap<Id, u64> },
+}
+
+impl Request {
+    /// The frame's `type`, for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Ping => "ping",
+            Request::UserCreate { .. } => "user.create",
+            Request::Login { .. } => "session.login",
+            Request::Verify => "session.verify",
+            Request::Refresh => "session.refresh",
+            Request::SessionList => "session.list",
+            Request::Logout { .. } => "session.logout",
+            Request::LogoutAll => "session.logout_all",
+            Request::Me => "user.me",
+            Request::UserLookup { .. } => "user.lookup",
+            Request::UserDelete => "user.delete",
+            Request::OnlineList { .. } => "online.list",
+            Request::BroadcastSend { .. } => "broadcast.send",
+            Request::InviteSend { .. } => "invite.send",
+            Request::InviteRespond { .. } => "invite.respond",
+            Request::InviteList => "invite.list",
+            Request::ConnectionRemove { .. } => "connection.remove",
+            Request::DmOpen { .. } => "dm.open",
+            Request::DmList => "dm.list",
+            Request::DmHistory { .. } => "dm.history",
+            Request::DmSend { .. } => "dm.send",
+            Request::DmRead { .. } => "dm.read",
+            Request::DmSync { .. } => "dm.sync",
+        }
+    }
+
+    /// Requests that need no session.
+    pub fn is_anonymous(&self) -> bool {
+        matches!(
+            self,
+            Request::Ping | Request::UserCreate { .. } | Request::Login { .. }
+        )
+    }
+
+    /// Requests an edge accepts from a WebSocket client (the rest are HTTP-only or internal).
+    pub fn allowed_over_ws(&self) -> bool {
+        !matches!(
+            self,
+            Request::UserCreate { .. } | Request::Login { .. } | Request::Verify
+        )
+    }
+}
+
+/// A public profile.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserProfile {
+    pub user_id: Id,
+    pub username: String,
+    pub created_at_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    pub session_id: String,
+    pub created_at_ms: u64,
+    pub last_seen_ms: u64,
+    pub current: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OnlineUser {
+    pub user_id: Id,
+    pub username: String,
+}
+
+/// State of the link between me and another user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InviteState {
+    Pending,
+    Accepted,
+    Rejected,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Outgoing,
+    Incoming,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Link {
+    pub user_id: Id,
+    pub username: String,
+    pub state: InviteState,
+    pub direction: Direction,
+    pub updated_at_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub conversation_id: Id,
+    pub seq: u64,
+    pub message_id: Id,
+    /// `None` once the author's account is deleted.
+    pub author_id: Option<Id>,
+    /// `"[deleted]"` once the author's account is deleted.
+    pub author: String,
+    pub client_msg_id: String,
+    pub text: String,
+    pub sent_at_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversationSummary {
+    pub conversation_id: Id,
+    pub peer_id: Id,
+    pub peer: String,
+    pub last_seq: u64,
+    pub last_message: Option<Message>,
+    pub unread: u64,
+}
+
+/// Successful replies, tagged by `kind`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Response {
+    Pong,
+    Ok,
+    /// A new or rotated session. `token` is the bearer secret; it is shown once.
+    Session {
+        token: String,
+        session_id: String,
+        user_id: Id,
+        username: String,
+        idle_timeout_s: u64,
+    },
+    Sessions {
+        sessions: Vec<SessionInfo>,
+    },
+    User {
+        user: UserProfile,
+        /// Only in replies about the caller themself.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        invite_code: Option<String>,
+    },
+    Online {
+        users: Vec<OnlineUser>,
+        next_cursor: Option<String>,
+    },
+    Links {
+        links: Vec<Link>,
+    },
+    Link {
+        link: Link,
+    },
+    Conversation {
+        conversation: ConversationSummary,
+    },
+    Conversations {
+        conversations: Vec<ConversationSummary>,
+    },
+    History {
+        conversation_id: Id,
+        messages: Vec<Message>,
+        /// More messages exist past this page in the direction asked for.
+        more: bool,
+    },
+    Sent {
+        message: Message,
+        /// True when this client_msg_id was already stored: the original is returned.
+        duplicate: bool,
+    },
+    Synced {
+        conversations: Vec<SyncedConversation>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncedConversation {
+    pub conversation_id: Id,
+    pub messages: Vec<Message>,
+    pub more: bool,
+}
+
+/// Events pushed to clients without a request, tagged by `event`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// Someone invited me, or answered my invite, or removed our connection.
+    InviteUpdated { link: Link },
+    /// A new message in one of my conversations (also to my other devices for my own sends).
+    DmMessage { message: Message },
+    Broadcast {
+        from_user_id: Id,
+        from: String,
+        text: String,
+        sent_at_ms: u64,
+    },
+    /// My session ended (logout elsewhere, account deleted, expiry); the socket closes next.
+    SessionRevoked { reason: String },
+}
+
+/// Everything the server writes to a WebSocket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    Reply {
+        #[serde(default)]
+        rid: Option<String>,
+        data: Response,
+    },
+    Error {
+        #[serde(default)]
+        rid: Option<String>,
+        code: ErrorCode,
+        message: String,
+    },
+    Event {
+        data: Event,
+    },
+}
+
+impl ServerFrame {
+    pub fn error(rid: Option<String>, err: ErrorBody) -> Self {
+        ServerFrame::Error {
+            rid,
+            code: err.code,
+            message: err.message,
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("server frames always serialise")
+    }
+}
+
+/// Parse a client's text frame. Unknown types, missing or mistyped fields are `InvalidInput`.
+pub fn parse_client_frame(text: &str) -> Result<ClientFrame, ErrorBody> {
+    let frame: ClientFrame = serde_json::from_str(text)
+        .map_err(|e| ErrorBody::new(ErrorCode::InvalidInput, format!("bad frame: {e}")))?;
+    if let Some(rid) = &frame.rid {
+        if rid.len() > 64 {
+            return Err(ErrorBody::new(
+                ErrorCode::InvalidInput,
+                "rid is longer than 64 bytes",
+            ));
+        }
+    }
+    Ok(frame)
+}
+
+/// The request id of a frame that failed to parse, when one can be found, so the error can
+/// still be matched to the request by the client.
+pub fn salvage_rid(text: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    let rid = v.get("rid")?.as_str()?;
+    (rid.len() <= 64).then(|| rid.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_dm_send() {
+        let f = parse_client_frame(
+            r#"{"type":"dm.send","rid":"r1","conversation_id":"42","client_msg_id":"c1","text":"hi"}"#,
+        )
+        .unwrap();
+        assert_eq!(f.rid.as_deref(), Some("r1"));
+        assert_eq!(
+            f.request,
+            Request::DmSend {
+                conversation_id: Id(42),
+                client_msg_id: "c1".into(),
+                text: "hi".into()
+            }
+        );
+        assert_eq!(f.request.kind(), "dm.send");
+    }
+
+    #[test]
+    fn rejects_bad_frames_with_invalid_input() {
+        for bad in [
+            "not json",
+            r#"{"type":"nope"}"#,
+            r#"{"type":"dm.send","conversation_id":42,"client_msg_id":"c","text":"x"}"#,
+            r#"{"rid":"x"}"#,
+            r#"[1,2]"#,
+        ] {
+            let err = parse_client_frame(bad).unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidInput, "{bad}");
+        }
+        let long = format!(r#"{{"type":"ping","rid":"{}"}}"#, "x".repeat(65));
+        assert_eq!(
+            parse_client_frame(&long).unwrap_err().code,
+            ErrorCode::InvalidInput
+        );
+    }
+
+    #[test]
+    fn salvages_the_rid_of_a_bad_frame() {
+        assert_eq!(
+            salvage_rid(r#"{"type":"nope","rid":"r9"}"#).as_deref(),
+            Some("r9")
+        );
+        assert_eq!(salvage_rid("garbage"), None);
+        assert_eq!(salvage_rid(&format!(r#"{{"rid":"{}"}}"#, "x".repeat(65))), None);
+    }
+
+    #[test]
+    fn classifies_requests() {
+        assert!(Request::Ping.is_anonymous());
+        assert!(!Request::DmList.is_anonymous());
+        assert!(!Request::Verify.allowed_over_ws());
+        assert!(Request::DmList.allowed_over_ws());
+    }
+
+    #[test]
+    fn server_frames_have_the_documented_shape() {
+        let f = ServerFrame::Reply {
+            rid: Some("r1".into()),
+            data: Response::Pong,
+        };
+        assert_eq!(f.to_json(), r#"{"type":"reply","rid":"r1","data":{"kind":"pong"}}"#);
+        let e = ServerFrame::error(None, ErrorBody::new(ErrorCode::NotFound, "no such user"));
+        assert_eq!(
+            e.to_json(),
+            r#"{"type":"error","rid":null,"code":"not_found","message":"no such user"}"#
+        );
+        let ev = ServerFrame::Event {
+            data: Event::SessionRevoked {
+                reason: "logout".into(),
+            },
+        };
+        assert_eq!(
+            ev.to_json(),
+            r#"{"type":"event","data":{"event":"session_revoked","reason":"logout"}}"#
+        );
+    }
+}
