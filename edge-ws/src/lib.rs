@@ -1,1 +1,171 @@
-pub fn x(){}
+//! The WebSocket/HTTP edge. It terminates client connections, wraps every frame and HTTP call in
+//! an [`topics::Envelope`], publishes it to Kafka, consumes its own per-edge topic and writes what
+//! arrives to the right sockets. No business logic and no database: what a request means is the
+//! workers' business.
+
+pub mod hub;
+pub mod http;
+pub mod inbox;
+pub mod ratelimit;
+pub mod session;
+pub mod settings;
+
+pub use settings::{EdgeSettings, Settings};
+
+use hub::Hub;
+use runtime::kafka::Publisher;
+use runtime::metrics::Metrics;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use topics::{EdgeEvent, Topics};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Runtime(#[from] runtime::Error),
+    #[error("edge id {0:?} must be 1-32 characters of a-z, 0-9 and -")]
+    EdgeId(String),
+    #[error("listen address {0:?}: {1}")]
+    Listen(String, std::net::AddrParseError),
+    #[error("binding {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What every part of the edge shares.
+pub struct Edge {
+    pub settings: EdgeSettings,
+    pub topics: Topics,
+    pub publisher: Publisher,
+    pub hub: Hub,
+    pub metrics: Metrics,
+    /// Boot time in seconds: the top bits of every connection id of this process.
+    pub epoch: u64,
+}
+
+impl Edge {
+    /// Publish an edge event to the presence topic, keyed by edge id so events stay in order.
+    pub async fn emit(&self, event: EdgeEvent) {
+        let topic = self.topics.requests(topics::Domain::Presence);
+        if let Err(e) = self
+            .publisher
+            .send(&topic, &self.settings.id, &event.encode(), None)
+            .await
+        {
+            tracing::warn!(error = %e, "edge event not published");
+        }
+    }
+}
+
+pub struct Application {
+    edge: Arc<Edge>,
+    listener: tokio::net::TcpListener,
+    consumer: rdkafka::consumer::StreamConsumer,
+}
+
+impl Application {
+    /// Create topics, subscribe to this edge's topic and bind the listener.
+    pub async fn build(settings: Settings) -> Result<Self> {
+        let Settings { kafka, edge: es } = settings;
+        if !topics::names::valid_edge_id(&es.id) {
+            return Err(Error::EdgeId(es.id));
+        }
+        let addr: SocketAddr = es
+            .listen
+            .parse()
+            .map_err(|e| Error::Listen(es.listen.clone(), e))?;
+        let topics = kafka.topics();
+        let own = topics.edge(&es.id);
+        runtime::kafka::ensure_topics(&kafka, &topics.shared(), kafka.partitions, None).await?;
+        runtime::kafka::ensure_topics(&kafka, std::slice::from_ref(&own), 1, Some(3_600_000))
+            .await?;
+        let consumer = inbox::subscribe(&kafka, &topics, &es.id)?;
+        let metrics = Metrics::default();
+        let publisher = Publisher::new(&kafka, metrics.clone())?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::Bind(addr, e))?;
+        let epoch = runtime::now_ms() / 1000;
+        let edge = Arc::new(Edge {
+            hub: Hub::new(epoch, metrics.clone()),
+            settings: es,
+            topics,
+            publisher,
+            metrics,
+            epoch,
+        });
+        Ok(Application {
+            edge,
+            listener,
+            consumer,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener")
+    }
+
+    pub fn edge(&self) -> Arc<Edge> {
+        self.edge.clone()
+    }
+
+    /// Serve until `stop`: then stop accepting, close every socket (clients reconnect to another
+    /// edge), tell presence, and flush the producer.
+    pub async fn run_until_stopped(self, stop: CancellationToken) {
+        let Application {
+            edge,
+            listener,
+            consumer,
+        } = self;
+        let mut tasks = JoinSet::new();
+        edge.emit(EdgeEvent::Started {
+            edge: edge.settings.id.clone(),
+            epoch: edge.epoch,
+        })
+        .await;
+        tasks.spawn(inbox::run(edge.clone(), consumer, stop.clone()));
+        tasks.spawn(heartbeat(edge.clone(), stop.clone()));
+        let routes = http::routes(edge.clone(), stop.clone());
+        let server_stop = stop.clone();
+        tasks.spawn(
+            warp::serve(routes)
+                .incoming(listener)
+                .graceful(async move { server_stop.cancelled().await })
+                .run(),
+        );
+        tracing::info!(edge = %edge.settings.id, "edge running");
+        stop.cancelled().await;
+        edge.hub.close_all("edge shutting down");
+        let grace = tokio::time::sleep(std::time::Duration::from_secs(5));
+        tokio::pin!(grace);
+        loop {
+            tokio::select! {
+                _ = &mut grace => { tasks.abort_all(); break; }
+                next = tasks.join_next() => if next.is_none() { break },
+            }
+        }
+        edge.publisher.flush(std::time::Duration::from_secs(5));
+        tracing::info!(edge = %edge.settings.id, "edge stopped");
+    }
+}
+
+async fn heartbeat(edge: Arc<Edge>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(
+        edge.settings.heartbeat_interval_ms,
+    ));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {
+                edge.emit(EdgeEvent::Heartbeat {
+                    edge: edge.settings.id.clone(),
+                    epoch: edge.epoch,
+                    connections: edge.hub.len() as u64,
+                }).await;
+            }
+        }
+    }
+}

@@ -6,6 +6,7 @@ pub mod health;
 pub mod kafka;
 pub mod metrics;
 pub mod redis;
+pub mod registry;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;

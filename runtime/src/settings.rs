@@ -58,6 +58,36 @@ pub struct ServiceSettings {
     pub health_listen: String,
 }
 
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        KafkaSettings {
+            brokers: "127.0.0.1:19092".into(),
+            topic_prefix: "sb".into(),
+            replication_factor: 1,
+            partitions: default_partitions(),
+            message_timeout_ms: default_message_timeout_ms(),
+        }
+    }
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        RedisSettings {
+            nodes: (17000..17006).map(|p| format!("redis://127.0.0.1:{p}")).collect(),
+            key_prefix: "sb".into(),
+        }
+    }
+}
+
+impl Default for ServiceSettings {
+    fn default() -> Self {
+        ServiceSettings {
+            name: "switchboard".into(),
+            health_listen: "127.0.0.1:0".into(),
+        }
+    }
+}
+
 /// Read settings from defaults, an optional TOML file, then the environment.
 pub fn load<T: DeserializeOwned + Serialize + Default>(file: Option<&Path>) -> Result<T, String> {
     let mut fig = Figment::from(Serialized::defaults(T::default()));

@@ -94,6 +94,7 @@ impl Envelope {
 pub struct SessionGrant {
     pub session_id: String,
     pub user_id: Id,
+    pub username: String,
     /// Present when a new token was minted (login, refresh).
     pub token: Option<String>,
     pub idle_timeout_s: u64,
@@ -191,6 +192,7 @@ pub enum EdgeEvent {
         edge: String,
         conn: u64,
         user_id: Id,
+        username: String,
         session_id: String,
     },
     Disconnected {
@@ -338,7 +340,7 @@ mod tests {
             for ev in [
                 EdgeEvent::Started { edge: "e".into(), epoch: conn },
                 EdgeEvent::Heartbeat { edge: "e".into(), epoch: 1, connections: conn },
-                EdgeEvent::Connected { edge: "e".into(), conn, user_id: Id(u), session_id: "s".into() },
+                EdgeEvent::Connected { edge: "e".into(), conn, user_id: Id(u), username: "n".into(), session_id: "s".into() },
                 EdgeEvent::Disconnected { edge: "e".into(), conn, user_id: Id(u) },
             ] {
                 let rec: PresenceRecord = decode_versioned(&ev.encode()).unwrap();

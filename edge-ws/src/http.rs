@@ -1,0 +1,500 @@
+//! HTTP: health and metrics, the authenticated WebSocket handshake, and the REST API. Every API
+//! call becomes an envelope answered by a worker through this edge's topic.
+
+use crate::hub::ConnHandle;
+use crate::session::{self, ConnCtx};
+use crate::Edge;
+use bytes::Bytes;
+use runtime::metrics;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use topics::{
+    Auth, EdgeEvent, EdgeMessage, Envelope, ErrorBody, ErrorCode, Id, Request, ServerFrame,
+    SessionGrant, SESSION_COOKIE, WIRE_VERSION, WS_AUTH_PROTOCOL_PREFIX, WS_PROTOCOL,
+};
+use warp::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+/// SHA-256 of a token, hex: what is sent to workers and stored; the token stays here.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// The bearer token of a request: `Authorization: Bearer …` or the session cookie.
+pub fn bearer(headers: &HeaderMap) -> Option<String> {
+    if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        if let Some(t) = v.strip_prefix("Bearer ") {
+            return Some(t.trim().to_string());
+        }
+    }
+    cookie(headers, SESSION_COOKIE)
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// The subprotocols a WebSocket client offered: (offers `switchboard.v1`, token from `auth.…`).
+pub fn ws_protocols(headers: &HeaderMap) -> (bool, Option<String>) {
+    let mut ours = false;
+    let mut token = None;
+    for v in headers.get_all(header::SEC_WEBSOCKET_PROTOCOL) {
+        for p in v.to_str().unwrap_or("").split(',').map(str::trim) {
+            if p == WS_PROTOCOL {
+                ours = true;
+            } else if let Some(t) = p.strip_prefix(WS_AUTH_PROTOCOL_PREFIX) {
+                token = Some(t.to_string());
+            }
+        }
+    }
+    (ours, token)
+}
+
+/// Browsers send `Origin`; it must be on the allowlist. Clients that send none (SDKs) pass.
+pub fn origin_allowed(edge: &Edge, headers: &HeaderMap) -> bool {
+    match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        None => true,
+        Some(o) => edge.settings.allowed_origins.iter().any(|a| a == o),
+    }
+}
+
+/// The client's address: the first `X-Forwarded-For` hop (set by our nginx), else the socket's.
+pub fn peer(headers: &HeaderMap, remote: Option<SocketAddr>) -> Option<String> {
+    headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| remote.map(|r| r.ip().to_string()))
+}
+
+fn error_response(code: ErrorCode, message: &str) -> Response {
+    let mut r = warp::reply::json(&json!({"code": code, "message": message})).into_response();
+    *r.status_mut() = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r
+}
+
+/// Publish a request and wait for its worker's answer on this edge's topic.
+pub async fn call(
+    edge: &Edge,
+    conn: u64,
+    request: Request,
+    auth: Auth,
+    peer: Option<String>,
+) -> Result<EdgeMessage, ErrorBody> {
+    let req = edge.hub.next_id();
+    let env = Envelope {
+        v: WIRE_VERSION,
+        edge: edge.settings.id.clone(),
+        conn,
+        req,
+        rid: None,
+        auth,
+        peer,
+        sent_at_ms: runtime::now_ms(),
+        request,
+    };
+    let answer = edge.hub.expect(req);
+    if let Err(frame) = session::publish(edge, &env).await {
+        edge.hub.forget(req);
+        let ServerFrame::Error { code, message, .. } = frame else {
+            unreachable!("publish only fails with an error frame")
+        };
+        return Err(ErrorBody::new(code, message));
+    }
+    match tokio::time::timeout(Duration::from_millis(edge.settings.request_timeout_ms), answer).await {
+        Ok(Ok(msg)) => Ok(msg),
+        _ => {
+            edge.hub.forget(req);
+            Err(ErrorBody::new(ErrorCode::Unavailable, "the service did not answer in time; retry"))
+        }
+    }
+}
+
+fn session_cookie(edge: &Edge, value: &str, max_age_s: u64) -> HeaderValue {
+    let secure = if edge.settings.secure_cookies { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!(
+        "{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_s}{secure}"
+    ))
+    .expect("cookie is ascii")
+}
+
+/// Turn a worker's answer into an HTTP response (and cookie changes).
+pub fn http_reply(edge: &Edge, msg: EdgeMessage, ok: StatusCode) -> Response {
+    let EdgeMessage::Reply { frame, session, clear_session, .. } = msg else {
+        return error_response(ErrorCode::Internal, "unexpected answer");
+    };
+    let mut resp = match serde_json::from_str::<ServerFrame>(&frame) {
+        Ok(ServerFrame::Reply { data, .. }) => {
+            let mut r = warp::reply::json(&data).into_response();
+            *r.status_mut() = ok;
+            r
+        }
+        Ok(ServerFrame::Error { code, message, .. }) => error_response(code, &message),
+        _ => error_response(ErrorCode::Internal, "unexpected answer"),
+    };
+    if let Some(SessionGrant { token: Some(token), .. }) = &session {
+        resp.headers_mut().append(header::SET_COOKIE, session_cookie(edge, token, 30 * 24 * 3600));
+    }
+    if clear_session {
+        resp.headers_mut().append(header::SET_COOKIE, session_cookie(edge, "", 0));
+    }
+    resp
+}
+
+/// Map an API call to a request. Pure: method, path below `/api/v1`, query and body in; the
+/// request and the success status out.
+pub fn route(
+    method: &Method,
+    path: &str,
+    query: &HashMap<String, String>,
+    body: &[u8],
+) -> Result<(Request, StatusCode), ErrorBody> {
+    let json_body = || -> Result<serde_json::Value, ErrorBody> {
+        serde_json::from_slice(body)
+            .map_err(|e| ErrorBody::new(ErrorCode::InvalidInput, format!("body must be JSON: {e}")))
+    };
+    let creds = || -> Result<(String, String), ErrorBody> {
+        let v = json_body()?;
+        match (v.get("username").and_then(|u| u.as_str()), v.get("password").and_then(|p| p.as_str())) {
+            (Some(u), Some(p)) => Ok((u.to_string(), p.to_string())),
+            _ => Err(ErrorBody::new(ErrorCode::InvalidInput, "username and password (strings) are required")),
+        }
+    };
+    let segs: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let ok = StatusCode::OK;
+    let r = match (method.clone(), segs.as_slice()) {
+        (Method::POST, ["users"]) => {
+            let (username, password) = creds()?;
+            (Request::UserCreate { username, password }, StatusCode::CREATED)
+        }
+        (Method::POST, ["sessions"]) => {
+            let (username, password) = creds()?;
+            (Request::Login { username, password }, ok)
+        }
+        (Method::POST, ["sessions", "refresh"]) => (Request::Refresh, ok),
+        (Method::GET, ["sessions"]) => (Request::SessionList, ok),
+        (Method::DELETE, ["sessions"]) => (Request::LogoutAll, ok),
+        (Method::DELETE, ["sessions", "current"]) => (Request::Logout { session_id: None }, ok),
+        (Method::DELETE, ["sessions", id]) => (Request::Logout { session_id: Some(id.to_string()) }, ok),
+        (Method::GET, ["users", "me"]) => (Request::Me, ok),
+        (Method::DELETE, ["users", "me"]) => (Request::UserDelete, ok),
+        (Method::GET, ["users", id]) => {
+            let user_id: Id = id
+                .parse()
+                .map_err(|_| ErrorBody::new(ErrorCode::InvalidInput, "user id must be a number"))?;
+            (Request::UserLookup { username: None, user_id: Some(user_id) }, ok)
+        }
+        (Method::GET, ["users"]) => match query.get("username") {
+            Some(u) => (Request::UserLookup { username: Some(u.clone()), user_id: None }, ok),
+            None => return Err(ErrorBody::new(ErrorCode::InvalidInput, "?username= is required")),
+        },
+        (Method::GET, ["online"]) => {
+            let limit = match query.get("limit") {
+                Some(l) => Some(l.parse().map_err(|_| ErrorBody::new(ErrorCode::InvalidInput, "limit must be a number"))?),
+                None => None,
+            };
+            (Request::OnlineList { cursor: query.get("cursor").cloned(), limit }, ok)
+        }
+        // Every WebSocket request is also reachable as one JSON frame over HTTP.
+        (Method::POST, ["rpc"]) => {
+            let text = std::str::from_utf8(body)
+                .map_err(|_| ErrorBody::new(ErrorCode::InvalidInput, "body must be UTF-8"))?;
+            let frame = topics::frames::parse_client_frame(text)?;
+            if !frame.request.allowed_over_ws() {
+                return Err(ErrorBody::new(ErrorCode::InvalidInput, "use the dedicated endpoint for this request"));
+            }
+            (frame.request, ok)
+        }
+        _ => return Err(ErrorBody::new(ErrorCode::NotFound, "no such endpoint")),
+    };
+    Ok(r)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn api(
+    edge: Arc<Edge>,
+    method: Method,
+    path: warp::path::FullPath,
+    query: String,
+    headers: HeaderMap,
+    remote: Option<SocketAddr>,
+    body: Bytes,
+) -> Result<Response, Rejection> {
+    edge.metrics.inc(metrics::HTTP_REQUESTS_TOTAL, &[]);
+    if !origin_allowed(&edge, &headers) {
+        return Ok(error_response(ErrorCode::Forbidden, "origin not allowed"));
+    }
+    let query: HashMap<String, String> = serde_urlencoded_pairs(&query);
+    let sub = path.as_str().trim_start_matches("/api/v1");
+    let (request, ok) = match route(&method, sub, &query, &body) {
+        Ok(r) => r,
+        Err(e) => return Ok(error_response(e.code, &e.message)),
+    };
+    let auth = match bearer(&headers) {
+        Some(t) => Auth::Token { token_hash: token_hash(&t) },
+        None if request.is_anonymous() => Auth::None,
+        None => return Ok(error_response(ErrorCode::Unauthorized, "no session")),
+    };
+    match call(&edge, 0, request, auth, peer(&headers, remote)).await {
+        Ok(msg) => Ok(http_reply(&edge, msg, ok)),
+        Err(e) => Ok(error_response(e.code, &e.message)),
+    }
+}
+
+/// `a=1&b=x%20y` → map (percent-decoding; `+` is a space).
+pub fn serde_urlencoded_pairs(q: &str) -> HashMap<String, String> {
+    fn decode(s: &str) -> String {
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < bytes.len() => {
+                    let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                    match u8::from_str_radix(hex, 16) {
+                        Ok(b) => {
+                            out.push(b);
+                            i += 2;
+                        }
+                        Err(_) => out.push(b'%'),
+                    }
+                }
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    q.split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+async fn upgrade(
+    edge: Arc<Edge>,
+    stop: CancellationToken,
+    ws: warp::ws::Ws,
+    headers: HeaderMap,
+    remote: Option<SocketAddr>,
+) -> Result<Response, Rejection> {
+    let refuse = |code: ErrorCode, msg: &str| {
+        edge.metrics.inc(metrics::WS_HANDSHAKES_REFUSED_TOTAL, &[("reason", code.as_str())]);
+        Ok(error_response(code, msg))
+    };
+    if !origin_allowed(&edge, &headers) {
+        return refuse(ErrorCode::Forbidden, "origin not allowed");
+    }
+    if edge.hub.len() >= edge.settings.max_connections {
+        return refuse(ErrorCode::Unavailable, "edge is full; try another");
+    }
+    let (offers_ours, proto_token) = ws_protocols(&headers);
+    let Some(token) = proto_token.or_else(|| cookie(&headers, SESSION_COOKIE)) else {
+        return refuse(ErrorCode::Unauthorized, "no session");
+    };
+    let conn = edge.hub.next_id();
+    let peer = peer(&headers, remote);
+    let grant = match call(&edge, conn, Request::Verify, Auth::Token { token_hash: token_hash(&token) }, peer.clone()).await {
+        Ok(EdgeMessage::Reply { session: Some(g), .. }) => g,
+        Ok(EdgeMessage::Reply { error: Some(code), .. }) if code != ErrorCode::Unauthorized => {
+            return refuse(code, "session check failed")
+        }
+        Ok(_) => return refuse(ErrorCode::Unauthorized, "invalid or expired session"),
+        Err(e) => return refuse(e.code, &e.message),
+    };
+    let ctx = ConnCtx {
+        conn,
+        user_id: grant.user_id,
+        username: grant.username,
+        session_id: grant.session_id,
+        peer,
+    };
+    let max = edge.settings.max_frame_bytes;
+    // The hard limit is twice the soft one: a frame between them gets a typed error frame and
+    // the connection stays; only a larger one costs the connection.
+    let ws = ws.max_message_size(max * 2).max_frame_size(max * 2).max_write_buffer_size(max * 4);
+    let e2 = edge.clone();
+    let reply = ws.on_upgrade(move |socket| async move {
+        let (tx, rx) = tokio::sync::mpsc::channel(e2.settings.outbound_queue);
+        let kill = CancellationToken::new();
+        e2.hub.register(
+            ctx.conn,
+            ConnHandle { user_id: ctx.user_id, session_id: ctx.session_id.clone(), tx, kill: kill.clone() },
+        );
+        e2.emit(EdgeEvent::Connected {
+            edge: e2.settings.id.clone(),
+            conn: ctx.conn,
+            user_id: ctx.user_id,
+            username: ctx.username.clone(),
+            session_id: ctx.session_id.clone(),
+        })
+        .await;
+        session::drive(e2.clone(), ctx.clone(), socket, rx, kill, stop).await;
+        e2.hub.unregister(ctx.conn);
+        e2.emit(EdgeEvent::Disconnected { edge: e2.settings.id.clone(), conn: ctx.conn, user_id: ctx.user_id }).await;
+    });
+    let mut resp = reply.into_response();
+    if offers_ours {
+        resp.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(WS_PROTOCOL));
+    }
+    Ok(resp)
+}
+
+async fn recover(err: Rejection) -> Result<Response, Rejection> {
+    let (code, msg) = if err.is_not_found() {
+        (ErrorCode::NotFound, "no such endpoint")
+    } else if err.find::<warp::reject::PayloadTooLarge>().is_some() {
+        (ErrorCode::PayloadTooLarge, "body is larger than the limit")
+    } else if err.find::<warp::reject::LengthRequired>().is_some() {
+        (ErrorCode::InvalidInput, "content-length is required")
+    } else if err.find::<warp::reject::MethodNotAllowed>().is_some() {
+        (ErrorCode::NotFound, "no such endpoint for this method")
+    } else {
+        (ErrorCode::InvalidInput, "bad request")
+    };
+    Ok(error_response(code, msg))
+}
+
+/// Every route of the edge.
+pub fn routes(
+    edge: Arc<Edge>,
+    stop: CancellationToken,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let with_edge = {
+        let e = edge.clone();
+        warp::any().map(move || e.clone())
+    };
+    let health = runtime::health::routes(edge.metrics.clone()).map(|r| Reply::into_response(r));
+    let ws = warp::path!("ws")
+        .and(with_edge.clone())
+        .and(warp::any().map(move || stop.clone()))
+        .and(warp::ws())
+        .and(warp::header::headers_cloned())
+        .and(warp::addr::remote())
+        .and_then(upgrade);
+    let query = warp::query::raw().or(warp::any().map(String::new)).unify();
+    let base = warp::path("api")
+        .and(warp::path("v1"))
+        .and(with_edge)
+        .and(warp::method())
+        .and(warp::path::full())
+        .and(query)
+        .and(warp::header::headers_cloned())
+        .and(warp::addr::remote());
+    let max = edge.settings.max_frame_bytes as u64;
+    let with_body = base
+        .clone()
+        .and(warp::post())
+        .and(warp::body::content_length_limit(max))
+        .and(warp::body::bytes())
+        .and_then(api);
+    let without_body = base
+        .and(warp::get().or(warp::delete()).unify())
+        .and(warp::any().map(Bytes::new))
+        .and_then(api);
+    health
+        .or(ws)
+        .unify()
+        .or(with_body)
+        .unify()
+        .or(without_body)
+        .unify()
+        .recover(recover)
+        .unify()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(header::HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        m
+    }
+
+    #[test]
+    fn finds_the_token() {
+        assert_eq!(bearer(&h(&[("authorization", "Bearer abc")])).as_deref(), Some("abc"));
+        assert_eq!(bearer(&h(&[("cookie", "x=1; sb_session=tok")])).as_deref(), Some("tok"));
+        assert_eq!(bearer(&h(&[("cookie", "sb_session=")])), None);
+        assert_eq!(bearer(&h(&[("authorization", "Basic x")])), None);
+        assert_eq!(
+            ws_protocols(&h(&[("sec-websocket-protocol", "switchboard.v1, auth.T0k")])),
+            (true, Some("T0k".into()))
+        );
+        assert_eq!(ws_protocols(&h(&[])), (false, None));
+        assert_eq!(token_hash("a").len(), 64);
+    }
+
+    #[test]
+    fn peers_and_queries() {
+        assert_eq!(peer(&h(&[("x-forwarded-for", "1.2.3.4, 5.6.7.8")]), None).as_deref(), Some("1.2.3.4"));
+        let r: SocketAddr = "127.0.0.9:5".parse().unwrap();
+        assert_eq!(peer(&h(&[]), Some(r)).as_deref(), Some("127.0.0.9"));
+        assert_eq!(peer(&h(&[]), None), None);
+        let q = serde_urlencoded_pairs("username=a%20b&x=1+2&flag&bad=%zz&end=%4&u=%é");
+        assert_eq!(q["username"], "a b");
+        assert_eq!(q["x"], "1 2");
+        assert_eq!(q["flag"], "");
+        assert_eq!(q["bad"], "%zz");
+        assert_eq!(q["end"], "%4");
+        assert_eq!(q["u"], "%é");
+    }
+
+    #[test]
+    fn routes_map_to_requests() {
+        let q = HashMap::new();
+        let creds = br#"{"username":"ann","password":"pw123456!"}"#;
+        let (r, s) = route(&Method::POST, "/users", &q, creds).unwrap();
+        assert_eq!(s, StatusCode::CREATED);
+        assert!(matches!(r, Request::UserCreate { .. }));
+        assert!(matches!(route(&Method::POST, "/sessions", &q, creds).unwrap().0, Request::Login { .. }));
+        assert_eq!(route(&Method::POST, "/sessions", &q, b"{}").unwrap_err().code, ErrorCode::InvalidInput);
+        assert_eq!(route(&Method::POST, "/sessions", &q, b"nope").unwrap_err().code, ErrorCode::InvalidInput);
+        assert_eq!(route(&Method::POST, "/sessions/refresh", &q, b"").unwrap().0, Request::Refresh);
+        assert_eq!(route(&Method::GET, "/sessions", &q, b"").unwrap().0, Request::SessionList);
+        assert_eq!(route(&Method::DELETE, "/sessions", &q, b"").unwrap().0, Request::LogoutAll);
+        assert_eq!(route(&Method::DELETE, "/sessions/current", &q, b"").unwrap().0, Request::Logout { session_id: None });
+        assert_eq!(route(&Method::DELETE, "/sessions/abc", &q, b"").unwrap().0, Request::Logout { session_id: Some("abc".into()) });
+        assert_eq!(route(&Method::GET, "/users/me", &q, b"").unwrap().0, Request::Me);
+        assert_eq!(route(&Method::DELETE, "/users/me", &q, b"").unwrap().0, Request::UserDelete);
+        assert_eq!(route(&Method::GET, "/users/7", &q, b"").unwrap().0, Request::UserLookup { username: None, user_id: Some(Id(7)) });
+        assert_eq!(route(&Method::GET, "/users/x", &q, b"").unwrap_err().code, ErrorCode::InvalidInput);
+        assert_eq!(route(&Method::GET, "/users", &q, b"").unwrap_err().code, ErrorCode::InvalidInput);
+        let mut qu = HashMap::new();
+        qu.insert("username".to_string(), "ann".to_string());
+        qu.insert("limit".to_string(), "5".to_string());
+        qu.insert("cursor".to_string(), "c".to_string());
+        assert_eq!(route(&Method::GET, "/users", &qu, b"").unwrap().0, Request::UserLookup { username: Some("ann".into()), user_id: None });
+        assert_eq!(route(&Method::GET, "/online", &qu, b"").unwrap().0, Request::OnlineList { cursor: Some("c".into()), limit: Some(5) });
+        qu.insert("limit".to_string(), "x".to_string());
+        assert!(route(&Method::GET, "/online", &qu, b"").is_err());
+        assert_eq!(route(&Method::POST, "/rpc", &q, br#"{"type":"dm.list"}"#).unwrap().0, Request::DmList);
+        assert!(route(&Method::POST, "/rpc", &q, br#"{"type":"session.verify"}"#).is_err());
+        assert!(route(&Method::POST, "/rpc", &q, &[0xff]).is_err());
+        assert_eq!(route(&Method::GET, "/nope", &q, b"").unwrap_err().code, ErrorCode::NotFound);
+    }
+}

@@ -1,0 +1,211 @@
+//! The connections of this edge and the requests waiting for an answer. Each connection has a
+//! bounded outbound queue; a client too slow to drain it is disconnected rather than allowed to
+//! grow memory (policy: when full, drop the connection).
+
+use runtime::metrics::{self, Metrics};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use topics::{EdgeMessage, Id};
+
+const SHARDS: usize = 16;
+
+/// What a connection's task writes to its socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outbound {
+    Text(Arc<str>),
+    /// Write the frame, then close with this reason.
+    Close(Arc<str>, String),
+}
+
+#[derive(Clone)]
+pub struct ConnHandle {
+    pub user_id: Id,
+    pub session_id: String,
+    pub tx: mpsc::Sender<Outbound>,
+    pub kill: CancellationToken,
+}
+
+/// An answer to a request an HTTP call or handshake is waiting for.
+pub type Pending = oneshot::Sender<EdgeMessage>;
+
+pub struct Hub {
+    epoch: u64,
+    next: AtomicU64,
+    conns: Vec<Mutex<HashMap<u64, ConnHandle>>>,
+    pending: Mutex<HashMap<u64, Pending>>,
+    metrics: Metrics,
+}
+
+impl Hub {
+    pub fn new(epoch: u64, metrics: Metrics) -> Self {
+        Hub {
+            epoch,
+            next: AtomicU64::new(1),
+            conns: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            pending: Mutex::new(HashMap::new()),
+            metrics,
+        }
+    }
+
+    /// A fresh id for a connection or a request, unique across this edge's restarts.
+    pub fn next_id(&self) -> u64 {
+        topics::bus::conn_id(self.epoch, self.next.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn shard(&self, conn: u64) -> &Mutex<HashMap<u64, ConnHandle>> {
+        &self.conns[(conn as usize) % SHARDS]
+    }
+
+    pub fn register(&self, conn: u64, handle: ConnHandle) {
+        self.shard(conn).lock().expect("hub").insert(conn, handle);
+        self.metrics.get(metrics::WS_CONNECTIONS, &[]).gauge_add(1);
+        self.metrics.inc(metrics::WS_CONNECTIONS_OPENED_TOTAL, &[]);
+    }
+
+    pub fn unregister(&self, conn: u64) -> Option<ConnHandle> {
+        let h = self.shard(conn).lock().expect("hub").remove(&conn);
+        if h.is_some() {
+            self.metrics.get(metrics::WS_CONNECTIONS, &[]).gauge_add(-1);
+        }
+        h
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.iter().map(|s| s.lock().expect("hub").len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Queue a frame for one connection. Unknown connections (closed, or of an earlier process)
+    /// are ignored; a full queue disconnects the slow client.
+    pub fn send(&self, conn: u64, msg: Outbound) -> bool {
+        let handle = self.shard(conn).lock().expect("hub").get(&conn).cloned();
+        match handle {
+            Some(h) => self.offer(&h, msg),
+            None => false,
+        }
+    }
+
+    fn offer(&self, h: &ConnHandle, msg: Outbound) -> bool {
+        match h.tx.try_send(msg) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.metrics
+                    .inc(metrics::WS_SLOW_CLIENTS_DISCONNECTED_TOTAL, &[]);
+                h.kill.cancel();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Queue a frame for every connection; returns how many took it.
+    pub fn broadcast(&self, frame: Arc<str>) -> usize {
+        let mut n = 0;
+        for shard in &self.conns {
+            let handles: Vec<ConnHandle> = shard.lock().expect("hub").values().cloned().collect();
+            for h in handles {
+                if self.offer(&h, Outbound::Text(frame.clone())) {
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// Close every connection (shutdown).
+    pub fn close_all(&self, reason: &str) {
+        for shard in &self.conns {
+            for h in shard.lock().expect("hub").values() {
+                let _ = h.tx.try_send(Outbound::Close(Arc::from(""), reason.to_string()));
+                h.kill.cancel();
+            }
+        }
+    }
+
+    /// Wait for the answer to request `req`.
+    pub fn expect(&self, req: u64) -> oneshot::Receiver<EdgeMessage> {
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().expect("hub").insert(req, tx);
+        rx
+    }
+
+    /// Forget a request that timed out.
+    pub fn forget(&self, req: u64) {
+        self.pending.lock().expect("hub").remove(&req);
+    }
+
+    /// Hand an answer to whoever waits for `req`; gives it back when nobody does.
+    pub fn answer(&self, req: u64, msg: EdgeMessage) -> Option<EdgeMessage> {
+        let waiter = self.pending.lock().expect("hub").remove(&req);
+        match waiter {
+            Some(tx) => tx.send(msg).err(),
+            None => Some(msg),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle(cap: usize) -> (ConnHandle, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(cap);
+        (
+            ConnHandle {
+                user_id: Id(1),
+                session_id: "s".into(),
+                tx,
+                kill: CancellationToken::new(),
+            },
+            rx,
+        )
+    }
+
+    #[test]
+    fn routes_frames_and_drops_slow_clients() {
+        let hub = Hub::new(5, Metrics::default());
+        let id = hub.next_id();
+        assert_eq!(topics::bus::conn_epoch(id), 5);
+        let (h, mut rx) = handle(1);
+        let kill = h.kill.clone();
+        hub.register(id, h);
+        assert_eq!(hub.len(), 1);
+        assert!(hub.send(id, Outbound::Text("a".into())));
+        assert_eq!(rx.try_recv().unwrap(), Outbound::Text("a".into()));
+        assert_eq!(hub.broadcast("b".into()), 1);
+        assert!(!hub.send(id, Outbound::Text("c".into())), "queue of 1 is full");
+        assert!(kill.is_cancelled(), "slow client is disconnected");
+        assert!(!hub.send(12345, Outbound::Text("x".into())));
+        hub.close_all("bye");
+        assert!(hub.unregister(id).is_some());
+        assert!(hub.unregister(id).is_none());
+        assert!(hub.is_empty());
+        drop(rx);
+        let (h2, rx2) = handle(4);
+        hub.register(7, h2);
+        drop(rx2);
+        assert!(!hub.send(7, Outbound::Text("x".into())), "closed receiver");
+    }
+
+    #[test]
+    fn answers_pending_requests_once() {
+        let hub = Hub::new(1, Metrics::default());
+        let msg = EdgeMessage::Broadcast { frame: "f".into() };
+        let mut rx = hub.expect(9);
+        assert!(hub.answer(9, msg.clone()).is_none());
+        assert_eq!(rx.try_recv().unwrap(), msg);
+        assert_eq!(hub.answer(9, msg.clone()), Some(msg.clone()), "nobody waits any more");
+        let rx2 = hub.expect(10);
+        drop(rx2);
+        assert_eq!(hub.answer(10, msg.clone()), Some(msg.clone()));
+        let _rx3 = hub.expect(11);
+        hub.forget(11);
+        assert_eq!(hub.answer(11, msg.clone()), Some(msg));
+    }
+}

@@ -1,0 +1,85 @@
+//! This edge's own topic: answers to requests, deliveries, broadcasts and close commands. It is
+//! read from the latest offset — what was addressed to connections of an earlier process of
+//! this edge is of no use to anyone.
+
+use crate::hub::Outbound;
+use crate::Edge;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::Message;
+use runtime::metrics;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use topics::{EdgeMessage, Topics};
+
+pub fn subscribe(
+    kafka: &runtime::KafkaSettings,
+    topics: &Topics,
+    edge_id: &str,
+) -> runtime::Result<StreamConsumer> {
+    let group = topics.group(&format!("edge.{edge_id}"));
+    let consumer = runtime::kafka::consumer(kafka, &group, true)?;
+    consumer.subscribe(&[&topics.edge(edge_id)])?;
+    Ok(consumer)
+}
+
+pub async fn run(edge: Arc<Edge>, consumer: StreamConsumer, stop: CancellationToken) {
+    loop {
+        let msg = tokio::select! {
+            _ = stop.cancelled() => return,
+            m = consumer.recv() => m,
+        };
+        match msg {
+            Ok(m) => {
+                let payload = m.payload().unwrap_or_default();
+                match serde_json::from_slice::<EdgeMessage>(payload) {
+                    Ok(em) => dispatch(&edge, em),
+                    Err(e) => tracing::warn!(error = %e, offset = m.offset(), "undecodable edge record skipped"),
+                }
+                // Edge topics carry nothing durable: offsets only mark what was read.
+                let _ = consumer.store_offset_from_message(&m);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "edge consumer error");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Apply one record of the edge topic.
+pub fn dispatch(edge: &Edge, msg: EdgeMessage) {
+    match msg {
+        EdgeMessage::Reply { req, .. } => {
+            // An HTTP call or a handshake may be waiting for it; otherwise it answers a frame.
+            if let Some(EdgeMessage::Reply { conn, frame, .. }) = edge.hub.answer(req, msg) {
+                if conn != 0 && edge.hub.send(conn, Outbound::Text(Arc::from(frame))) {
+                    edge.metrics.inc(metrics::WS_FRAMES_OUT_TOTAL, &[]);
+                }
+            }
+        }
+        EdgeMessage::Deliver { conns, frame } => {
+            let frame: Arc<str> = Arc::from(frame);
+            for conn in conns {
+                if edge.hub.send(conn, Outbound::Text(frame.clone())) {
+                    edge.metrics.inc(metrics::WS_FRAMES_OUT_TOTAL, &[]);
+                }
+            }
+        }
+        EdgeMessage::Broadcast { frame } => {
+            let n = edge.hub.broadcast(Arc::from(frame));
+            edge.metrics
+                .get(metrics::WS_FRAMES_OUT_TOTAL, &[])
+                .add(n as u64);
+        }
+        EdgeMessage::Close {
+            conns,
+            frame,
+            reason,
+        } => {
+            let frame: Arc<str> = Arc::from(frame);
+            for conn in conns {
+                edge.hub.send(conn, Outbound::Close(frame.clone(), reason.clone()));
+            }
+        }
+    }
+}

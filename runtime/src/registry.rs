@@ -1,0 +1,147 @@
+//! The connection registry in Redis Cluster, shared by the presence workers (which write it from
+//! edge events) and the router (which reads it to find a user's edges).
+//!
+//! Keys (all under the configured prefix):
+//! - `edges` — hash: edge id → `epoch:last_heartbeat_ms`. An edge is live while its heartbeat is
+//!   younger than the liveness window; connections of a dead edge, or of an earlier epoch of a
+//!   live one, are ignored and cleaned lazily.
+//! - `conns:{<user>}` — hash: `edge/conn` → session id, every open connection of a user.
+//! - `online:{<edge>}` — sorted set (all scores 0, lexicographic): zero-padded user ids online on
+//!   one edge; `count:{<edge>}` — hash: user id → connections on that edge.
+//! - `unames` — hash: user id → username, for the online list.
+
+use crate::redis::{redis, Keys};
+use crate::Result;
+use redis::AsyncCommands;
+use std::collections::HashMap;
+use topics::Id;
+
+/// Width of the zero-padded user ids in `online:` sets (u64 max has 20 digits).
+pub const ID_WIDTH: usize = 20;
+
+pub fn pad(id: Id) -> String {
+    format!("{:0width$}", id.0, width = ID_WIDTH)
+}
+
+#[derive(Clone, Debug)]
+pub struct Registry {
+    pub keys: Keys,
+    /// An edge whose last heartbeat is older than this is dead.
+    pub liveness_ms: u64,
+}
+
+/// One open connection of a user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conn {
+    pub edge: String,
+    pub conn: u64,
+    pub session_id: String,
+}
+
+impl Registry {
+    pub fn edges_key(&self) -> String {
+        self.keys.key("edges")
+    }
+    pub fn conns_key(&self, user: Id) -> String {
+        self.keys.key(format!("conns:{{{user}}}"))
+    }
+    pub fn online_key(&self, edge: &str) -> String {
+        self.keys.key(format!("online:{{{edge}}}"))
+    }
+    pub fn count_key(&self, edge: &str) -> String {
+        self.keys.key(format!("count:{{{edge}}}"))
+    }
+    pub fn unames_key(&self) -> String {
+        self.keys.key("unames")
+    }
+
+    /// Live edges and their current epoch.
+    pub async fn live_edges<C: redis::aio::ConnectionLike + Send + Sync>(
+        &self,
+        con: &mut C,
+        now_ms: u64,
+    ) -> Result<HashMap<String, u64>> {
+        let all: HashMap<String, String> = con.hgetall(self.edges_key()).await?;
+        Ok(all
+            .into_iter()
+            .filter_map(|(edge, v)| {
+                let (epoch, seen) = parse_edge_value(&v)?;
+                (now_ms.saturating_sub(seen) <= self.liveness_ms).then_some((edge, epoch))
+            })
+            .collect())
+    }
+
+    /// Every registered connection of `user` (live or not: callers filter by [`Self::live_edges`]).
+    pub async fn user_conns<C: redis::aio::ConnectionLike + Send + Sync>(
+        &self,
+        con: &mut C,
+        user: Id,
+    ) -> Result<Vec<Conn>> {
+        let all: HashMap<String, String> = con.hgetall(self.conns_key(user)).await?;
+        Ok(all
+            .into_iter()
+            .filter_map(|(field, sid)| {
+                let (edge, conn) = parse_conn_field(&field)?;
+                Some(Conn {
+                    edge,
+                    conn,
+                    session_id: sid,
+                })
+            })
+            .collect())
+    }
+}
+
+pub fn edge_value(epoch: u64, seen_ms: u64) -> String {
+    format!("{epoch}:{seen_ms}")
+}
+
+pub fn parse_edge_value(v: &str) -> Option<(u64, u64)> {
+    let (e, s) = v.split_once(':')?;
+    Some((e.parse().ok()?, s.parse().ok()?))
+}
+
+pub fn conn_field(edge: &str, conn: u64) -> String {
+    format!("{edge}/{conn}")
+}
+
+pub fn parse_conn_field(f: &str) -> Option<(String, u64)> {
+    let (e, c) = f.rsplit_once('/')?;
+    Some((e.to_string(), c.parse().ok()?))
+}
+
+/// A connection is current when its edge is live and it belongs to that edge's current epoch.
+pub fn is_current(c: &Conn, live: &HashMap<String, u64>) -> bool {
+    live.get(&c.edge)
+        .is_some_and(|&epoch| topics::bus::conn_epoch(c.conn) == epoch & 0xff_ffff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodings_round_trip() {
+        assert_eq!(pad(Id(42)).len(), ID_WIDTH);
+        assert!(pad(Id(9)) < pad(Id(10)));
+        assert_eq!(parse_edge_value(&edge_value(3, 99)), Some((3, 99)));
+        assert_eq!(parse_edge_value("x"), None);
+        assert_eq!(parse_conn_field(&conn_field("edge-1", 77)), Some(("edge-1".into(), 77)));
+        assert_eq!(parse_conn_field("nope"), None);
+        let r = Registry { keys: Keys::new("p"), liveness_ms: 1 };
+        assert_eq!(r.conns_key(Id(5)), "p:conns:{5}");
+        assert_eq!(r.online_key("e"), "p:online:{e}");
+        assert_eq!(r.count_key("e"), "p:count:{e}");
+        assert_eq!(r.edges_key(), "p:edges");
+        assert_eq!(r.unames_key(), "p:unames");
+    }
+
+    #[test]
+    fn current_connections() {
+        let live: HashMap<String, u64> = [("e".to_string(), 7u64)].into();
+        let c = |edge: &str, epoch| Conn { edge: edge.into(), conn: topics::bus::conn_id(epoch, 1), session_id: "s".into() };
+        assert!(is_current(&c("e", 7), &live));
+        assert!(!is_current(&c("e", 6), &live), "earlier process of the same edge");
+        assert!(!is_current(&c("dead", 7), &live));
+    }
+}

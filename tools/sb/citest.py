@@ -1,0 +1,238 @@
+"""`./sb test`: what CI runs (.ci/run). Lint, build instrumented, start a test platform, run every
+test against it, stop it gracefully, report coverage per crate. Always tears down what it started."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from state import REPO
+from util import SYSTEM_COMMANDS, SbError, ensure_packages, info, warn, which
+
+SB_PY = os.path.join(REPO, "tools", "sb", "sb.py")
+LLVM_ENV = {"LLVM_COV": "/usr/bin/llvm-cov-22", "LLVM_PROFDATA": "/usr/bin/llvm-profdata-22"}
+TEST_COMMANDS = dict(SYSTEM_COMMANDS, **{"llvm-cov-22": "llvm-22", "llvm-profdata-22": "llvm-22"})
+COVERAGE_IGNORE = r"tools/|loadtest/|tests/"
+CRATES = ["topics", "edge-ws", "workers", "router", "runtime"]
+
+
+class StepFailed(Exception):
+    pass
+
+
+class Interrupted(BaseException):
+    pass
+
+
+def _on_signal(signum, _frame):
+    raise Interrupted(signal.Signals(signum).name)
+
+
+class Runner:
+    def __init__(self):
+        self.results: list[tuple[str, float, str]] = []
+        self.n = 0
+
+    def step(self, title: str, fn) -> None:
+        self.n += 1
+        info(f"\n=== [{self.n}] {title}")
+        t = time.monotonic()
+        outcome = "FAILED"
+        try:
+            r = fn()
+            outcome = r if isinstance(r, str) else "ok"
+        except SbError as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise StepFailed(title) from None
+        finally:
+            self.results.append((title, time.monotonic() - t, outcome))
+
+    def summary(self, total: float, failed: str | None) -> None:
+        info("\n=== step times")
+        w = max([len(t) for t, _, _ in self.results] + [10])
+        for i, (title, secs, outcome) in enumerate(self.results, 1):
+            info(f"  {i:>2}. {title.ljust(w)} {secs:8.1f}s  {outcome}")
+        info(f"      {'total'.ljust(w)} {total:8.1f}s  " + (f"FAILED ({failed})" if failed else "ok"))
+
+
+def run(cmd: list[str], env: dict | None = None, cwd: str = REPO, capture: bool = False) -> str:
+    info("$ " + " ".join(shlex.quote(c) for c in cmd))
+    r = subprocess.run(cmd, env=env, cwd=cwd, text=True, stdout=subprocess.PIPE if capture else None)
+    if r.returncode != 0:
+        raise SbError(f"`{' '.join(cmd)}` exited with {r.returncode}")
+    return r.stdout if capture else ""
+
+
+# ---------------------------------------------------------------- steps
+
+
+def ensure_tools() -> str:
+    ensure_packages(TEST_COMMANDS)
+    probe = subprocess.run(["cargo", "llvm-cov", "--version"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        run(["cargo", "install", "cargo-llvm-cov", "--locked"])
+        probe = subprocess.run(["cargo", "llvm-cov", "--version"], capture_output=True, text=True)
+        if probe.returncode != 0:
+            raise SbError("cargo-llvm-cov still unavailable after cargo install")
+    return "ok (" + probe.stdout.strip() + ")"
+
+
+def coverage_env() -> dict:
+    base = dict(os.environ, **LLVM_ENV)
+    run(["cargo", "llvm-cov", "clean", "--workspace"], env=base)
+    out = None
+    for flag in ("--export-prefix", "--sh"):
+        r = subprocess.run(["cargo", "llvm-cov", "show-env", flag], env=base, cwd=REPO, capture_output=True, text=True)
+        if r.returncode == 0:
+            out = r.stdout
+            break
+    if out is None:
+        raise SbError("`cargo llvm-cov show-env --export-prefix` failed")
+    env = dict(base)
+    for ln in out.splitlines():
+        ln = ln.strip()
+        if not ln.startswith("export "):
+            continue
+        parts = shlex.split(ln[len("export "):])
+        if parts and "=" in parts[0]:
+            k, v = parts[0].split("=", 1)
+            env[k] = v
+    env.update(LLVM_ENV)
+    shown = [k for k in env if k not in os.environ or os.environ[k] != env[k]]
+    info("coverage env: " + " ".join(sorted(shown)))
+    return env
+
+
+def coverage_bin_dir(env: dict) -> str:
+    target = env.get("CARGO_LLVM_COV_TARGET_DIR") or env.get("CARGO_TARGET_DIR") or os.path.join(REPO, "target")
+    return os.path.join(target, "debug")
+
+
+def sb(*args: str, env: dict | None = None) -> None:
+    run([sys.executable, SB_PY, *args], env=env)
+
+
+def browser_tests(env: dict) -> str:
+    web = os.path.join(REPO, "web")
+    pkg = os.path.join(web, "package.json")
+    if not os.path.exists(pkg):
+        return "skipped (no web/package.json)"
+    with open(pkg) as f:
+        if "test" not in (json.load(f).get("scripts") or {}):
+            return "skipped (no test script)"
+    npm = which("npm")
+    if not npm:
+        raise SbError("web/package.json has a test script but npm is not installed (apt-get install npm)")
+    if not os.path.isdir(os.path.join(web, "node_modules")):
+        run([npm, "ci" if os.path.exists(os.path.join(web, "package-lock.json")) else "install"], env=env, cwd=web)
+    run([npm, "test"], env=env, cwd=web)
+    return "ok"
+
+
+def coverage_report(env: dict) -> str:
+    ignore = ["--ignore-filename-regex", COVERAGE_IGNORE]
+    run(["cargo", "llvm-cov", "report", "--summary-only", *ignore], env=env)
+    raw = run(["cargo", "llvm-cov", "report", "--json", "--summary-only", *ignore], env=env, capture=True)
+    data = json.loads(raw)
+    per: dict[str, list[int]] = {c: [0, 0] for c in CRATES}
+    for export in data.get("data", []):
+        for f in export.get("files", []):
+            rel = os.path.relpath(f["filename"], REPO)
+            crate = rel.split(os.sep, 1)[0]
+            if crate not in per:
+                crate = "other"
+                per.setdefault(crate, [0, 0])
+            lines = f["summary"]["lines"]
+            per[crate][0] += lines["covered"]
+            per[crate][1] += lines["count"]
+    info("\nline coverage per crate")
+    info(f"  {'crate':<10} {'covered':>8} {'lines':>8} {'percent':>8}")
+    tc = tl = 0
+    for crate, (cov, cnt) in per.items():
+        tc, tl = tc + cov, tl + cnt
+        pct = f"{100.0 * cov / cnt:7.2f}%" if cnt else "      -"
+        info(f"  {crate:<10} {cov:>8} {cnt:>8} {pct:>8}")
+    info(f"  {'total':<10} {tc:>8} {tl:>8} " + (f"{100.0 * tc / tl:7.2f}%" if tl else "      -"))
+    return f"ok ({100.0 * tc / tl:.2f}% lines)" if tl else "ok (no lines)"
+
+
+# ---------------------------------------------------------------- main
+
+
+def test(args) -> int:
+    t0 = time.monotonic()
+    state_dir = os.path.abspath(args.state_dir)
+    offset = str(args.port_offset)
+    lock_path = os.path.join(tempfile.gettempdir(),
+                             "switchboard-test-" + hashlib.sha1(state_dir.encode()).hexdigest()[:12] + ".lock")
+    lock = open(lock_path, "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SbError(f"another ./sb test is using {state_dir}") from None
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, _on_signal)
+
+    r = Runner()
+    env: dict = {}
+    platform = {"up": False}
+    failed = None
+    cargo_test = ["cargo", "test", "--workspace"]
+    harness = (["--test-threads", str(args.test_threads)] if args.test_threads else []) + list(args.test_args)
+    if harness:
+        cargo_test += ["--", *harness]
+    stack_file = os.path.join(state_dir, "stack.json")
+    sb_flags = ["--state-dir", state_dir, "--port-offset", offset]
+
+    def up():
+        nonlocal env
+        sb("down", "--purge", *sb_flags)  # leftovers of an interrupted run; fresh data every run
+        platform["up"] = True
+        sb("up", *sb_flags, "--bin-dir", coverage_bin_dir(env), env=env)
+
+    def down():
+        sb("down", *sb_flags, env=env)
+        platform["up"] = False
+
+    def set_env():
+        nonlocal env
+        env = coverage_env()
+
+    try:
+        r.step("system packages, llvm-22, cargo-llvm-cov", ensure_tools)
+        r.step("cargo fmt --all -- --check", lambda: run(["cargo", "fmt", "--all", "--", "--check"]))
+        r.step("cargo clippy --workspace --all-targets -- -D warnings",
+               lambda: run(["cargo", "clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))
+        r.step("coverage environment (cargo llvm-cov show-env)", set_env)
+        r.step("cargo build --workspace --bins (instrumented)",
+               lambda: run(["cargo", "build", "--workspace", "--bins"], env=env))
+        r.step(f"sb up (state {os.path.relpath(state_dir, REPO)}, port offset {offset})", up)
+        r.step(" ".join(cargo_test), lambda: run(cargo_test, env=dict(env, SB_STACK_FILE=stack_file)))
+        r.step("browser tests (web/)", lambda: browser_tests(dict(env, SB_STACK_FILE=stack_file)))
+        r.step("sb down (graceful: binaries flush coverage profiles)", down)
+        r.step("coverage report", lambda: coverage_report(env))
+    except StepFailed as e:
+        failed = str(e)
+    except (KeyboardInterrupt, Interrupted) as e:
+        failed = f"interrupted ({e or 'SIGINT'})"
+        warn(failed)
+    finally:
+        if platform["up"]:
+            for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(s, signal.SIG_IGN)  # teardown must finish
+            info("\n=== teardown: sb down")
+            try:
+                sb("down", *sb_flags, env=env or None)
+            except SbError as e:
+                warn(f"teardown failed: {e}")
+                failed = failed or "teardown"
+        r.summary(time.monotonic() - t0, failed)
+    return 1 if failed else 0

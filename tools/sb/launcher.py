@@ -1,0 +1,284 @@
+"""`./sb up`, `./sb down`, `./sb status`: orchestration over the component modules."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import kafka
+import mariadb
+import nginx
+import redis
+import services
+from ports import MAX_EDGES, NGINX_INSTANCES, Ports
+from state import REPO, State
+from util import (SYSTEM_COMMANDS, SbError, alive, ensure_packages, info, line, port_free, port_owner,
+                  stop_many, warn)
+
+
+class Ctx:
+    """Everything a component module needs for one invocation."""
+
+    def __init__(self, state: State, ports: Ports, kafka_brokers: int, edges: int, infra_only: bool,
+                 bin_dir: str, release: bool):
+        self.repo = REPO
+        self.state = state
+        self.ports = ports
+        self.kafka_brokers = kafka_brokers
+        self.edges = edges
+        self.infra_only = infra_only
+        self.bin_dir = bin_dir
+        self.release = release
+        self.infra_env = dict(os.environ)
+        self.app_env = dict(os.environ)
+        self.app_env.setdefault("RUST_LOG", "info")
+
+
+def _rel(path: str) -> str:
+    try:
+        r = os.path.relpath(path)
+        return r if not r.startswith("../..") else path
+    except ValueError:
+        return path
+
+
+def default_bin_dir(release: bool) -> str:
+    target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(REPO, "target")
+    if not os.path.isabs(target):
+        target = os.path.join(REPO, target)
+    return os.path.join(target, "release" if release else "debug")
+
+
+# ---------------------------------------------------------------- up
+
+
+def up(args) -> int:
+    t0 = time.monotonic()
+    if args.kafka_brokers not in (1, 3):
+        raise SbError("--kafka-brokers must be 1 or 3")
+    if not 1 <= args.edges <= MAX_EDGES:
+        raise SbError(f"--edges must be 1..{MAX_EDGES}")
+    ports = Ports(args.port_offset)
+    state = State(args.state_dir)
+    state.lock()
+    state.load()
+    bin_dir = os.path.abspath(args.bin_dir) if args.bin_dir else default_bin_dir(args.release)
+    ctx = Ctx(state, ports, args.kafka_brokers, args.edges, args.infra_only, bin_dir, args.release)
+
+    # --- already running? -----------------------------------------------------------------
+    running_before = state.any_running()
+    if running_before:
+        old = state.layout
+        for key, new in (("port_offset", args.port_offset), ("kafka_brokers", args.kafka_brokers),
+                         ("edges", args.edges)):
+            if key in old and old[key] != new and not (key == "edges" and args.infra_only):
+                raise SbError(f"a platform is running from {_rel(state.dir)} with {key}={old[key]} "
+                              f"(asked for {new}); run `./sb down` first")
+        dead = [c["name"] for c in state.components if not alive(c.get("pid"), c.get("starttime"))]
+        buildable = [n for n in state.data.get("skipped", [])
+                     if os.access(os.path.join(bin_dir, services.binary_of(n)), os.X_OK)]
+        wants_apps = not args.infra_only and (old.get("infra_only", False) or buildable)
+        if not dead and not wants_apps:
+            info(f"Switchboard is already running from {_rel(state.dir)} -- not starting a second one.")
+            status_table(state)
+            _print_connect(state, ctx)
+            return 0
+        if dead:
+            info(f"restarting dead component(s): {', '.join(dead)}")
+    # immutable while running: keep what was recorded for offset/brokers, update the rest
+    state.data["layout"] = {"port_offset": args.port_offset, "kafka_brokers": args.kafka_brokers,
+                            "edges": args.edges,
+                            "infra_only": args.infra_only and (not running_before
+                                                               or state.layout.get("infra_only", True)),
+                            "bin_dir": bin_dir}
+    state.data.setdefault("started_at", time.strftime("%Y-%m-%dT%H:%M:%S"))
+    state.save()
+    info(f"Switchboard up: state {_rel(state.dir)}, port offset {args.port_offset}, "
+         f"{args.kafka_brokers} Kafka broker(s), " + ("infra only" if args.infra_only else f"{args.edges} edge(s)"))
+
+    try:
+        _preflight(ctx)
+        ensure_packages(SYSTEM_COMMANDS)
+        if not args.infra_only:
+            if args.bin_dir:
+                services.check_bin_dir(ctx)
+            else:
+                _cargo_build(args.release)
+        os.makedirs(state.logs_dir, exist_ok=True)
+        services.write_configs(ctx)
+        # spawn the three infrastructure services first, then wait for each in order
+        kafka.start(ctx)
+        redis.start(ctx)
+        mariadb.start(ctx)
+        kafka.wait(ctx)
+        redis.wait(ctx)
+        mariadb.wait(ctx)
+        mariadb.migrate(ctx)
+        services.write_stack(ctx)
+        if not args.infra_only:
+            services.start_and_wait(ctx)
+        nginx.start_and_wait(ctx)
+        services.write_stack(ctx)
+    except (SbError, KeyboardInterrupt) as e:
+        if isinstance(e, KeyboardInterrupt):
+            warn("interrupted")
+        else:
+            line("up", "failed", False)
+            print(f"error: {e}", file=sys.stderr)
+        info(f"Components started so far are still running (logs in {_rel(state.logs_dir)}); "
+             f"`./sb down{_state_flag(args)}` stops them.")
+        return 1
+
+    total = time.monotonic() - t0
+    info("")
+    info(f"Switchboard is up: healthy in {total:.1f}s")
+    _print_connect(state, ctx)
+    return 0
+
+
+def _state_flag(args) -> str:
+    flags = ""
+    if getattr(args, "state_dir_given", False):
+        flags += f" --state-dir {_rel(args.state_dir)}"
+    elif args.port_offset:
+        flags += f" --port-offset {args.port_offset}"
+    return flags
+
+
+def _print_connect(state: State, ctx: Ctx) -> None:
+    urls = [f"http://127.0.0.1:{ctx.ports.nginx(i)}/" for i in range(NGINX_INSTANCES)]
+    info("  connect:    " + "  ".join(urls) + f"   (WebSocket path /ws, e.g. ws://127.0.0.1:{ctx.ports.nginx(0)}/ws)")
+    info(f"  stack file: {_rel(state.stack_file)}")
+    info(f"  configs:    {_rel(state.conf_dir)}/   logs: {_rel(state.logs_dir)}/")
+    if state.data.get("skipped"):
+        info(f"  not started (no binary yet): {', '.join(state.data['skipped'])}")
+
+
+def _preflight(ctx: Ctx) -> None:
+    """Every port we are about to listen on must be free (or held by our own running component)."""
+    ours = {c["port"] for c in ctx.state.components if alive(c.get("pid"), c.get("starttime"))}
+    # controller / bus ports of running components are ours too
+    for c in ctx.state.components:
+        if alive(c.get("pid"), c.get("starttime")):
+            if c["kind"] == "kafka":
+                ours.add(c["port"] + 1)
+            if c["kind"] == "redis":
+                ours.add(c["port"] + (ctx.ports.redis_bus(0) - ctx.ports.redis(0)))
+    busy = []
+    for group, plist in ctx.ports.all_listening(ctx.kafka_brokers, ctx.edges, not ctx.infra_only).items():
+        for p in plist:
+            if p not in ours and not port_free(p):
+                busy.append(f"{group} port {p}: {port_owner(p)}")
+    if busy:
+        raise SbError("ports already in use (another platform? try --port-offset):\n  " + "\n  ".join(busy))
+
+
+def _cargo_build(release: bool) -> None:
+    cmd = ["cargo", "build", "--bins"] + (["--release"] if release else [])
+    line("build", " ".join(cmd))
+    t = time.monotonic()
+    if subprocess.run(cmd, cwd=REPO).returncode != 0:
+        raise SbError(f"`{' '.join(cmd)}` failed")
+    line("build", f"done in {time.monotonic() - t:.1f}s", True)
+
+
+# ---------------------------------------------------------------- down
+
+STOP_ORDER = [("app", 15.0), ("nginx", 10.0), ("mariadb", 60.0), ("redis", 30.0), ("kafka", 60.0)]
+
+
+def down(args) -> int:
+    t0 = time.monotonic()
+    state = State(args.state_dir)
+    if not os.path.isdir(state.dir):
+        info(f"nothing to stop ({_rel(state.dir)} does not exist)")
+        return 0
+    state.lock()
+    state.load()
+    comps = state.components
+    if not comps:
+        info(f"nothing running from {_rel(state.dir)}")
+    for group, timeout in STOP_ORDER:
+        members = [c for c in comps if c.get("group") == group]
+        live = [c for c in members if alive(c.get("pid"), c.get("starttime"))]
+        if live:
+            killed = stop_many([(c["name"], c["pid"], c.get("starttime")) for c in live], signal.SIGTERM, timeout)
+            extra = f" (SIGKILL after {timeout:.0f}s: {', '.join(killed)})" if killed else ""
+            line(group if group != "app" else "switchboard", f"stopped {len(live)} process(es){extra}", True)
+        for c in members:
+            state.remove(c["name"])
+    # anything recorded outside the known groups
+    rest = [c for c in state.components if alive(c.get("pid"), c.get("starttime"))]
+    if rest:
+        stop_many([(c["name"], c["pid"], c.get("starttime")) for c in rest], signal.SIGTERM, 15)
+    state.data["components"] = []
+    state.data.pop("skipped", None)
+    state.data.pop("started_at", None)
+    state.save()
+    try:
+        os.remove(state.stack_file)
+    except FileNotFoundError:
+        pass
+    if args.purge:
+        shutil.rmtree(state.dir)
+        line("purge", f"removed {_rel(state.dir)}", True)
+    info(f"down in {time.monotonic() - t0:.1f}s")
+    return 0
+
+
+# ---------------------------------------------------------------- status
+
+
+def _check(state: State, c: dict) -> dict:
+    kind = c["kind"]
+    role = c.get("role", "")
+    if kind == "kafka":
+        ok = kafka.healthy(c, int(state.layout.get("kafka_brokers", 1)))
+    elif kind == "redis":
+        ok = redis.healthy(c)
+        role = (redis.role(c["port"]) if ok or alive(c.get("pid"), c.get("starttime")) else None) or role
+    elif kind == "mariadb":
+        ok = mariadb.healthy(c)
+    elif kind == "nginx":
+        ok = nginx.healthy(c, any(x["kind"] == "edge" for x in state.components))
+    else:
+        ok = services.healthy(c)
+    return {"name": c["name"], "kind": kind, "role": role, "addr": c["addr"], "pid": c["pid"], "healthy": bool(ok)}
+
+
+def collect(state: State) -> list[dict]:
+    with ThreadPoolExecutor(max_workers=8) as ex:
+        return list(ex.map(lambda c: _check(state, c), state.components))
+
+
+def status_table(state: State, rows: list[dict] | None = None) -> bool:
+    rows = collect(state) if rows is None else rows
+    hdr = ("NAME", "KIND", "ROLE", "ADDR", "PID", "HEALTHY")
+    table = [hdr] + [(r["name"], r["kind"], r["role"], r["addr"], str(r["pid"]), "yes" if r["healthy"] else "NO")
+                     for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(hdr))]
+    for row in table:
+        info("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    return all(r["healthy"] for r in rows)
+
+
+def status(args) -> int:
+    state = State(args.state_dir)
+    state.load()
+    rows = collect(state) if state.components else []
+    if args.json:
+        print(json.dumps({"components": rows}))
+    else:
+        if not rows:
+            info(f"not running (state dir {_rel(state.dir)})")
+        else:
+            status_table(state, rows)
+            if state.data.get("skipped"):
+                info(f"not started (no binary): {', '.join(state.data['skipped'])}")
+    return 0 if rows and all(r["healthy"] for r in rows) else 1

@@ -1,0 +1,154 @@
+"""nginx x2 in front of the edges. Each instance has its own prefix: <state>/nginx-<i>/.
+
+The upstream list lives in <prefix>/conf/upstream.conf (included by nginx.conf) so it can be
+rewritten and reloaded without touching the rest:
+
+    nginx -p <prefix> -c conf/nginx.conf -e logs/error.log -s reload
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+from ports import NGINX_INSTANCES, addr
+from state import write_atomic
+from util import SbError, alive, http_status, line, port_open, spawn, tail, wait_until, which
+
+
+def name(i: int) -> str:
+    return f"nginx-{i}"
+
+
+def prefix(ctx, i: int) -> str:
+    return ctx.state.path(name(i))
+
+
+def nginx_conf(port: int) -> str:
+    return f"""# written by ./sb up -- edits are overwritten (the upstream list is in upstream.conf)
+daemon off;
+pid logs/nginx.pid;
+error_log logs/error.log warn;
+worker_processes 2;
+worker_rlimit_nofile 20000;
+worker_shutdown_timeout 30s;
+
+events {{
+    worker_connections 10000;
+}}
+
+http {{
+    client_body_temp_path temp/client_body;
+    proxy_temp_path temp/proxy;
+    fastcgi_temp_path temp/fastcgi;
+    uwsgi_temp_path temp/uwsgi;
+    scgi_temp_path temp/scgi;
+
+    access_log logs/access.log combined buffer=64k flush=5s;
+    sendfile on;
+    tcp_nodelay on;
+    keepalive_timeout 65s;
+
+    map $http_upgrade $connection_upgrade {{
+        default upgrade;
+        ''      close;
+    }}
+
+    include upstream.conf;
+
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+
+        location / {{
+            proxy_pass http://edges;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_read_timeout 3600s;
+            proxy_send_timeout 3600s;
+            proxy_next_upstream error timeout http_502;
+        }}
+    }}
+}}
+"""
+
+
+def upstream_conf(edge_ports: list[int], placeholder_port: int) -> str:
+    out = "# written by ./sb -- the edges nginx balances over; rewrite + `nginx -s reload` to change\n"
+    out += "upstream edges {\n"
+    for p in edge_ports:
+        out += f"    server 127.0.0.1:{p} max_fails=1 fail_timeout=2s;\n"
+    if not edge_ports:
+        # nginx refuses an empty upstream: a placeholder marked down answers 502
+        out += f"    server 127.0.0.1:{placeholder_port} down;\n"
+    out += "}\n"
+    return out
+
+
+def _edge_ports(ctx) -> list[int]:
+    return [c["port"] for c in ctx.state.components if c["kind"] == "edge"]
+
+
+def write_upstreams(ctx) -> None:
+    for i in range(NGINX_INSTANCES):
+        write_atomic(os.path.join(prefix(ctx, i), "conf", "upstream.conf"),
+                     upstream_conf(_edge_ports(ctx), ctx.ports.edge(0)))
+
+
+def _nginx_args(ctx, i: int) -> list[str]:
+    return ["-p", prefix(ctx, i) + "/", "-c", "conf/nginx.conf", "-e", "logs/error.log"]
+
+
+def reload(ctx) -> None:
+    """Rewrite upstream.conf from the running edges and reload every running nginx."""
+    write_upstreams(ctx)
+    exe = which("nginx")
+    for i in range(NGINX_INSTANCES):
+        if ctx.state.running(name(i)):
+            r = subprocess.run([exe, *_nginx_args(ctx, i), "-s", "reload"], capture_output=True, text=True)
+            if r.returncode != 0:
+                raise SbError(f"{name(i)} reload failed: {r.stderr.strip()}")
+
+
+def healthy(comp: dict, has_edges: bool) -> bool:
+    if not alive(comp.get("pid"), comp.get("starttime")):
+        return False
+    if has_edges:
+        return http_status(f"http://{comp['addr']}/healthz") == 200
+    return port_open(comp["port"])
+
+
+def start_and_wait(ctx, timeout: float = 30.0) -> None:
+    exe = which("nginx")
+    if not exe:
+        raise SbError("nginx not found")
+    has_edges = bool(_edge_ports(ctx))
+    running = [i for i in range(NGINX_INSTANCES) if ctx.state.running(name(i))]
+    write_upstreams(ctx)
+    for i in range(NGINX_INSTANCES):
+        if i in running:
+            continue
+        p = prefix(ctx, i)
+        for sub in ("conf", "logs", "temp"):
+            os.makedirs(os.path.join(p, sub), exist_ok=True)
+        port = ctx.ports.nginx(i)
+        write_atomic(os.path.join(p, "conf", "nginx.conf"), nginx_conf(port))
+        t = subprocess.run([exe, "-t", "-q", *_nginx_args(ctx, i)], capture_output=True, text=True)
+        if t.returncode != 0:
+            raise SbError(f"{name(i)}: bad nginx config:\n{t.stderr}")
+        log = os.path.join(p, "logs", "error.log")
+        pid, stt = spawn([exe, *_nginx_args(ctx, i)], ctx.state.log(name(i)) + ".out", env=ctx.infra_env, cwd=p)
+        ctx.state.put({"name": name(i), "kind": "nginx", "role": "proxy", "addr": addr(port), "port": port,
+                       "pid": pid, "starttime": stt, "group": "nginx", "log": log, "prefix": p})
+    if running:
+        reload(ctx)  # edges may have changed since they started
+    for i in range(NGINX_INSTANCES):
+        c = ctx.state.get(name(i))
+        if not wait_until(lambda c=c: healthy(c, has_edges), timeout, 0.1,
+                          lambda c=c: not alive(c["pid"], c["starttime"])):
+            why = "GET /healthz through nginx is not 200" if has_edges else "port not accepting"
+            raise SbError(f"{c['name']} not healthy on {c['addr']} ({why}); log {c['log']}:\n{tail(c['log'])}")
+        via = f"-> {len(_edge_ports(ctx))} edge(s), /healthz 200" if has_edges else "(no edges: TCP only)"
+        line(c["name"], f"healthy at http://{c['addr']}/ {via}", True)

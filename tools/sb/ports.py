@@ -1,0 +1,98 @@
+"""Every TCP port the launcher uses, derived from one base table plus an offset.
+
+Nothing else in tools/sb hard-codes a port number: ask a `Ports` object.
+
+    offset 0     (./sb up):                     Kafka 19092, Redis 17000-17005, MariaDB 13306-13309,
+                                                nginx 18080/18081, edges 18100+, workers 18200+, router 18250
+    offset 1000  (./sb test, --port-offset 1000): Kafka 20092, Redis 18000-18005, MariaDB 14306-14309,
+                                                nginx 19080/19081, edges 19100+, workers 19200+, router 19250
+"""
+
+from __future__ import annotations
+
+# The base table. Values are the ports used with --port-offset 0.
+BASE = {
+    # Kafka: broker i (0-based) listens on kafka_client + 2*i, its controller on kafka_controller + 2*i.
+    "kafka_client": 19092,
+    "kafka_controller": 19093,
+    "kafka_stride": 2,  # not a port: distance between consecutive brokers
+    # Redis Cluster: nodes on redis_first .. redis_first+5; cluster bus = port + redis_bus_shift.
+    "redis_first": 17000,
+    "redis_bus_shift": 10000,  # not a port: Redis' own default bus offset, kept explicit
+    # MariaDB: shard s primary on mariadb_first + 2*s, its replica on mariadb_first + 2*s + 1.
+    "mariadb_first": 13306,
+    # nginx instance i on nginx_first + i.
+    "nginx_first": 18080,
+    # edge-i listens on edge_first + i (HTTP + WebSocket + /healthz).
+    "edge_first": 18100,
+    # worker k health endpoint on worker_health_first + k (order of WORKERS).
+    "worker_health_first": 18200,
+    # router health endpoint.
+    "router_health": 18250,
+}
+
+# Stride / shift entries are not offset.
+_NOT_PORTS = {"kafka_stride", "redis_bus_shift"}
+
+REDIS_NODES = 6
+MARIADB_SHARDS = 2
+NGINX_INSTANCES = 2
+MAX_EDGES = 50  # keeps edge ports below the worker health range
+WORKERS = ["auth", "users", "invites", "dms", "presence"]
+
+
+class Ports:
+    def __init__(self, offset: int = 0):
+        if offset < 0 or offset > 40000:
+            raise ValueError(f"port offset {offset} out of range (0..40000)")
+        self.offset = offset
+        self._p = {k: (v if k in _NOT_PORTS else v + offset) for k, v in BASE.items()}
+
+    # --- Kafka -----------------------------------------------------------
+    def kafka_client(self, i: int) -> int:
+        return self._p["kafka_client"] + self._p["kafka_stride"] * i
+
+    def kafka_controller(self, i: int) -> int:
+        return self._p["kafka_controller"] + self._p["kafka_stride"] * i
+
+    # --- Redis -----------------------------------------------------------
+    def redis(self, i: int) -> int:
+        return self._p["redis_first"] + i
+
+    def redis_bus(self, i: int) -> int:
+        return self.redis(i) + self._p["redis_bus_shift"]
+
+    # --- MariaDB ---------------------------------------------------------
+    def mariadb(self, shard: int, replica: bool) -> int:
+        return self._p["mariadb_first"] + 2 * shard + (1 if replica else 0)
+
+    # --- nginx / app -----------------------------------------------------
+    def nginx(self, i: int) -> int:
+        return self._p["nginx_first"] + i
+
+    def edge(self, i: int) -> int:
+        return self._p["edge_first"] + i
+
+    def worker_health(self, worker: str) -> int:
+        return self._p["worker_health_first"] + WORKERS.index(worker)
+
+    def router_health(self) -> int:
+        return self._p["router_health"]
+
+    # --- everything, for pre-flight "is this port free" checks -----------
+    def all_listening(self, kafka_brokers: int, edges: int, apps: bool) -> dict[str, list[int]]:
+        """Component group -> every port that group will listen on."""
+        out = {
+            "kafka": [p for i in range(kafka_brokers) for p in (self.kafka_client(i), self.kafka_controller(i))],
+            "redis": [p for i in range(REDIS_NODES) for p in (self.redis(i), self.redis_bus(i))],
+            "mariadb": [self.mariadb(s, r) for s in range(MARIADB_SHARDS) for r in (False, True)],
+            "nginx": [self.nginx(i) for i in range(NGINX_INSTANCES)],
+        }
+        if apps:
+            out["edges"] = [self.edge(i) for i in range(edges)]
+            out["workers"] = [self.worker_health(w) for w in WORKERS] + [self.router_health()]
+        return out
+
+
+def addr(port: int) -> str:
+    return f"127.0.0.1:{port}"

@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""sb -- the Switchboard local launcher. Python 3.11 standard library only.
+
+    ./sb up [--edges N] [--kafka-brokers 1|3] [--infra-only] [--bin-dir DIR] [--release]
+    ./sb down [--purge]
+    ./sb status [--json]
+    ./sb test [--test-threads N] [-- ARGS for the test harness]
+
+Common options: --state-dir DIR (default .sb/, or .sb-<offset>/), --port-offset N (default 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from state import REPO, default_state_dir  # noqa: E402
+from util import SbError  # noqa: E402
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--state-dir", help="state directory (default: .sb/ at port offset 0, else .sb-<offset>/)")
+    common.add_argument("--port-offset", type=int, default=None,
+                        help="add N to every port (default 0; `sb test` uses 1000)")
+
+    p = argparse.ArgumentParser(prog="sb", description="Switchboard local launcher")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    up = sub.add_parser("up", parents=[common], help="start Kafka, Redis Cluster, MariaDB, Switchboard, nginx")
+    up.add_argument("--edges", type=int, default=2, help="number of edge-ws processes (default 2)")
+    up.add_argument("--kafka-brokers", type=int, default=1, choices=[1, 3])
+    up.add_argument("--infra-only", action="store_true", help="Kafka, Redis, MariaDB, nginx only")
+    up.add_argument("--bin-dir", help="where the Switchboard binaries are (skips cargo build)")
+    up.add_argument("--release", action="store_true", help="cargo build --release, run target/release")
+
+    down = sub.add_parser("down", parents=[common], help="stop everything `up` started")
+    down.add_argument("--purge", action="store_true", help="also delete the state dir (all data)")
+
+    st = sub.add_parser("status", parents=[common], help="health of every component")
+    st.add_argument("--json", action="store_true")
+
+    t = sub.add_parser("test", parents=[common], help="what CI runs: lint, build, platform, tests, coverage")
+    t.add_argument("--test-threads", type=int, default=None, help="passed to the test harness")
+    t.add_argument("test_args", nargs="*", help="extra args after `--`, passed to the test harness")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    args.state_dir_given = args.state_dir is not None
+    if args.port_offset is None:
+        args.port_offset = 1000 if args.cmd == "test" else 0
+    if args.state_dir is None:
+        args.state_dir = os.path.join(REPO, ".sb-test") if args.cmd == "test" else default_state_dir(args.port_offset)
+    args.state_dir = os.path.abspath(args.state_dir)
+    try:
+        if args.cmd == "up":
+            import launcher as plat
+            return plat.up(args)
+        if args.cmd == "down":
+            import launcher as plat
+            return plat.down(args)
+        if args.cmd == "status":
+            import launcher as plat
+            return plat.status(args)
+        if args.cmd == "test":
+            import citest
+            return citest.test(args)
+    except SbError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

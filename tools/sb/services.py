@@ -1,0 +1,185 @@
+"""Switchboard's own processes (edge-ws, workers, router): config files, start, health."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import kafka
+from mariadb import DB_NAME, DB_PASSWORD, DB_USER
+from ports import MARIADB_SHARDS, NGINX_INSTANCES, REDIS_NODES, WORKERS, addr
+from state import write_atomic
+from util import SbError, alive, http_status, line, spawn, tail, wait_until, warn
+
+TOPIC_PREFIX = "sb"
+KEY_PREFIX = "sb"
+
+
+def q(s: str) -> str:
+    """TOML basic string (JSON string escapes are valid TOML)."""
+    return json.dumps(s)
+
+
+def qlist(items: list[str]) -> str:
+    return "[" + ", ".join(q(i) for i in items) + "]"
+
+
+# ---------------------------------------------------------------- shared facts
+
+
+def kafka_brokers(ctx) -> str:
+    return kafka.brokers_string(ctx.ports, ctx.kafka_brokers)
+
+
+def replication_factor(ctx) -> int:
+    return 3 if ctx.kafka_brokers == 3 else 1
+
+
+def redis_nodes(ctx) -> list[str]:
+    return [f"redis://{addr(ctx.ports.redis(i))}" for i in range(REDIS_NODES)]
+
+
+def db_shards(ctx) -> list[dict]:
+    return [{"primary": addr(ctx.ports.mariadb(s, False)), "replica": addr(ctx.ports.mariadb(s, True))}
+            for s in range(MARIADB_SHARDS)]
+
+
+def nginx_addrs(ctx) -> list[str]:
+    return [addr(ctx.ports.nginx(i)) for i in range(NGINX_INSTANCES)]
+
+
+def edge_id(i: int) -> str:
+    return f"edge-{i}"
+
+
+def app_names(ctx) -> list[str]:
+    return [edge_id(i) for i in range(ctx.edges)] + [f"worker-{w}" for w in WORKERS] + ["router"]
+
+
+# ---------------------------------------------------------------- config files
+
+
+def _kafka_section(ctx) -> str:
+    return (f"[kafka]\nbrokers = {q(kafka_brokers(ctx))}\ntopic_prefix = {q(TOPIC_PREFIX)}\n"
+            f"replication_factor = {replication_factor(ctx)}\n")
+
+
+def _redis_section(ctx) -> str:
+    return f"[redis]\nnodes = {qlist(redis_nodes(ctx))}\nkey_prefix = {q(KEY_PREFIX)}\n"
+
+
+def _database_section(ctx) -> str:
+    out = f"[database]\nuser = {q(DB_USER)}\npassword = {q(DB_PASSWORD)}\nname = {q(DB_NAME)}\n"
+    for sh in db_shards(ctx):
+        out += f"\n[[database.shards]]\nprimary = {q(sh['primary'])}\nreplica = {q(sh['replica'])}\n"
+    return out
+
+
+def edge_toml(ctx, i: int) -> str:
+    origins = []
+    for i_ng in range(NGINX_INSTANCES):
+        p = ctx.ports.nginx(i_ng)
+        origins += [f"http://127.0.0.1:{p}", f"http://localhost:{p}"]
+    return (_kafka_section(ctx)
+            + f"\n[edge]\nid = {q(edge_id(i))}\nlisten = {q(addr(ctx.ports.edge(i)))}\n"
+            + f"allowed_origins = {qlist(origins)}\n")
+
+
+def service_toml(ctx, svc: str, health_port: int, database: bool) -> str:
+    out = _kafka_section(ctx) + "\n" + _redis_section(ctx) + "\n"
+    if database:
+        out += _database_section(ctx) + "\n"
+    out += f"[service]\nname = {q(svc)}\nhealth_listen = {q(addr(health_port))}\n"
+    return out
+
+
+def write_configs(ctx) -> None:
+    """conf/<name>.toml for every binary (written even with --infra-only, for running by hand)."""
+    hdr = "# written by ./sb up -- edits are overwritten\n"
+    conf = ctx.state.conf_dir
+    for i in range(ctx.edges):
+        write_atomic(os.path.join(conf, f"{edge_id(i)}.toml"), hdr + edge_toml(ctx, i))
+    for w in WORKERS:
+        write_atomic(os.path.join(conf, f"worker-{w}.toml"),
+                     hdr + service_toml(ctx, f"worker-{w}", ctx.ports.worker_health(w), True))
+    write_atomic(os.path.join(conf, "router.toml"), hdr + service_toml(ctx, "router", ctx.ports.router_health(), False))
+    write_atomic(os.path.join(conf, "migrate.toml"), hdr + _database_section(ctx))
+
+
+def stack(ctx, edges: list[dict]) -> dict:
+    return {
+        "kafka": {"brokers": kafka_brokers(ctx), "replication_factor": replication_factor(ctx)},
+        "redis": {"nodes": redis_nodes(ctx)},
+        "mariadb": {"user": DB_USER, "password": DB_PASSWORD, "database": DB_NAME, "shards": db_shards(ctx)},
+        "nginx": nginx_addrs(ctx),
+        "edges": edges,
+        "nginx_prefixes": [ctx.state.path(f"nginx-{i}") for i in range(NGINX_INSTANCES)],
+    }
+
+
+def write_stack(ctx) -> None:
+    edges = [{"id": c["role"], "addr": c["addr"]} for c in ctx.state.components if c["kind"] == "edge"]
+    write_atomic(ctx.state.stack_file, json.dumps(stack(ctx, edges), indent=2) + "\n")
+
+
+# ---------------------------------------------------------------- processes
+
+
+def _specs(ctx) -> list[dict]:
+    """(name, kind, role, binary, port of /healthz) for every app process."""
+    out = []
+    for i in range(ctx.edges):
+        out.append({"name": edge_id(i), "kind": "edge", "role": edge_id(i), "bin": "edge-ws",
+                    "port": ctx.ports.edge(i)})
+    for w in WORKERS:
+        out.append({"name": f"worker-{w}", "kind": "worker", "role": w, "bin": f"worker-{w}",
+                    "port": ctx.ports.worker_health(w)})
+    out.append({"name": "router", "kind": "router", "role": "router", "bin": "router", "port": ctx.ports.router_health()})
+    return out
+
+
+def binary_of(name: str) -> str:
+    """Binary that runs app component `name` (edge-3 -> edge-ws, worker-dms -> worker-dms)."""
+    return "edge-ws" if name.startswith("edge-") else name
+
+
+def healthy(comp: dict) -> bool:
+    return alive(comp.get("pid"), comp.get("starttime")) and http_status(f"http://{comp['addr']}/healthz") == 200
+
+
+def start_and_wait(ctx, timeout: float = 60.0) -> None:
+    skipped, started = [], []
+    for sp in _specs(ctx):
+        if ctx.state.running(sp["name"]):
+            continue
+        exe = os.path.join(ctx.bin_dir, sp["bin"])
+        if not os.access(exe, os.X_OK):
+            skipped.append(sp["name"])
+            continue
+        log = ctx.state.log(sp["name"])
+        argv = [exe, "--config", os.path.join(ctx.state.conf_dir, f"{sp['name']}.toml")]
+        pid, stt = spawn(argv, log, env=ctx.app_env, cwd=ctx.repo)
+        comp = {"name": sp["name"], "kind": sp["kind"], "role": sp["role"], "addr": addr(sp["port"]),
+                "port": sp["port"], "pid": pid, "starttime": stt, "group": "app", "log": log, "bin": exe}
+        ctx.state.put(comp)
+        started.append(comp)
+    ctx.state.data["skipped"] = skipped
+    ctx.state.save()
+    if skipped:
+        warn(f"no binary in {ctx.bin_dir} for: {', '.join(skipped)} -- skipped (not built yet?)")
+    for comp in started:
+        ok = wait_until(lambda c=comp: healthy(c), timeout, 0.1,
+                        lambda c=comp: not alive(c["pid"], c["starttime"]))
+        if not ok:
+            state = "exited" if not alive(comp["pid"], comp["starttime"]) else "no 200 from /healthz"
+            raise SbError(f"{comp['name']} not healthy ({state}) at http://{comp['addr']}/healthz; "
+                          f"log {comp['log']}:\n{tail(comp['log'])}")
+        line(comp["name"], f"healthy at http://{comp['addr']}/healthz (pid {comp['pid']})", True)
+    for sp in _specs(ctx):
+        if sp["name"] in skipped:
+            line(sp["name"], f"skipped: no {sp['bin']} binary in {ctx.bin_dir}")
+
+
+def check_bin_dir(ctx) -> None:
+    if not os.path.isdir(ctx.bin_dir):
+        raise SbError(f"--bin-dir {ctx.bin_dir} is not a directory")
