@@ -2,9 +2,11 @@
 //! share one cluster without touching each other's keys.
 
 use crate::{RedisSettings, Result};
-use deadpool_redis::cluster::{Config, Pool, Runtime};
+use deadpool_redis::cluster::{Config, Runtime};
 
 pub use deadpool_redis::redis;
+pub use deadpool_redis::cluster::Pool;
+pub use deadpool_redis::PoolError;
 
 pub fn pool(s: &RedisSettings) -> Result<Pool> {
     let mut cfg = Config::from_urls(s.nodes.clone());

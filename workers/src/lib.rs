@@ -1,1 +1,158 @@
-pub fn x(){}
+//! Switchboard's workers. Each role is its own binary and Kafka consumer group, scaled by adding
+//! processes: `auth` (login, sessions, refresh, logout), `users` (sign-up, lookup, delete),
+//! `invites`, `dms` (direct conversations and messages) and `presence` (edge events, the online
+//! list, broadcasts). Handlers are plain `async fn`s of (request, context) → outcome; the Kafka
+//! loop around them lives in [`runtime::consume`].
+
+pub mod auth;
+pub mod db;
+pub mod dispatch;
+pub mod dms;
+pub mod ids;
+pub mod invites;
+pub mod presence;
+pub mod sessions;
+pub mod settings;
+pub mod users;
+
+pub use dispatch::{Caller, Ctx, Deps, Outcome};
+pub use settings::{DatabaseSettings, Limits, Settings};
+
+use runtime::kafka::Publisher;
+use runtime::metrics::Metrics;
+use runtime::redis::Keys;
+use runtime::registry::Registry;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use topics::{Domain, ErrorBody, ErrorCode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Runtime(#[from] runtime::Error),
+    #[error("database: {0}")]
+    Db(#[from] mysql_async::Error),
+    #[error("redis: {0}")]
+    Redis(#[from] runtime::redis::redis::RedisError),
+    #[error("redis pool: {0}")]
+    RedisPool(#[from] runtime::redis::PoolError),
+    #[error(transparent)]
+    Publish(#[from] runtime::kafka::PublishError),
+    #[error("configuration: {0}")]
+    Config(String),
+    /// A refusal the client is told about (typed error frame); nothing else went wrong.
+    #[error("{}: {}", .0.code.as_str(), .0.message)]
+    Reply(ErrorBody),
+    #[error("password hashing: {0}")]
+    Hash(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A refusal for the client.
+pub fn refuse(code: ErrorCode, message: impl Into<String>) -> Error {
+    Error::Reply(ErrorBody::new(code, message))
+}
+
+impl From<ErrorBody> for Error {
+    fn from(e: ErrorBody) -> Self {
+        Error::Reply(e)
+    }
+}
+
+/// The worker roles, one binary each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Auth,
+    Users,
+    Invites,
+    Dms,
+    Presence,
+}
+
+impl Role {
+    pub const ALL: [Role; 5] = [Role::Auth, Role::Users, Role::Invites, Role::Dms, Role::Presence];
+
+    pub fn domain(self) -> Domain {
+        match self {
+            Role::Auth => Domain::Auth,
+            Role::Users => Domain::Users,
+            Role::Invites => Domain::Invites,
+            Role::Dms => Domain::Dms,
+            Role::Presence => Domain::Presence,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Auth => "worker-auth",
+            Role::Users => "worker-users",
+            Role::Invites => "worker-invites",
+            Role::Dms => "worker-dms",
+            Role::Presence => "worker-presence",
+        }
+    }
+}
+
+/// Build the dependencies every role shares: topics, producer, Redis Cluster, shards, ids.
+pub async fn deps(settings: &Settings, metrics: Metrics) -> Result<Arc<Deps>> {
+    let topics = settings.kafka.topics();
+    runtime::kafka::ensure_topics(&settings.kafka, &topics.shared(), settings.kafka.partitions, None)
+        .await?;
+    let redis = runtime::redis::pool(&settings.redis)?;
+    let keys = Keys::new(settings.redis.key_prefix.clone());
+    let node = ids::lease_node(&redis, &keys).await?;
+    Ok(Arc::new(Deps {
+        publisher: Publisher::new(&settings.kafka, metrics.clone())?,
+        registry: Registry { keys: keys.clone(), liveness_ms: settings.limits.edge_liveness_ms },
+        db: db::Shards::connect(&settings.database)?,
+        ids: ids::IdGen::new(node),
+        limits: settings.limits.clone(),
+        topics,
+        redis,
+        keys,
+        metrics,
+    }))
+}
+
+/// Run one role until `stop`: consume its topic, serve health, drain, flush.
+pub async fn run(role: Role, settings: Settings, stop: CancellationToken) -> Result<()> {
+    let metrics = Metrics::default();
+    let (addr, health) =
+        runtime::health::serve(&settings.service.health_listen, metrics.clone(), stop.clone()).await?;
+    tracing::info!(role = role.name(), %addr, "health endpoint up");
+    let deps = deps(&settings, metrics.clone()).await?;
+    let renew = tokio::spawn(ids::renew_node(deps.redis.clone(), deps.keys.clone(), deps.ids.node(), stop.clone()));
+    let topic = deps.topics.requests(role.domain());
+    let group = deps.topics.group(role.name());
+    let consumer = runtime::kafka::consumer(&settings.kafka, &group, false)?;
+    {
+        use rdkafka::consumer::Consumer;
+        consumer.subscribe(&[&topic]).map_err(runtime::Error::from)?;
+    }
+    let handler = Arc::new(dispatch::Dispatcher { deps: deps.clone(), role });
+    let loop_settings = runtime::consume::LoopSettings {
+        lanes: settings.limits.lanes,
+        lane_capacity: 64,
+        dead_letter_topic: deps.topics.dead_letter(),
+        drain_timeout: std::time::Duration::from_secs(10),
+    };
+    runtime::consume::run(consumer, handler, deps.publisher.clone(), loop_settings, metrics, stop.clone()).await;
+    deps.publisher.flush(std::time::Duration::from_secs(5));
+    let _ = renew.await;
+    let _ = health.await;
+    tracing::info!(role = role.name(), "worker stopped");
+    Ok(())
+}
+
+/// Entry point of every worker binary: settings (exit 64 when bad), telemetry, run until signal.
+pub async fn main_for(role: Role) -> anyhow::Result<()> {
+    let mut settings: Settings = runtime::settings::load_or_exit();
+    if settings.service.name.is_empty() {
+        settings.service.name = role.name().to_string();
+    }
+    runtime::telemetry::init(role.name());
+    let stop = runtime::shutdown::on_signal();
+    run(role, settings, stop).await?;
+    Ok(())
+}

@@ -1,0 +1,14 @@
+//! Apply schema migrations to every shard: `sb-migrate --config migrate.toml`.
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings: workers::settings::MigrateSettings = runtime::settings::load_or_exit();
+    runtime::telemetry::init("sb-migrate");
+    let applied = workers::db::migrate(&settings.database).await?;
+    println!(
+        "migrations applied on {} shard(s): {:?}",
+        settings.database.shards.len(),
+        applied
+    );
+    Ok(())
+}

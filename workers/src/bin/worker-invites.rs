@@ -1,0 +1,4 @@
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    workers::main_for(workers::Role::Invites).await
+}

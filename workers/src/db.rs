@@ -1,0 +1,233 @@
+//! Sharded MariaDB: a logical-shard map over physical shards (each a primary and an optional
+//! replica), and the migration runner.
+
+use crate::settings::DatabaseSettings;
+use crate::{Error, Result};
+use mysql_async::prelude::*;
+use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts};
+use secrecy::ExposeSecret;
+use std::sync::Arc;
+
+/// One physical shard.
+#[derive(Clone)]
+pub struct Shard {
+    pub index: usize,
+    pub primary: Pool,
+    /// Reads that tolerate replication lag; the primary when there is no replica.
+    pub replica: Pool,
+}
+
+/// Where rows live.
+#[derive(Clone)]
+pub struct Shards {
+    shards: Arc<Vec<Shard>>,
+    map: Arc<Vec<usize>>,
+}
+
+/// splitmix64: spreads time-ordered ids evenly over logical shards.
+pub fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// FNV-1a of a string key (usernames, invite codes, pair keys).
+pub fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The logical → physical map: explicit, or logical % physical.
+pub fn build_map(logical: u32, physical: usize, explicit: Option<&[usize]>) -> Result<Vec<usize>> {
+    if physical == 0 || logical == 0 {
+        return Err(Error::Config("at least one shard and one logical shard are needed".into()));
+    }
+    match explicit {
+        Some(m) if m.len() != logical as usize => Err(Error::Config(format!(
+            "logical_map has {} entries for {logical} logical shards",
+            m.len()
+        ))),
+        Some(m) if m.iter().any(|&p| p >= physical) => Err(Error::Config(
+            "logical_map names a shard that does not exist".into(),
+        )),
+        Some(m) => Ok(m.to_vec()),
+        None => Ok((0..logical as usize).map(|l| l % physical).collect()),
+    }
+}
+
+/// Physical shard index for a hash under `map`.
+pub fn physical_of(map: &[usize], hash: u64) -> usize {
+    map[(hash % map.len() as u64) as usize]
+}
+
+fn opts(s: &DatabaseSettings, addr: &str, db: Option<&str>) -> Result<Opts> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+        .ok_or_else(|| Error::Config(format!("database address {addr:?} is not host:port")))?;
+    let constraints = PoolConstraints::new(0, s.pool_max.max(1)).expect("0 <= max");
+    Ok(OptsBuilder::default()
+        .ip_or_hostname(host)
+        .tcp_port(port)
+        .user(Some(s.user.clone()))
+        .pass(Some(s.password.expose_secret().to_string()))
+        .db_name(db.map(str::to_string))
+        .prefer_socket(false)
+        .pool_opts(PoolOpts::default().with_constraints(constraints))
+        .into())
+}
+
+impl Shards {
+    pub fn connect(s: &DatabaseSettings) -> Result<Self> {
+        let map = build_map(s.logical_shards, s.shards.len(), s.logical_map.as_deref())?;
+        let shards = s
+            .shards
+            .iter()
+            .enumerate()
+            .map(|(index, sh)| {
+                let primary = Pool::new(opts(s, &sh.primary, Some(&s.name))?);
+                let replica = match &sh.replica {
+                    Some(r) => Pool::new(opts(s, r, Some(&s.name))?),
+                    None => primary.clone(),
+                };
+                Ok(Shard { index, primary, replica })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Shards { shards: Arc::new(shards), map: Arc::new(map) })
+    }
+
+    pub fn all(&self) -> &[Shard] {
+        &self.shards
+    }
+
+    /// The shard of rows keyed by a user or conversation id.
+    pub fn by_id(&self, id: topics::Id) -> &Shard {
+        &self.shards[physical_of(&self.map, mix(id.0))]
+    }
+
+    /// The shard of rows keyed by a string (username, invite code, pair key).
+    pub fn by_key(&self, key: &str) -> &Shard {
+        &self.shards[physical_of(&self.map, fnv1a(key))]
+    }
+
+    pub async fn disconnect(self) {
+        if let Ok(shards) = Arc::try_unwrap(self.shards) {
+            for s in shards {
+                let _ = s.primary.disconnect().await;
+                let _ = s.replica.disconnect().await;
+            }
+        }
+    }
+}
+
+/// Schema migrations, applied in order, each once per shard.
+pub const MIGRATIONS: &[(u32, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
+
+/// Create the database if needed and apply pending migrations on every shard's primary (the
+/// replicas receive them through replication).
+pub async fn migrate(s: &DatabaseSettings) -> Result<Vec<u32>> {
+    let mut applied = Vec::new();
+    for sh in &s.shards {
+        let server = Pool::new(opts(s, &sh.primary, None)?);
+        let mut c = server.get_conn().await?;
+        c.query_drop(format!("CREATE DATABASE IF NOT EXISTS `{}`", s.name.replace('`', ""))).await?;
+        c.query_drop(format!("USE `{}`", s.name.replace('`', ""))).await?;
+        c.query_drop(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INT UNSIGNED NOT NULL PRIMARY KEY, applied_at_ms BIGINT UNSIGNED NOT NULL)",
+        )
+        .await?;
+        for (version, sql) in MIGRATIONS {
+            let done: Option<u32> = c
+                .exec_first("SELECT version FROM schema_migrations WHERE version = ?", (version,))
+                .await?;
+            if done.is_some() {
+                continue;
+            }
+            for stmt in statements(sql) {
+                c.query_drop(stmt).await?;
+            }
+            c.exec_drop(
+                "INSERT INTO schema_migrations (version, applied_at_ms) VALUES (?, ?)",
+                (version, runtime::now_ms()),
+            )
+            .await?;
+            applied.push(*version);
+        }
+        drop(c);
+        server.disconnect().await?;
+    }
+    Ok(applied)
+}
+
+/// Split a migration file into statements (no `;` inside our statements; `--` comments dropped).
+pub fn statements(sql: &str) -> Vec<String> {
+    sql.lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// MariaDB's duplicate-key error.
+pub fn is_duplicate(e: &mysql_async::Error) -> bool {
+    matches!(e, mysql_async::Error::Server(s) if s.code == 1062)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn maps_logical_to_physical() {
+        assert_eq!(build_map(4, 2, None).unwrap(), vec![0, 1, 0, 1]);
+        assert_eq!(build_map(2, 2, Some(&[1, 1])).unwrap(), vec![1, 1]);
+        assert!(build_map(2, 2, Some(&[1])).is_err());
+        assert!(build_map(2, 2, Some(&[0, 2])).is_err());
+        assert!(build_map(0, 2, None).is_err());
+        assert!(build_map(2, 0, None).is_err());
+    }
+
+    #[test]
+    fn splits_migrations() {
+        let st = statements("-- c\nCREATE TABLE a (x INT);\n\nCREATE TABLE b (y INT);\n");
+        assert_eq!(st, vec!["CREATE TABLE a (x INT)", "CREATE TABLE b (y INT)"]);
+        assert_eq!(statements(MIGRATIONS[0].1).len(), 8);
+    }
+
+    #[test]
+    fn bad_addresses_are_config_errors() {
+        let s = DatabaseSettings::default();
+        assert!(opts(&s, "nohost", None).is_err());
+        assert!(opts(&s, "h:notaport", None).is_err());
+        assert!(opts(&s, "127.0.0.1:1", Some("x")).is_ok());
+    }
+
+    proptest! {
+        #[test]
+        fn sequential_ids_spread_over_shards(start in any::<u64>()) {
+            let map = build_map(64, 2, None).unwrap();
+            let on0 = (0..1000u64).filter(|i| physical_of(&map, mix(start.wrapping_add(*i))) == 0).count();
+            prop_assert!((350..650).contains(&on0), "{on0}");
+        }
+
+        #[test]
+        fn moving_a_logical_shard_moves_only_its_keys(keys in proptest::collection::vec(any::<u64>(), 1..200)) {
+            let before = build_map(64, 2, None).unwrap();
+            let mut after = before.clone();
+            after[3] = 1 - after[3];
+            for k in keys {
+                let h = mix(k);
+                if (h % 64) != 3 {
+                    prop_assert_eq!(physical_of(&before, h), physical_of(&after, h));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,112 @@
+use runtime::{KafkaSettings, RedisSettings, ServiceSettings};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub kafka: KafkaSettings,
+    pub redis: RedisSettings,
+    pub database: DatabaseSettings,
+    pub service: ServiceSettings,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// Only `[database]`: what `sb-migrate` reads.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateSettings {
+    pub database: DatabaseSettings,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub user: String,
+    #[serde(serialize_with = "expose")]
+    pub password: SecretString,
+    pub name: String,
+    pub shards: Vec<ShardSettings>,
+    /// Logical shards rows are hashed to; each maps to a physical shard. Adding a shard moves
+    /// logical shards, never rehashes keys.
+    #[serde(default = "d_logical")]
+    pub logical_shards: u32,
+    /// Physical shard of each logical shard (default: logical % physical).
+    #[serde(default)]
+    pub logical_map: Option<Vec<usize>>,
+    #[serde(default = "d_pool")]
+    pub pool_max: usize,
+}
+
+fn expose<S: serde::Serializer>(s: &SecretString, ser: S) -> Result<S::Ok, S::Error> {
+    use secrecy::ExposeSecret;
+    ser.serialize_str(s.expose_secret())
+}
+
+fn d_logical() -> u32 {
+    64
+}
+fn d_pool() -> usize {
+    32
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        DatabaseSettings {
+            user: "switchboard".into(),
+            password: SecretString::from("switchboard"),
+            name: "switchboard".into(),
+            shards: vec![
+                ShardSettings { primary: "127.0.0.1:13306".into(), replica: Some("127.0.0.1:13307".into()) },
+                ShardSettings { primary: "127.0.0.1:13308".into(), replica: Some("127.0.0.1:13309".into()) },
+            ],
+            logical_shards: d_logical(),
+            logical_map: None,
+            pool_max: d_pool(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardSettings {
+    pub primary: String,
+    #[serde(default)]
+    pub replica: Option<String>,
+}
+
+/// Product limits; the defaults are what users get.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// A session unused (no refresh) this long expires.
+    pub session_idle_timeout_s: u64,
+    /// A rotated-out token keeps working this long, so requests in flight do not fail.
+    pub token_grace_s: u64,
+    pub login_attempts_per_user_per_minute: u64,
+    pub login_attempts_per_address_per_minute: u64,
+    pub signups_per_address_per_minute: u64,
+    pub pending_invites_max: u64,
+    pub broadcasts_per_user_per_minute: u64,
+    /// An edge silent this long is dead (its connections leave the online list).
+    pub edge_liveness_ms: u64,
+    /// Parallel lanes of each consumer.
+    pub lanes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            session_idle_timeout_s: 600,
+            token_grace_s: 30,
+            login_attempts_per_user_per_minute: 10,
+            login_attempts_per_address_per_minute: 60,
+            signups_per_address_per_minute: 30,
+            pending_invites_max: 100,
+            broadcasts_per_user_per_minute: 10,
+            edge_liveness_ms: 10_000,
+            lanes: 16,
+        }
+    }
+}
