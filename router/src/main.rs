@@ -1,0 +1,8 @@
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings: router::Settings = runtime::settings::load_or_exit();
+    runtime::telemetry::init("router");
+    let stop = runtime::shutdown::on_signal();
+    router::run(settings, stop).await?;
+    Ok(())
+}
