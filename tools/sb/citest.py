@@ -48,7 +48,7 @@ class Runner:
         outcome = "FAILED"
         try:
             r = fn()
-            outcome = r if isinstance(r, str) else "ok"
+            outcome = r if isinstance(r, str) and r else "ok"
         except SbError as e:
             print(f"error: {e}", file=sys.stderr)
             raise StepFailed(title) from None

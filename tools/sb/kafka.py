@@ -140,6 +140,8 @@ def log4j2_properties(log_file: str) -> str:
     return f"""# written by ./sb up
 status = warn
 name = switchboard-kafka
+# keep logging while Kafka runs its own shutdown hook
+shutdownHook = disable
 appender.file.type = RollingFile
 appender.file.name = FILE
 appender.file.fileName = {log_file}

@@ -38,6 +38,7 @@ class Ctx:
         self.infra_env = dict(os.environ)
         self.app_env = dict(os.environ)
         self.app_env.setdefault("RUST_LOG", "info")
+        self.app_env.setdefault("NO_COLOR", "1")  # plain log files (tracing-subscriber honours NO_COLOR)
 
 
 def _rel(path: str) -> str:
@@ -91,7 +92,11 @@ def up(args) -> int:
             return 0
         if dead:
             info(f"restarting dead component(s): {', '.join(dead)}")
-    # immutable while running: keep what was recorded for offset/brokers, update the rest
+    try:
+        _preflight(ctx)
+    except SbError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     state.data["layout"] = {"port_offset": args.port_offset, "kafka_brokers": args.kafka_brokers,
                             "edges": args.edges,
                             "infra_only": args.infra_only and (not running_before
@@ -103,7 +108,6 @@ def up(args) -> int:
          f"{args.kafka_brokers} Kafka broker(s), " + ("infra only" if args.infra_only else f"{args.edges} edge(s)"))
 
     try:
-        _preflight(ctx)
         ensure_packages(SYSTEM_COMMANDS)
         if not args.infra_only:
             if args.bin_dir:
@@ -131,8 +135,9 @@ def up(args) -> int:
         else:
             line("up", "failed", False)
             print(f"error: {e}", file=sys.stderr)
-        info(f"Components started so far are still running (logs in {_rel(state.logs_dir)}); "
-             f"`./sb down{_state_flag(args)}` stops them.")
+        if state.any_running():
+            info(f"Components started so far are still running (logs in {_rel(state.logs_dir)}); "
+                 f"`./sb down{_state_flag(args)}` stops them.")
         return 1
 
     total = time.monotonic() - t0
@@ -252,9 +257,13 @@ def _check(state: State, c: dict) -> dict:
     return {"name": c["name"], "kind": kind, "role": role, "addr": c["addr"], "pid": c["pid"], "healthy": bool(ok)}
 
 
+KIND_ORDER = ["kafka", "redis", "mariadb", "edge", "worker", "router", "nginx"]
+
+
 def collect(state: State) -> list[dict]:
+    comps = sorted(state.components, key=lambda c: KIND_ORDER.index(c["kind"]) if c["kind"] in KIND_ORDER else 99)
     with ThreadPoolExecutor(max_workers=8) as ex:
-        return list(ex.map(lambda c: _check(state, c), state.components))
+        return list(ex.map(lambda c: _check(state, c), comps))
 
 
 def status_table(state: State, rows: list[dict] | None = None) -> bool:

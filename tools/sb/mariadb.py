@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import subprocess
 import time
 
@@ -50,7 +51,7 @@ socket = {sock}
 port = {port}
 
 [mysqld]
-user = root
+user = {pwd.getpwuid(os.geteuid()).pw_name}
 bind-address = 127.0.0.1
 port = {port}
 socket = {sock}
@@ -124,35 +125,37 @@ def start(ctx) -> None:
     install = which("mariadb-install-db")
     if not mariadbd or not install:
         raise SbError("mariadbd / mariadb-install-db not found")
-    started, initialized = 0, 0
-    for s, r in instances():
-        n = name(s, r)
-        if ctx.state.running(n):
-            continue
+    todo = [(s, r) for s, r in instances() if not ctx.state.running(name(s, r))]
+    # initialize missing datadirs in parallel (~0.5-1.5 s each)
+    installs = []
+    for s, r in todo:
         d = inst_dir(ctx, s, r)
         for sub in ("data", "tmp"):
             os.makedirs(os.path.join(d, sub), exist_ok=True)
         cf = cnf_path(ctx, s, r)
         write_atomic(cf, cnf(ctx, s, r))
         if not os.path.isdir(os.path.join(d, "data", "mysql")):
+            try:  # a fresh datadir needs the setup SQL again
+                os.remove(os.path.join(d, "sb-initialized"))
+            except FileNotFoundError:
+                pass
             cmd = [install, f"--defaults-file={cf}", "--skip-test-db", "--auth-root-authentication-method=normal"]
-            res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-            if res.returncode != 0:
-                raise SbError(f"{n}: mariadb-install-db failed:\n  {' '.join(cmd)}\n{(res.stdout + res.stderr)[-3000:]}")
-            for marker in ("sb-initialized",):  # a fresh datadir needs the setup SQL again
-                try:
-                    os.remove(os.path.join(d, marker))
-                except FileNotFoundError:
-                    pass
-            initialized += 1
-        pid, stt = spawn([mariadbd, f"--defaults-file={cf}"], ctx.state.log(n) + ".out", env=ctx.infra_env, cwd=d)
+            installs.append((name(s, r), cmd, subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                                                                stderr=subprocess.STDOUT, text=True)))
+    for n, cmd, p in installs:
+        out, _ = p.communicate(timeout=300)
+        if p.returncode != 0:
+            raise SbError(f"{n}: mariadb-install-db failed:\n  {' '.join(cmd)}\n{out[-3000:]}")
+    for s, r in todo:
+        n, cf = name(s, r), cnf_path(ctx, s, r)
+        pid, stt = spawn([mariadbd, f"--defaults-file={cf}"], ctx.state.log(n) + ".out", env=ctx.infra_env,
+                         cwd=inst_dir(ctx, s, r))
         port = ctx.ports.mariadb(s, r)
         ctx.state.put({"name": n, "kind": "mariadb", "role": "replica" if r else "primary", "addr": addr(port),
                        "port": port, "pid": pid, "starttime": stt, "group": "mariadb", "log": ctx.state.log(n),
                        "cnf": cf, "shard": s})
-        started += 1
-    extra = f", {initialized} datadir(s) initialized" if initialized else ""
-    line("mariadb", f"started {started} instance(s){extra}" if started else "already running")
+    extra = f", {len(installs)} datadir(s) initialized" if installs else ""
+    line("mariadb", f"started {len(todo)} instance(s){extra}" if todo else "already running")
 
 
 def _setup_primary(ctx, s: int) -> None:

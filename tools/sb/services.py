@@ -9,7 +9,7 @@ import kafka
 from mariadb import DB_NAME, DB_PASSWORD, DB_USER
 from ports import MARIADB_SHARDS, NGINX_INSTANCES, REDIS_NODES, WORKERS, addr
 from state import write_atomic
-from util import SbError, alive, http_status, line, spawn, tail, wait_until, warn
+from util import SbError, alive, http_status, line, spawn, tail, wait_until
 
 TOPIC_PREFIX = "sb"
 KEY_PREFIX = "sb"
@@ -165,8 +165,6 @@ def start_and_wait(ctx, timeout: float = 60.0) -> None:
         started.append(comp)
     ctx.state.data["skipped"] = skipped
     ctx.state.save()
-    if skipped:
-        warn(f"no binary in {ctx.bin_dir} for: {', '.join(skipped)} -- skipped (not built yet?)")
     for comp in started:
         ok = wait_until(lambda c=comp: healthy(c), timeout, 0.1,
                         lambda c=comp: not alive(c["pid"], c["starttime"]))
