@@ -134,13 +134,20 @@ fn session_cookie(edge: &Edge, value: &str, max_age_s: u64) -> HeaderValue {
     .expect("cookie is ascii")
 }
 
+/// Header with which a browser asks for cookie-only sessions: the token is set as an HttpOnly
+/// cookie and left out of response bodies, so page scripts never see it.
+pub const SESSION_MODE_HEADER: &str = "x-session-mode";
+
 /// Turn a worker's answer into an HTTP response (and cookie changes).
-pub fn http_reply(edge: &Edge, msg: EdgeMessage, ok: StatusCode) -> Response {
+pub fn http_reply(edge: &Edge, msg: EdgeMessage, ok: StatusCode, cookie_only: bool) -> Response {
     let EdgeMessage::Reply { frame, session, clear_session, .. } = msg else {
         return error_response(ErrorCode::Internal, "unexpected answer");
     };
     let mut resp = match serde_json::from_str::<ServerFrame>(&frame) {
-        Ok(ServerFrame::Reply { data, .. }) => {
+        Ok(ServerFrame::Reply { mut data, .. }) => {
+            if let (true, topics::Response::Session { token, .. }) = (cookie_only, &mut data) {
+                token.clear();
+            }
             let mut r = warp::reply::json(&data).into_response();
             *r.status_mut() = ok;
             r
@@ -251,8 +258,9 @@ async fn api(
         None if request.is_anonymous() => Auth::None,
         None => return Ok(error_response(ErrorCode::Unauthorized, "no session")),
     };
+    let cookie_only = headers.get(SESSION_MODE_HEADER).is_some_and(|v| v == "cookie");
     match call(&edge, 0, request, auth, peer(&headers, remote)).await {
-        Ok(msg) => Ok(http_reply(&edge, msg, ok)),
+        Ok(msg) => Ok(http_reply(&edge, msg, ok, cookie_only)),
         Err(e) => Ok(error_response(e.code, &e.message)),
     }
 }
@@ -354,6 +362,7 @@ async fn upgrade(
         e2.emit(EdgeEvent::Disconnected { edge: e2.settings.id.clone(), conn: ctx.conn, user_id: ctx.user_id }).await;
     });
     let mut resp = reply.into_response();
+    resp.headers_mut().insert("x-switchboard-edge", HeaderValue::from_str(&edge.settings.id).expect("edge ids are ascii"));
     if offers_ours {
         resp.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(WS_PROTOCOL));
     }

@@ -16,9 +16,15 @@ pub fn subscribe(
     topics: &Topics,
     edge_id: &str,
 ) -> runtime::Result<StreamConsumer> {
+    // Assigned, not subscribed: no group rebalance to wait for, and reading starts exactly at
+    // the end as it is now, so no answer published after this point can be missed.
     let group = topics.group(&format!("edge.{edge_id}"));
     let consumer = runtime::kafka::consumer(kafka, &group, true)?;
-    consumer.subscribe(&[&topics.edge(edge_id)])?;
+    let topic = topics.edge(edge_id);
+    let (_, high) = consumer.fetch_watermarks(&topic, 0, std::time::Duration::from_secs(10))?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, rdkafka::Offset::Offset(high))?;
+    consumer.assign(&tpl)?;
     Ok(consumer)
 }
 
@@ -35,8 +41,6 @@ pub async fn run(edge: Arc<Edge>, consumer: StreamConsumer, stop: CancellationTo
                     Ok(em) => dispatch(&edge, em),
                     Err(e) => tracing::warn!(error = %e, offset = m.offset(), "undecodable edge record skipped"),
                 }
-                // Edge topics carry nothing durable: offsets only mark what was read.
-                let _ = consumer.store_offset_from_message(&m);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "edge consumer error");

@@ -14,6 +14,15 @@ pub fn init(service: &str) {
     tracing::info!(service, "telemetry started");
 }
 
+/// For tests: logs go through the test harness's capture (shown only for failing tests).
+pub fn init_for_tests() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
 /// Kafka header that carries the trace context.
 pub const TRACEPARENT: &str = "traceparent";
 
@@ -54,7 +63,7 @@ mod tests {
         assert_eq!(trace_id("00-abc-def-01"), None);
         assert_eq!(trace_id(&format!("00-{}-{}-01", "0".repeat(32), "1".repeat(16))), None);
         assert_eq!(trace_id(&format!("{a}-extra")), None);
-        init("test");
+        init_for_tests();
         init("test");
     }
 }

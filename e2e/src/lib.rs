@@ -1,0 +1,200 @@
+//! Test harness. `spawn_app()` runs two edges, every worker role and the router in this process
+//! against the shared real stack that `./sb` started (found through `SB_STACK_FILE`, default
+//! `.sb/stack.json`), with a unique topic prefix, Redis key prefix and database name, so tests
+//! run in parallel without seeing each other. `Platform` talks to the processes `./sb` started,
+//! through nginx.
+
+pub mod client;
+
+pub use client::{Client, Http};
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
+use workers::settings::{DatabaseSettings, Limits, ShardSettings};
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Stack {
+    pub kafka: KafkaStack,
+    pub redis: RedisStack,
+    pub mariadb: MariaStack,
+    pub nginx: Vec<String>,
+    #[serde(default)]
+    pub edges: Vec<EdgeStack>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct KafkaStack {
+    pub brokers: String,
+    pub replication_factor: i32,
+}
+#[derive(Clone, Debug, Deserialize)]
+pub struct RedisStack {
+    pub nodes: Vec<String>,
+}
+#[derive(Clone, Debug, Deserialize)]
+pub struct MariaStack {
+    pub user: String,
+    pub password: String,
+    pub database: String,
+    pub shards: Vec<ShardSettings>,
+}
+#[derive(Clone, Debug, Deserialize)]
+pub struct EdgeStack {
+    pub id: String,
+    pub addr: String,
+}
+
+/// The stack `./sb up` (or `./sb test`) started.
+pub fn stack() -> Stack {
+    let path = std::env::var("SB_STACK_FILE").map(PathBuf::from).unwrap_or_else(|_| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.sb/stack.json")
+    });
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!("no running stack at {} ({e}): start one with `./sb up` or run `./sb test`", path.display())
+    });
+    serde_json::from_str(&text).expect("stack.json is valid")
+}
+
+/// A unique name for this test's topics, keys and database.
+pub fn unique(prefix: &str) -> String {
+    use rand::Rng;
+    format!("{prefix}{:08x}", rand::rng().random::<u32>())
+}
+
+/// What a test may change before the app starts.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub limits: Limits,
+    pub edges: usize,
+    pub edge: edge_ws::EdgeSettings,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            limits: Limits::default(),
+            edges: 2,
+            edge: edge_ws::EdgeSettings {
+                request_timeout_ms: 20_000,
+                allowed_origins: vec!["http://allowed.example".into()],
+                heartbeat_interval_ms: 500,
+                ..Default::default()
+            },
+        }
+    }
+}
+
+pub struct TestApp {
+    pub prefix: String,
+    pub edges: Vec<SocketAddr>,
+    pub stack: Stack,
+    pub kafka: runtime::KafkaSettings,
+    pub database: DatabaseSettings,
+    pub redis: runtime::RedisSettings,
+    stop: CancellationToken,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl TestApp {
+    pub fn http(&self, edge: usize) -> Http {
+        Http::new(&format!("http://{}", self.edges[edge]))
+    }
+
+    pub fn ws_url(&self, edge: usize) -> String {
+        format!("ws://{}/ws", self.edges[edge])
+    }
+
+    /// A user signed up and logged in: (user id, username, token).
+    pub async fn user(&self, edge: usize) -> (topics::Id, String, String) {
+        let name = unique("u");
+        let h = self.http(edge);
+        let (status, body) = h.post("/api/v1/users", serde_json::json!({"username": name, "password": "pass-word-1"}), None).await;
+        assert_eq!(status, 201, "{body}");
+        let id: topics::Id = serde_json::from_value(body["user"]["user_id"].clone()).unwrap();
+        let token = h.login(&name, "pass-word-1").await;
+        (id, name, token)
+    }
+
+    /// Stop everything and wait for it.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Options::default()).await
+}
+
+/// Start two edges, every worker role and the router in this process.
+pub async fn spawn_app_with(opts: Options) -> TestApp {
+    runtime::telemetry::init_for_tests();
+    let stack = stack();
+    let prefix = unique("t");
+    let kafka = runtime::KafkaSettings {
+        brokers: stack.kafka.brokers.clone(),
+        topic_prefix: prefix.clone(),
+        replication_factor: stack.kafka.replication_factor,
+        partitions: 2,
+        message_timeout_ms: 5_000,
+    };
+    let redis = runtime::RedisSettings { nodes: stack.redis.nodes.clone(), key_prefix: prefix.clone() };
+    let database = DatabaseSettings {
+        user: stack.mariadb.user.clone(),
+        password: stack.mariadb.password.clone().into(),
+        name: prefix.clone(),
+        shards: stack.mariadb.shards.clone(),
+        logical_shards: 16,
+        logical_map: None,
+        pool_max: 8,
+    };
+    workers::db::migrate(&database).await.expect("migrations");
+    let stop = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for role in workers::Role::ALL {
+        let settings = workers::Settings {
+            kafka: kafka.clone(),
+            redis: redis.clone(),
+            database: database.clone(),
+            service: runtime::ServiceSettings { name: role.name().into(), health_listen: "127.0.0.1:0".into() },
+            limits: opts.limits.clone(),
+        };
+        let s = stop.clone();
+        tasks.spawn(async move { workers::run(role, settings, s).await.expect("worker runs") });
+    }
+    let rs = router::Settings {
+        kafka: kafka.clone(),
+        redis: redis.clone(),
+        service: runtime::ServiceSettings { name: "router".into(), health_listen: "127.0.0.1:0".into() },
+        router: router::RouterSettings { edge_liveness_ms: opts.limits.edge_liveness_ms, lanes: 4 },
+    };
+    let s = stop.clone();
+    tasks.spawn(async move { router::run(rs, s).await.expect("router runs") });
+    let mut edges = Vec::new();
+    for i in 0..opts.edges {
+        let es = edge_ws::EdgeSettings { id: format!("edge-{i}"), listen: "127.0.0.1:0".into(), ..opts.edge.clone() };
+        let app = edge_ws::Application::build(edge_ws::Settings { kafka: kafka.clone(), edge: es })
+            .await
+            .expect("edge builds");
+        edges.push(app.local_addr());
+        let s = stop.clone();
+        tasks.spawn(app.run_until_stopped(s));
+    }
+    let app = TestApp { prefix, edges, stack, kafka, database, redis, stop, tasks };
+    // Ready when a ping makes the round trip through Kafka and the auth worker on every edge.
+    for i in 0..app.edges.len() {
+        let h = app.http(i);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let (status, _) = h.post("/api/v1/rpc", serde_json::json!({"type": "ping"}), None).await;
+            if status == 200 {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "app did not become ready");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+    app
+}
