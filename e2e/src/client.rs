@@ -125,14 +125,18 @@ impl Client {
         let rid = format!("r{}", self.next_rid);
         frame["rid"] = json!(rid);
         self.send_text(frame.to_string()).await;
-        self.wait_reply(&rid).await
+        self.wait_reply_to(&rid, &frame.to_string()).await
     }
 
     pub async fn wait_reply(&mut self, rid: &str) -> ServerFrame {
+        self.wait_reply_to(rid, "").await
+    }
+
+    async fn wait_reply_to(&mut self, rid: &str, what: &str) -> ServerFrame {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let f = self.read(left).await.unwrap_or_else(|| panic!("no reply to {rid}"));
+            let f = self.read(left).await.unwrap_or_else(|| panic!("no reply to {rid} {what}"));
             match &f {
                 ServerFrame::Reply { rid: Some(r), .. } | ServerFrame::Error { rid: Some(r), .. } if r == rid => return f,
                 ServerFrame::Event { .. } => self.pending.push_back(f),
