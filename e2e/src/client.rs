@@ -20,7 +20,10 @@ pub struct Http {
 
 impl Http {
     pub fn new(base: &str) -> Self {
-        Http { base: base.trim_end_matches('/').to_string(), client: reqwest::Client::new() }
+        Http {
+            base: base.trim_end_matches('/').to_string(),
+            client: reqwest::Client::new(),
+        }
     }
 
     async fn send(&self, rb: reqwest::RequestBuilder, token: Option<&str>) -> (u16, Value) {
@@ -31,32 +34,60 @@ impl Http {
         let resp = rb.send().await.expect("http request");
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     pub async fn post(&self, path: &str, body: Value, token: Option<&str>) -> (u16, Value) {
-        self.send(self.client.post(format!("{}{path}", self.base)).json(&body), token).await
+        self.send(
+            self.client.post(format!("{}{path}", self.base)).json(&body),
+            token,
+        )
+        .await
     }
 
     pub async fn post_raw(&self, path: &str, body: Vec<u8>, token: Option<&str>) -> (u16, Value) {
-        self.send(self.client.post(format!("{}{path}", self.base)).header("content-type", "application/json").body(body), token).await
+        self.send(
+            self.client
+                .post(format!("{}{path}", self.base))
+                .header("content-type", "application/json")
+                .body(body),
+            token,
+        )
+        .await
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
-        self.send(self.client.get(format!("{}{path}", self.base)), token).await
+        self.send(self.client.get(format!("{}{path}", self.base)), token)
+            .await
     }
 
     pub async fn delete(&self, path: &str, token: Option<&str>) -> (u16, Value) {
-        self.send(self.client.delete(format!("{}{path}", self.base)), token).await
+        self.send(self.client.delete(format!("{}{path}", self.base)), token)
+            .await
     }
 
     /// Raw response, for headers.
-    pub async fn raw(&self, rb: impl FnOnce(&reqwest::Client, String) -> reqwest::RequestBuilder) -> reqwest::Response {
-        rb(&self.client, self.base.clone()).send().await.expect("http request")
+    pub async fn raw(
+        &self,
+        rb: impl FnOnce(&reqwest::Client, String) -> reqwest::RequestBuilder,
+    ) -> reqwest::Response {
+        rb(&self.client, self.base.clone())
+            .send()
+            .await
+            .expect("http request")
     }
 
     pub async fn login(&self, username: &str, password: &str) -> String {
-        let (s, b) = self.post("/api/v1/sessions", json!({"username": username, "password": password}), None).await;
+        let (s, b) = self
+            .post(
+                "/api/v1/sessions",
+                json!({"username": username, "password": password}),
+                None,
+            )
+            .await;
         assert_eq!(s, 200, "login failed: {b}");
         b["token"].as_str().expect("token").to_string()
     }
@@ -79,9 +110,13 @@ pub async fn connect(url: &str, token: Option<&str>, origin: Option<&str>) -> Re
         Some(t) => format!("switchboard.v1, auth.{t}"),
         None => "switchboard.v1".to_string(),
     };
-    req.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_str(&protos).unwrap());
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_str(&protos).unwrap(),
+    );
     if let Some(o) = origin {
-        req.headers_mut().insert("origin", HeaderValue::from_str(o).unwrap());
+        req.headers_mut()
+            .insert("origin", HeaderValue::from_str(o).unwrap());
     }
     match tokio_tungstenite::connect_async(req).await {
         Ok((ws, resp)) => {
@@ -91,7 +126,12 @@ pub async fn connect(url: &str, token: Option<&str>, origin: Option<&str>) -> Re
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default()
                 .to_string();
-            Ok(Client { ws, edge, pending: VecDeque::new(), next_rid: 0 })
+            Ok(Client {
+                ws,
+                edge,
+                pending: VecDeque::new(),
+                next_rid: 0,
+            })
         }
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
         Err(e) => panic!("ws connect failed: {e}"),
@@ -100,7 +140,9 @@ pub async fn connect(url: &str, token: Option<&str>, origin: Option<&str>) -> Re
 
 impl Client {
     pub async fn connect(url: &str, token: &str) -> Client {
-        connect(url, Some(token), None).await.expect("handshake accepted")
+        connect(url, Some(token), None)
+            .await
+            .expect("handshake accepted")
     }
 
     pub async fn send_text(&mut self, text: String) {
@@ -111,9 +153,14 @@ impl Client {
         loop {
             match tokio::time::timeout(within, self.ws.next()).await {
                 Ok(Some(Ok(Message::Text(t)))) => {
-                    return Some(serde_json::from_str(&t).unwrap_or_else(|e| panic!("bad server frame {t}: {e}")))
+                    return Some(
+                        serde_json::from_str(&t)
+                            .unwrap_or_else(|e| panic!("bad server frame {t}: {e}")),
+                    )
                 }
-                Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) | Err(_) => return None,
+                Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) | Err(_) => {
+                    return None
+                }
                 Ok(Some(Ok(_))) => continue,
             }
         }
@@ -136,9 +183,17 @@ impl Client {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let f = self.read(left).await.unwrap_or_else(|| panic!("no reply to {rid} {what}"));
+            let f = self
+                .read(left)
+                .await
+                .unwrap_or_else(|| panic!("no reply to {rid} {what}"));
             match &f {
-                ServerFrame::Reply { rid: Some(r), .. } | ServerFrame::Error { rid: Some(r), .. } if r == rid => return f,
+                ServerFrame::Reply { rid: Some(r), .. }
+                | ServerFrame::Error { rid: Some(r), .. }
+                    if r == rid =>
+                {
+                    return f
+                }
                 ServerFrame::Event { .. } => self.pending.push_back(f),
                 _ => {}
             }
@@ -165,7 +220,10 @@ impl Client {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let e = self.event(left).await.expect("expected event did not arrive");
+            let e = self
+                .event(left)
+                .await
+                .expect("expected event did not arrive");
             if pred(&e) {
                 return e;
             }

@@ -48,11 +48,14 @@ pub struct EdgeStack {
 
 /// The stack `./sb up` (or `./sb test`) started.
 pub fn stack() -> Stack {
-    let path = std::env::var("SB_STACK_FILE").map(PathBuf::from).unwrap_or_else(|_| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.sb/stack.json")
-    });
+    let path = std::env::var("SB_STACK_FILE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.sb/stack.json"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!("no running stack at {} ({e}): start one with `./sb up` or run `./sb test`", path.display())
+        panic!(
+            "no running stack at {} ({e}): start one with `./sb up` or run `./sb test`",
+            path.display()
+        )
     });
     serde_json::from_str(&text).expect("stack.json is valid")
 }
@@ -110,7 +113,13 @@ impl TestApp {
     pub async fn user(&self, edge: usize) -> (topics::Id, String, String) {
         let name = unique("u");
         let h = self.http(edge);
-        let (status, body) = h.post("/api/v1/users", serde_json::json!({"username": name, "password": "pass-word-1"}), None).await;
+        let (status, body) = h
+            .post(
+                "/api/v1/users",
+                serde_json::json!({"username": name, "password": "pass-word-1"}),
+                None,
+            )
+            .await;
         assert_eq!(status, 201, "{body}");
         let id: topics::Id = serde_json::from_value(body["user"]["user_id"].clone()).unwrap();
         let token = h.login(&name, "pass-word-1").await;
@@ -140,7 +149,10 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
         partitions: 2,
         message_timeout_ms: 5_000,
     };
-    let redis = runtime::RedisSettings { nodes: stack.redis.nodes.clone(), key_prefix: prefix.clone() };
+    let redis = runtime::RedisSettings {
+        nodes: stack.redis.nodes.clone(),
+        key_prefix: prefix.clone(),
+    };
     let database = DatabaseSettings {
         user: stack.mariadb.user.clone(),
         password: stack.mariadb.password.clone().into(),
@@ -158,7 +170,10 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
             kafka: kafka.clone(),
             redis: redis.clone(),
             database: database.clone(),
-            service: runtime::ServiceSettings { name: role.name().into(), health_listen: "127.0.0.1:0".into() },
+            service: runtime::ServiceSettings {
+                name: role.name().into(),
+                health_listen: "127.0.0.1:0".into(),
+            },
             limits: opts.limits.clone(),
         };
         let s = stop.clone();
@@ -167,32 +182,59 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
     let rs = router::Settings {
         kafka: kafka.clone(),
         redis: redis.clone(),
-        service: runtime::ServiceSettings { name: "router".into(), health_listen: "127.0.0.1:0".into() },
-        router: router::RouterSettings { edge_liveness_ms: opts.limits.edge_liveness_ms, lanes: 4 },
+        service: runtime::ServiceSettings {
+            name: "router".into(),
+            health_listen: "127.0.0.1:0".into(),
+        },
+        router: router::RouterSettings {
+            edge_liveness_ms: opts.limits.edge_liveness_ms,
+            lanes: 4,
+        },
     };
     let s = stop.clone();
     tasks.spawn(async move { router::run(rs, s).await.expect("router runs") });
     let mut edges = Vec::new();
     for i in 0..opts.edges {
-        let es = edge_ws::EdgeSettings { id: format!("edge-{i}"), listen: "127.0.0.1:0".into(), ..opts.edge.clone() };
-        let app = edge_ws::Application::build(edge_ws::Settings { kafka: kafka.clone(), edge: es })
-            .await
-            .expect("edge builds");
+        let es = edge_ws::EdgeSettings {
+            id: format!("edge-{i}"),
+            listen: "127.0.0.1:0".into(),
+            ..opts.edge.clone()
+        };
+        let app = edge_ws::Application::build(edge_ws::Settings {
+            kafka: kafka.clone(),
+            edge: es,
+        })
+        .await
+        .expect("edge builds");
         edges.push(app.local_addr());
         let s = stop.clone();
         tasks.spawn(app.run_until_stopped(s));
     }
-    let app = TestApp { prefix, edges, stack, kafka, database, redis, stop, tasks };
+    let app = TestApp {
+        prefix,
+        edges,
+        stack,
+        kafka,
+        database,
+        redis,
+        stop,
+        tasks,
+    };
     // Ready when a ping makes the round trip through Kafka and the auth worker on every edge.
     for i in 0..app.edges.len() {
         let h = app.http(i);
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
         loop {
-            let (status, _) = h.post("/api/v1/rpc", serde_json::json!({"type": "ping"}), None).await;
+            let (status, _) = h
+                .post("/api/v1/rpc", serde_json::json!({"type": "ping"}), None)
+                .await;
             if status == 200 {
                 break;
             }
-            assert!(tokio::time::Instant::now() < deadline, "app did not become ready");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "app did not become ready"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
     }

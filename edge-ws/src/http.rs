@@ -28,7 +28,10 @@ pub fn token_hash(token: &str) -> String {
 
 /// The bearer token of a request: `Authorization: Bearer …` or the session cookie.
 pub fn bearer(headers: &HeaderMap) -> Option<String> {
-    if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+    if let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
         if let Some(t) = v.strip_prefix("Bearer ") {
             return Some(t.trim().to_string());
         }
@@ -85,7 +88,8 @@ pub fn peer(headers: &HeaderMap, remote: Option<SocketAddr>) -> Option<String> {
 
 fn error_response(code: ErrorCode, message: &str) -> Response {
     let mut r = warp::reply::json(&json!({"code": code, "message": message})).into_response();
-    *r.status_mut() = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    *r.status_mut() =
+        StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     r
 }
 
@@ -110,24 +114,33 @@ pub async fn call(
         request,
     };
     let answer = edge.hub.expect(req);
-    if let Err(frame) = session::publish(edge, &env).await {
+    if let Err(e) = session::publish(edge, &env).await {
         edge.hub.forget(req);
-        let ServerFrame::Error { code, message, .. } = frame else {
-            unreachable!("publish only fails with an error frame")
-        };
-        return Err(ErrorBody::new(code, message));
+        return Err(e);
     }
-    match tokio::time::timeout(Duration::from_millis(edge.settings.request_timeout_ms), answer).await {
+    match tokio::time::timeout(
+        Duration::from_millis(edge.settings.request_timeout_ms),
+        answer,
+    )
+    .await
+    {
         Ok(Ok(msg)) => Ok(msg),
         _ => {
             edge.hub.forget(req);
-            Err(ErrorBody::new(ErrorCode::Unavailable, "the service did not answer in time; retry"))
+            Err(ErrorBody::new(
+                ErrorCode::Unavailable,
+                "the service did not answer in time; retry",
+            ))
         }
     }
 }
 
 fn session_cookie(edge: &Edge, value: &str, max_age_s: u64) -> HeaderValue {
-    let secure = if edge.settings.secure_cookies { "; Secure" } else { "" };
+    let secure = if edge.settings.secure_cookies {
+        "; Secure"
+    } else {
+        ""
+    };
     HeaderValue::from_str(&format!(
         "{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_s}{secure}"
     ))
@@ -140,7 +153,13 @@ pub const SESSION_MODE_HEADER: &str = "x-session-mode";
 
 /// Turn a worker's answer into an HTTP response (and cookie changes).
 pub fn http_reply(edge: &Edge, msg: EdgeMessage, ok: StatusCode, cookie_only: bool) -> Response {
-    let EdgeMessage::Reply { frame, session, clear_session, .. } = msg else {
+    let EdgeMessage::Reply {
+        frame,
+        session,
+        clear_session,
+        ..
+    } = msg
+    else {
         return error_response(ErrorCode::Internal, "unexpected answer");
     };
     let mut resp = match serde_json::from_str::<ServerFrame>(&frame) {
@@ -155,11 +174,18 @@ pub fn http_reply(edge: &Edge, msg: EdgeMessage, ok: StatusCode, cookie_only: bo
         Ok(ServerFrame::Error { code, message, .. }) => error_response(code, &message),
         _ => error_response(ErrorCode::Internal, "unexpected answer"),
     };
-    if let Some(SessionGrant { token: Some(token), .. }) = &session {
-        resp.headers_mut().append(header::SET_COOKIE, session_cookie(edge, token, 30 * 24 * 3600));
+    if let Some(SessionGrant {
+        token: Some(token), ..
+    }) = &session
+    {
+        resp.headers_mut().append(
+            header::SET_COOKIE,
+            session_cookie(edge, token, 30 * 24 * 3600),
+        );
     }
     if clear_session {
-        resp.headers_mut().append(header::SET_COOKIE, session_cookie(edge, "", 0));
+        resp.headers_mut()
+            .append(header::SET_COOKIE, session_cookie(edge, "", 0));
     }
     resp
 }
@@ -178,17 +204,30 @@ pub fn route(
     };
     let creds = || -> Result<(String, String), ErrorBody> {
         let v = json_body()?;
-        match (v.get("username").and_then(|u| u.as_str()), v.get("password").and_then(|p| p.as_str())) {
+        match (
+            v.get("username").and_then(|u| u.as_str()),
+            v.get("password").and_then(|p| p.as_str()),
+        ) {
             (Some(u), Some(p)) => Ok((u.to_string(), p.to_string())),
-            _ => Err(ErrorBody::new(ErrorCode::InvalidInput, "username and password (strings) are required")),
+            _ => Err(ErrorBody::new(
+                ErrorCode::InvalidInput,
+                "username and password (strings) are required",
+            )),
         }
     };
-    let segs: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let segs: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
     let ok = StatusCode::OK;
     let r = match (method.clone(), segs.as_slice()) {
         (Method::POST, ["users"]) => {
             let (username, password) = creds()?;
-            (Request::UserCreate { username, password }, StatusCode::CREATED)
+            (
+                Request::UserCreate { username, password },
+                StatusCode::CREATED,
+            )
         }
         (Method::POST, ["sessions"]) => {
             let (username, password) = creds()?;
@@ -198,25 +237,55 @@ pub fn route(
         (Method::GET, ["sessions"]) => (Request::SessionList, ok),
         (Method::DELETE, ["sessions"]) => (Request::LogoutAll, ok),
         (Method::DELETE, ["sessions", "current"]) => (Request::Logout { session_id: None }, ok),
-        (Method::DELETE, ["sessions", id]) => (Request::Logout { session_id: Some(id.to_string()) }, ok),
+        (Method::DELETE, ["sessions", id]) => (
+            Request::Logout {
+                session_id: Some(id.to_string()),
+            },
+            ok,
+        ),
         (Method::GET, ["users", "me"]) => (Request::Me, ok),
         (Method::DELETE, ["users", "me"]) => (Request::UserDelete, ok),
         (Method::GET, ["users", id]) => {
             let user_id: Id = id
                 .parse()
                 .map_err(|_| ErrorBody::new(ErrorCode::InvalidInput, "user id must be a number"))?;
-            (Request::UserLookup { username: None, user_id: Some(user_id) }, ok)
+            (
+                Request::UserLookup {
+                    username: None,
+                    user_id: Some(user_id),
+                },
+                ok,
+            )
         }
         (Method::GET, ["users"]) => match query.get("username") {
-            Some(u) => (Request::UserLookup { username: Some(u.clone()), user_id: None }, ok),
-            None => return Err(ErrorBody::new(ErrorCode::InvalidInput, "?username= is required")),
+            Some(u) => (
+                Request::UserLookup {
+                    username: Some(u.clone()),
+                    user_id: None,
+                },
+                ok,
+            ),
+            None => {
+                return Err(ErrorBody::new(
+                    ErrorCode::InvalidInput,
+                    "?username= is required",
+                ))
+            }
         },
         (Method::GET, ["online"]) => {
             let limit = match query.get("limit") {
-                Some(l) => Some(l.parse().map_err(|_| ErrorBody::new(ErrorCode::InvalidInput, "limit must be a number"))?),
+                Some(l) => Some(l.parse().map_err(|_| {
+                    ErrorBody::new(ErrorCode::InvalidInput, "limit must be a number")
+                })?),
                 None => None,
             };
-            (Request::OnlineList { cursor: query.get("cursor").cloned(), limit }, ok)
+            (
+                Request::OnlineList {
+                    cursor: query.get("cursor").cloned(),
+                    limit,
+                },
+                ok,
+            )
         }
         // Every WebSocket request is also reachable as one JSON frame over HTTP.
         (Method::POST, ["rpc"]) => {
@@ -224,7 +293,10 @@ pub fn route(
                 .map_err(|_| ErrorBody::new(ErrorCode::InvalidInput, "body must be UTF-8"))?;
             let frame = topics::frames::parse_client_frame(text)?;
             if !frame.request.allowed_over_ws() {
-                return Err(ErrorBody::new(ErrorCode::InvalidInput, "use the dedicated endpoint for this request"));
+                return Err(ErrorBody::new(
+                    ErrorCode::InvalidInput,
+                    "use the dedicated endpoint for this request",
+                ));
             }
             (frame.request, ok)
         }
@@ -254,11 +326,15 @@ async fn api(
         Err(e) => return Ok(error_response(e.code, &e.message)),
     };
     let auth = match bearer(&headers) {
-        Some(t) => Auth::Token { token_hash: token_hash(&t) },
+        Some(t) => Auth::Token {
+            token_hash: token_hash(&t),
+        },
         None if request.is_anonymous() => Auth::None,
         None => return Ok(error_response(ErrorCode::Unauthorized, "no session")),
     };
-    let cookie_only = headers.get(SESSION_MODE_HEADER).is_some_and(|v| v == "cookie");
+    let cookie_only = headers
+        .get(SESSION_MODE_HEADER)
+        .is_some_and(|v| v == "cookie");
     match call(&edge, 0, request, auth, peer(&headers, remote)).await {
         Ok(msg) => Ok(http_reply(&edge, msg, ok, cookie_only)),
         Err(e) => Ok(error_response(e.code, &e.message)),
@@ -307,7 +383,10 @@ async fn upgrade(
     remote: Option<SocketAddr>,
 ) -> Result<Response, Rejection> {
     let refuse = |code: ErrorCode, msg: &str| {
-        edge.metrics.inc(metrics::WS_HANDSHAKES_REFUSED_TOTAL, &[("reason", code.as_str())]);
+        edge.metrics.inc(
+            metrics::WS_HANDSHAKES_REFUSED_TOTAL,
+            &[("reason", code.as_str())],
+        );
         Ok(error_response(code, msg))
     };
     if !origin_allowed(&edge, &headers) {
@@ -322,11 +401,23 @@ async fn upgrade(
     };
     let conn = edge.hub.next_id();
     let peer = peer(&headers, remote);
-    let grant = match call(&edge, conn, Request::Verify, Auth::Token { token_hash: token_hash(&token) }, peer.clone()).await {
-        Ok(EdgeMessage::Reply { session: Some(g), .. }) => g,
-        Ok(EdgeMessage::Reply { error: Some(code), .. }) if code != ErrorCode::Unauthorized => {
-            return refuse(code, "session check failed")
-        }
+    let grant = match call(
+        &edge,
+        conn,
+        Request::Verify,
+        Auth::Token {
+            token_hash: token_hash(&token),
+        },
+        peer.clone(),
+    )
+    .await
+    {
+        Ok(EdgeMessage::Reply {
+            session: Some(g), ..
+        }) => g,
+        Ok(EdgeMessage::Reply {
+            error: Some(code), ..
+        }) if code != ErrorCode::Unauthorized => return refuse(code, "session check failed"),
         Ok(_) => return refuse(ErrorCode::Unauthorized, "invalid or expired session"),
         Err(e) => return refuse(e.code, &e.message),
     };
@@ -340,14 +431,22 @@ async fn upgrade(
     let max = edge.settings.max_frame_bytes;
     // The hard limit is twice the soft one: a frame between them gets a typed error frame and
     // the connection stays; only a larger one costs the connection.
-    let ws = ws.max_message_size(max * 2).max_frame_size(max * 2).max_write_buffer_size(max * 4);
+    let ws = ws
+        .max_message_size(max * 2)
+        .max_frame_size(max * 2)
+        .max_write_buffer_size(max * 4);
     let e2 = edge.clone();
     let reply = ws.on_upgrade(move |socket| async move {
         let (tx, rx) = tokio::sync::mpsc::channel(e2.settings.outbound_queue);
         let kill = CancellationToken::new();
         e2.hub.register(
             ctx.conn,
-            ConnHandle { user_id: ctx.user_id, session_id: ctx.session_id.clone(), tx, kill: kill.clone() },
+            ConnHandle {
+                user_id: ctx.user_id,
+                session_id: ctx.session_id.clone(),
+                tx,
+                kill: kill.clone(),
+            },
         );
         e2.emit(EdgeEvent::Connected {
             edge: e2.settings.id.clone(),
@@ -359,12 +458,23 @@ async fn upgrade(
         .await;
         session::drive(e2.clone(), ctx.clone(), socket, rx, kill, stop).await;
         e2.hub.unregister(ctx.conn);
-        e2.emit(EdgeEvent::Disconnected { edge: e2.settings.id.clone(), conn: ctx.conn, user_id: ctx.user_id }).await;
+        e2.emit(EdgeEvent::Disconnected {
+            edge: e2.settings.id.clone(),
+            conn: ctx.conn,
+            user_id: ctx.user_id,
+        })
+        .await;
     });
     let mut resp = reply.into_response();
-    resp.headers_mut().insert("x-switchboard-edge", HeaderValue::from_str(&edge.settings.id).expect("edge ids are ascii"));
+    resp.headers_mut().insert(
+        "x-switchboard-edge",
+        HeaderValue::from_str(&edge.settings.id).expect("edge ids are ascii"),
+    );
     if offers_ours {
-        resp.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(WS_PROTOCOL));
+        resp.headers_mut().insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(WS_PROTOCOL),
+        );
     }
     Ok(resp)
 }
@@ -393,7 +503,7 @@ pub fn routes(
         let e = edge.clone();
         warp::any().map(move || e.clone())
     };
-    let health = runtime::health::routes(edge.metrics.clone()).map(|r| Reply::into_response(r));
+    let health = runtime::health::routes(edge.metrics.clone()).map(Reply::into_response);
     let ws = warp::path!("ws")
         .and(with_edge.clone())
         .and(warp::any().map(move || stop.clone()))
@@ -439,19 +549,31 @@ mod tests {
     fn h(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut m = HeaderMap::new();
         for (k, v) in pairs {
-            m.append(header::HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            m.append(
+                header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         m
     }
 
     #[test]
     fn finds_the_token() {
-        assert_eq!(bearer(&h(&[("authorization", "Bearer abc")])).as_deref(), Some("abc"));
-        assert_eq!(bearer(&h(&[("cookie", "x=1; sb_session=tok")])).as_deref(), Some("tok"));
+        assert_eq!(
+            bearer(&h(&[("authorization", "Bearer abc")])).as_deref(),
+            Some("abc")
+        );
+        assert_eq!(
+            bearer(&h(&[("cookie", "x=1; sb_session=tok")])).as_deref(),
+            Some("tok")
+        );
         assert_eq!(bearer(&h(&[("cookie", "sb_session=")])), None);
         assert_eq!(bearer(&h(&[("authorization", "Basic x")])), None);
         assert_eq!(
-            ws_protocols(&h(&[("sec-websocket-protocol", "switchboard.v1, auth.T0k")])),
+            ws_protocols(&h(&[(
+                "sec-websocket-protocol",
+                "switchboard.v1, auth.T0k"
+            )])),
             (true, Some("T0k".into()))
         );
         assert_eq!(ws_protocols(&h(&[])), (false, None));
@@ -460,7 +582,10 @@ mod tests {
 
     #[test]
     fn peers_and_queries() {
-        assert_eq!(peer(&h(&[("x-forwarded-for", "1.2.3.4, 5.6.7.8")]), None).as_deref(), Some("1.2.3.4"));
+        assert_eq!(
+            peer(&h(&[("x-forwarded-for", "1.2.3.4, 5.6.7.8")]), None).as_deref(),
+            Some("1.2.3.4")
+        );
         let r: SocketAddr = "127.0.0.9:5".parse().unwrap();
         assert_eq!(peer(&h(&[]), Some(r)).as_deref(), Some("127.0.0.9"));
         assert_eq!(peer(&h(&[]), None), None);
@@ -480,30 +605,102 @@ mod tests {
         let (r, s) = route(&Method::POST, "/users", &q, creds).unwrap();
         assert_eq!(s, StatusCode::CREATED);
         assert!(matches!(r, Request::UserCreate { .. }));
-        assert!(matches!(route(&Method::POST, "/sessions", &q, creds).unwrap().0, Request::Login { .. }));
-        assert_eq!(route(&Method::POST, "/sessions", &q, b"{}").unwrap_err().code, ErrorCode::InvalidInput);
-        assert_eq!(route(&Method::POST, "/sessions", &q, b"nope").unwrap_err().code, ErrorCode::InvalidInput);
-        assert_eq!(route(&Method::POST, "/sessions/refresh", &q, b"").unwrap().0, Request::Refresh);
-        assert_eq!(route(&Method::GET, "/sessions", &q, b"").unwrap().0, Request::SessionList);
-        assert_eq!(route(&Method::DELETE, "/sessions", &q, b"").unwrap().0, Request::LogoutAll);
-        assert_eq!(route(&Method::DELETE, "/sessions/current", &q, b"").unwrap().0, Request::Logout { session_id: None });
-        assert_eq!(route(&Method::DELETE, "/sessions/abc", &q, b"").unwrap().0, Request::Logout { session_id: Some("abc".into()) });
-        assert_eq!(route(&Method::GET, "/users/me", &q, b"").unwrap().0, Request::Me);
-        assert_eq!(route(&Method::DELETE, "/users/me", &q, b"").unwrap().0, Request::UserDelete);
-        assert_eq!(route(&Method::GET, "/users/7", &q, b"").unwrap().0, Request::UserLookup { username: None, user_id: Some(Id(7)) });
-        assert_eq!(route(&Method::GET, "/users/x", &q, b"").unwrap_err().code, ErrorCode::InvalidInput);
-        assert_eq!(route(&Method::GET, "/users", &q, b"").unwrap_err().code, ErrorCode::InvalidInput);
+        assert!(matches!(
+            route(&Method::POST, "/sessions", &q, creds).unwrap().0,
+            Request::Login { .. }
+        ));
+        assert_eq!(
+            route(&Method::POST, "/sessions", &q, b"{}")
+                .unwrap_err()
+                .code,
+            ErrorCode::InvalidInput
+        );
+        assert_eq!(
+            route(&Method::POST, "/sessions", &q, b"nope")
+                .unwrap_err()
+                .code,
+            ErrorCode::InvalidInput
+        );
+        assert_eq!(
+            route(&Method::POST, "/sessions/refresh", &q, b"")
+                .unwrap()
+                .0,
+            Request::Refresh
+        );
+        assert_eq!(
+            route(&Method::GET, "/sessions", &q, b"").unwrap().0,
+            Request::SessionList
+        );
+        assert_eq!(
+            route(&Method::DELETE, "/sessions", &q, b"").unwrap().0,
+            Request::LogoutAll
+        );
+        assert_eq!(
+            route(&Method::DELETE, "/sessions/current", &q, b"")
+                .unwrap()
+                .0,
+            Request::Logout { session_id: None }
+        );
+        assert_eq!(
+            route(&Method::DELETE, "/sessions/abc", &q, b"").unwrap().0,
+            Request::Logout {
+                session_id: Some("abc".into())
+            }
+        );
+        assert_eq!(
+            route(&Method::GET, "/users/me", &q, b"").unwrap().0,
+            Request::Me
+        );
+        assert_eq!(
+            route(&Method::DELETE, "/users/me", &q, b"").unwrap().0,
+            Request::UserDelete
+        );
+        assert_eq!(
+            route(&Method::GET, "/users/7", &q, b"").unwrap().0,
+            Request::UserLookup {
+                username: None,
+                user_id: Some(Id(7))
+            }
+        );
+        assert_eq!(
+            route(&Method::GET, "/users/x", &q, b"").unwrap_err().code,
+            ErrorCode::InvalidInput
+        );
+        assert_eq!(
+            route(&Method::GET, "/users", &q, b"").unwrap_err().code,
+            ErrorCode::InvalidInput
+        );
         let mut qu = HashMap::new();
         qu.insert("username".to_string(), "ann".to_string());
         qu.insert("limit".to_string(), "5".to_string());
         qu.insert("cursor".to_string(), "c".to_string());
-        assert_eq!(route(&Method::GET, "/users", &qu, b"").unwrap().0, Request::UserLookup { username: Some("ann".into()), user_id: None });
-        assert_eq!(route(&Method::GET, "/online", &qu, b"").unwrap().0, Request::OnlineList { cursor: Some("c".into()), limit: Some(5) });
+        assert_eq!(
+            route(&Method::GET, "/users", &qu, b"").unwrap().0,
+            Request::UserLookup {
+                username: Some("ann".into()),
+                user_id: None
+            }
+        );
+        assert_eq!(
+            route(&Method::GET, "/online", &qu, b"").unwrap().0,
+            Request::OnlineList {
+                cursor: Some("c".into()),
+                limit: Some(5)
+            }
+        );
         qu.insert("limit".to_string(), "x".to_string());
         assert!(route(&Method::GET, "/online", &qu, b"").is_err());
-        assert_eq!(route(&Method::POST, "/rpc", &q, br#"{"type":"dm.list"}"#).unwrap().0, Request::DmList);
+        assert_eq!(
+            route(&Method::POST, "/rpc", &q, br#"{"type":"dm.list"}"#)
+                .unwrap()
+                .0,
+            Request::DmList
+        );
         assert!(route(&Method::POST, "/rpc", &q, br#"{"type":"session.verify"}"#).is_err());
         assert!(route(&Method::POST, "/rpc", &q, &[0xff]).is_err());
-        assert_eq!(route(&Method::GET, "/nope", &q, b"").unwrap_err().code, ErrorCode::NotFound);
+        assert_eq!(
+            route(&Method::GET, "/nope", &q, b"").unwrap_err().code,
+            ErrorCode::NotFound
+        );
     }
 }

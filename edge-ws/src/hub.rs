@@ -74,7 +74,10 @@ impl Hub {
     }
 
     pub fn len(&self) -> usize {
-        self.conns.iter().map(|s| s.lock().expect("hub").len()).sum()
+        self.conns
+            .iter()
+            .map(|s| s.lock().expect("hub").len())
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -122,7 +125,8 @@ impl Hub {
     pub fn close_all(&self, reason: &str) {
         for shard in &self.conns {
             for h in shard.lock().expect("hub").values() {
-                let _ = h.tx.try_send(Outbound::Close(Arc::from(""), reason.to_string()));
+                let _ =
+                    h.tx.try_send(Outbound::Close(Arc::from(""), reason.to_string()));
                 h.kill.cancel();
             }
         }
@@ -179,7 +183,10 @@ mod tests {
         assert!(hub.send(id, Outbound::Text("a".into())));
         assert_eq!(rx.try_recv().unwrap(), Outbound::Text("a".into()));
         assert_eq!(hub.broadcast("b".into()), 1);
-        assert!(!hub.send(id, Outbound::Text("c".into())), "queue of 1 is full");
+        assert!(
+            !hub.send(id, Outbound::Text("c".into())),
+            "queue of 1 is full"
+        );
         assert!(kill.is_cancelled(), "slow client is disconnected");
         assert!(!hub.send(12345, Outbound::Text("x".into())));
         hub.close_all("bye");
@@ -200,7 +207,11 @@ mod tests {
         let mut rx = hub.expect(9);
         assert!(hub.answer(9, msg.clone()).is_none());
         assert_eq!(rx.try_recv().unwrap(), msg);
-        assert_eq!(hub.answer(9, msg.clone()), Some(msg.clone()), "nobody waits any more");
+        assert_eq!(
+            hub.answer(9, msg.clone()),
+            Some(msg.clone()),
+            "nobody waits any more"
+        );
         let rx2 = hub.expect(10);
         drop(rx2);
         assert_eq!(hub.answer(10, msg.clone()), Some(msg.clone()));

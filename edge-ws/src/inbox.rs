@@ -39,7 +39,9 @@ pub async fn run(edge: Arc<Edge>, consumer: StreamConsumer, stop: CancellationTo
                 let payload = m.payload().unwrap_or_default();
                 match serde_json::from_slice::<EdgeMessage>(payload) {
                     Ok(em) => dispatch(&edge, em),
-                    Err(e) => tracing::warn!(error = %e, offset = m.offset(), "undecodable edge record skipped"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, offset = m.offset(), "undecodable edge record skipped")
+                    }
                 }
             }
             Err(e) => {
@@ -82,7 +84,8 @@ pub fn dispatch(edge: &Edge, msg: EdgeMessage) {
         } => {
             let frame: Arc<str> = Arc::from(frame);
             for conn in conns {
-                edge.hub.send(conn, Outbound::Close(frame.clone(), reason.clone()));
+                edge.hub
+                    .send(conn, Outbound::Close(frame.clone(), reason.clone()));
             }
         }
     }

@@ -3,8 +3,8 @@
 //! arrives to the right sockets. No business logic and no database: what a request means is the
 //! workers' business.
 
-pub mod hub;
 pub mod http;
+pub mod hub;
 pub mod inbox;
 pub mod ratelimit;
 pub mod session;

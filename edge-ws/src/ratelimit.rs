@@ -46,7 +46,10 @@ mod tests {
         let mut b = TokenBucket::new(10, 3, t0);
         assert!(b.try_take(t0) && b.try_take(t0) && b.try_take(t0));
         assert!(!b.try_take(t0), "burst spent");
-        assert!(b.try_take(t0 + Duration::from_millis(100)), "one token per 100 ms");
+        assert!(
+            b.try_take(t0 + Duration::from_millis(100)),
+            "one token per 100 ms"
+        );
         assert!(!b.try_take(t0 + Duration::from_millis(100)));
         assert!(b.try_take(t0 + Duration::from_secs(60)));
         let mut z = TokenBucket::new(0, 0, t0);

@@ -41,8 +41,13 @@ pub fn prepare(
     text: &str,
     bucket: &mut TokenBucket,
     now: Instant,
-) -> Result<Envelope, ServerFrame> {
-    let fail = |code, msg: &str| ServerFrame::error(salvage_rid(text), ErrorBody::new(code, msg));
+) -> Result<Envelope, Box<ServerFrame>> {
+    let fail = |code, msg: &str| {
+        Box::new(ServerFrame::error(
+            salvage_rid(text),
+            ErrorBody::new(code, msg),
+        ))
+    };
     if text.len() > edge.settings.max_frame_bytes {
         return Err(fail(
             ErrorCode::PayloadTooLarge,
@@ -52,15 +57,16 @@ pub fn prepare(
     if !bucket.try_take(now) {
         return Err(fail(ErrorCode::RateLimited, "too many frames; slow down"));
     }
-    let frame = parse_client_frame(text).map_err(|e| ServerFrame::error(salvage_rid(text), e))?;
+    let frame =
+        parse_client_frame(text).map_err(|e| Box::new(ServerFrame::error(salvage_rid(text), e)))?;
     if !frame.request.allowed_over_ws() {
-        return Err(ServerFrame::error(
+        return Err(Box::new(ServerFrame::error(
             frame.rid,
             ErrorBody::new(
                 ErrorCode::InvalidInput,
                 format!("{} is not available over WebSocket", frame.request.kind()),
             ),
-        ));
+        )));
     }
     Ok(Envelope {
         v: WIRE_VERSION,
@@ -78,8 +84,8 @@ pub fn prepare(
     })
 }
 
-/// Publish an envelope to its domain's topic; on failure, the error frame for the client.
-pub async fn publish(edge: &Edge, env: &Envelope) -> Result<(), ServerFrame> {
+/// Publish an envelope to its domain's topic; on failure, the error for the client.
+pub async fn publish(edge: &Edge, env: &Envelope) -> Result<(), ErrorBody> {
     let topic = edge.topics.requests(env.domain());
     let tp = runtime::telemetry::new_traceparent();
     edge.publisher
@@ -87,9 +93,9 @@ pub async fn publish(edge: &Edge, env: &Envelope) -> Result<(), ServerFrame> {
         .await
         .map_err(|e| {
             tracing::warn!(error = %e, "frame not published");
-            ServerFrame::error(
-                env.rid.clone(),
-                ErrorBody::new(ErrorCode::Unavailable, "could not accept the request; retry"),
+            ErrorBody::new(
+                ErrorCode::Unavailable,
+                "could not accept the request; retry",
             )
         })
 }
@@ -160,13 +166,19 @@ where
                 let reply = if let Ok(text) = msg.to_str() {
                     edge.metrics.inc(metrics::WS_FRAMES_IN_TOTAL, &[]);
                     match prepare(&edge, &ctx, text, &mut bucket, last_seen) {
-                        Ok(env) => publish(&edge, &env).await.err(),
-                        Err(frame) => Some(frame),
+                        Ok(env) => publish(&edge, &env)
+                            .await
+                            .err()
+                            .map(|e| ServerFrame::error(env.rid.clone(), e)),
+                        Err(frame) => Some(*frame),
                     }
                 } else if msg.is_binary() {
                     Some(ServerFrame::error(
                         None,
-                        ErrorBody::new(ErrorCode::InvalidInput, "binary frames are not supported; send JSON text"),
+                        ErrorBody::new(
+                            ErrorCode::InvalidInput,
+                            "binary frames are not supported; send JSON text",
+                        ),
                     ))
                 } else {
                     None // ping / pong: liveness only
@@ -211,7 +223,8 @@ where
                 } else {
                     (close_code::TOO_SLOW, "client too slow")
                 };
-                let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(close(code, why))).await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(close(code, why)))
+                    .await;
                 return Some(code);
             }
         }

@@ -8,7 +8,13 @@ use topics::{Delivery, ErrorCode, Event, Response, ServerFrame, SessionGrant, Ta
 /// The one answer for every failed login, whatever the cause.
 pub const BAD_CREDENTIALS: &str = "invalid username or password";
 
-fn grant(ctx: &Ctx<'_>, sid: &str, user: topics::Id, username: &str, token: Option<String>) -> SessionGrant {
+fn grant(
+    ctx: &Ctx<'_>,
+    sid: &str,
+    user: topics::Id,
+    username: &str,
+    token: Option<String>,
+) -> SessionGrant {
     SessionGrant {
         session_id: sid.to_string(),
         user_id: user,
@@ -34,10 +40,23 @@ pub async fn login(ctx: &Ctx<'_>, username: &str, password: &str) -> Result<Outc
     let d = ctx.deps;
     let name = username.trim().to_ascii_lowercase();
     let peer = ctx.env.peer.clone().unwrap_or_default();
-    if !sessions::allow(d, &format!("login:a:{peer}"), d.limits.login_attempts_per_address_per_minute).await?
-        || !sessions::allow(d, &format!("login:u:{name}"), d.limits.login_attempts_per_user_per_minute).await?
+    if !sessions::allow(
+        d,
+        &format!("login:a:{peer}"),
+        d.limits.login_attempts_per_address_per_minute,
+    )
+    .await?
+        || !sessions::allow(
+            d,
+            &format!("login:u:{name}"),
+            d.limits.login_attempts_per_user_per_minute,
+        )
+        .await?
     {
-        return Err(refuse(ErrorCode::RateLimited, "too many login attempts; wait a minute"));
+        return Err(refuse(
+            ErrorCode::RateLimited,
+            "too many login attempts; wait a minute",
+        ));
     }
     let found = crate::users::credentials(d, &name).await?;
     let hash = found.as_ref().map(|(_, _, h)| h.clone());
@@ -48,7 +67,11 @@ pub async fn login(ctx: &Ctx<'_>, username: &str, password: &str) -> Result<Outc
     };
     let (token, sid) = sessions::create(d, user, &username).await?;
     let g = grant(ctx, &sid, user, &username, Some(token.clone()));
-    Ok(Outcome { response: Some(session_response(&g, token)), session: Some(g), ..Default::default() })
+    Ok(Outcome {
+        response: Some(session_response(&g, token)),
+        session: Some(g),
+        ..Default::default()
+    })
 }
 
 /// The handshake check: the edge learns whose connection this is.
@@ -68,8 +91,18 @@ pub async fn refresh(ctx: &Ctx<'_>) -> Result<Outcome> {
         .await?
         .ok_or_else(|| refuse(ErrorCode::Unauthorized, "invalid or expired session"))?;
     let token = sessions::refresh(ctx.deps, &c.session_id, &rec).await?;
-    let g = grant(ctx, &c.session_id, c.user_id, &c.username, Some(token.clone()));
-    Ok(Outcome { response: Some(session_response(&g, token)), session: Some(g), ..Default::default() })
+    let g = grant(
+        ctx,
+        &c.session_id,
+        c.user_id,
+        &c.username,
+        Some(token.clone()),
+    );
+    Ok(Outcome {
+        response: Some(session_response(&g, token)),
+        session: Some(g),
+        ..Default::default()
+    })
 }
 
 pub async fn list(ctx: &Ctx<'_>) -> Result<Outcome> {
@@ -90,8 +123,16 @@ pub async fn list(ctx: &Ctx<'_>) -> Result<Outcome> {
 /// Close the sockets of these sessions (through the router) with a `session_revoked` event.
 pub fn close_sessions(user: topics::Id, session_ids: Vec<String>, reason: &str) -> Delivery {
     let mut d = Delivery::new(
-        Target::Sessions { user_id: user, session_ids },
-        ServerFrame::Event { data: Event::SessionRevoked { reason: reason.into() } }.to_json(),
+        Target::Sessions {
+            user_id: user,
+            session_ids,
+        },
+        ServerFrame::Event {
+            data: Event::SessionRevoked {
+                reason: reason.into(),
+            },
+        }
+        .to_json(),
     );
     d.close = Some(reason.into());
     d
@@ -118,6 +159,10 @@ pub async fn logout(ctx: &Ctx<'_>, session_id: Option<&str>) -> Result<Outcome> 
 pub async fn logout_all(ctx: &Ctx<'_>) -> Result<Outcome> {
     let c = ctx.caller()?;
     let ids = sessions::revoke_all(ctx.deps, c.user_id).await?;
-    Ok(Outcome { response: Some(Response::Ok), clear_session: true, ..Default::default() }
-        .deliver(close_sessions(c.user_id, ids, "logged out everywhere")))
+    Ok(Outcome {
+        response: Some(Response::Ok),
+        clear_session: true,
+        ..Default::default()
+    }
+    .deliver(close_sessions(c.user_id, ids, "logged out everywhere")))
 }

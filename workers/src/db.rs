@@ -42,7 +42,9 @@ pub fn fnv1a(s: &str) -> u64 {
 /// The logical → physical map: explicit, or logical % physical.
 pub fn build_map(logical: u32, physical: usize, explicit: Option<&[usize]>) -> Result<Vec<usize>> {
     if physical == 0 || logical == 0 {
-        return Err(Error::Config("at least one shard and one logical shard are needed".into()));
+        return Err(Error::Config(
+            "at least one shard and one logical shard are needed".into(),
+        ));
     }
     match explicit {
         Some(m) if m.len() != logical as usize => Err(Error::Config(format!(
@@ -92,10 +94,17 @@ impl Shards {
                     Some(r) => Pool::new(opts(s, r, Some(&s.name))?),
                     None => primary.clone(),
                 };
-                Ok(Shard { index, primary, replica })
+                Ok(Shard {
+                    index,
+                    primary,
+                    replica,
+                })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Shards { shards: Arc::new(shards), map: Arc::new(map) })
+        Ok(Shards {
+            shards: Arc::new(shards),
+            map: Arc::new(map),
+        })
     }
 
     pub fn all(&self) -> &[Shard] {
@@ -132,15 +141,23 @@ pub async fn migrate(s: &DatabaseSettings) -> Result<Vec<u32>> {
     for sh in &s.shards {
         let server = Pool::new(opts(s, &sh.primary, None)?);
         let mut c = server.get_conn().await?;
-        c.query_drop(format!("CREATE DATABASE IF NOT EXISTS `{}`", s.name.replace('`', ""))).await?;
-        c.query_drop(format!("USE `{}`", s.name.replace('`', ""))).await?;
+        c.query_drop(format!(
+            "CREATE DATABASE IF NOT EXISTS `{}`",
+            s.name.replace('`', "")
+        ))
+        .await?;
+        c.query_drop(format!("USE `{}`", s.name.replace('`', "")))
+            .await?;
         c.query_drop(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version INT UNSIGNED NOT NULL PRIMARY KEY, applied_at_ms BIGINT UNSIGNED NOT NULL)",
         )
         .await?;
         for (version, sql) in MIGRATIONS {
             let done: Option<u32> = c
-                .exec_first("SELECT version FROM schema_migrations WHERE version = ?", (version,))
+                .exec_first(
+                    "SELECT version FROM schema_migrations WHERE version = ?",
+                    (version,),
+                )
                 .await?;
             if done.is_some() {
                 continue;

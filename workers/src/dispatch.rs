@@ -10,12 +10,12 @@ use runtime::metrics::{self, Metrics};
 use runtime::redis::{Keys, Pool};
 use runtime::registry::Registry;
 use std::sync::Arc;
-use tracing::Instrument;
 use topics::bus::{decode_versioned, PresenceRecord};
 use topics::{
     Auth, Delivery, EdgeMessage, Envelope, ErrorBody, ErrorCode, Event, Id, Request, Response,
     ServerFrame, SessionGrant, Target, Topics,
 };
+use tracing::Instrument;
 
 /// What handlers need.
 pub struct Deps {
@@ -70,7 +70,10 @@ pub struct Outcome {
 
 impl From<Response> for Outcome {
     fn from(r: Response) -> Self {
-        Outcome { response: Some(r), ..Default::default() }
+        Outcome {
+            response: Some(r),
+            ..Default::default()
+        }
     }
 }
 
@@ -83,7 +86,10 @@ impl Outcome {
 
 /// A delivery of one event to every device of these users.
 pub fn event_to(users: Vec<Id>, event: Event) -> Delivery {
-    Delivery::new(Target::Users { user_ids: users }, ServerFrame::Event { data: event }.to_json())
+    Delivery::new(
+        Target::Users { user_ids: users },
+        ServerFrame::Event { data: event }.to_json(),
+    )
 }
 
 pub struct Dispatcher {
@@ -100,7 +106,9 @@ impl Handler for Dispatcher {
 /// How an infrastructure error is treated: server errors that retrying cannot fix are poison.
 pub fn classify(e: Error) -> Failure {
     match &e {
-        Error::Db(mysql_async::Error::Server(s)) if !matches!(s.code, 1205 | 1213 | 1290 | 1836 | 1040 | 1927) => {
+        Error::Db(mysql_async::Error::Server(s))
+            if !matches!(s.code, 1205 | 1213 | 1290 | 1836 | 1040 | 1927) =>
+        {
             Failure::Poison(e.to_string())
         }
         _ => Failure::Transient(e.to_string()),
@@ -112,7 +120,9 @@ impl Dispatcher {
         let env = if self.role == Role::Presence {
             match decode_versioned::<PresenceRecord>(&record.payload) {
                 Ok(PresenceRecord::Edge { edge_event, .. }) => {
-                    return crate::presence::apply_edge_event(&self.deps, edge_event).await.map_err(classify);
+                    return crate::presence::apply_edge_event(&self.deps, edge_event)
+                        .await
+                        .map_err(classify);
                 }
                 Ok(PresenceRecord::Request(env)) => *env,
                 Err(e) => return Err(Failure::Poison(e.to_string())),
@@ -121,28 +131,43 @@ impl Dispatcher {
             Envelope::decode(&record.payload).map_err(|e| Failure::Poison(e.to_string()))?
         };
         if env.domain() != self.role.domain() {
-            return Err(Failure::Poison(format!("{} does not belong on this topic", env.request.kind())));
+            return Err(Failure::Poison(format!(
+                "{} does not belong on this topic",
+                env.request.kind()
+            )));
         }
         let span = tracing::info_span!("request", kind = env.request.kind(), edge = %env.edge, trace_id = record.traceparent.as_deref().and_then(runtime::telemetry::trace_id).unwrap_or(""));
         let result = async {
             let caller = authenticate(&self.deps, &env).await?;
-            route(&Ctx { env: &env, caller, deps: &self.deps }).await
+            route(&Ctx {
+                env: &env,
+                caller,
+                deps: &self.deps,
+            })
+            .await
         }
         .instrument(span)
         .await;
         let kind = env.request.kind();
         match result {
             Ok(outcome) => {
-                self.deps.metrics.inc(metrics::REQUESTS_HANDLED_TOTAL, &[("kind", kind)]);
+                self.deps
+                    .metrics
+                    .inc(metrics::REQUESTS_HANDLED_TOTAL, &[("kind", kind)]);
                 self.finish(&env, outcome, record).await
             }
             Err(Error::Reply(err)) => {
-                self.deps.metrics.inc(metrics::REQUEST_ERRORS_TOTAL, &[("kind", kind), ("code", err.code.as_str())]);
-                let revoked = err.code == ErrorCode::Unauthorized && matches!(env.auth, Auth::Session { .. });
+                self.deps.metrics.inc(
+                    metrics::REQUEST_ERRORS_TOTAL,
+                    &[("kind", kind), ("code", err.code.as_str())],
+                );
+                let revoked =
+                    err.code == ErrorCode::Unauthorized && matches!(env.auth, Auth::Session { .. });
                 self.reply_error(&env, err, record).await?;
                 if revoked {
                     // The socket's session is gone: close it.
-                    self.close_conn(&env, "session expired or revoked", record).await?;
+                    self.close_conn(&env, "session expired or revoked", record)
+                        .await?;
                 }
                 Ok(())
             }
@@ -150,14 +175,25 @@ impl Dispatcher {
                 tracing::warn!(error = %e, kind, "request failed");
                 let f = classify(e);
                 if matches!(f, Failure::Poison(_)) {
-                    self.reply_error(&env, ErrorBody::new(ErrorCode::Internal, "the request could not be processed"), record).await?;
+                    self.reply_error(
+                        &env,
+                        ErrorBody::new(ErrorCode::Internal, "the request could not be processed"),
+                        record,
+                    )
+                    .await?;
                 }
                 Err(f)
             }
         }
     }
 
-    async fn publish(&self, topic: &str, key: &str, payload: &[u8], record: &Inbound) -> Result<(), Failure> {
+    async fn publish(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+        record: &Inbound,
+    ) -> Result<(), Failure> {
         self.deps
             .publisher
             .send(topic, key, payload, record.traceparent.as_deref())
@@ -165,17 +201,29 @@ impl Dispatcher {
             .map_err(|e| Failure::Transient(e.to_string()))
     }
 
-    async fn finish(&self, env: &Envelope, outcome: Outcome, record: &Inbound) -> Result<(), Failure> {
+    async fn finish(
+        &self,
+        env: &Envelope,
+        outcome: Outcome,
+        record: &Inbound,
+    ) -> Result<(), Failure> {
         let deliver_topic = self.deps.topics.deliver();
         for d in &outcome.deliveries {
             let payload = serde_json::to_vec(d).expect("deliveries serialise");
-            self.publish(&deliver_topic, &d.key(), &payload, record).await?;
+            self.publish(&deliver_topic, &d.key(), &payload, record)
+                .await?;
         }
-        let Some(response) = outcome.response else { return Ok(()) };
+        let Some(response) = outcome.response else {
+            return Ok(());
+        };
         let msg = EdgeMessage::Reply {
             conn: env.conn,
             req: env.req,
-            frame: ServerFrame::Reply { rid: env.rid.clone(), data: response }.to_json(),
+            frame: ServerFrame::Reply {
+                rid: env.rid.clone(),
+                data: response,
+            }
+            .to_json(),
             error: None,
             session: outcome.session,
             clear_session: outcome.clear_session,
@@ -183,12 +231,28 @@ impl Dispatcher {
         self.send_edge(env, &msg, record).await
     }
 
-    async fn send_edge(&self, env: &Envelope, msg: &EdgeMessage, record: &Inbound) -> Result<(), Failure> {
+    async fn send_edge(
+        &self,
+        env: &Envelope,
+        msg: &EdgeMessage,
+        record: &Inbound,
+    ) -> Result<(), Failure> {
         let payload = serde_json::to_vec(msg).expect("edge messages serialise");
-        self.publish(&self.deps.topics.edge(&env.edge), &env.conn.to_string(), &payload, record).await
+        self.publish(
+            &self.deps.topics.edge(&env.edge),
+            &env.conn.to_string(),
+            &payload,
+            record,
+        )
+        .await
     }
 
-    async fn reply_error(&self, env: &Envelope, err: ErrorBody, record: &Inbound) -> Result<(), Failure> {
+    async fn reply_error(
+        &self,
+        env: &Envelope,
+        err: ErrorBody,
+        record: &Inbound,
+    ) -> Result<(), Failure> {
         let msg = EdgeMessage::Reply {
             conn: env.conn,
             req: env.req,
@@ -200,10 +264,20 @@ impl Dispatcher {
         self.send_edge(env, &msg, record).await
     }
 
-    async fn close_conn(&self, env: &Envelope, reason: &str, record: &Inbound) -> Result<(), Failure> {
+    async fn close_conn(
+        &self,
+        env: &Envelope,
+        reason: &str,
+        record: &Inbound,
+    ) -> Result<(), Failure> {
         let msg = EdgeMessage::Close {
             conns: vec![env.conn],
-            frame: ServerFrame::Event { data: Event::SessionRevoked { reason: reason.into() } }.to_json(),
+            frame: ServerFrame::Event {
+                data: Event::SessionRevoked {
+                    reason: reason.into(),
+                },
+            }
+            .to_json(),
             reason: reason.into(),
         };
         self.send_edge(env, &msg, record).await
@@ -216,7 +290,10 @@ pub async fn authenticate(deps: &Deps, env: &Envelope) -> crate::Result<Option<C
     let found = match &env.auth {
         Auth::None => None,
         Auth::Token { token_hash } => sessions::resolve_token(deps, token_hash).await?,
-        Auth::Session { session_id, user_id } => sessions::load(deps, session_id)
+        Auth::Session {
+            session_id,
+            user_id,
+        } => sessions::load(deps, session_id)
             .await?
             .filter(|s| s.user_id == *user_id)
             .map(|s| (session_id.clone(), s)),
@@ -225,19 +302,30 @@ pub async fn authenticate(deps: &Deps, env: &Envelope) -> crate::Result<Option<C
         return if anonymous {
             Ok(None)
         } else {
-            Err(crate::refuse(ErrorCode::Unauthorized, "invalid or expired session"))
+            Err(crate::refuse(
+                ErrorCode::Unauthorized,
+                "invalid or expired session",
+            ))
         };
     };
     // A bearer token (HTTP call or handshake) must also belong to an account that still exists
     // in the database: a session write lost in a Redis failover must never let a deleted user
     // back in. Deleting twice stays possible, so a retried delete completes.
-    if matches!(env.auth, Auth::Token { .. }) && !matches!(env.request, Request::UserDelete) {
-        if !crate::users::exists(deps, rec.user_id).await? {
-            sessions::revoke(deps, &session_id, &rec).await?;
-            return Err(crate::refuse(ErrorCode::Unauthorized, "invalid or expired session"));
-        }
+    if matches!(env.auth, Auth::Token { .. })
+        && !matches!(env.request, Request::UserDelete)
+        && !crate::users::exists(deps, rec.user_id).await?
+    {
+        sessions::revoke(deps, &session_id, &rec).await?;
+        return Err(crate::refuse(
+            ErrorCode::Unauthorized,
+            "invalid or expired session",
+        ));
     }
-    Ok(Some(Caller { user_id: rec.user_id, username: rec.username, session_id }))
+    Ok(Some(Caller {
+        user_id: rec.user_id,
+        username: rec.username,
+        session_id,
+    }))
 }
 
 /// Call the handler of the request's kind.
@@ -254,25 +342,41 @@ pub async fn route(ctx: &Ctx<'_>) -> crate::Result<Outcome> {
         Request::SessionList => crate::auth::list(ctx).await,
         Request::Logout { session_id } => crate::auth::logout(ctx, session_id.as_deref()).await,
         Request::LogoutAll => crate::auth::logout_all(ctx).await,
-        Request::UserCreate { username, password } => crate::users::create(ctx, username, password).await,
+        Request::UserCreate { username, password } => {
+            crate::users::create(ctx, username, password).await
+        }
         Request::Me => crate::users::me(ctx).await,
-        Request::UserLookup { username, user_id } => crate::users::lookup(ctx, username.as_deref(), *user_id).await,
+        Request::UserLookup { username, user_id } => {
+            crate::users::lookup(ctx, username.as_deref(), *user_id).await
+        }
         Request::UserDelete => crate::users::delete(ctx).await,
         Request::InviteSend { code } => crate::invites::send(ctx, code).await,
-        Request::InviteRespond { user_id, accept } => crate::invites::respond(ctx, *user_id, *accept).await,
+        Request::InviteRespond { user_id, accept } => {
+            crate::invites::respond(ctx, *user_id, *accept).await
+        }
         Request::InviteList => crate::invites::list(ctx).await,
         Request::ConnectionRemove { user_id } => crate::invites::remove(ctx, *user_id).await,
         Request::DmOpen { user_id } => crate::dms::open(ctx, *user_id).await,
         Request::DmList => crate::dms::list(ctx).await,
-        Request::DmHistory { conversation_id, before_seq, after_seq, limit } => {
-            crate::dms::history(ctx, *conversation_id, *before_seq, *after_seq, *limit).await
-        }
-        Request::DmSend { conversation_id, client_msg_id, text } => {
-            crate::dms::send(ctx, *conversation_id, client_msg_id, text).await
-        }
-        Request::DmRead { conversation_id, seq } => crate::dms::read(ctx, *conversation_id, *seq).await,
+        Request::DmHistory {
+            conversation_id,
+            before_seq,
+            after_seq,
+            limit,
+        } => crate::dms::history(ctx, *conversation_id, *before_seq, *after_seq, *limit).await,
+        Request::DmSend {
+            conversation_id,
+            client_msg_id,
+            text,
+        } => crate::dms::send(ctx, *conversation_id, client_msg_id, text).await,
+        Request::DmRead {
+            conversation_id,
+            seq,
+        } => crate::dms::read(ctx, *conversation_id, *seq).await,
         Request::DmSync { since } => crate::dms::sync(ctx, since).await,
-        Request::OnlineList { cursor, limit } => crate::presence::online(ctx, cursor.as_deref(), *limit).await,
+        Request::OnlineList { cursor, limit } => {
+            crate::presence::online(ctx, cursor.as_deref(), *limit).await
+        }
         Request::BroadcastSend { text } => crate::presence::broadcast(ctx, text).await,
     }
 }

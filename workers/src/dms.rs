@@ -35,15 +35,28 @@ fn to_message(conv: Id, r: MsgRow, names: &HashMap<Id, (String, bool)>) -> Messa
         Some((n, false)) => (Some(author), n.clone()),
         _ => (None, DELETED.to_string()),
     };
-    Message { conversation_id: conv, seq, message_id: Id(id), author_id, author: name, client_msg_id, text, sent_at_ms: sent }
+    Message {
+        conversation_id: conv,
+        seq,
+        message_id: Id(id),
+        author_id,
+        author: name,
+        client_msg_id,
+        text,
+        sent_at_ms: sent,
+    }
 }
 
 /// (user_lo, user_hi, last_seq) of a conversation the caller is in; NotFound otherwise (a
 /// conversation one is not in is indistinguishable from one that does not exist).
 async fn member_of(d: &Deps, me: Id, conv: Id) -> Result<(Id, Id, u64)> {
     let mut c = d.db.by_id(conv).primary.get_conn().await?;
-    let row: Option<(u64, u64, u64)> =
-        c.exec_first("SELECT user_lo, user_hi, last_seq FROM conversations WHERE id = ?", (conv.0,)).await?;
+    let row: Option<(u64, u64, u64)> = c
+        .exec_first(
+            "SELECT user_lo, user_hi, last_seq FROM conversations WHERE id = ?",
+            (conv.0,),
+        )
+        .await?;
     match row {
         Some((lo, hi, last)) if lo == me.0 || hi == me.0 => Ok((Id(lo), Id(hi), last)),
         _ => Err(refuse(ErrorCode::NotFound, "no such conversation")),
@@ -51,7 +64,11 @@ async fn member_of(d: &Deps, me: Id, conv: Id) -> Result<(Id, Id, u64)> {
 }
 
 fn peer_of(me: Id, lo: Id, hi: Id) -> Id {
-    if lo == me { hi } else { lo }
+    if lo == me {
+        hi
+    } else {
+        lo
+    }
 }
 
 async fn summary(d: &Deps, me: Id, conv: Id, last_read: u64) -> Result<ConversationSummary> {
@@ -90,17 +107,32 @@ pub async fn open(ctx: &Ctx<'_>, peer: Id) -> Result<Outcome> {
     let d = ctx.deps;
     let me = ctx.caller()?.user_id;
     if peer == me {
-        return Err(refuse(ErrorCode::InvalidInput, "you cannot message yourself"));
+        return Err(refuse(
+            ErrorCode::InvalidInput,
+            "you cannot message yourself",
+        ));
     }
     match invites::link(d, me, peer).await? {
         Some(l) if l.state == InviteState::Accepted => {}
-        _ => return Err(refuse(ErrorCode::Forbidden, "you can only message your connections")),
+        _ => {
+            return Err(refuse(
+                ErrorCode::Forbidden,
+                "you can only message your connections",
+            ))
+        }
     }
     let key = pair_key(me, peer);
     let mut c = d.db.by_key(&key).primary.get_conn().await?;
-    c.exec_drop("INSERT IGNORE INTO dm_pairs (pair_key, conversation_id) VALUES (?, ?)", (&key, d.ids.next().0)).await?;
+    c.exec_drop(
+        "INSERT IGNORE INTO dm_pairs (pair_key, conversation_id) VALUES (?, ?)",
+        (&key, d.ids.next().0),
+    )
+    .await?;
     let conv: u64 = c
-        .exec_first("SELECT conversation_id FROM dm_pairs WHERE pair_key = ?", (&key,))
+        .exec_first(
+            "SELECT conversation_id FROM dm_pairs WHERE pair_key = ?",
+            (&key,),
+        )
         .await?
         .ok_or_else(|| refuse(ErrorCode::Unavailable, "retry"))?;
     let conv = Id(conv);
@@ -120,15 +152,20 @@ pub async fn open(ctx: &Ctx<'_>, peer: Id) -> Result<Outcome> {
         .await?;
     }
     let last_read = read_position(d, me, conv).await?;
-    Ok(Response::Conversation { conversation: summary(d, me, conv, last_read).await? }.into())
+    Ok(Response::Conversation {
+        conversation: summary(d, me, conv, last_read).await?,
+    }
+    .into())
 }
 
 async fn read_position(d: &Deps, me: Id, conv: Id) -> Result<u64> {
     let mut c = d.db.by_id(me).primary.get_conn().await?;
-    Ok(c
-        .exec_first("SELECT last_read_seq FROM memberships WHERE user_id = ? AND conversation_id = ?", (me.0, conv.0))
-        .await?
-        .unwrap_or(0))
+    Ok(c.exec_first(
+        "SELECT last_read_seq FROM memberships WHERE user_id = ? AND conversation_id = ?",
+        (me.0, conv.0),
+    )
+    .await?
+    .unwrap_or(0))
 }
 
 /// My conversations, most recently active first, with last message and unread count.
@@ -137,34 +174,54 @@ pub async fn list(ctx: &Ctx<'_>) -> Result<Outcome> {
     let me = ctx.caller()?.user_id;
     let mut c = d.db.by_id(me).primary.get_conn().await?;
     let rows: Vec<(u64, u64)> = c
-        .exec("SELECT conversation_id, last_read_seq FROM memberships WHERE user_id = ? LIMIT 500", (me.0,))
+        .exec(
+            "SELECT conversation_id, last_read_seq FROM memberships WHERE user_id = ? LIMIT 500",
+            (me.0,),
+        )
         .await?;
     let mut out = Vec::with_capacity(rows.len());
     for (conv, last_read) in rows {
         out.push(summary(d, me, Id(conv), last_read).await?);
     }
-    out.sort_by_key(|s| std::cmp::Reverse(s.last_message.as_ref().map(|m| m.sent_at_ms).unwrap_or(0)));
+    out.sort_by_key(|s| {
+        std::cmp::Reverse(s.last_message.as_ref().map(|m| m.sent_at_ms).unwrap_or(0))
+    });
     Ok(Response::Conversations { conversations: out }.into())
 }
 
 /// One page of a conversation's messages, ascending. `after_seq`: the page after it;
 /// `before_seq`: the page before it (older history, read from the replica); neither: the latest.
-async fn page(d: &Deps, conv: Id, before: Option<u64>, after: Option<u64>, limit: u32) -> Result<(Vec<MsgRow>, bool)> {
+async fn page(
+    d: &Deps,
+    conv: Id,
+    before: Option<u64>,
+    after: Option<u64>,
+    limit: u32,
+) -> Result<(Vec<MsgRow>, bool)> {
     let n = limit as u64 + 1;
     let cols = "SELECT seq, id, author_id, client_msg_id, body, sent_at_ms FROM messages WHERE conversation_id = ?";
     let shard = d.db.by_id(conv);
     let mut rows: Vec<MsgRow> = match (before, after) {
         (_, Some(a)) => {
             let mut c = shard.primary.get_conn().await?;
-            c.exec(format!("{cols} AND seq > ? ORDER BY seq ASC LIMIT ?"), (conv.0, a, n)).await?
+            c.exec(
+                format!("{cols} AND seq > ? ORDER BY seq ASC LIMIT ?"),
+                (conv.0, a, n),
+            )
+            .await?
         }
         (Some(b), None) => {
             let mut c = shard.replica.get_conn().await?;
-            c.exec(format!("{cols} AND seq < ? ORDER BY seq DESC LIMIT ?"), (conv.0, b, n)).await?
+            c.exec(
+                format!("{cols} AND seq < ? ORDER BY seq DESC LIMIT ?"),
+                (conv.0, b, n),
+            )
+            .await?
         }
         (None, None) => {
             let mut c = shard.primary.get_conn().await?;
-            c.exec(format!("{cols} ORDER BY seq DESC LIMIT ?"), (conv.0, n)).await?
+            c.exec(format!("{cols} ORDER BY seq DESC LIMIT ?"), (conv.0, n))
+                .await?
         }
     };
     let more = rows.len() as u64 == n;
@@ -173,17 +230,34 @@ async fn page(d: &Deps, conv: Id, before: Option<u64>, after: Option<u64>, limit
     Ok((rows, more))
 }
 
-pub async fn history(ctx: &Ctx<'_>, conv: Id, before: Option<u64>, after: Option<u64>, limit: Option<u32>) -> Result<Outcome> {
+pub async fn history(
+    ctx: &Ctx<'_>,
+    conv: Id,
+    before: Option<u64>,
+    after: Option<u64>,
+    limit: Option<u32>,
+) -> Result<Outcome> {
     let d = ctx.deps;
     let me = ctx.caller()?.user_id;
     if before.is_some() && after.is_some() {
-        return Err(refuse(ErrorCode::InvalidInput, "give at most one of before_seq and after_seq"));
+        return Err(refuse(
+            ErrorCode::InvalidInput,
+            "give at most one of before_seq and after_seq",
+        ));
     }
     let (lo, hi, _) = member_of(d, me, conv).await?;
     let (rows, more) = page(d, conv, before, after, validate::page(limit, 50)).await?;
     let names = names(d, &[lo, hi]).await?;
-    let messages = rows.into_iter().map(|r| to_message(conv, r, &names)).collect();
-    Ok(Response::History { conversation_id: conv, messages, more }.into())
+    let messages = rows
+        .into_iter()
+        .map(|r| to_message(conv, r, &names))
+        .collect();
+    Ok(Response::History {
+        conversation_id: conv,
+        messages,
+        more,
+    }
+    .into())
 }
 
 /// Store a message (once per client_msg_id), then acknowledge it and deliver it to every device
@@ -196,7 +270,10 @@ pub async fn send(ctx: &Ctx<'_>, conv: Id, client_msg_id: &str, text: &str) -> R
     let mut c = d.db.by_id(conv).primary.get_conn().await?;
     let mut tx = c.start_transaction(TxOpts::default()).await?;
     let row: Option<(u64, u64, u64)> = tx
-        .exec_first("SELECT user_lo, user_hi, last_seq FROM conversations WHERE id = ? FOR UPDATE", (conv.0,))
+        .exec_first(
+            "SELECT user_lo, user_hi, last_seq FROM conversations WHERE id = ? FOR UPDATE",
+            (conv.0,),
+        )
         .await?;
     let (lo, hi, last_seq) = match row {
         Some((lo, hi, last)) if lo == me.0 || hi == me.0 => (Id(lo), Id(hi), last),
@@ -217,22 +294,40 @@ pub async fn send(ctx: &Ctx<'_>, conv: Id, client_msg_id: &str, text: &str) -> R
             let seq = last_seq + 1;
             let id = d.ids.next();
             let now = runtime::now_ms();
-            tx.exec_drop("UPDATE conversations SET last_seq = ? WHERE id = ?", (seq, conv.0)).await?;
+            tx.exec_drop(
+                "UPDATE conversations SET last_seq = ? WHERE id = ?",
+                (seq, conv.0),
+            )
+            .await?;
             tx.exec_drop(
                 "INSERT INTO messages (conversation_id, seq, id, author_id, client_msg_id, body, sent_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (conv.0, seq, id.0, me.0, client_msg_id, text, now),
             )
             .await?;
             tx.commit().await?;
-            d.metrics.inc(runtime::metrics::MESSAGES_PERSISTED_TOTAL, &[]);
-            ((seq, id.0, me.0, client_msg_id.to_string(), text.to_string(), now), false)
+            d.metrics
+                .inc(runtime::metrics::MESSAGES_PERSISTED_TOTAL, &[]);
+            (
+                (
+                    seq,
+                    id.0,
+                    me.0,
+                    client_msg_id.to_string(),
+                    text.to_string(),
+                    now,
+                ),
+                false,
+            )
         }
     };
     let mut names = HashMap::new();
     names.insert(me, (ctx.caller()?.username.clone(), false));
     let message = to_message(conv, row, &names);
-    Ok(Outcome::from(Response::Sent { message: message.clone(), duplicate })
-        .deliver(event_to(vec![lo, hi], Event::DmMessage { message })))
+    Ok(Outcome::from(Response::Sent {
+        message: message.clone(),
+        duplicate,
+    })
+    .deliver(event_to(vec![lo, hi], Event::DmMessage { message })))
 }
 
 /// Mark messages up to `seq` read (never moves backwards).
@@ -254,20 +349,30 @@ pub async fn sync(ctx: &Ctx<'_>, since: &BTreeMap<Id, u64>) -> Result<Outcome> {
     let d = ctx.deps;
     let me = ctx.caller()?.user_id;
     if since.len() > validate::PAGE_MAX as usize {
-        return Err(refuse(ErrorCode::InvalidInput, "sync at most 100 conversations at once"));
+        return Err(refuse(
+            ErrorCode::InvalidInput,
+            "sync at most 100 conversations at once",
+        ));
     }
     let mut out = Vec::new();
     for (&conv, &seen) in since {
         let (lo, hi, last) = member_of(d, me, conv).await?;
         if last <= seen {
-            out.push(SyncedConversation { conversation_id: conv, messages: vec![], more: false });
+            out.push(SyncedConversation {
+                conversation_id: conv,
+                messages: vec![],
+                more: false,
+            });
             continue;
         }
         let (rows, more) = page(d, conv, None, Some(seen), validate::PAGE_MAX).await?;
         let names = names(d, &[lo, hi]).await?;
         out.push(SyncedConversation {
             conversation_id: conv,
-            messages: rows.into_iter().map(|r| to_message(conv, r, &names)).collect(),
+            messages: rows
+                .into_iter()
+                .map(|r| to_message(conv, r, &names))
+                .collect(),
             more,
         });
     }

@@ -44,11 +44,76 @@ impl IdGen {
             seq = 0;
         }
         *st = (last, seq);
-        Id(((last.saturating_sub(EPOCH_MS)) << (NODE_BITS + SEQ_BITS)) | (self.node << SEQ_BITS) | seq)
+        Id(((last.saturating_sub(EPOCH_MS)) << (NODE_BITS + SEQ_BITS))
+            | (self.node << SEQ_BITS)
+            | seq)
     }
 
     pub fn next(&self) -> Id {
         self.next_at(runtime::now_ms())
+    }
+}
+
+/// Lease a node id in Redis: the first free one from a random start. Leases last 60 s and are
+/// renewed every 20 s by [`renew_node`].
+pub async fn lease_node(
+    redis: &runtime::redis::Pool,
+    keys: &runtime::redis::Keys,
+) -> crate::Result<u64> {
+    use rand::Rng;
+    let mut con = redis.get().await?;
+    let start = rand::rng().random_range(0..MAX_NODES);
+    for i in 0..MAX_NODES {
+        let n = (start + i) % MAX_NODES;
+        let ok: Option<String> = runtime::redis::redis::cmd("SET")
+            .arg(keys.key(format!("node:{n}")))
+            .arg(std::process::id())
+            .arg("NX")
+            .arg("PX")
+            .arg(60_000)
+            .query_async(&mut con)
+            .await?;
+        if ok.is_some() {
+            return Ok(n);
+        }
+    }
+    Err(crate::Error::Config(
+        "no free id node (1024 workers hold one)".into(),
+    ))
+}
+
+/// Keep the node lease alive until `stop`, then release it.
+pub async fn renew_node(
+    redis: runtime::redis::Pool,
+    keys: runtime::redis::Keys,
+    node: u64,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let key = keys.key(format!("node:{node}"));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(20)) => {}
+        }
+        let renewed: crate::Result<()> = async {
+            let mut con = redis.get().await?;
+            runtime::redis::redis::cmd("PEXPIRE")
+                .arg(&key)
+                .arg(60_000)
+                .query_async::<()>(&mut con)
+                .await?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = renewed {
+            tracing::warn!(error = %e, node, "id node lease not renewed");
+        }
+    }
+    if let Ok(mut con) = redis.get().await {
+        let _: std::result::Result<(), _> = runtime::redis::redis::cmd("DEL")
+            .arg(&key)
+            .query_async(&mut con)
+            .await;
     }
 }
 
@@ -79,56 +144,5 @@ mod tests {
             prop_assume!(n1 != n2);
             prop_assert_ne!(IdGen::new(n1).next_at(t), IdGen::new(n2).next_at(t));
         }
-    }
-}
-
-/// Lease a node id in Redis: the first free one from a random start. Leases last 60 s and are
-/// renewed every 20 s by [`renew_node`].
-pub async fn lease_node(redis: &runtime::redis::Pool, keys: &runtime::redis::Keys) -> crate::Result<u64> {
-    use rand::Rng;
-    let mut con = redis.get().await?;
-    let start = rand::rng().random_range(0..MAX_NODES);
-    for i in 0..MAX_NODES {
-        let n = (start + i) % MAX_NODES;
-        let ok: Option<String> = runtime::redis::redis::cmd("SET")
-            .arg(keys.key(format!("node:{n}")))
-            .arg(std::process::id())
-            .arg("NX")
-            .arg("PX")
-            .arg(60_000)
-            .query_async(&mut con)
-            .await?;
-        if ok.is_some() {
-            return Ok(n);
-        }
-    }
-    Err(crate::Error::Config("no free id node (1024 workers hold one)".into()))
-}
-
-/// Keep the node lease alive until `stop`, then release it.
-pub async fn renew_node(
-    redis: runtime::redis::Pool,
-    keys: runtime::redis::Keys,
-    node: u64,
-    stop: tokio_util::sync::CancellationToken,
-) {
-    let key = keys.key(format!("node:{node}"));
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = tokio::time::sleep(std::time::Duration::from_secs(20)) => {}
-        }
-        let renewed: crate::Result<()> = async {
-            let mut con = redis.get().await?;
-            runtime::redis::redis::cmd("PEXPIRE").arg(&key).arg(60_000).query_async::<()>(&mut con).await?;
-            Ok(())
-        }
-        .await;
-        if let Err(e) = renewed {
-            tracing::warn!(error = %e, node, "id node lease not renewed");
-        }
-    }
-    if let Ok(mut con) = redis.get().await {
-        let _: std::result::Result<(), _> = runtime::redis::redis::cmd("DEL").arg(&key).query_async(&mut con).await;
     }
 }

@@ -34,7 +34,11 @@ fn to_link(r: LinkRow) -> Link {
         user_id: Id(r.0),
         username: r.1,
         state: state_of(&r.2),
-        direction: if r.3 == "incoming" { Direction::Incoming } else { Direction::Outgoing },
+        direction: if r.3 == "incoming" {
+            Direction::Incoming
+        } else {
+            Direction::Outgoing
+        },
         updated_at_ms: r.4,
     }
 }
@@ -52,9 +56,21 @@ pub async fn link(d: &Deps, me: Id, peer: Id) -> Result<Option<Link>> {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn put(d: &Deps, owner: Id, peer: Id, peer_name: &str, state: InviteState, dir: Direction, now: u64) -> Result<()> {
+async fn put(
+    d: &Deps,
+    owner: Id,
+    peer: Id,
+    peer_name: &str,
+    state: InviteState,
+    dir: Direction,
+    now: u64,
+) -> Result<()> {
     let mut c = d.db.by_id(owner).primary.get_conn().await?;
-    let dir = if dir == Direction::Incoming { "incoming" } else { "outgoing" };
+    let dir = if dir == Direction::Incoming {
+        "incoming"
+    } else {
+        "outgoing"
+    };
     c.exec_drop(
         "INSERT INTO links (user_id, peer_id, peer_username, state, direction, updated_at_ms) VALUES (?, ?, ?, ?, ?, ?) \
          ON DUPLICATE KEY UPDATE state = VALUES(state), direction = VALUES(direction), updated_at_ms = VALUES(updated_at_ms)",
@@ -73,12 +89,17 @@ pub async fn send(ctx: &Ctx<'_>, code: &str) -> Result<Outcome> {
         return Err(refuse(ErrorCode::InvalidInput, "invite code is malformed"));
     }
     let mut c = d.db.by_key(&code).primary.get_conn().await?;
-    let target: Option<u64> = c.exec_first("SELECT user_id FROM invite_codes WHERE code = ?", (&code,)).await?;
+    let target: Option<u64> = c
+        .exec_first("SELECT user_id FROM invite_codes WHERE code = ?", (&code,))
+        .await?;
     let Some(target) = target.map(Id) else {
         return Err(refuse(ErrorCode::NotFound, "unknown invite code"));
     };
     if target == me.user_id {
-        return Err(refuse(ErrorCode::InvalidInput, "you cannot invite yourself"));
+        return Err(refuse(
+            ErrorCode::InvalidInput,
+            "you cannot invite yourself",
+        ));
     }
     match link(d, me.user_id, target).await? {
         Some(l) if l.state == InviteState::Accepted => {
@@ -88,7 +109,10 @@ pub async fn send(ctx: &Ctx<'_>, code: &str) -> Result<Outcome> {
             return Err(refuse(ErrorCode::Conflict, "an invite is already pending"))
         }
         Some(l) if l.state == InviteState::Pending => {
-            return Err(refuse(ErrorCode::Conflict, "they already invited you: accept their invite"))
+            return Err(refuse(
+                ErrorCode::Conflict,
+                "they already invited you: accept their invite",
+            ))
         }
         _ => {}
     }
@@ -101,7 +125,10 @@ pub async fn send(ctx: &Ctx<'_>, code: &str) -> Result<Outcome> {
         .await?
         .unwrap_or(0);
     if pending >= d.limits.pending_invites_max {
-        return Err(refuse(ErrorCode::RateLimited, "too many pending invites; wait for answers"));
+        return Err(refuse(
+            ErrorCode::RateLimited,
+            "too many pending invites; wait for answers",
+        ));
     }
     let profiles = crate::users::profiles(d, &[target]).await?;
     let target_name = match profiles.get(&target) {
@@ -109,28 +136,101 @@ pub async fn send(ctx: &Ctx<'_>, code: &str) -> Result<Outcome> {
         _ => return Err(refuse(ErrorCode::NotFound, "unknown invite code")),
     };
     let now = runtime::now_ms();
-    put(d, target, me.user_id, &me.username, InviteState::Pending, Direction::Incoming, now).await?;
-    put(d, me.user_id, target, &target_name, InviteState::Pending, Direction::Outgoing, now).await?;
-    let theirs = Link { user_id: me.user_id, username: me.username.clone(), state: InviteState::Pending, direction: Direction::Incoming, updated_at_ms: now };
-    let mine = Link { user_id: target, username: target_name, state: InviteState::Pending, direction: Direction::Outgoing, updated_at_ms: now };
-    Ok(Outcome::from(Response::Link { link: mine }).deliver(event_to(vec![target], Event::InviteUpdated { link: theirs })))
+    put(
+        d,
+        target,
+        me.user_id,
+        &me.username,
+        InviteState::Pending,
+        Direction::Incoming,
+        now,
+    )
+    .await?;
+    put(
+        d,
+        me.user_id,
+        target,
+        &target_name,
+        InviteState::Pending,
+        Direction::Outgoing,
+        now,
+    )
+    .await?;
+    let theirs = Link {
+        user_id: me.user_id,
+        username: me.username.clone(),
+        state: InviteState::Pending,
+        direction: Direction::Incoming,
+        updated_at_ms: now,
+    };
+    let mine = Link {
+        user_id: target,
+        username: target_name,
+        state: InviteState::Pending,
+        direction: Direction::Outgoing,
+        updated_at_ms: now,
+    };
+    Ok(
+        Outcome::from(Response::Link { link: mine }).deliver(event_to(
+            vec![target],
+            Event::InviteUpdated { link: theirs },
+        )),
+    )
 }
 
 /// Accept or reject the pending invite from `from`.
 pub async fn respond(ctx: &Ctx<'_>, from: Id, accept: bool) -> Result<Outcome> {
     let d = ctx.deps;
     let me = ctx.caller()?.clone();
-    let state = if accept { InviteState::Accepted } else { InviteState::Rejected };
+    let state = if accept {
+        InviteState::Accepted
+    } else {
+        InviteState::Rejected
+    };
     let current = link(d, me.user_id, from).await?;
-    let Some(l) = current.filter(|l| l.direction == Direction::Incoming && (l.state == InviteState::Pending || l.state == state)) else {
-        return Err(refuse(ErrorCode::NotFound, "no pending invite from this user"));
+    let Some(l) = current.filter(|l| {
+        l.direction == Direction::Incoming && (l.state == InviteState::Pending || l.state == state)
+    }) else {
+        return Err(refuse(
+            ErrorCode::NotFound,
+            "no pending invite from this user",
+        ));
     };
     let now = runtime::now_ms();
-    put(d, from, me.user_id, &me.username, state, Direction::Outgoing, now).await?;
-    put(d, me.user_id, from, &l.username, state, Direction::Incoming, now).await?;
-    let theirs = Link { user_id: me.user_id, username: me.username.clone(), state, direction: Direction::Outgoing, updated_at_ms: now };
-    let mine = Link { state, updated_at_ms: now, ..l };
-    Ok(Outcome::from(Response::Link { link: mine }).deliver(event_to(vec![from], Event::InviteUpdated { link: theirs })))
+    put(
+        d,
+        from,
+        me.user_id,
+        &me.username,
+        state,
+        Direction::Outgoing,
+        now,
+    )
+    .await?;
+    put(
+        d,
+        me.user_id,
+        from,
+        &l.username,
+        state,
+        Direction::Incoming,
+        now,
+    )
+    .await?;
+    let theirs = Link {
+        user_id: me.user_id,
+        username: me.username.clone(),
+        state,
+        direction: Direction::Outgoing,
+        updated_at_ms: now,
+    };
+    let mine = Link {
+        state,
+        updated_at_ms: now,
+        ..l
+    };
+    Ok(Outcome::from(Response::Link { link: mine })
+        .deliver(event_to(vec![from], Event::InviteUpdated { link: theirs })))
 }
 
 /// All my links: pending both ways, accepted connections, rejected invites.
@@ -143,7 +243,10 @@ pub async fn list(ctx: &Ctx<'_>) -> Result<Outcome> {
             (me.0,),
         )
         .await?;
-    Ok(Response::Links { links: rows.into_iter().map(to_link).collect() }.into())
+    Ok(Response::Links {
+        links: rows.into_iter().map(to_link).collect(),
+    }
+    .into())
 }
 
 /// Remove a connection (or withdraw / forget an invite): both rows go; re-inviting is allowed.
@@ -154,9 +257,17 @@ pub async fn remove(ctx: &Ctx<'_>, peer: Id) -> Result<Outcome> {
         return Err(refuse(ErrorCode::NotFound, "no connection with this user"));
     }
     let mut c = d.db.by_id(me).primary.get_conn().await?;
-    c.exec_drop("DELETE FROM links WHERE user_id = ? AND peer_id = ?", (me.0, peer.0)).await?;
+    c.exec_drop(
+        "DELETE FROM links WHERE user_id = ? AND peer_id = ?",
+        (me.0, peer.0),
+    )
+    .await?;
     let mut cp = d.db.by_id(peer).primary.get_conn().await?;
-    cp.exec_drop("DELETE FROM links WHERE user_id = ? AND peer_id = ?", (peer.0, me.0)).await?;
+    cp.exec_drop(
+        "DELETE FROM links WHERE user_id = ? AND peer_id = ?",
+        (peer.0, me.0),
+    )
+    .await?;
     Ok(Response::Ok.into())
 }
 
@@ -166,11 +277,18 @@ mod tests {
 
     #[test]
     fn states_round_trip() {
-        for s in [InviteState::Pending, InviteState::Accepted, InviteState::Rejected] {
+        for s in [
+            InviteState::Pending,
+            InviteState::Accepted,
+            InviteState::Rejected,
+        ] {
             assert_eq!(state_of(state_str(s)), s);
         }
         let l = to_link((1, "a".into(), "accepted".into(), "incoming".into(), 5));
         assert_eq!(l.direction, Direction::Incoming);
-        assert_eq!(to_link((1, "a".into(), "pending".into(), "outgoing".into(), 5)).direction, Direction::Outgoing);
+        assert_eq!(
+            to_link((1, "a".into(), "pending".into(), "outgoing".into(), 5)).direction,
+            Direction::Outgoing
+        );
     }
 }

@@ -71,7 +71,13 @@ pub enum Role {
 }
 
 impl Role {
-    pub const ALL: [Role; 5] = [Role::Auth, Role::Users, Role::Invites, Role::Dms, Role::Presence];
+    pub const ALL: [Role; 5] = [
+        Role::Auth,
+        Role::Users,
+        Role::Invites,
+        Role::Dms,
+        Role::Presence,
+    ];
 
     pub fn domain(self) -> Domain {
         match self {
@@ -97,14 +103,22 @@ impl Role {
 /// Build the dependencies every role shares: topics, producer, Redis Cluster, shards, ids.
 pub async fn deps(settings: &Settings, metrics: Metrics) -> Result<Arc<Deps>> {
     let topics = settings.kafka.topics();
-    runtime::kafka::ensure_topics(&settings.kafka, &topics.shared(), settings.kafka.partitions, None)
-        .await?;
+    runtime::kafka::ensure_topics(
+        &settings.kafka,
+        &topics.shared(),
+        settings.kafka.partitions,
+        None,
+    )
+    .await?;
     let redis = runtime::redis::pool(&settings.redis)?;
     let keys = Keys::new(settings.redis.key_prefix.clone());
     let node = ids::lease_node(&redis, &keys).await?;
     Ok(Arc::new(Deps {
         publisher: Publisher::new(&settings.kafka, metrics.clone())?,
-        registry: Registry { keys: keys.clone(), liveness_ms: settings.limits.edge_liveness_ms },
+        registry: Registry {
+            keys: keys.clone(),
+            liveness_ms: settings.limits.edge_liveness_ms,
+        },
         db: db::Shards::connect(&settings.database)?,
         ids: ids::IdGen::new(node),
         limits: settings.limits.clone(),
@@ -118,26 +132,48 @@ pub async fn deps(settings: &Settings, metrics: Metrics) -> Result<Arc<Deps>> {
 /// Run one role until `stop`: consume its topic, serve health, drain, flush.
 pub async fn run(role: Role, settings: Settings, stop: CancellationToken) -> Result<()> {
     let metrics = Metrics::default();
-    let (addr, health) =
-        runtime::health::serve(&settings.service.health_listen, metrics.clone(), stop.clone()).await?;
+    let (addr, health) = runtime::health::serve(
+        &settings.service.health_listen,
+        metrics.clone(),
+        stop.clone(),
+    )
+    .await?;
     tracing::info!(role = role.name(), %addr, "health endpoint up");
     let deps = deps(&settings, metrics.clone()).await?;
-    let renew = tokio::spawn(ids::renew_node(deps.redis.clone(), deps.keys.clone(), deps.ids.node(), stop.clone()));
+    let renew = tokio::spawn(ids::renew_node(
+        deps.redis.clone(),
+        deps.keys.clone(),
+        deps.ids.node(),
+        stop.clone(),
+    ));
     let topic = deps.topics.requests(role.domain());
     let group = deps.topics.group(role.name());
     let consumer = runtime::kafka::consumer(&settings.kafka, &group, false)?;
     {
         use rdkafka::consumer::Consumer;
-        consumer.subscribe(&[&topic]).map_err(runtime::Error::from)?;
+        consumer
+            .subscribe(&[&topic])
+            .map_err(runtime::Error::from)?;
     }
-    let handler = Arc::new(dispatch::Dispatcher { deps: deps.clone(), role });
+    let handler = Arc::new(dispatch::Dispatcher {
+        deps: deps.clone(),
+        role,
+    });
     let loop_settings = runtime::consume::LoopSettings {
         lanes: settings.limits.lanes,
         lane_capacity: 64,
         dead_letter_topic: deps.topics.dead_letter(),
         drain_timeout: std::time::Duration::from_secs(10),
     };
-    runtime::consume::run(consumer, handler, deps.publisher.clone(), loop_settings, metrics, stop.clone()).await;
+    runtime::consume::run(
+        consumer,
+        handler,
+        deps.publisher.clone(),
+        loop_settings,
+        metrics,
+        stop.clone(),
+    )
+    .await;
     deps.publisher.flush(std::time::Duration::from_secs(5));
     let _ = renew.await;
     let _ = health.await;

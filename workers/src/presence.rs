@@ -29,19 +29,36 @@ pub async fn apply_edge_event(d: &Deps, ev: EdgeEvent) -> Result<()> {
     match ev {
         EdgeEvent::Started { edge, epoch } => {
             let prev: Option<String> = c.hget(r.edges_key(), &edge).await?;
-            let older = prev.as_deref().and_then(parse_edge_value).is_none_or(|(e, _)| e != epoch);
+            let older = prev
+                .as_deref()
+                .and_then(parse_edge_value)
+                .is_none_or(|(e, _)| e != epoch);
             if older {
                 // A new process took this edge id: the old one's connections are gone.
                 let _: () = c.del(&[r.online_key(&edge), r.count_key(&edge)]).await?;
             }
-            let _: () = c.hset(r.edges_key(), &edge, edge_value(epoch, runtime::now_ms())).await?;
+            let _: () = c
+                .hset(r.edges_key(), &edge, edge_value(epoch, runtime::now_ms()))
+                .await?;
         }
         EdgeEvent::Heartbeat { edge, epoch, .. } => {
-            let _: () = c.hset(r.edges_key(), &edge, edge_value(epoch, runtime::now_ms())).await?;
+            let _: () = c
+                .hset(r.edges_key(), &edge, edge_value(epoch, runtime::now_ms()))
+                .await?;
         }
-        EdgeEvent::Connected { edge, conn, user_id, username, session_id } => {
-            let _: () = c.hset(r.conns_key(user_id), conn_field(&edge, conn), &session_id).await?;
-            let _: () = c.hset(r.unames_key(), user_id.to_string(), &username).await?;
+        EdgeEvent::Connected {
+            edge,
+            conn,
+            user_id,
+            username,
+            session_id,
+        } => {
+            let _: () = c
+                .hset(r.conns_key(user_id), conn_field(&edge, conn), &session_id)
+                .await?;
+            let _: () = c
+                .hset(r.unames_key(), user_id.to_string(), &username)
+                .await?;
             let _: i64 = redis::Script::new(COUNT_SCRIPT)
                 .key(r.count_key(&edge))
                 .key(r.online_key(&edge))
@@ -51,8 +68,14 @@ pub async fn apply_edge_event(d: &Deps, ev: EdgeEvent) -> Result<()> {
                 .invoke_async(&mut c)
                 .await?;
         }
-        EdgeEvent::Disconnected { edge, conn, user_id } => {
-            let removed: u64 = c.hdel(r.conns_key(user_id), conn_field(&edge, conn)).await?;
+        EdgeEvent::Disconnected {
+            edge,
+            conn,
+            user_id,
+        } => {
+            let removed: u64 = c
+                .hdel(r.conns_key(user_id), conn_field(&edge, conn))
+                .await?;
             if removed > 0 {
                 let _: i64 = redis::Script::new(COUNT_SCRIPT)
                     .key(r.count_key(&edge))
@@ -84,27 +107,54 @@ pub async fn online(ctx: &Ctx<'_>, cursor: Option<&str>, limit: Option<u32>) -> 
     ctx.caller()?;
     let limit = validate::page(limit, 50) as usize;
     let cursor = match cursor {
-        Some(cur) if cur.len() == runtime::registry::ID_WIDTH && cur.bytes().all(|b| b.is_ascii_digit()) => Some(cur.to_string()),
+        Some(cur)
+            if cur.len() == runtime::registry::ID_WIDTH
+                && cur.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            Some(cur.to_string())
+        }
         Some(_) => return Err(refuse(ErrorCode::InvalidInput, "bad cursor")),
         None => None,
     };
     let mut c = d.redis.get().await?;
     let live = d.registry.live_edges(&mut c, runtime::now_ms()).await?;
-    let min = cursor.map(|cur| format!("({cur}")).unwrap_or_else(|| "-".to_string());
+    let min = cursor
+        .map(|cur| format!("({cur}"))
+        .unwrap_or_else(|| "-".to_string());
     let mut pages = Vec::new();
     for edge in live.keys() {
-        let page: Vec<String> = c.zrangebylex_limit(d.registry.online_key(edge), &min, "+", 0, limit as isize + 1).await?;
+        let page: Vec<String> = c
+            .zrangebylex_limit(
+                d.registry.online_key(edge),
+                &min,
+                "+",
+                0,
+                limit as isize + 1,
+            )
+            .await?;
         pages.push(page);
     }
     let (ids, next_cursor) = merge_page(pages, limit);
     let users = if ids.is_empty() {
         vec![]
     } else {
-        let uids: Vec<String> = ids.iter().map(|p| p.trim_start_matches('0').to_string()).collect();
-        let names: Vec<Option<String>> = redis::cmd("HMGET").arg(d.registry.unames_key()).arg(&uids).query_async(&mut c).await?;
+        let uids: Vec<String> = ids
+            .iter()
+            .map(|p| p.trim_start_matches('0').to_string())
+            .collect();
+        let names: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(d.registry.unames_key())
+            .arg(&uids)
+            .query_async(&mut c)
+            .await?;
         uids.iter()
             .zip(names)
-            .filter_map(|(u, n)| Some(OnlineUser { user_id: u.parse().ok()?, username: n.unwrap_or_default() }))
+            .filter_map(|(u, n)| {
+                Some(OnlineUser {
+                    user_id: u.parse().ok()?,
+                    username: n.unwrap_or_default(),
+                })
+            })
             .collect()
     };
     Ok(Response::Online { users, next_cursor }.into())
@@ -115,11 +165,25 @@ pub async fn broadcast(ctx: &Ctx<'_>, text: &str) -> Result<Outcome> {
     let d = ctx.deps;
     let me = ctx.caller()?.clone();
     validate::text(text)?;
-    if !sessions::allow(d, &format!("broadcast:{}", me.user_id), d.limits.broadcasts_per_user_per_minute).await? {
-        return Err(refuse(ErrorCode::RateLimited, "too many broadcasts; wait a minute"));
+    if !sessions::allow(
+        d,
+        &format!("broadcast:{}", me.user_id),
+        d.limits.broadcasts_per_user_per_minute,
+    )
+    .await?
+    {
+        return Err(refuse(
+            ErrorCode::RateLimited,
+            "too many broadcasts; wait a minute",
+        ));
     }
     let frame = ServerFrame::Event {
-        data: Event::Broadcast { from_user_id: me.user_id, from: me.username, text: text.to_string(), sent_at_ms: runtime::now_ms() },
+        data: Event::Broadcast {
+            from_user_id: me.user_id,
+            from: me.username,
+            text: text.to_string(),
+            sent_at_ms: runtime::now_ms(),
+        },
     };
     Ok(Outcome::from(Response::Ok).deliver(Delivery::new(Target::All, frame.to_json())))
 }

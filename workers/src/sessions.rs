@@ -113,11 +113,17 @@ pub async fn refresh(d: &Deps, sid: &str, rec: &SessionRecord) -> Result<String>
     let _: () = c.set_ex(tok_key(d, &hash), sid, ttl).await?;
     let _: () = redis::pipe()
         .hset(sess_key(d, sid), "token_hash", &hash)
-        .hset(sess_key(d, sid), "last_seen_ms", runtime::now_ms().to_string())
+        .hset(
+            sess_key(d, sid),
+            "last_seen_ms",
+            runtime::now_ms().to_string(),
+        )
         .expire(sess_key(d, sid), ttl as i64)
         .query_async(&mut c)
         .await?;
-    let _: () = c.expire(tok_key(d, &rec.token_hash), d.limits.token_grace_s as i64).await?;
+    let _: () = c
+        .expire(tok_key(d, &rec.token_hash), d.limits.token_grace_s as i64)
+        .await?;
     Ok(token)
 }
 
@@ -179,7 +185,9 @@ mod tests {
         let a = new_token();
         assert_ne!(a, new_token());
         assert!(a.len() >= 43, "256 bits");
-        assert!(a.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert!(a
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
         assert_eq!(new_session_id().len(), 32);
         assert_eq!(hash_token("x").len(), 64);
     }
@@ -188,7 +196,13 @@ mod tests {
     fn parses_records() {
         let mut m: HashMap<String, String> = HashMap::new();
         assert_eq!(parse(m.clone()), None);
-        for (k, v) in [("user_id", "5"), ("username", "ann"), ("created_ms", "1"), ("last_seen_ms", "2"), ("token_hash", "h")] {
+        for (k, v) in [
+            ("user_id", "5"),
+            ("username", "ann"),
+            ("created_ms", "1"),
+            ("last_seen_ms", "2"),
+            ("token_hash", "h"),
+        ] {
             m.insert(k.into(), v.into());
         }
         assert_eq!(parse(m).unwrap().user_id, Id(5));

@@ -58,8 +58,14 @@ impl Default for DatabaseSettings {
             password: SecretString::from("switchboard"),
             name: "switchboard".into(),
             shards: vec![
-                ShardSettings { primary: "127.0.0.1:13306".into(), replica: Some("127.0.0.1:13307".into()) },
-                ShardSettings { primary: "127.0.0.1:13308".into(), replica: Some("127.0.0.1:13309".into()) },
+                ShardSettings {
+                    primary: "127.0.0.1:13306".into(),
+                    replica: Some("127.0.0.1:13307".into()),
+                },
+                ShardSettings {
+                    primary: "127.0.0.1:13308".into(),
+                    replica: Some("127.0.0.1:13309".into()),
+                },
             ],
             logical_shards: d_logical(),
             logical_map: None,

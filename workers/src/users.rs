@@ -5,7 +5,9 @@
 use crate::db::is_duplicate;
 use crate::dispatch::{Ctx, Deps, Outcome};
 use crate::{refuse, sessions, Error, Result};
-use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
 use argon2::Argon2;
 use mysql_async::prelude::*;
 use std::collections::HashMap;
@@ -44,7 +46,11 @@ pub async fn verify_password(password: String, stored: Option<String>) -> Result
     let stored = stored.unwrap_or(dummy);
     tokio::task::spawn_blocking(move || {
         let ok = PasswordHash::new(&stored)
-            .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+            .map(|h| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &h)
+                    .is_ok()
+            })
             .unwrap_or(false);
         ok && known
     })
@@ -58,19 +64,28 @@ const CODE_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
 pub fn new_invite_code() -> String {
     use rand::Rng;
     let mut rng = rand::rng();
-    (0..10).map(|_| CODE_ALPHABET[rng.random_range(0..CODE_ALPHABET.len())] as char).collect()
+    (0..10)
+        .map(|_| CODE_ALPHABET[rng.random_range(0..CODE_ALPHABET.len())] as char)
+        .collect()
 }
 
 /// Normalise a code typed by a person: trim, upper-case, drop spaces and dashes.
 pub fn normalise_code(raw: &str) -> String {
-    raw.chars().filter(|c| !c.is_whitespace() && *c != '-').collect::<String>().to_ascii_uppercase()
+    raw.chars()
+        .filter(|c| !c.is_whitespace() && *c != '-')
+        .collect::<String>()
+        .to_ascii_uppercase()
 }
 
 type UserRow = (u64, String, String, String, u64, Option<u64>);
 
 async fn row(d: &Deps, user: Id, primary: bool) -> Result<Option<UserRow>> {
     let shard = d.db.by_id(user);
-    let pool = if primary { &shard.primary } else { &shard.replica };
+    let pool = if primary {
+        &shard.primary
+    } else {
+        &shard.replica
+    };
     let mut c = pool.get_conn().await?;
     Ok(c.exec_first(
         "SELECT id, username, password_hash, invite_code, created_at_ms, deleted_at_ms FROM users WHERE id = ?",
@@ -86,7 +101,9 @@ pub async fn exists(d: &Deps, user: Id) -> Result<bool> {
 
 /// (id, username, password hash) of a live account, by username.
 pub async fn credentials(d: &Deps, username: &str) -> Result<Option<(Id, String, String)>> {
-    let Some(user) = id_of(d, username, true).await? else { return Ok(None) };
+    let Some(user) = id_of(d, username, true).await? else {
+        return Ok(None);
+    };
     Ok(match row(d, user, true).await? {
         Some((id, name, hash, _, _, None)) => Some((Id(id), name, hash)),
         _ => None,
@@ -95,9 +112,18 @@ pub async fn credentials(d: &Deps, username: &str) -> Result<Option<(Id, String,
 
 async fn id_of(d: &Deps, username: &str, primary: bool) -> Result<Option<Id>> {
     let shard = d.db.by_key(username);
-    let pool = if primary { &shard.primary } else { &shard.replica };
+    let pool = if primary {
+        &shard.primary
+    } else {
+        &shard.replica
+    };
     let mut c = pool.get_conn().await?;
-    let id: Option<u64> = c.exec_first("SELECT user_id FROM usernames WHERE username = ?", (username,)).await?;
+    let id: Option<u64> = c
+        .exec_first(
+            "SELECT user_id FROM usernames WHERE username = ?",
+            (username,),
+        )
+        .await?;
     Ok(id.map(Id))
 }
 
@@ -110,9 +136,15 @@ pub async fn profiles(d: &Deps, users: &[Id]) -> Result<HashMap<Id, (String, boo
     let mut out = HashMap::new();
     for (shard, ids) in by_shard {
         let mut c = d.db.all()[shard].replica.get_conn().await?;
-        let list = ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+        let list = ids
+            .iter()
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
         let rows: Vec<(u64, String, Option<u64>)> = c
-            .query(format!("SELECT id, username, deleted_at_ms FROM users WHERE id IN ({list})"))
+            .query(format!(
+                "SELECT id, username, deleted_at_ms FROM users WHERE id IN ({list})"
+            ))
             .await?;
         for (id, name, deleted) in rows {
             out.insert(Id(id), (name, deleted.is_some()));
@@ -122,7 +154,11 @@ pub async fn profiles(d: &Deps, users: &[Id]) -> Result<HashMap<Id, (String, boo
 }
 
 fn profile(r: &UserRow) -> UserProfile {
-    UserProfile { user_id: Id(r.0), username: r.1.clone(), created_at_ms: r.4 }
+    UserProfile {
+        user_id: Id(r.0),
+        username: r.1.clone(),
+        created_at_ms: r.4,
+    }
 }
 
 /// Sign up. Safe to retry: a redelivered request finds its own directory entry and completes.
@@ -131,8 +167,17 @@ pub async fn create(ctx: &Ctx<'_>, username: &str, password: &str) -> Result<Out
     let name = validate::username(username)?;
     validate::password(password)?;
     let peer = ctx.env.peer.clone().unwrap_or_default();
-    if !sessions::allow(d, &format!("signup:a:{peer}"), d.limits.signups_per_address_per_minute).await? {
-        return Err(refuse(ErrorCode::RateLimited, "too many sign-ups from this address; wait a minute"));
+    if !sessions::allow(
+        d,
+        &format!("signup:a:{peer}"),
+        d.limits.signups_per_address_per_minute,
+    )
+    .await?
+    {
+        return Err(refuse(
+            ErrorCode::RateLimited,
+            "too many sign-ups from this address; wait a minute",
+        ));
     }
     let key = ctx.request_key();
     let user = {
@@ -148,7 +193,10 @@ pub async fn create(ctx: &Ctx<'_>, username: &str, password: &str) -> Result<Out
             Ok(()) => fresh,
             Err(e) if is_duplicate(&e) => {
                 let (owner, k): (u64, String) = c
-                    .exec_first("SELECT user_id, request_key FROM usernames WHERE username = ?", (&name,))
+                    .exec_first(
+                        "SELECT user_id, request_key FROM usernames WHERE username = ?",
+                        (&name,),
+                    )
                     .await?
                     .ok_or_else(|| refuse(ErrorCode::Unavailable, "retry"))?;
                 if k != key {
@@ -167,17 +215,31 @@ pub async fn create(ctx: &Ctx<'_>, username: &str, password: &str) -> Result<Out
         (user.0, &name, &hash, new_invite_code(), now),
     )
     .await?;
-    let r = row(d, user, true).await?.ok_or_else(|| refuse(ErrorCode::Unavailable, "retry"))?;
+    let r = row(d, user, true)
+        .await?
+        .ok_or_else(|| refuse(ErrorCode::Unavailable, "retry"))?;
     let mut cc = d.db.by_key(&r.3).primary.get_conn().await?;
-    cc.exec_drop("INSERT IGNORE INTO invite_codes (code, user_id) VALUES (?, ?)", (&r.3, user.0)).await?;
-    Ok(Response::User { user: profile(&r), invite_code: Some(r.3.clone()) }.into())
+    cc.exec_drop(
+        "INSERT IGNORE INTO invite_codes (code, user_id) VALUES (?, ?)",
+        (&r.3, user.0),
+    )
+    .await?;
+    Ok(Response::User {
+        user: profile(&r),
+        invite_code: Some(r.3.clone()),
+    }
+    .into())
 }
 
 /// My own profile, with my invite code.
 pub async fn me(ctx: &Ctx<'_>) -> Result<Outcome> {
     let c = ctx.caller()?;
     match row(ctx.deps, c.user_id, true).await? {
-        Some(r) if r.5.is_none() => Ok(Response::User { user: profile(&r), invite_code: Some(r.3.clone()) }.into()),
+        Some(r) if r.5.is_none() => Ok(Response::User {
+            user: profile(&r),
+            invite_code: Some(r.3.clone()),
+        }
+        .into()),
         _ => Err(refuse(ErrorCode::NotFound, "no such user")),
     }
 }
@@ -191,14 +253,23 @@ pub async fn lookup(ctx: &Ctx<'_>, username: Option<&str>, user_id: Option<Id>) 
             id_of(d, &name, false).await?
         }
         (None, Some(id)) => Some(id),
-        _ => return Err(refuse(ErrorCode::InvalidInput, "give exactly one of username and user_id")),
+        _ => {
+            return Err(refuse(
+                ErrorCode::InvalidInput,
+                "give exactly one of username and user_id",
+            ))
+        }
     };
     let found = match id {
         Some(id) => row(d, id, false).await?,
         None => None,
     };
     match found {
-        Some(r) if r.5.is_none() => Ok(Response::User { user: profile(&r), invite_code: None }.into()),
+        Some(r) if r.5.is_none() => Ok(Response::User {
+            user: profile(&r),
+            invite_code: None,
+        }
+        .into()),
         _ => Err(refuse(ErrorCode::NotFound, "no such user")),
     }
 }
@@ -219,20 +290,40 @@ pub async fn delete(ctx: &Ctx<'_>) -> Result<Outcome> {
     .await?;
     // Free the username and the invite code.
     let mut cu = d.db.by_key(&r.1).primary.get_conn().await?;
-    cu.exec_drop("DELETE FROM usernames WHERE username = ? AND user_id = ?", (&r.1, me.0)).await?;
+    cu.exec_drop(
+        "DELETE FROM usernames WHERE username = ? AND user_id = ?",
+        (&r.1, me.0),
+    )
+    .await?;
     let mut ci = d.db.by_key(&r.3).primary.get_conn().await?;
-    ci.exec_drop("DELETE FROM invite_codes WHERE code = ? AND user_id = ?", (&r.3, me.0)).await?;
+    ci.exec_drop(
+        "DELETE FROM invite_codes WHERE code = ? AND user_id = ?",
+        (&r.3, me.0),
+    )
+    .await?;
     // Links on both sides; my conversation memberships (the peers keep theirs and the history).
-    let peers: Vec<u64> = c.exec("SELECT peer_id FROM links WHERE user_id = ?", (me.0,)).await?;
+    let peers: Vec<u64> = c
+        .exec("SELECT peer_id FROM links WHERE user_id = ?", (me.0,))
+        .await?;
     for p in &peers {
         let mut cp = d.db.by_id(Id(*p)).primary.get_conn().await?;
-        cp.exec_drop("DELETE FROM links WHERE user_id = ? AND peer_id = ?", (p, me.0)).await?;
+        cp.exec_drop(
+            "DELETE FROM links WHERE user_id = ? AND peer_id = ?",
+            (p, me.0),
+        )
+        .await?;
     }
-    c.exec_drop("DELETE FROM links WHERE user_id = ?", (me.0,)).await?;
-    c.exec_drop("DELETE FROM memberships WHERE user_id = ?", (me.0,)).await?;
+    c.exec_drop("DELETE FROM links WHERE user_id = ?", (me.0,))
+        .await?;
+    c.exec_drop("DELETE FROM memberships WHERE user_id = ?", (me.0,))
+        .await?;
     let ids = sessions::revoke_all(d, me).await?;
-    Ok(Outcome { response: Some(Response::Ok), clear_session: true, ..Default::default() }
-        .deliver(crate::auth::close_sessions(me, ids, "account deleted")))
+    Ok(Outcome {
+        response: Some(Response::Ok),
+        clear_session: true,
+        ..Default::default()
+    }
+    .deliver(crate::auth::close_sessions(me, ids, "account deleted")))
 }
 
 #[cfg(test)]
@@ -251,9 +342,13 @@ mod tests {
     async fn passwords_hash_and_verify() {
         let h = hash_password("hunter2!x".into()).await.unwrap();
         assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{h}");
-        assert!(verify_password("hunter2!x".into(), Some(h.clone())).await.unwrap());
+        assert!(verify_password("hunter2!x".into(), Some(h.clone()))
+            .await
+            .unwrap());
         assert!(!verify_password("wrong".into(), Some(h)).await.unwrap());
         assert!(!verify_password("x".into(), None).await.unwrap());
-        assert!(!verify_password("x".into(), Some("garbage".into())).await.unwrap());
+        assert!(!verify_password("x".into(), Some("garbage".into()))
+            .await
+            .unwrap());
     }
 }
