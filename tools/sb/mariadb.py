@@ -162,6 +162,9 @@ def _setup_primary(ctx, s: int) -> None:
     users = "".join(
         f"CREATE USER IF NOT EXISTS '{DB_USER}'@'{h}' IDENTIFIED BY '{DB_PASSWORD}';"
         f"GRANT ALL PRIVILEGES ON *.* TO '{DB_USER}'@'{h}' WITH GRANT OPTION;"
+        # ALL includes READ_ONLY ADMIN, which would let the application write to a read-only
+        # replica and break GTID replication; replica promotion is an operator's job (root).
+        f"REVOKE READ_ONLY ADMIN ON *.* FROM '{DB_USER}'@'{h}';"
         for h in ("127.0.0.1", "localhost")
     )
     sql(ctx, s, False,
