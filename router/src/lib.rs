@@ -38,7 +38,10 @@ pub struct RouterSettings {
 
 impl Default for RouterSettings {
     fn default() -> Self {
-        RouterSettings { edge_liveness_ms: 10_000, lanes: 16 }
+        RouterSettings {
+            edge_liveness_ms: 10_000,
+            lanes: 16,
+        }
     }
 }
 
@@ -63,11 +66,20 @@ pub struct Router {
 }
 
 /// Per edge, the records a delivery becomes.
-pub fn plan(d: &Delivery, conns: &[Conn], live: &HashMap<String, u64>) -> BTreeMap<String, EdgeMessage> {
+pub fn plan(
+    d: &Delivery,
+    conns: &[Conn],
+    live: &HashMap<String, u64>,
+) -> BTreeMap<String, EdgeMessage> {
     let mut out = BTreeMap::new();
     if let Target::All = d.target {
         for edge in live.keys() {
-            out.insert(edge.clone(), EdgeMessage::Broadcast { frame: d.frame.clone() });
+            out.insert(
+                edge.clone(),
+                EdgeMessage::Broadcast {
+                    frame: d.frame.clone(),
+                },
+            );
         }
         return out;
     }
@@ -82,8 +94,15 @@ pub fn plan(d: &Delivery, conns: &[Conn], live: &HashMap<String, u64>) -> BTreeM
     }
     for (edge, conns) in by_edge {
         let msg = match &d.close {
-            Some(reason) => EdgeMessage::Close { conns, frame: d.frame.clone(), reason: reason.clone() },
-            None => EdgeMessage::Deliver { conns, frame: d.frame.clone() },
+            Some(reason) => EdgeMessage::Close {
+                conns,
+                frame: d.frame.clone(),
+                reason: reason.clone(),
+            },
+            None => EdgeMessage::Deliver {
+                conns,
+                frame: d.frame.clone(),
+            },
         };
         out.insert(edge, msg);
     }
@@ -95,7 +114,11 @@ impl Router {
     pub async fn route(&self, d: &Delivery, traceparent: Option<&str>) -> Result<usize, Failure> {
         let transient = |e: Error| Failure::Transient(e.to_string());
         let mut c = self.redis.get().await.map_err(|e| transient(e.into()))?;
-        let live = self.registry.live_edges(&mut c, runtime::now_ms()).await.map_err(|e| transient(e.into()))?;
+        let live = self
+            .registry
+            .live_edges(&mut c, runtime::now_ms())
+            .await
+            .map_err(|e| transient(e.into()))?;
         let users = match &d.target {
             Target::Users { user_ids } => user_ids.clone(),
             Target::Sessions { user_id, .. } => vec![*user_id],
@@ -103,10 +126,21 @@ impl Router {
         };
         let mut conns = Vec::new();
         for u in users {
-            let found = self.registry.user_conns(&mut c, u).await.map_err(|e| transient(e.into()))?;
-            let stale: Vec<String> = found.iter().filter(|x| !is_current(x, &live)).map(|x| conn_field(&x.edge, x.conn)).collect();
+            let found = self
+                .registry
+                .user_conns(&mut c, u)
+                .await
+                .map_err(|e| transient(e.into()))?;
+            let stale: Vec<String> = found
+                .iter()
+                .filter(|x| !is_current(x, &live))
+                .map(|x| conn_field(&x.edge, x.conn))
+                .collect();
             if !stale.is_empty() {
-                let _: () = c.hdel(self.registry.conns_key(u), stale).await.map_err(|e| transient(e.into()))?;
+                let _: () = c
+                    .hdel(self.registry.conns_key(u), stale)
+                    .await
+                    .map_err(|e| transient(e.into()))?;
             }
             conns.extend(found);
         }
@@ -119,7 +153,9 @@ impl Router {
                 .await
                 .map_err(|e| Failure::Transient(e.to_string()))?;
         }
-        self.metrics.get(metrics::DELIVERIES_ROUTED_TOTAL, &[]).add(records.len() as u64);
+        self.metrics
+            .get(metrics::DELIVERIES_ROUTED_TOTAL, &[])
+            .add(records.len() as u64);
         Ok(records.len())
     }
 }
@@ -127,8 +163,11 @@ impl Router {
 impl Handler for Router {
     fn handle<'a>(&'a self, record: &'a Inbound) -> BoxFuture<'a, Result<(), Failure>> {
         Box::pin(async move {
-            let d: Delivery = decode_versioned(&record.payload).map_err(|e| Failure::Poison(e.to_string()))?;
-            self.route(&d, record.traceparent.as_deref()).await.map(|_| ())
+            let d: Delivery =
+                decode_versioned(&record.payload).map_err(|e| Failure::Poison(e.to_string()))?;
+            self.route(&d, record.traceparent.as_deref())
+                .await
+                .map(|_| ())
         })
     }
 }
@@ -136,11 +175,20 @@ impl Handler for Router {
 /// Build the router's dependencies.
 pub async fn build(settings: &Settings, metrics: Metrics) -> Result<Arc<Router>> {
     let topics = settings.kafka.topics();
-    runtime::kafka::ensure_topics(&settings.kafka, &topics.shared(), settings.kafka.partitions, None).await?;
+    runtime::kafka::ensure_topics(
+        &settings.kafka,
+        &topics.shared(),
+        settings.kafka.partitions,
+        None,
+    )
+    .await?;
     Ok(Arc::new(Router {
         publisher: Publisher::new(&settings.kafka, metrics.clone())?,
         redis: runtime::redis::pool(&settings.redis)?,
-        registry: Registry { keys: Keys::new(settings.redis.key_prefix.clone()), liveness_ms: settings.router.edge_liveness_ms },
+        registry: Registry {
+            keys: Keys::new(settings.redis.key_prefix.clone()),
+            liveness_ms: settings.router.edge_liveness_ms,
+        },
         topics,
         metrics,
     }))
@@ -149,13 +197,21 @@ pub async fn build(settings: &Settings, metrics: Metrics) -> Result<Arc<Router>>
 /// Run until `stop`: consume the delivery topic, drain, flush.
 pub async fn run(settings: Settings, stop: CancellationToken) -> Result<()> {
     let metrics = Metrics::default();
-    let (addr, health) = runtime::health::serve(&settings.service.health_listen, metrics.clone(), stop.clone()).await?;
+    let (addr, health) = runtime::health::serve(
+        &settings.service.health_listen,
+        metrics.clone(),
+        stop.clone(),
+    )
+    .await?;
     tracing::info!(%addr, "router health endpoint up");
     let router = build(&settings, metrics.clone()).await?;
-    let consumer = runtime::kafka::consumer(&settings.kafka, &router.topics.group("router"), false)?;
+    let consumer =
+        runtime::kafka::consumer(&settings.kafka, &router.topics.group("router"), false)?;
     {
         use rdkafka::consumer::Consumer;
-        consumer.subscribe(&[&router.topics.deliver()]).map_err(runtime::Error::from)?;
+        consumer
+            .subscribe(&[&router.topics.deliver()])
+            .map_err(runtime::Error::from)?;
     }
     let loop_settings = runtime::consume::LoopSettings {
         lanes: settings.router.lanes,
@@ -163,7 +219,15 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> Result<()> {
         dead_letter_topic: router.topics.dead_letter(),
         drain_timeout: std::time::Duration::from_secs(10),
     };
-    runtime::consume::run(consumer, router.clone(), router.publisher.clone(), loop_settings, metrics, stop).await;
+    runtime::consume::run(
+        consumer,
+        router.clone(),
+        router.publisher.clone(),
+        loop_settings,
+        metrics,
+        stop,
+    )
+    .await;
     router.publisher.flush(std::time::Duration::from_secs(5));
     let _ = health.await;
     tracing::info!("router stopped");
@@ -176,24 +240,66 @@ mod tests {
     use topics::Id;
 
     fn conn(edge: &str, epoch: u64, n: u64, sid: &str) -> Conn {
-        Conn { edge: edge.into(), conn: topics::bus::conn_id(epoch, n), session_id: sid.into() }
+        Conn {
+            edge: edge.into(),
+            conn: topics::bus::conn_id(epoch, n),
+            session_id: sid.into(),
+        }
     }
 
     #[test]
     fn plans_per_edge_records() {
-        let live: HashMap<String, u64> = [("e0".to_string(), 1u64), ("e1".to_string(), 2u64)].into();
-        let conns = vec![conn("e0", 1, 1, "s1"), conn("e0", 1, 2, "s2"), conn("e1", 2, 3, "s1"), conn("e1", 1, 4, "s1"), conn("dead", 1, 5, "s1")];
-        let d = Delivery::new(Target::Users { user_ids: vec![Id(1)] }, "f".into());
+        let live: HashMap<String, u64> =
+            [("e0".to_string(), 1u64), ("e1".to_string(), 2u64)].into();
+        let conns = vec![
+            conn("e0", 1, 1, "s1"),
+            conn("e0", 1, 2, "s2"),
+            conn("e1", 2, 3, "s1"),
+            conn("e1", 1, 4, "s1"),
+            conn("dead", 1, 5, "s1"),
+        ];
+        let d = Delivery::new(
+            Target::Users {
+                user_ids: vec![Id(1)],
+            },
+            "f".into(),
+        );
         let p = plan(&d, &conns, &live);
         assert_eq!(p.len(), 2);
-        assert_eq!(p["e0"], EdgeMessage::Deliver { conns: vec![conns[0].conn, conns[1].conn], frame: "f".into() });
-        assert_eq!(p["e1"], EdgeMessage::Deliver { conns: vec![conns[2].conn], frame: "f".into() }, "earlier epoch skipped");
+        assert_eq!(
+            p["e0"],
+            EdgeMessage::Deliver {
+                conns: vec![conns[0].conn, conns[1].conn],
+                frame: "f".into()
+            }
+        );
+        assert_eq!(
+            p["e1"],
+            EdgeMessage::Deliver {
+                conns: vec![conns[2].conn],
+                frame: "f".into()
+            },
+            "earlier epoch skipped"
+        );
 
-        let mut s = Delivery::new(Target::Sessions { user_id: Id(1), session_ids: vec!["s2".into()] }, "f".into());
+        let mut s = Delivery::new(
+            Target::Sessions {
+                user_id: Id(1),
+                session_ids: vec!["s2".into()],
+            },
+            "f".into(),
+        );
         s.close = Some("bye".into());
         let p = plan(&s, &conns, &live);
         assert_eq!(p.len(), 1);
-        assert_eq!(p["e0"], EdgeMessage::Close { conns: vec![conns[1].conn], frame: "f".into(), reason: "bye".into() });
+        assert_eq!(
+            p["e0"],
+            EdgeMessage::Close {
+                conns: vec![conns[1].conn],
+                frame: "f".into(),
+                reason: "bye".into()
+            }
+        );
 
         let all = plan(&Delivery::new(Target::All, "b".into()), &[], &live);
         assert_eq!(all.len(), 2);
