@@ -155,7 +155,12 @@ pub async fn process(
                 };
                 let body = payload.to_string();
                 match dlq
-                    .send(dead_letter_topic, &key, body.as_bytes(), record.traceparent.as_deref())
+                    .send(
+                        dead_letter_topic,
+                        &key,
+                        body.as_bytes(),
+                        record.traceparent.as_deref(),
+                    )
                     .await
                 {
                     Ok(()) => {
@@ -203,8 +208,15 @@ pub async fn run(
         tasks.spawn(async move {
             while let Some(rec) = rx.recv().await {
                 let ok = process(handler.as_ref(), &rec, &dlq, &topic, &metrics, &stop).await;
-                metrics.inc(metrics::RECORDS_CONSUMED_TOTAL, &[("topic_kind", crate::kafka::kind_of(&rec.topic))]);
-                if done.send((rec.topic, rec.partition, rec.offset, ok)).await.is_err() {
+                metrics.inc(
+                    metrics::RECORDS_CONSUMED_TOTAL,
+                    &[("topic_kind", crate::kafka::kind_of(&rec.topic))],
+                );
+                if done
+                    .send((rec.topic, rec.partition, rec.offset, ok))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -254,8 +266,14 @@ pub async fn run(
             store(&mut tracker, done);
         }
     };
-    if tokio::time::timeout(settings.drain_timeout, drain).await.is_err() {
-        tracing::warn!(in_flight = tracker.in_flight(), "drain timed out; unfinished records will be redelivered");
+    if tokio::time::timeout(settings.drain_timeout, drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            in_flight = tracker.in_flight(),
+            "drain timed out; unfinished records will be redelivered"
+        );
     }
     tasks.abort_all();
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {

@@ -128,8 +128,10 @@ impl Publisher {
         }
         match self.producer.send(record, Duration::from_secs(0)).await {
             Ok(_) => {
-                self.metrics
-                    .inc(metrics::RECORDS_PUBLISHED_TOTAL, &[("topic_kind", kind_of(topic))]);
+                self.metrics.inc(
+                    metrics::RECORDS_PUBLISHED_TOTAL,
+                    &[("topic_kind", kind_of(topic))],
+                );
                 Ok(())
             }
             Err((source, _)) => {

@@ -107,7 +107,10 @@ mod tests {
         m.get(WS_CONNECTIONS, &[]).gauge_add(-2);
         m.get("x", &[("a", "1"), ("b", "2")]).set(7);
         let text = m.render();
-        assert!(text.contains("sb_records_consumed_total{topic=\"a_b\"} 3"), "{text}");
+        assert!(
+            text.contains("sb_records_consumed_total{topic=\"a_b\"} 3"),
+            "{text}"
+        );
         assert!(text.contains("sb_ws_connections 3"));
         assert!(text.contains("x{a=\"1\",b=\"2\"} 7"));
     }

@@ -4,8 +4,8 @@
 use crate::{RedisSettings, Result};
 use deadpool_redis::cluster::{Config, Runtime};
 
-pub use deadpool_redis::redis;
 pub use deadpool_redis::cluster::Pool;
+pub use deadpool_redis::redis;
 pub use deadpool_redis::PoolError;
 
 pub fn pool(s: &RedisSettings) -> Result<Pool> {

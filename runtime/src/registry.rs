@@ -126,9 +126,15 @@ mod tests {
         assert!(pad(Id(9)) < pad(Id(10)));
         assert_eq!(parse_edge_value(&edge_value(3, 99)), Some((3, 99)));
         assert_eq!(parse_edge_value("x"), None);
-        assert_eq!(parse_conn_field(&conn_field("edge-1", 77)), Some(("edge-1".into(), 77)));
+        assert_eq!(
+            parse_conn_field(&conn_field("edge-1", 77)),
+            Some(("edge-1".into(), 77))
+        );
         assert_eq!(parse_conn_field("nope"), None);
-        let r = Registry { keys: Keys::new("p"), liveness_ms: 1 };
+        let r = Registry {
+            keys: Keys::new("p"),
+            liveness_ms: 1,
+        };
         assert_eq!(r.conns_key(Id(5)), "p:conns:{5}");
         assert_eq!(r.online_key("e"), "p:online:{e}");
         assert_eq!(r.count_key("e"), "p:count:{e}");
@@ -139,9 +145,16 @@ mod tests {
     #[test]
     fn current_connections() {
         let live: HashMap<String, u64> = [("e".to_string(), 7u64)].into();
-        let c = |edge: &str, epoch| Conn { edge: edge.into(), conn: topics::bus::conn_id(epoch, 1), session_id: "s".into() };
+        let c = |edge: &str, epoch| Conn {
+            edge: edge.into(),
+            conn: topics::bus::conn_id(epoch, 1),
+            session_id: "s".into(),
+        };
         assert!(is_current(&c("e", 7), &live));
-        assert!(!is_current(&c("e", 6), &live), "earlier process of the same edge");
+        assert!(
+            !is_current(&c("e", 6), &live),
+            "earlier process of the same edge"
+        );
         assert!(!is_current(&c("dead", 7), &live));
     }
 }

@@ -73,7 +73,9 @@ impl Default for KafkaSettings {
 impl Default for RedisSettings {
     fn default() -> Self {
         RedisSettings {
-            nodes: (17000..17006).map(|p| format!("redis://127.0.0.1:{p}")).collect(),
+            nodes: (17000..17006)
+                .map(|p| format!("redis://127.0.0.1:{p}"))
+                .collect(),
             key_prefix: "sb".into(),
         }
     }

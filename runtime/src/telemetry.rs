@@ -39,7 +39,8 @@ pub fn new_traceparent() -> String {
 /// The trace id of a valid `traceparent`, for log fields.
 pub fn trace_id(traceparent: &str) -> Option<&str> {
     let mut parts = traceparent.split('-');
-    let (version, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let (version, trace, span, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
     (parts.next().is_none()
         && hex(version, 2)
@@ -61,7 +62,10 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(trace_id(&a).unwrap().len(), 32);
         assert_eq!(trace_id("00-abc-def-01"), None);
-        assert_eq!(trace_id(&format!("00-{}-{}-01", "0".repeat(32), "1".repeat(16))), None);
+        assert_eq!(
+            trace_id(&format!("00-{}-{}-01", "0".repeat(32), "1".repeat(16))),
+            None
+        );
         assert_eq!(trace_id(&format!("{a}-extra")), None);
         init_for_tests();
         init("test");
