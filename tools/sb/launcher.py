@@ -18,7 +18,7 @@ import redis
 import services
 from ports import MAX_EDGES, NGINX_INSTANCES, Ports
 from state import REPO, State
-from util import (SYSTEM_COMMANDS, SbError, alive, ensure_packages, info, line, port_free, port_owner,
+from util import (SYSTEM_COMMANDS, SbError, alive, ensure_packages, info, line, port_free, port_owner, spawn,
                   stop_many, warn)
 
 
@@ -128,6 +128,8 @@ def up(args) -> int:
         if not args.infra_only:
             services.start_and_wait(ctx)
         nginx.start_and_wait(ctx)
+        if not args.infra_only:
+            _start_discovery(ctx)
         services.write_stack(ctx)
     except (SbError, KeyboardInterrupt) as e:
         if isinstance(e, KeyboardInterrupt):
@@ -145,6 +147,18 @@ def up(args) -> int:
     info(f"Switchboard is up: healthy in {total:.1f}s")
     _print_connect(state, ctx)
     return 0
+
+
+def _start_discovery(ctx: Ctx) -> None:
+    """The loop that keeps nginx's upstreams in step with the live edges (tools/sb/discovery.py)."""
+    if ctx.state.running("discovery"):
+        line("discovery", "already running", True)
+        return
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "discovery.py")
+    pid, stt = spawn([sys.executable, script, ctx.state.dir], ctx.state.log("discovery"))
+    ctx.state.put({"name": "discovery", "kind": "discovery", "role": "nginx-upstreams", "addr": "-", "port": 0,
+                   "pid": pid, "starttime": stt, "group": "app", "log": ctx.state.log("discovery")})
+    line("discovery", "nginx upstreams follow the live edges (checked every second)", True)
 
 
 def _state_flag(args) -> str:
@@ -252,12 +266,14 @@ def _check(state: State, c: dict) -> dict:
         ok = mariadb.healthy(c)
     elif kind == "nginx":
         ok = nginx.healthy(c, any(x["kind"] == "edge" for x in state.components))
+    elif kind == "discovery":
+        ok = alive(c.get("pid"), c.get("starttime"))
     else:
         ok = services.healthy(c)
     return {"name": c["name"], "kind": kind, "role": role, "addr": c["addr"], "pid": c["pid"], "healthy": bool(ok)}
 
 
-KIND_ORDER = ["kafka", "redis", "mariadb", "edge", "worker", "router", "nginx"]
+KIND_ORDER = ["kafka", "redis", "mariadb", "edge", "worker", "router", "nginx", "discovery"]
 
 
 def collect(state: State) -> list[dict]:

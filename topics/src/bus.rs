@@ -11,10 +11,15 @@ pub enum Auth {
     None,
     /// An HTTP call or a handshake: the SHA-256 (hex) of the bearer token. The token itself never
     /// leaves the edge.
-    Token { token_hash: String },
+    Token {
+        token_hash: String,
+    },
     /// A frame on a WebSocket whose handshake was verified: workers still check that the session
     /// exists (it may have been revoked or expired since).
-    Session { session_id: String, user_id: Id },
+    Session {
+        session_id: String,
+        user_id: Id,
+    },
 }
 
 /// A client request wrapped by the edge that received it. Partitioned by [`Envelope::key`].
@@ -81,7 +86,12 @@ impl Envelope {
     /// everything else of one user stays in order by user; anonymous calls spread by request.
     pub fn key(&self) -> String {
         match (&self.request, &self.auth) {
-            (Request::DmSend { conversation_id, .. }, _) => format!("c{conversation_id}"),
+            (
+                Request::DmSend {
+                    conversation_id, ..
+                },
+                _,
+            ) => format!("c{conversation_id}"),
             (_, Auth::Session { user_id, .. }) => format!("u{user_id}"),
             _ => format!("{}/{}", self.edge, self.req),
         }
@@ -285,23 +295,52 @@ mod tests {
             Just(Request::UserDelete),
             Just(Request::InviteList),
             Just(Request::DmList),
-            (s, s).prop_map(|(u, p)| Request::UserCreate { username: u, password: p }),
-            (s, s).prop_map(|(u, p)| Request::Login { username: u, password: p }),
+            (s, s).prop_map(|(u, p)| Request::UserCreate {
+                username: u,
+                password: p
+            }),
+            (s, s).prop_map(|(u, p)| Request::Login {
+                username: u,
+                password: p
+            }),
             proptest::option::of(s).prop_map(|session_id| Request::Logout { session_id }),
-            (proptest::option::of(s), proptest::option::of(any::<u64>()))
-                .prop_map(|(username, id)| Request::UserLookup { username, user_id: id.map(Id) }),
+            (proptest::option::of(s), proptest::option::of(any::<u64>())).prop_map(
+                |(username, id)| Request::UserLookup {
+                    username,
+                    user_id: id.map(Id)
+                }
+            ),
             (proptest::option::of(s), proptest::option::of(any::<u32>()))
                 .prop_map(|(cursor, limit)| Request::OnlineList { cursor, limit }),
             s.prop_map(|text| Request::BroadcastSend { text }),
             s.prop_map(|code| Request::InviteSend { code }),
-            (any::<u64>(), any::<bool>())
-                .prop_map(|(u, accept)| Request::InviteRespond { user_id: Id(u), accept }),
+            (any::<u64>(), any::<bool>()).prop_map(|(u, accept)| Request::InviteRespond {
+                user_id: Id(u),
+                accept
+            }),
             any::<u64>().prop_map(|u| Request::ConnectionRemove { user_id: Id(u) }),
             any::<u64>().prop_map(|u| Request::DmOpen { user_id: Id(u) }),
-            (any::<u64>(), proptest::option::of(any::<u64>()), proptest::option::of(any::<u64>()), proptest::option::of(any::<u32>()))
-                .prop_map(|(c, before_seq, after_seq, limit)| Request::DmHistory { conversation_id: Id(c), before_seq, after_seq, limit }),
-            (any::<u64>(), s, s).prop_map(|(c, m, text)| Request::DmSend { conversation_id: Id(c), client_msg_id: m, text }),
-            (any::<u64>(), any::<u64>()).prop_map(|(c, seq)| Request::DmRead { conversation_id: Id(c), seq }),
+            (
+                any::<u64>(),
+                proptest::option::of(any::<u64>()),
+                proptest::option::of(any::<u64>()),
+                proptest::option::of(any::<u32>())
+            )
+                .prop_map(|(c, before_seq, after_seq, limit)| Request::DmHistory {
+                    conversation_id: Id(c),
+                    before_seq,
+                    after_seq,
+                    limit
+                }),
+            (any::<u64>(), s, s).prop_map(|(c, m, text)| Request::DmSend {
+                conversation_id: Id(c),
+                client_msg_id: m,
+                text
+            }),
+            (any::<u64>(), any::<u64>()).prop_map(|(c, seq)| Request::DmRead {
+                conversation_id: Id(c),
+                seq
+            }),
             proptest::collection::btree_map(any::<u64>().prop_map(Id), any::<u64>(), 0..4)
                 .prop_map(|since: BTreeMap<Id, u64>| Request::DmSync { since }),
         ]
@@ -311,7 +350,10 @@ mod tests {
         prop_oneof![
             Just(Auth::None),
             "[0-9a-f]{64}".prop_map(|token_hash| Auth::Token { token_hash }),
-            ("[0-9a-f]{32}", any::<u64>()).prop_map(|(session_id, u)| Auth::Session { session_id, user_id: Id(u) }),
+            ("[0-9a-f]{32}", any::<u64>()).prop_map(|(session_id, u)| Auth::Session {
+                session_id,
+                user_id: Id(u)
+            }),
         ]
     }
 
@@ -354,7 +396,10 @@ mod tests {
     fn rejects_unknown_versions_and_garbage() {
         let mut e = env(Request::Ping, Auth::None);
         e.v = 99;
-        assert!(matches!(Envelope::decode(&e.encode()), Err(Error::Version(99))));
+        assert!(matches!(
+            Envelope::decode(&e.encode()),
+            Err(Error::Version(99))
+        ));
         assert!(matches!(Envelope::decode(b"{"), Err(Error::Json(_))));
         assert!(decode_versioned::<Delivery>(br#"{"v":2}"#).is_err());
     }
@@ -376,7 +421,13 @@ mod tests {
         };
         assert_eq!(send(3).key(), "c3");
         assert_eq!(send(3).domain(), Domain::Dms);
-        let me = env(Request::Me, Auth::Session { session_id: "s".into(), user_id: Id(5) });
+        let me = env(
+            Request::Me,
+            Auth::Session {
+                session_id: "s".into(),
+                user_id: Id(5),
+            },
+        );
         assert_eq!(me.key(), "u5");
         assert_eq!(env(Request::Ping, Auth::None).key(), "edge-0/9");
     }
@@ -389,7 +440,10 @@ mod tests {
             (Request::UserDelete, Domain::Users),
             (Request::InviteList, Domain::Invites),
             (Request::DmList, Domain::Dms),
-            (Request::BroadcastSend { text: "x".into() }, Domain::Presence),
+            (
+                Request::BroadcastSend { text: "x".into() },
+                Domain::Presence,
+            ),
         ];
         for (r, d) in cases {
             assert_eq!(env(r, Auth::None).domain(), d);
@@ -398,13 +452,28 @@ mod tests {
 
     #[test]
     fn delivery_keys() {
-        let d = Delivery::new(Target::Users { user_ids: vec![Id(4)] }, "{}".into());
+        let d = Delivery::new(
+            Target::Users {
+                user_ids: vec![Id(4)],
+            },
+            "{}".into(),
+        );
         assert_eq!(d.key(), "u4");
         assert_eq!(Delivery::new(Target::All, "{}".into()).key(), "all");
         assert_eq!(
-            Delivery::new(Target::Sessions { user_id: Id(2), session_ids: vec![] }, "{}".into()).key(),
+            Delivery::new(
+                Target::Sessions {
+                    user_id: Id(2),
+                    session_ids: vec![]
+                },
+                "{}".into()
+            )
+            .key(),
             "u2"
         );
-        assert_eq!(Delivery::new(Target::Users { user_ids: vec![] }, "{}".into()).key(), "");
+        assert_eq!(
+            Delivery::new(Target::Users { user_ids: vec![] }, "{}".into()).key(),
+            ""
+        );
     }
 }

@@ -400,7 +400,10 @@ mod tests {
             Some("r9")
         );
         assert_eq!(salvage_rid("garbage"), None);
-        assert_eq!(salvage_rid(&format!(r#"{{"rid":"{}"}}"#, "x".repeat(65))), None);
+        assert_eq!(
+            salvage_rid(&format!(r#"{{"rid":"{}"}}"#, "x".repeat(65))),
+            None
+        );
     }
 
     #[test]
@@ -417,7 +420,10 @@ mod tests {
             rid: Some("r1".into()),
             data: Response::Pong,
         };
-        assert_eq!(f.to_json(), r#"{"type":"reply","rid":"r1","data":{"kind":"pong"}}"#);
+        assert_eq!(
+            f.to_json(),
+            r#"{"type":"reply","rid":"r1","data":{"kind":"pong"}}"#
+        );
         let e = ServerFrame::error(None, ErrorBody::new(ErrorCode::NotFound, "no such user"));
         assert_eq!(
             e.to_json(),

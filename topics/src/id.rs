@@ -30,7 +30,8 @@ impl Serialize for Id {
 impl<'de> Deserialize<'de> for Id {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        s.parse().map_err(|_| serde::de::Error::custom("id must be a decimal string"))
+        s.parse()
+            .map_err(|_| serde::de::Error::custom("id must be a decimal string"))
     }
 }
 

@@ -96,7 +96,11 @@ mod tests {
     fn usernames() {
         assert_eq!(username(" Alice_1 ").unwrap(), "alice_1");
         for bad in ["ab", "1abc", "al ice", "al-ice", &"a".repeat(33), "élan"] {
-            assert_eq!(username(bad).unwrap_err().code, ErrorCode::InvalidInput, "{bad}");
+            assert_eq!(
+                username(bad).unwrap_err().code,
+                ErrorCode::InvalidInput,
+                "{bad}"
+            );
         }
     }
 

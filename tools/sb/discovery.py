@@ -1,0 +1,89 @@
+"""Service discovery for nginx: keep every nginx's upstream list in step with the edges that are alive.
+
+`./sb up` starts this loop as a background process (component `discovery`). Once a second it
+asks every edge the launcher knows of for `GET /healthz`; when the set of healthy edges changes
+it rewrites `upstream.conf` of every nginx instance and reloads them (`nginx -s reload` keeps
+open WebSockets; a refused config leaves the old one serving). Between checks nginx's passive
+health checks (`max_fails=1 fail_timeout=2s`, `proxy_next_upstream error timeout`) already
+steer new connections away from a dead edge, so a client loses at most one reconnect.
+
+On Kubernetes the Service's endpoints do this job; see helm/README.md.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import nginx
+from ports import NGINX_INSTANCES
+from state import State, write_atomic
+from util import alive, http_status, which
+
+INTERVAL = 1.0
+
+
+def healthy_edges(components: list[dict]) -> list[int]:
+    """Ports of the edges that answer /healthz with 200 right now."""
+    return sorted(c["port"] for c in components
+                  if c.get("kind") == "edge" and http_status(f"http://{c['addr']}/healthz", timeout=0.5) == 200)
+
+
+def apply(state: State, ports: list[int], placeholder: int) -> list[str]:
+    """Write the upstream list to every nginx and reload the running ones; returns errors."""
+    errors = []
+    exe = which("nginx")
+    conf = nginx.upstream_conf(ports, placeholder)
+    for i in range(NGINX_INSTANCES):
+        p = state.path(nginx.name(i))
+        if not os.path.isdir(os.path.join(p, "conf")):
+            continue
+        write_atomic(os.path.join(p, "conf", "upstream.conf"), conf)
+        c = state.get(nginx.name(i))
+        if c and alive(c.get("pid"), c.get("starttime")):
+            r = subprocess.run([exe, "-p", p + "/", "-c", "conf/nginx.conf", "-e", "logs/error.log", "-s", "reload"],
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                errors.append(f"{nginx.name(i)}: {r.stderr.strip()}")
+    return errors
+
+
+def run(state_dir: str) -> int:
+    stop = False
+
+    def on_term(_sig, _frame):
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    state = State(state_dir)
+    current: list[int] | None = None
+    while not stop:
+        try:
+            state.load()
+        except Exception as e:  # a state file being rewritten: try again next tick
+            print(f"discovery: state not readable ({e})", flush=True)
+            time.sleep(INTERVAL)
+            continue
+        live = healthy_edges(state.components)
+        if live != current:
+            # Never write an empty list while edges are registered but all failing their check at
+            # once (e.g. the whole machine stalled): keep routing to all of them instead.
+            known = sorted(c["port"] for c in state.components if c.get("kind") == "edge")
+            target = live or known
+            errors = apply(state, target, state.ports().edge(0))
+            stamp = time.strftime("%H:%M:%S")
+            print(f"{stamp} discovery: live edges {live} -> upstream {target}"
+                  + (f"; reload errors: {errors}" if errors else ""), flush=True)
+            current = live
+        time.sleep(INTERVAL)
+    print("discovery: stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(sys.argv[1]))
