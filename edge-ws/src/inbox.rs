@@ -21,7 +21,18 @@ pub fn subscribe(
     let group = topics.group(&format!("edge.{edge_id}"));
     let consumer = runtime::kafka::consumer(kafka, &group, true)?;
     let topic = topics.edge(edge_id);
-    let (_, high) = consumer.fetch_watermarks(&topic, 0, std::time::Duration::from_secs(10))?;
+    // A topic created a moment ago may not be known to every broker yet: retry for a while.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let high = loop {
+        match consumer.fetch_watermarks(&topic, 0, std::time::Duration::from_secs(5)) {
+            Ok((_, high)) => break high,
+            Err(e) if std::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, %topic, "edge topic not ready yet");
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     let mut tpl = rdkafka::TopicPartitionList::new();
     tpl.add_partition_offset(&topic, 0, rdkafka::Offset::Offset(high))?;
     consumer.assign(&tpl)?;
