@@ -5,6 +5,7 @@ use crate::hub::ConnHandle;
 use crate::session::{self, ConnCtx};
 use crate::Edge;
 use bytes::Bytes;
+use hyper_util::rt::TokioIo;
 use runtime::metrics;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -12,12 +13,16 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use topics::{
     Auth, EdgeEvent, EdgeMessage, Envelope, ErrorBody, ErrorCode, Id, Request, ServerFrame,
     SessionGrant, SESSION_COOKIE, WIRE_VERSION, WS_AUTH_PROTOCOL_PREFIX, WS_PROTOCOL,
 };
 use warp::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use warp::hyper::upgrade::OnUpgrade;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
@@ -375,12 +380,47 @@ pub fn serde_urlencoded_pairs(q: &str) -> HashMap<String, String> {
         .collect()
 }
 
+/// The WebSocket settings of every connection: frames and messages up to twice the soft limit
+/// (a frame between the two gets a typed error frame and the connection stays; a larger one
+/// closes it with 1009), a 4 KiB read buffer (tungstenite's 128 KiB default costs ~135 KiB of
+/// memory per idle connection) and writes that go straight to the socket.
+pub fn ws_config(max_frame: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(max_frame * 4)
+        .max_message_size(Some(max_frame * 2))
+        .max_frame_size(Some(max_frame * 2))
+}
+
+/// Is this a well-formed WebSocket upgrade request? Its `Sec-WebSocket-Key` when it is.
+pub fn upgrade_key(headers: &HeaderMap) -> Option<String> {
+    let has = |name: header::HeaderName, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)?
+        .to_str()
+        .ok()?
+        .to_string();
+    (has(header::CONNECTION, "upgrade")
+        && has(header::UPGRADE, "websocket")
+        && headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .is_some_and(|v| v == "13"))
+    .then_some(key)
+}
+
 async fn upgrade(
     edge: Arc<Edge>,
     stop: CancellationToken,
-    ws: warp::ws::Ws,
     headers: HeaderMap,
     remote: Option<SocketAddr>,
+    on_upgrade: Option<OnUpgrade>,
 ) -> Result<Response, Rejection> {
     let refuse = |code: ErrorCode, msg: &str| {
         edge.metrics.inc(
@@ -388,6 +428,9 @@ async fn upgrade(
             &[("reason", code.as_str())],
         );
         Ok(error_response(code, msg))
+    };
+    let (Some(key), Some(on_upgrade)) = (upgrade_key(&headers), on_upgrade) else {
+        return refuse(ErrorCode::InvalidInput, "expected a WebSocket upgrade");
     };
     if !origin_allowed(&edge, &headers) {
         return refuse(ErrorCode::Forbidden, "origin not allowed");
@@ -401,7 +444,7 @@ async fn upgrade(
     };
     let conn = edge.hub.next_id();
     let peer = peer(&headers, remote);
-    let grant = match call(
+    let verified = call(
         &edge,
         conn,
         Request::Verify,
@@ -410,8 +453,8 @@ async fn upgrade(
         },
         peer.clone(),
     )
-    .await
-    {
+    .await;
+    let grant = match verified {
         Ok(EdgeMessage::Reply {
             session: Some(g), ..
         }) => g,
@@ -428,15 +471,19 @@ async fn upgrade(
         session_id: grant.session_id,
         peer,
     };
-    let max = edge.settings.max_frame_bytes;
-    // The hard limit is twice the soft one: a frame between them gets a typed error frame and
-    // the connection stays; only a larger one costs the connection.
-    let ws = ws
-        .max_message_size(max * 2)
-        .max_frame_size(max * 2)
-        .max_write_buffer_size(max * 4);
     let e2 = edge.clone();
-    let reply = ws.on_upgrade(move |socket| async move {
+    edge.connections.spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade did not complete");
+                return;
+            }
+        };
+        let config = ws_config(e2.settings.max_frame_bytes);
+        let socket =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await;
         let (tx, rx) = tokio::sync::mpsc::channel(e2.settings.outbound_queue);
         let kill = CancellationToken::new();
         e2.hub.register(
@@ -465,13 +512,21 @@ async fn upgrade(
         })
         .await;
     });
-    let mut resp = reply.into_response();
-    resp.headers_mut().insert(
+    let mut resp = Response::new(warp::hyper::body::Bytes::new().into());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&derive_accept_key(key.as_bytes())).expect("base64 is ascii"),
+    );
+    h.insert(
         "x-switchboard-edge",
         HeaderValue::from_str(&edge.settings.id).expect("edge ids are ascii"),
     );
     if offers_ours {
-        resp.headers_mut().insert(
+        h.insert(
             header::SEC_WEBSOCKET_PROTOCOL,
             HeaderValue::from_static(WS_PROTOCOL),
         );
@@ -506,10 +561,11 @@ pub fn routes(
     let health = runtime::health::routes(edge.metrics.clone()).map(Reply::into_response);
     let ws = warp::path!("ws")
         .and(with_edge.clone())
+        .and(warp::get())
         .and(warp::any().map(move || stop.clone()))
-        .and(warp::ws())
         .and(warp::header::headers_cloned())
         .and(warp::addr::remote())
+        .and(warp::ext::optional::<OnUpgrade>())
         .and_then(upgrade);
     let query = warp::query::raw().or(warp::any().map(String::new)).unify();
     let base = warp::path("api")
@@ -578,6 +634,29 @@ mod tests {
         );
         assert_eq!(ws_protocols(&h(&[])), (false, None));
         assert_eq!(token_hash("a").len(), 64);
+    }
+
+    #[test]
+    fn recognises_upgrades_and_configures_small_buffers() {
+        let good = [
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "WebSocket"),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ];
+        assert_eq!(
+            upgrade_key(&h(&good)).as_deref(),
+            Some("dGhlIHNhbXBsZSBub25jZQ==")
+        );
+        assert_eq!(upgrade_key(&h(&good[1..])), None, "no Connection: upgrade");
+        assert_eq!(upgrade_key(&h(&good[..3])), None, "no key");
+        let mut v12 = good;
+        v12[2] = ("sec-websocket-version", "12");
+        assert_eq!(upgrade_key(&h(&v12)), None);
+        let c = ws_config(64 * 1024);
+        assert_eq!(c.read_buffer_size, 4096);
+        assert_eq!(c.max_message_size, Some(128 * 1024));
+        assert_eq!(c.max_frame_size, Some(128 * 1024));
     }
 
     #[test]

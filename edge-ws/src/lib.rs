@@ -42,6 +42,8 @@ pub struct Edge {
     pub publisher: Publisher,
     pub hub: Hub,
     pub metrics: Metrics,
+    /// Every connection's task, so shutdown can wait for them.
+    pub connections: tokio_util::task::TaskTracker,
     /// Boot time in seconds: the top bits of every connection id of this process.
     pub epoch: u64,
 }
@@ -95,6 +97,7 @@ impl Application {
             topics,
             publisher,
             metrics,
+            connections: tokio_util::task::TaskTracker::new(),
             epoch,
         });
         Ok(Application {
@@ -139,13 +142,20 @@ impl Application {
         tracing::info!(edge = %edge.settings.id, "edge running");
         stop.cancelled().await;
         edge.hub.close_all("edge shutting down");
-        let grace = tokio::time::sleep(std::time::Duration::from_secs(5));
-        tokio::pin!(grace);
-        loop {
-            tokio::select! {
-                _ = &mut grace => { tasks.abort_all(); break; }
-                next = tasks.join_next() => if next.is_none() { break },
-            }
+        edge.connections.close();
+        let grace = std::time::Duration::from_secs(5);
+        if tokio::time::timeout(grace, edge.connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = edge.hub.len(),
+                "connections still open after the grace period"
+            );
+        }
+        let drain = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(grace, drain).await.is_err() {
+            tasks.abort_all();
         }
         edge.publisher.flush(std::time::Duration::from_secs(5));
         tracing::info!(edge = %edge.settings.id, "edge stopped");

@@ -10,10 +10,12 @@ use runtime::metrics;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 use topics::frames::{parse_client_frame, salvage_rid};
 use topics::{Auth, Envelope, ErrorBody, ErrorCode, Id, ServerFrame, WIRE_VERSION};
-use warp::ws::Message;
 
 /// Close codes this edge uses (4000–4999 are the application's own).
 pub mod close_code {
@@ -111,8 +113,8 @@ async fn put<S: Sink<Message> + Unpin>(socket: &mut S, msg: Message) -> bool {
     )
 }
 
-enum Step<E> {
-    In(Option<Result<Message, E>>),
+enum Step {
+    In(Option<Result<Message, WsError>>),
     Out(Option<Outbound>),
     Tick,
     Kill,
@@ -120,7 +122,7 @@ enum Step<E> {
 
 /// Run one connection until it ends. Returns the close code it ended with (None: the client
 /// went away).
-pub async fn drive<S, E>(
+pub async fn drive<S>(
     edge: Arc<Edge>,
     ctx: ConnCtx,
     mut socket: S,
@@ -129,8 +131,7 @@ pub async fn drive<S, E>(
     stop: CancellationToken,
 ) -> Option<u16>
 where
-    S: Stream<Item = Result<Message, E>> + Sink<Message> + Unpin,
-    E: std::fmt::Display,
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message> + Unpin,
 {
     let s = &edge.settings;
     let mut bucket = TokenBucket::new(s.frames_per_second, s.frame_burst, Instant::now());
@@ -138,7 +139,12 @@ where
     let mut tick = tokio::time::interval(idle / 3);
     tick.tick().await;
     let mut last_seen = Instant::now();
-    let close = |code: u16, reason: &str| Message::close_with(code, reason.to_string());
+    let close = |code: u16, reason: &str| {
+        Message::Close(Some(CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.to_string().into(),
+        }))
+    };
     loop {
         let step = tokio::select! {
             m = socket.next() => Step::In(m),
@@ -150,9 +156,8 @@ where
         match step {
             Step::In(None) => return None,
             Step::In(Some(Err(e))) => {
-                let text = e.to_string();
-                tracing::debug!(error = %text, conn = ctx.conn, "socket read failed");
-                if text.contains("Space limit exceeded") || text.contains("too long") {
+                tracing::debug!(error = %e, conn = ctx.conn, "socket read failed");
+                if matches!(e, WsError::Capacity(_)) {
                     let _ = put(&mut socket, close(close_code::TOO_BIG, "message too big")).await;
                     return Some(close_code::TOO_BIG);
                 }
@@ -163,9 +168,9 @@ where
                 if msg.is_close() {
                     return None;
                 }
-                let reply = if let Ok(text) = msg.to_str() {
+                let reply = if let Message::Text(text) = &msg {
                     edge.metrics.inc(metrics::WS_FRAMES_IN_TOTAL, &[]);
-                    match prepare(&edge, &ctx, text, &mut bucket, last_seen) {
+                    match prepare(&edge, &ctx, text.as_str(), &mut bucket, last_seen) {
                         Ok(env) => publish(&edge, &env)
                             .await
                             .err()
@@ -213,7 +218,7 @@ where
                     let _ = put(&mut socket, close(close_code::IDLE, "idle timeout")).await;
                     return Some(close_code::IDLE);
                 }
-                if !put(&mut socket, Message::ping(Vec::new())).await {
+                if !put(&mut socket, Message::Ping(Default::default())).await {
                     return None;
                 }
             }
