@@ -191,6 +191,27 @@ pub fn statements(sql: &str) -> Vec<String> {
         .collect()
 }
 
+/// One statement on a connection that goes back to the pool right after, so a handler never
+/// holds one connection while waiting for another of the same pool.
+pub async fn exec_drop<P>(pool: &Pool, sql: &str, params: P) -> Result<()>
+where
+    P: Into<mysql_async::Params> + Send,
+{
+    let mut c = pool.get_conn().await?;
+    c.exec_drop(sql, params).await?;
+    Ok(())
+}
+
+/// The rows of one query, on a connection returned right after.
+pub async fn rows<T, P>(pool: &Pool, sql: &str, params: P) -> Result<Vec<T>>
+where
+    T: mysql_async::prelude::FromRow + Send + 'static,
+    P: Into<mysql_async::Params> + Send,
+{
+    let mut c = pool.get_conn().await?;
+    Ok(c.exec(sql, params).await?)
+}
+
 /// MariaDB's duplicate-key error.
 pub fn is_duplicate(e: &mysql_async::Error) -> bool {
     matches!(e, mysql_async::Error::Server(s) if s.code == 1062)

@@ -5,6 +5,7 @@
 //! conversation row's lock; `(conversation, author, client_msg_id)` is unique, so a retried send
 //! returns the original message instead of storing a second one.
 
+use crate::db::exec_drop;
 use crate::dispatch::{event_to, Ctx, Deps, Outcome};
 use crate::invites;
 use crate::users::{profiles, DELETED};
@@ -135,17 +136,18 @@ pub async fn open(ctx: &Ctx<'_>, peer: Id) -> Result<Outcome> {
         )
         .await?
         .ok_or_else(|| refuse(ErrorCode::Unavailable, "retry"))?;
+    drop(c);
     let conv = Id(conv);
     let (lo, hi) = if me <= peer { (me, peer) } else { (peer, me) };
-    let mut cc = d.db.by_id(conv).primary.get_conn().await?;
-    cc.exec_drop(
+    exec_drop(
+        &d.db.by_id(conv).primary,
         "INSERT IGNORE INTO conversations (id, user_lo, user_hi, last_seq, created_at_ms) VALUES (?, ?, ?, 0, ?)",
         (conv.0, lo.0, hi.0, runtime::now_ms()),
     )
     .await?;
     for (user, other) in [(me, peer), (peer, me)] {
-        let mut mc = d.db.by_id(user).primary.get_conn().await?;
-        mc.exec_drop(
+        exec_drop(
+            &d.db.by_id(user).primary,
             "INSERT IGNORE INTO memberships (user_id, conversation_id, peer_id, last_read_seq) VALUES (?, ?, ?, 0)",
             (user.0, conv.0, other.0),
         )
@@ -179,6 +181,7 @@ pub async fn list(ctx: &Ctx<'_>) -> Result<Outcome> {
             (me.0,),
         )
         .await?;
+    drop(c);
     let mut out = Vec::with_capacity(rows.len());
     for (conv, last_read) in rows {
         out.push(summary(d, me, Id(conv), last_read).await?);

@@ -88,10 +88,11 @@ pub async fn send(ctx: &Ctx<'_>, code: &str) -> Result<Outcome> {
     if code.is_empty() || code.len() > 16 {
         return Err(refuse(ErrorCode::InvalidInput, "invite code is malformed"));
     }
-    let mut c = d.db.by_key(&code).primary.get_conn().await?;
-    let target: Option<u64> = c
-        .exec_first("SELECT user_id FROM invite_codes WHERE code = ?", (&code,))
-        .await?;
+    let target: Option<u64> = {
+        let mut c = d.db.by_key(&code).primary.get_conn().await?;
+        c.exec_first("SELECT user_id FROM invite_codes WHERE code = ?", (&code,))
+            .await?
+    };
     let Some(target) = target.map(Id) else {
         return Err(refuse(ErrorCode::NotFound, "unknown invite code"));
     };
@@ -116,8 +117,12 @@ pub async fn send(ctx: &Ctx<'_>, code: &str) -> Result<Outcome> {
         }
         _ => {}
     }
-    let mut mc = d.db.by_id(me.user_id).primary.get_conn().await?;
-    let pending: u64 = mc
+    let pending: u64 = d
+        .db
+        .by_id(me.user_id)
+        .primary
+        .get_conn()
+        .await?
         .exec_first(
             "SELECT COUNT(*) FROM links WHERE user_id = ? AND direction = 'outgoing' AND state = 'pending'",
             (me.user_id.0,),
@@ -262,6 +267,7 @@ pub async fn remove(ctx: &Ctx<'_>, peer: Id) -> Result<Outcome> {
         (me.0, peer.0),
     )
     .await?;
+    drop(c);
     let mut cp = d.db.by_id(peer).primary.get_conn().await?;
     cp.exec_drop(
         "DELETE FROM links WHERE user_id = ? AND peer_id = ?",

@@ -100,6 +100,7 @@ pub async fn resolve_token(d: &Deps, hash: &str) -> Result<Option<(String, Sessi
     }
     let mut c = d.redis.get().await?;
     let sid: Option<String> = c.get(tok_key(d, hash)).await?;
+    drop(c);
     let Some(sid) = sid else { return Ok(None) };
     Ok(load(d, &sid).await?.map(|r| (sid, r)))
 }

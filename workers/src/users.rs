@@ -2,7 +2,7 @@
 //! of public profiles, and deletion (sessions revoked, sockets closed, links removed, history
 //! kept with the author shown as deleted).
 
-use crate::db::is_duplicate;
+use crate::db::{exec_drop, is_duplicate, rows};
 use crate::dispatch::{Ctx, Deps, Outcome};
 use crate::{refuse, sessions, Error, Result};
 use argon2::password_hash::{
@@ -209,12 +209,14 @@ pub async fn create(ctx: &Ctx<'_>, username: &str, password: &str) -> Result<Out
     };
     let hash = hash_password(password.to_string()).await?;
     let now = runtime::now_ms();
-    let mut c = d.db.by_id(user).primary.get_conn().await?;
-    c.exec_drop(
-        "INSERT IGNORE INTO users (id, username, password_hash, invite_code, created_at_ms) VALUES (?, ?, ?, ?, ?)",
-        (user.0, &name, &hash, new_invite_code(), now),
-    )
-    .await?;
+    {
+        let mut c = d.db.by_id(user).primary.get_conn().await?;
+        c.exec_drop(
+            "INSERT IGNORE INTO users (id, username, password_hash, invite_code, created_at_ms) VALUES (?, ?, ?, ?, ?)",
+            (user.0, &name, &hash, new_invite_code(), now),
+        )
+        .await?;
+    }
     let r = row(d, user, true)
         .await?
         .ok_or_else(|| refuse(ErrorCode::Unavailable, "retry"))?;
@@ -282,41 +284,39 @@ pub async fn delete(ctx: &Ctx<'_>) -> Result<Outcome> {
     let Some(r) = row(d, me, true).await? else {
         return Err(refuse(ErrorCode::NotFound, "no such user"));
     };
-    let mut c = d.db.by_id(me).primary.get_conn().await?;
-    c.exec_drop(
+    let mine = &d.db.by_id(me).primary;
+    exec_drop(
+        mine,
         "UPDATE users SET deleted_at_ms = COALESCE(deleted_at_ms, ?), password_hash = '' WHERE id = ?",
         (runtime::now_ms(), me.0),
     )
     .await?;
     // Free the username and the invite code.
-    let mut cu = d.db.by_key(&r.1).primary.get_conn().await?;
-    cu.exec_drop(
+    exec_drop(
+        &d.db.by_key(&r.1).primary,
         "DELETE FROM usernames WHERE username = ? AND user_id = ?",
         (&r.1, me.0),
     )
     .await?;
-    let mut ci = d.db.by_key(&r.3).primary.get_conn().await?;
-    ci.exec_drop(
+    exec_drop(
+        &d.db.by_key(&r.3).primary,
         "DELETE FROM invite_codes WHERE code = ? AND user_id = ?",
         (&r.3, me.0),
     )
     .await?;
     // Links on both sides; my conversation memberships (the peers keep theirs and the history).
-    let peers: Vec<u64> = c
-        .exec("SELECT peer_id FROM links WHERE user_id = ?", (me.0,))
-        .await?;
+    let peers: Vec<u64> =
+        rows(mine, "SELECT peer_id FROM links WHERE user_id = ?", (me.0,)).await?;
     for p in &peers {
-        let mut cp = d.db.by_id(Id(*p)).primary.get_conn().await?;
-        cp.exec_drop(
+        exec_drop(
+            &d.db.by_id(Id(*p)).primary,
             "DELETE FROM links WHERE user_id = ? AND peer_id = ?",
             (p, me.0),
         )
         .await?;
     }
-    c.exec_drop("DELETE FROM links WHERE user_id = ?", (me.0,))
-        .await?;
-    c.exec_drop("DELETE FROM memberships WHERE user_id = ?", (me.0,))
-        .await?;
+    exec_drop(mine, "DELETE FROM links WHERE user_id = ?", (me.0,)).await?;
+    exec_drop(mine, "DELETE FROM memberships WHERE user_id = ?", (me.0,)).await?;
     let ids = sessions::revoke_all(d, me).await?;
     Ok(Outcome {
         response: Some(Response::Ok),
