@@ -380,17 +380,16 @@ pub fn serde_urlencoded_pairs(q: &str) -> HashMap<String, String> {
         .collect()
 }
 
-/// The WebSocket settings of every connection: frames and messages up to twice the soft limit
-/// (a frame between the two gets a typed error frame and the connection stays; a larger one
-/// closes it with 1009), a 4 KiB read buffer (tungstenite's 128 KiB default costs ~135 KiB of
-/// memory per idle connection) and writes that go straight to the socket.
+/// The WebSocket settings of every connection: messages and frames up to `max_frame` (a larger
+/// one closes the connection with 1009), a 4 KiB read buffer (tungstenite's 128 KiB default
+/// costs ~135 KiB of memory per idle connection) and writes that go straight to the socket.
 pub fn ws_config(max_frame: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
         .max_write_buffer_size(max_frame * 4)
-        .max_message_size(Some(max_frame * 2))
-        .max_frame_size(Some(max_frame * 2))
+        .max_message_size(Some(max_frame))
+        .max_frame_size(Some(max_frame))
 }
 
 /// Is this a well-formed WebSocket upgrade request? Its `Sec-WebSocket-Key` when it is.
@@ -655,8 +654,8 @@ mod tests {
         assert_eq!(upgrade_key(&h(&v12)), None);
         let c = ws_config(64 * 1024);
         assert_eq!(c.read_buffer_size, 4096);
-        assert_eq!(c.max_message_size, Some(128 * 1024));
-        assert_eq!(c.max_frame_size, Some(128 * 1024));
+        assert_eq!(c.max_message_size, Some(64 * 1024));
+        assert_eq!(c.max_frame_size, Some(64 * 1024));
     }
 
     #[test]

@@ -50,7 +50,7 @@ pub fn prepare(
             ErrorBody::new(code, msg),
         ))
     };
-    if text.len() > edge.settings.max_frame_bytes {
+    if text.len() > edge.settings.max_request_bytes {
         return Err(fail(
             ErrorCode::PayloadTooLarge,
             "frame is larger than the limit",

@@ -17,9 +17,14 @@ pub struct EdgeSettings {
     /// Origins a browser may connect from; requests without an Origin header (SDKs) pass.
     #[serde(default)]
     pub allowed_origins: Vec<String>,
-    /// Largest WebSocket message or frame, and HTTP body, in bytes (≤ 64 KiB).
+    /// Largest WebSocket message or frame, and HTTP body, in bytes (≤ 64 KiB): a larger message
+    /// closes the connection with 1009.
     #[serde(default = "d_max_frame")]
     pub max_frame_bytes: usize,
+    /// Largest request frame forwarded; larger ones (up to `max_frame_bytes`) get a typed
+    /// `payload_too_large` error frame and the connection stays.
+    #[serde(default = "d_max_request")]
+    pub max_request_bytes: usize,
     /// Sustained frames per second per connection, and the burst above it.
     #[serde(default = "d_rate")]
     pub frames_per_second: u32,
@@ -47,6 +52,9 @@ pub struct EdgeSettings {
 
 fn d_max_frame() -> usize {
     topics::validate::FRAME_MAX
+}
+fn d_max_request() -> usize {
+    topics::validate::REQUEST_MAX
 }
 fn d_rate() -> u32 {
     50
@@ -77,6 +85,7 @@ impl Default for EdgeSettings {
             listen: "127.0.0.1:18100".into(),
             allowed_origins: Vec::new(),
             max_frame_bytes: d_max_frame(),
+            max_request_bytes: d_max_request(),
             frames_per_second: d_rate(),
             frame_burst: d_burst(),
             idle_timeout_ms: d_idle(),

@@ -9,8 +9,13 @@ pub const PASSWORD_MAX: usize = 128;
 /// Longest message or broadcast text, in bytes.
 pub const TEXT_MAX: usize = 4000;
 pub const CLIENT_MSG_ID_MAX: usize = 64;
-/// Largest WebSocket message and HTTP body an edge accepts.
+/// Largest WebSocket message and HTTP body an edge accepts at all: a larger WebSocket message
+/// closes the connection (1009), a larger HTTP body is refused (413).
 pub const FRAME_MAX: usize = 64 * 1024;
+/// Largest request frame an edge forwards: a larger one (up to [`FRAME_MAX`]) is answered with a
+/// typed `payload_too_large` error frame and the connection stays. No valid request comes close
+/// (message text is at most [`TEXT_MAX`]).
+pub const REQUEST_MAX: usize = 16 * 1024;
 /// Most items one page returns.
 pub const PAGE_MAX: u32 = 100;
 
