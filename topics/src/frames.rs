@@ -329,10 +329,21 @@ impl ServerFrame {
     }
 }
 
+/// Just the `type` of a client frame, which must be a string when present.
+#[derive(Deserialize)]
+struct TypeTag<'a> {
+    #[serde(rename = "type", borrow, default)]
+    _kind: Option<std::borrow::Cow<'a, str>>,
+}
+
 /// Parse a client's text frame. Unknown types, missing or mistyped fields are `InvalidInput`.
 pub fn parse_client_frame(text: &str) -> Result<ClientFrame, ErrorBody> {
-    let frame: ClientFrame = serde_json::from_str(text)
-        .map_err(|e| ErrorBody::new(ErrorCode::InvalidInput, format!("bad frame: {e}")))?;
+    let bad =
+        |e: serde_json::Error| ErrorBody::new(ErrorCode::InvalidInput, format!("bad frame: {e}"));
+    // serde takes a number as the index of a variant (`{"type":7}` would be the eighth request
+    // kind, `session.logout_all`): only a string names a request.
+    serde_json::from_str::<TypeTag<'_>>(text).map_err(bad)?;
+    let frame: ClientFrame = serde_json::from_str(text).map_err(bad)?;
     if let Some(rid) = &frame.rid {
         if rid.len() > 64 {
             return Err(ErrorBody::new(
@@ -382,6 +393,9 @@ mod tests {
             r#"{"type":"dm.send","conversation_id":42,"client_msg_id":"c","text":"x"}"#,
             r#"{"rid":"x"}"#,
             r#"[1,2]"#,
+            r#"{"type":7}"#,
+            r#"{"type":0,"rid":"r"}"#,
+            r#"{"rid":"r","type":22,"since":{}}"#,
         ] {
             let err = parse_client_frame(bad).unwrap_err();
             assert_eq!(err.code, ErrorCode::InvalidInput, "{bad}");
