@@ -212,8 +212,8 @@ def test(args) -> int:
         r.step("cargo clippy --workspace --all-targets -- -D warnings",
                lambda: run(["cargo", "clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))
         r.step("coverage environment (cargo llvm-cov show-env)", set_env)
-        r.step("cargo build --workspace --bins (instrumented)",
-               lambda: run(["cargo", "build", "--workspace", "--bins"], env=env))
+        r.step("cargo build --workspace --all-targets (instrumented)",
+               lambda: run(["cargo", "build", "--workspace", "--all-targets"], env=env))
         r.step(f"sb up (state {os.path.relpath(state_dir, REPO)}, port offset {offset})", up)
         r.step(" ".join(cargo_test), lambda: run(cargo_test, env=dict(env, SB_STACK_FILE=stack_file)))
         r.step("browser tests (web/)", lambda: browser_tests(dict(env, SB_STACK_FILE=stack_file)))
