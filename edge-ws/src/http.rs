@@ -582,6 +582,18 @@ pub fn routes(
         .and(warp::body::content_length_limit(max))
         .and(warp::body::bytes())
         .and_then(api);
+    // A POST with neither Content-Length nor Transfer-Encoding has an empty body (RFC 9112
+    // §6.3), as `curl -X POST` and hyper-based clients send `/sessions/refresh`; chunked bodies
+    // still need a length.
+    let no_body = warp::header::optional::<String>("content-length")
+        .and(warp::header::optional::<String>("transfer-encoding"))
+        .and_then(|len: Option<String>, te: Option<String>| async move {
+            match (len, te) {
+                (None, None) => Ok(Bytes::new()),
+                _ => Err(warp::reject::not_found()),
+            }
+        });
+    let empty_post = base.clone().and(warp::post()).and(no_body).and_then(api);
     let without_body = base
         .and(warp::get().or(warp::delete()).unify())
         .and(warp::any().map(Bytes::new))
@@ -590,6 +602,8 @@ pub fn routes(
         .or(ws)
         .unify()
         .or(with_body)
+        .unify()
+        .or(empty_post)
         .unify()
         .or(without_body)
         .unify()
