@@ -16,6 +16,7 @@ import mariadb
 import nginx
 import redis
 import services
+import web
 from ports import MAX_EDGES, NGINX_INSTANCES, Ports
 from state import REPO, State
 from util import (SYSTEM_COMMANDS, SbError, alive, ensure_packages, info, line, port_free, port_owner, spawn,
@@ -87,6 +88,12 @@ def up(args) -> int:
         wants_apps = not args.infra_only and (old.get("infra_only", False) or buildable)
         if not dead and not wants_apps:
             info(f"Switchboard is already running from {_rel(state.dir)} -- not starting a second one.")
+            if not args.infra_only:
+                try:
+                    web.build()  # nginx serves web/dist as it is on disk: a rebuild is live at once
+                except SbError as e:
+                    print(f"error: {e}", file=sys.stderr)
+                    return 1
             status_table(state)
             _print_connect(state, ctx)
             return 0
@@ -114,6 +121,7 @@ def up(args) -> int:
                 services.check_bin_dir(ctx)
             else:
                 _cargo_build(args.release)
+            web.build()
         os.makedirs(state.logs_dir, exist_ok=True)
         services.write_configs(ctx)
         # spawn the three infrastructure services first, then wait for each in order
@@ -172,6 +180,8 @@ def _state_flag(args) -> str:
 
 def _print_connect(state: State, ctx: Ctx) -> None:
     urls = [f"http://127.0.0.1:{ctx.ports.nginx(i)}/" for i in range(NGINX_INSTANCES)]
+    if os.path.exists(os.path.join(web.WEB, "dist", "index.html")):
+        info(f"  web client: {urls[0]}  (open it in a browser; also on {urls[1]})")
     info("  connect:    " + "  ".join(urls) + f"   (WebSocket path /ws, e.g. ws://127.0.0.1:{ctx.ports.nginx(0)}/ws)")
     info(f"  stack file: {_rel(state.stack_file)}")
     info(f"  configs:    {_rel(state.conf_dir)}/   logs: {_rel(state.logs_dir)}/")

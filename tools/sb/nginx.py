@@ -24,7 +24,38 @@ def prefix(ctx, i: int) -> str:
     return ctx.state.path(name(i))
 
 
-def nginx_conf(port: int) -> str:
+# Headers of the page: scripts, styles, fetches and the WebSocket only from our own origin
+# (CSP 'self' covers ws: to the same host and port), no framing, no referrer, no sniffing.
+SECURITY_HEADERS = [
+    ("Content-Security-Policy", "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                                "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+                                "frame-ancestors 'none'"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "no-referrer"),
+]
+
+PROXY_COMMON = """            proxy_http_version 1.1;
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_next_upstream error timeout http_502;"""
+
+
+def web_root(ctx) -> str:
+    """The built web client (`./sb up` builds it when web/package.json exists: web.py)."""
+    return os.path.join(ctx.repo, "web", "dist")
+
+
+def _quote(path: str) -> str:
+    """A path as one nginx config token."""
+    if any(c in path for c in '"\\;{}$\n'):
+        raise SbError(f"cannot serve the web client from {path!r}: move the checkout to a plainer path")
+    return f'"{path}"'
+
+
+def nginx_conf(port: int, root: str) -> str:
+    security_headers = "\n".join(f'            add_header {k} "{v}" always;' for k, v in SECURITY_HEADERS)
+    web_root = _quote(root)
     return f"""# written by ./sb up -- edits are overwritten (the upstream list is in upstream.conf)
 daemon off;
 pid logs/nginx.pid;
@@ -44,6 +75,20 @@ http {{
     uwsgi_temp_path temp/uwsgi;
     scgi_temp_path temp/scgi;
 
+    # the web client's file types (no dependency on the distribution's mime.types)
+    types {{
+        text/html html;
+        text/javascript js mjs;
+        text/css css;
+        application/json json map;
+        image/svg+xml svg;
+        image/png png;
+        image/x-icon ico;
+        font/woff2 woff2;
+        text/plain txt;
+    }}
+    default_type application/octet-stream;
+
     access_log logs/access.log combined buffer=64k flush=5s;
     sendfile on;
     tcp_nodelay on;
@@ -59,16 +104,49 @@ http {{
     server {{
         listen 127.0.0.1:{port} backlog=4096;
 
+        # the web client (web/dist, built by `./sb up`); any other path gets the page too
+        root {web_root};
+        index index.html;
+
         location / {{
+            try_files $uri /index.html =404;
+            charset utf-8;
+            charset_types text/css text/javascript application/json image/svg+xml;
+            add_header Cache-Control "no-cache" always;
+{security_headers}
+        }}
+
+        # content-hashed bundles never change
+        location /assets/ {{
+            try_files $uri =404;
+            charset utf-8;
+            charset_types text/css text/javascript application/json image/svg+xml;
+            add_header Cache-Control "public, max-age=31536000, immutable" always;
+{security_headers}
+        }}
+
+        location /api/ {{
             proxy_pass http://edges;
-            proxy_http_version 1.1;
+{PROXY_COMMON}
+        }}
+
+        location = /ws {{
+            proxy_pass http://edges;
+{PROXY_COMMON}
             proxy_set_header Upgrade $http_upgrade;
             proxy_set_header Connection $connection_upgrade;
-            proxy_set_header Host $host;
-            proxy_set_header X-Forwarded-For $remote_addr;
             proxy_read_timeout 3600s;
             proxy_send_timeout 3600s;
-            proxy_next_upstream error timeout http_502;
+        }}
+
+        location = /healthz {{
+            proxy_pass http://edges;
+{PROXY_COMMON}
+        }}
+
+        location = /metrics {{
+            proxy_pass http://edges;
+{PROXY_COMMON}
         }}
     }}
 }}
@@ -134,7 +212,7 @@ def start_and_wait(ctx, timeout: float = 30.0) -> None:
         for sub in ("conf", "logs", "temp"):
             os.makedirs(os.path.join(p, sub), exist_ok=True)
         port = ctx.ports.nginx(i)
-        write_atomic(os.path.join(p, "conf", "nginx.conf"), nginx_conf(port))
+        write_atomic(os.path.join(p, "conf", "nginx.conf"), nginx_conf(port, web_root(ctx)))
         t = subprocess.run([exe, "-t", "-q", *_nginx_args(ctx, i)], capture_output=True, text=True)
         if t.returncode != 0:
             raise SbError(f"{name(i)}: bad nginx config:\n{t.stderr}")
