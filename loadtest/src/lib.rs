@@ -1,1 +1,88 @@
-pub fn x(){}
+//! Switchboard's load generator. It speaks the real protocol — HTTP sign-up and login, the
+//! authenticated WebSocket handshake, JSON frames — through nginx or straight to the edges of a
+//! platform started by `./sb up`, and reports the figures of `docs/benchmarks.md`:
+//!
+//! - [`connections`]: N sockets opened and held; connect+auth rate, failures by reason, edge
+//!   memory per socket;
+//! - [`dm`]: P pairs exchanging direct messages at R msg/s; sent / acknowledged / delivered /
+//!   lost / duplicated / out of order, send→ack and send→deliver latency;
+//! - [`broadcast`]: N clients, one broadcast at a time; fan-out time and never-received count.
+//!
+//! Every scenario is bounded in count and time and stops by itself.
+
+pub mod accounts;
+pub mod broadcast;
+pub mod cli;
+pub mod connections;
+pub mod conns;
+pub mod dm;
+pub mod fleet;
+pub mod hist;
+pub mod net;
+pub mod procs;
+pub mod report;
+pub mod stack;
+
+pub use cli::{Cli, Scenario};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The run could not start or finish (no platform, bad arguments, accounts refused, …).
+    #[error("{0}")]
+    Setup(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What every scenario prepares: the platform, where to connect, accounts.
+pub(crate) struct Setup {
+    pub targets: Vec<String>,
+    pub components: Vec<stack::Component>,
+    pub accounts: accounts::Accounts,
+}
+
+impl Setup {
+    pub fn new(c: &cli::Common) -> Result<Setup> {
+        let stack = stack::Stack::load(&c.stack_path())?;
+        let targets = stack.targets(c.direct)?;
+        let components = stack.components();
+        let accounts = accounts::Accounts::new(
+            targets.clone(),
+            c.source_addrs,
+            &c.user_prefix,
+            &c.password,
+            c.cache_path(),
+            c.quiet,
+        )?;
+        Ok(Setup {
+            targets,
+            components,
+            accounts,
+        })
+    }
+}
+
+/// The command line as typed, with the program name shortened.
+pub(crate) fn command_line() -> String {
+    let mut args = std::env::args();
+    let _ = args.next();
+    std::iter::once("loadtest".to_string())
+        .chain(args)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+pub(crate) fn now_unix_s() -> u64 {
+    conns::unix_us() / 1_000_000
+}
+
+pub(crate) fn via(direct: bool) -> String {
+    if direct { "direct" } else { "nginx" }.to_string()
+}
+
+/// Print a progress line unless quiet.
+pub(crate) fn say(quiet: bool, line: impl std::fmt::Display) {
+    if !quiet {
+        println!("{line}");
+    }
+}

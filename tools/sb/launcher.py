@@ -27,7 +27,7 @@ class Ctx:
     """Everything a component module needs for one invocation."""
 
     def __init__(self, state: State, ports: Ports, kafka_brokers: int, edges: int, infra_only: bool,
-                 bin_dir: str, release: bool):
+                 bin_dir: str, release: bool, limits: str = "default"):
         self.repo = REPO
         self.state = state
         self.ports = ports
@@ -36,6 +36,7 @@ class Ctx:
         self.infra_only = infra_only
         self.bin_dir = bin_dir
         self.release = release
+        self.limits = limits  # a key of services.LIMIT_PROFILES
         self.infra_env = dict(os.environ)
         self.app_env = dict(os.environ)
         self.app_env.setdefault("RUST_LOG", "info")
@@ -71,14 +72,14 @@ def up(args) -> int:
     state.lock()
     state.load()
     bin_dir = os.path.abspath(args.bin_dir) if args.bin_dir else default_bin_dir(args.release)
-    ctx = Ctx(state, ports, args.kafka_brokers, args.edges, args.infra_only, bin_dir, args.release)
+    ctx = Ctx(state, ports, args.kafka_brokers, args.edges, args.infra_only, bin_dir, args.release, args.limits)
 
     # --- already running? -----------------------------------------------------------------
     running_before = state.any_running()
     if running_before:
         old = state.layout
         for key, new in (("port_offset", args.port_offset), ("kafka_brokers", args.kafka_brokers),
-                         ("edges", args.edges)):
+                         ("edges", args.edges), ("limits", args.limits)):
             if key in old and old[key] != new and not (key == "edges" and args.infra_only):
                 raise SbError(f"a platform is running from {_rel(state.dir)} with {key}={old[key]} "
                               f"(asked for {new}); run `./sb down` first")
@@ -105,14 +106,15 @@ def up(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     state.data["layout"] = {"port_offset": args.port_offset, "kafka_brokers": args.kafka_brokers,
-                            "edges": args.edges,
+                            "edges": args.edges, "limits": args.limits,
                             "infra_only": args.infra_only and (not running_before
                                                                or state.layout.get("infra_only", True)),
                             "bin_dir": bin_dir}
     state.data.setdefault("started_at", time.strftime("%Y-%m-%dT%H:%M:%S"))
     state.save()
     info(f"Switchboard up: state {_rel(state.dir)}, port offset {args.port_offset}, "
-         f"{args.kafka_brokers} Kafka broker(s), " + ("infra only" if args.infra_only else f"{args.edges} edge(s)"))
+         f"{args.kafka_brokers} Kafka broker(s), " + ("infra only" if args.infra_only else f"{args.edges} edge(s)")
+         + ("" if args.limits == "default" else f", {args.limits} limits"))
 
     try:
         ensure_packages(SYSTEM_COMMANDS)

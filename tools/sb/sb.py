@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """sb -- the Switchboard local launcher. Python 3.11 standard library only.
 
-    ./sb up [--edges N] [--kafka-brokers 1|3] [--infra-only] [--bin-dir DIR] [--release]
+    ./sb up [--edges N] [--kafka-brokers 1|3] [--infra-only] [--bin-dir DIR] [--release] [--limits default|bench]
     ./sb down [--purge]
     ./sb status [--json]
     ./sb test [--test-threads N] [-- ARGS for the test harness]
@@ -37,6 +37,8 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--infra-only", action="store_true", help="Kafka, Redis, MariaDB, nginx only")
     up.add_argument("--bin-dir", help="where the Switchboard binaries are (skips cargo build)")
     up.add_argument("--release", action="store_true", help="cargo build --release, run target/release")
+    up.add_argument("--limits", choices=["default", "bench"], default="default",
+                    help="workers' [limits]: default = the product's; bench = rate limits lifted for load tests")
 
     down = sub.add_parser("down", parents=[common], help="stop everything `up` started")
     down.add_argument("--purge", action="store_true", help="also delete the state dir (all data)")

@@ -85,11 +85,36 @@ def edge_toml(ctx, i: int) -> str:
             + f"allowed_origins = {qlist(origins)}\n")
 
 
+# `./sb up --limits NAME`: the workers' `[limits]` (keys of `workers::settings::Limits`).
+# `default` writes no section, so users get the product's limits. `bench` lifts the per-user
+# and per-address rate limits that would throttle a load test coming from one machine, and keeps
+# sessions for a day so the load generator can reuse its cached sessions between runs.
+LIMIT_PROFILES: dict[str, dict[str, int]] = {
+    "default": {},
+    "bench": {
+        "login_attempts_per_user_per_minute": 1_000_000,
+        "login_attempts_per_address_per_minute": 1_000_000,
+        "signups_per_address_per_minute": 1_000_000,
+        "broadcasts_per_user_per_minute": 1_000_000,
+        "session_idle_timeout_s": 86_400,
+    },
+}
+
+
+def limits_section(profile: str) -> str:
+    values = LIMIT_PROFILES[profile]
+    if not values:
+        return ""
+    return "[limits]\n" + "".join(f"{k} = {v}\n" for k, v in values.items())
+
+
 def service_toml(ctx, svc: str, health_port: int, database: bool) -> str:
     out = _kafka_section(ctx) + "\n" + _redis_section(ctx) + "\n"
     if database:
         out += _database_section(ctx) + "\n"
     out += f"[service]\nname = {q(svc)}\nhealth_listen = {q(addr(health_port))}\n"
+    if database and limits_section(ctx.limits):
+        out += "\n" + limits_section(ctx.limits)
     return out
 
 

@@ -1,0 +1,253 @@
+//! The result of a run: JSON (`--out x.json`) and a Markdown table (printed, and `x.md`).
+
+use crate::accounts::AccountStats;
+use crate::procs::{Sample, Usage};
+use crate::stack::Component;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::path::Path;
+
+/// A scenario's figures as (metric, value) rows for the Markdown table.
+pub trait Rows {
+    fn rows(&self) -> Vec<(String, String)>;
+}
+
+/// Resident memory of one platform process before and after the sockets were opened.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Memory {
+    pub name: String,
+    pub kind: String,
+    /// Sockets it held (edges: from `x-switchboard-edge`; nginx: every socket of the run).
+    pub connections: u64,
+    pub rss_before_mib: f64,
+    pub rss_after_mib: f64,
+    pub kib_per_connection: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Report<T> {
+    pub scenario: String,
+    /// The command line, as run.
+    pub command: String,
+    pub started_at_unix_s: u64,
+    /// `nginx` or `direct`.
+    pub via: String,
+    pub accounts: AccountStats,
+    pub result: T,
+    /// Edge (and nginx) memory per connection, when the run opened sockets.
+    pub memory: Vec<Memory>,
+    /// CPU per process (percent of one core) during each phase.
+    pub cpu: BTreeMap<String, Vec<Usage>>,
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+/// Memory rows for every edge and nginx: RSS after − before, per connection it held.
+pub fn memory(
+    components: &[Component],
+    before: &Sample,
+    after: &Sample,
+    per_edge: &BTreeMap<String, u64>,
+    total: u64,
+    via_nginx: bool,
+) -> Vec<Memory> {
+    let mut out = Vec::new();
+    for c in components
+        .iter()
+        .filter(|c| c.kind == "edge" || (c.kind == "nginx" && via_nginx))
+    {
+        let (Some(b), Some(a)) = (before.rss_kib(&c.name), after.rss_kib(&c.name)) else {
+            continue;
+        };
+        let conns = if c.kind == "edge" {
+            per_edge.get(&c.name).copied().unwrap_or(0)
+        } else {
+            total
+        };
+        out.push(Memory {
+            name: c.name.clone(),
+            kind: c.kind.clone(),
+            connections: conns,
+            rss_before_mib: round1(b as f64 / 1024.0),
+            rss_after_mib: round1(a as f64 / 1024.0),
+            kib_per_connection: (conns > 0).then(|| round1((a as f64 - b as f64) / conns as f64)),
+        });
+    }
+    out
+}
+
+/// `YYYY-MM-DD HH:MM UTC` of a Unix time (civil-from-days, no calendar crate needed).
+pub fn utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}
+
+impl<T: Rows + Serialize> Report<T> {
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "### loadtest {} via {} — {}\n",
+            self.scenario,
+            self.via,
+            utc(self.started_at_unix_s)
+        );
+        let _ = writeln!(s, "`{}`\n", self.command);
+        let _ = writeln!(s, "| metric | value |\n|---|---|");
+        let a = &self.accounts;
+        let _ = writeln!(
+            s,
+            "| accounts | {} ({} sessions reused, {} signed up, {} logged in) |",
+            a.users, a.reused_sessions, a.signed_up, a.logged_in
+        );
+        for (k, v) in self.result.rows() {
+            let _ = writeln!(s, "| {k} | {v} |");
+        }
+        if !self.memory.is_empty() {
+            let _ = writeln!(s, "\n| process | sockets | RSS before MiB | RSS after MiB | KiB per socket |\n|---|---:|---:|---:|---:|");
+            for m in &self.memory {
+                let per = m
+                    .kib_per_connection
+                    .map_or("–".into(), |k| format!("{k:.1}"));
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {:.1} | {:.1} | {per} |",
+                    m.name, m.connections, m.rss_before_mib, m.rss_after_mib
+                );
+            }
+        }
+        for (phase, usage) in &self.cpu {
+            let _ = writeln!(
+                s,
+                "\n| CPU during {phase} | kind | % of one core | RSS MiB |\n|---|---|---:|---:|"
+            );
+            for u in usage {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {:.1} | {:.1} |",
+                    u.name, u.kind, u.cpu_pct, u.rss_mib
+                );
+            }
+        }
+        s
+    }
+
+    /// Print the table; write `out` (JSON) and the Markdown beside it.
+    pub fn emit(&self, out: Option<&Path>) -> crate::Result<()> {
+        println!("\n{}", self.markdown());
+        if let Some(p) = out {
+            let json = serde_json::to_string_pretty(self).expect("report serialises");
+            std::fs::write(p, json + "\n")
+                .map_err(|e| crate::Error::Setup(format!("writing {}: {e}", p.display())))?;
+            std::fs::write(p.with_extension("md"), self.markdown()).map_err(|e| {
+                crate::Error::Setup(format!("writing {}: {e}", p.with_extension("md").display()))
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// `a=1 b=2` style map for table cells.
+pub fn kv<V: std::fmt::Display>(m: &BTreeMap<String, V>) -> String {
+    if m.is_empty() {
+        return "none".into();
+    }
+    m.iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `p50 / p90 / p99 / p99.9 / max` in ms.
+pub fn pct(p: &crate::hist::Percentiles) -> String {
+    if p.count == 0 {
+        return "–".into();
+    }
+    format!(
+        "{:.1} / {:.1} / {:.1} / {:.1} / {:.1} ms (n={})",
+        p.p50_ms, p.p90_ms, p.p99_ms, p.p999_ms, p.max_ms, p.count
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct R;
+    impl Rows for R {
+        fn rows(&self) -> Vec<(String, String)> {
+            vec![("held".into(), "5".into())]
+        }
+    }
+    impl Serialize for R {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_u8(5)
+        }
+    }
+
+    #[test]
+    fn dates_and_tables() {
+        assert_eq!(utc(0), "1970-01-01 00:00 UTC");
+        assert_eq!(utc(1_700_000_000), "2023-11-14 22:13 UTC");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00 UTC");
+        let r = Report {
+            scenario: "x".into(),
+            command: "loadtest x".into(),
+            started_at_unix_s: 0,
+            via: "nginx".into(),
+            accounts: AccountStats::default(),
+            result: R,
+            memory: vec![Memory {
+                name: "edge-0".into(),
+                kind: "edge".into(),
+                connections: 2,
+                kib_per_connection: Some(7.5),
+                ..Default::default()
+            }],
+            cpu: [(
+                "run".to_string(),
+                vec![Usage {
+                    name: "edge-0".into(),
+                    kind: "edge".into(),
+                    cpu_pct: 50.0,
+                    rss_mib: 1.0,
+                }],
+            )]
+            .into(),
+        };
+        let md = r.markdown();
+        assert!(md.contains("| held | 5 |"), "{md}");
+        assert!(md.contains("| edge-0 | 2 | 0.0 | 0.0 | 7.5 |"), "{md}");
+        assert!(md.contains("| edge-0 | edge | 50.0 | 1.0 |"), "{md}");
+        let dir = std::env::temp_dir().join(format!("lt-report-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        r.emit(Some(&dir.join("r.json"))).unwrap();
+        assert!(std::fs::read_to_string(dir.join("r.md"))
+            .unwrap()
+            .contains("held"));
+        assert!(std::fs::read_to_string(dir.join("r.json"))
+            .unwrap()
+            .contains("\"result\": 5"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(kv::<u64>(&BTreeMap::new()), "none");
+        assert_eq!(kv(&[("a".to_string(), 1)].into()), "a: 1");
+        assert_eq!(pct(&Default::default()), "–");
+    }
+}
