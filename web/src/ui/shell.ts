@@ -99,7 +99,12 @@ export class Shell {
 
   private showNotices(): void {
     for (const n of this.ctx.state.notices.splice(0)) {
-      const t = h("div", { class: `toast ${n.kind}`, role: n.kind === "error" ? "alert" : "status" }, n.text);
+      const t = h(
+        "div",
+        { class: `toast ${n.kind}`, role: n.kind === "error" ? "alert" : "status", title: "Dismiss" },
+        n.text,
+      );
+      t.addEventListener("click", () => t.remove());
       this.toasts.appendChild(t);
       setTimeout(() => t.remove(), 6000);
     }
