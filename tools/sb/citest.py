@@ -14,12 +14,15 @@ import sys
 import tempfile
 import time
 
+import web
 from state import REPO
 from util import SYSTEM_COMMANDS, SbError, ensure_packages, info, warn, which
 
 SB_PY = os.path.join(REPO, "tools", "sb", "sb.py")
 LLVM_ENV = {"LLVM_COV": "/usr/bin/llvm-cov-22", "LLVM_PROFDATA": "/usr/bin/llvm-profdata-22"}
 TEST_COMMANDS = dict(SYSTEM_COMMANDS, **{"llvm-cov-22": "llvm-22", "llvm-profdata-22": "llvm-22"})
+# the browser tests drive Debian's Chromium (web/tests/lib.mjs: executablePath /usr/bin/chromium)
+BROWSER_COMMANDS = {"chromium": "chromium"}
 COVERAGE_IGNORE = r"tools/|loadtest/|tests/"
 CRATES = ["topics", "edge-ws", "workers", "router", "runtime"]
 
@@ -121,19 +124,16 @@ def sb(*args: str, env: dict | None = None) -> None:
 
 
 def browser_tests(env: dict) -> str:
-    web = os.path.join(REPO, "web")
-    pkg = os.path.join(web, "package.json")
-    if not os.path.exists(pkg):
+    """`npm test` in web/ (unit tests, then Playwright driving Debian's Chromium against the test
+    platform in SB_STACK_FILE). `sb up` built web/dist already; this makes sure of Chromium and
+    the npm dependencies."""
+    if not web.present():
         return "skipped (no web/package.json)"
-    with open(pkg) as f:
-        if "test" not in (json.load(f).get("scripts") or {}):
-            return "skipped (no test script)"
-    npm = which("npm")
-    if not npm:
-        raise SbError("web/package.json has a test script but npm is not installed (apt-get install npm)")
-    if not os.path.isdir(os.path.join(web, "node_modules")):
-        run([npm, "ci" if os.path.exists(os.path.join(web, "package-lock.json")) else "install"], env=env, cwd=web)
-    run([npm, "test"], env=env, cwd=web)
+    if not web.has_test_script():
+        return "skipped (no test script)"
+    ensure_packages(BROWSER_COMMANDS)
+    web.build(env, required=True)  # npm ci if needed; a no-op when `sb up` built the same sources
+    run([which("npm"), "test"], env=env, cwd=web.WEB)
     return "ok"
 
 
