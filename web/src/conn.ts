@@ -33,6 +33,9 @@ const DEFAULTS: ConnectionOptions = {
   backoffMaxMs: 15_000,
 };
 
+/** An open socket that lasted this long resets the backoff. */
+const STABLE_MS = 5_000;
+
 /** Close code of a revoked session (edge-ws close_code::REVOKED). */
 export const CLOSE_REVOKED = 4001;
 
@@ -50,7 +53,7 @@ export function backoff(attempt: number, base: number, max: number, rnd: () => n
 
 export class Connection {
   status: ConnStatus = "connecting";
-  /** Failed attempts since the last open socket. */
+  /** Reconnect attempts since a socket last stayed open for STABLE_MS. */
   attempt = 0;
   /** When the next attempt starts (ms since epoch), while reconnecting. */
   retryAt = 0;
@@ -62,6 +65,7 @@ export class Connection {
   private everOpened = false;
   private stopped = false;
   private lastIn = 0;
+  private openedAt = 0;
   private readonly opts: ConnectionOptions;
 
   constructor(
@@ -148,7 +152,7 @@ export class Connection {
     ws.onopen = () => {
       if (this.ws !== ws) return;
       opened = true;
-      this.attempt = 0;
+      this.openedAt = Date.now();
       this.lastIn = Date.now();
       const reconnected = this.everOpened;
       this.everOpened = true;
@@ -194,6 +198,9 @@ export class Connection {
       this.revoked(reason || "your session ended");
       return;
     }
+    // A socket that lived a while starts the backoff over; one closed right after opening
+    // (an edge shutting down, refusing, flapping) keeps backing off.
+    if (opened && Date.now() - this.openedAt >= STABLE_MS) this.attempt = 0;
     if (!opened) {
       // The handshake was refused or the server is unreachable; a browser cannot tell which,
       // so ask the API whether the session is still good.
