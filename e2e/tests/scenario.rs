@@ -87,8 +87,11 @@ async fn two_users_chat_through_the_whole_platform() {
         b.request(json!({"type": "invite.respond", "user_id": ann_id, "accept": true}))
             .await,
     );
+    // (A's own devices also saw its pending invite; wait for B's answer.)
     let Event::InviteUpdated { link } = a
-        .event_where(|e| matches!(e, Event::InviteUpdated { .. }))
+        .event_where(
+            |e| matches!(e, Event::InviteUpdated { link } if link.state == InviteState::Accepted),
+        )
         .await
     else {
         panic!()

@@ -118,7 +118,12 @@ pub async fn call(
         sent_at_ms: runtime::now_ms(),
         request,
     };
-    let answer = edge.hub.expect(req);
+    let Some(answer) = edge.hub.expect(req) else {
+        return Err(ErrorBody::new(
+            ErrorCode::Unavailable,
+            "this edge is overloaded; retry",
+        ));
+    };
     if let Err(e) = session::publish(edge, &env).await {
         edge.hub.forget(req);
         return Err(e);

@@ -11,6 +11,9 @@ use tokio_util::sync::CancellationToken;
 use topics::{EdgeMessage, Id};
 
 const SHARDS: usize = 16;
+/// Requests (HTTP calls, handshakes) waiting for a worker's answer at once; past it new ones
+/// are refused with `unavailable` instead of growing the map.
+pub const MAX_PENDING: usize = 10_000;
 
 /// What a connection's task writes to its socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,11 +135,15 @@ impl Hub {
         }
     }
 
-    /// Wait for the answer to request `req`.
-    pub fn expect(&self, req: u64) -> oneshot::Receiver<EdgeMessage> {
+    /// Wait for the answer to request `req`; `None` when too many requests already wait.
+    pub fn expect(&self, req: u64) -> Option<oneshot::Receiver<EdgeMessage>> {
+        let mut pending = self.pending.lock().expect("hub");
+        if pending.len() >= MAX_PENDING {
+            return None;
+        }
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().expect("hub").insert(req, tx);
-        rx
+        pending.insert(req, tx);
+        Some(rx)
     }
 
     /// Forget a request that timed out.
@@ -204,7 +211,7 @@ mod tests {
     fn answers_pending_requests_once() {
         let hub = Hub::new(1, Metrics::default());
         let msg = EdgeMessage::Broadcast { frame: "f".into() };
-        let mut rx = hub.expect(9);
+        let mut rx = hub.expect(9).unwrap();
         assert!(hub.answer(9, msg.clone()).is_none());
         assert_eq!(rx.try_recv().unwrap(), msg);
         assert_eq!(
@@ -212,11 +219,16 @@ mod tests {
             Some(msg.clone()),
             "nobody waits any more"
         );
-        let rx2 = hub.expect(10);
+        let rx2 = hub.expect(10).unwrap();
         drop(rx2);
         assert_eq!(hub.answer(10, msg.clone()), Some(msg.clone()));
-        let _rx3 = hub.expect(11);
+        let _rx3 = hub.expect(11).unwrap();
         hub.forget(11);
         assert_eq!(hub.answer(11, msg.clone()), Some(msg));
+        let held: Vec<_> = (0..MAX_PENDING as u64)
+            .map(|i| hub.expect(100 + i))
+            .collect();
+        assert!(held.iter().all(Option::is_some));
+        assert!(hub.expect(1).is_none(), "the map is bounded");
     }
 }

@@ -81,9 +81,14 @@ impl Application {
             .map_err(|e| Error::Listen(es.listen.clone(), e))?;
         let topics = kafka.topics();
         let own = topics.edge(&es.id);
-        runtime::kafka::ensure_topics(&kafka, &topics.shared(), kafka.partitions, None).await?;
-        runtime::kafka::ensure_topics(&kafka, std::slice::from_ref(&own), 1, Some(3_600_000))
-            .await?;
+        runtime::kafka::ensure_shared_topics(&kafka).await?;
+        runtime::kafka::ensure_topics(
+            &kafka,
+            std::slice::from_ref(&own),
+            1,
+            Some(runtime::kafka::REQUEST_RETENTION_MS),
+        )
+        .await?;
         let consumer = inbox::subscribe(&kafka, &topics, &es.id)?;
         let metrics = Metrics::default();
         let publisher = Publisher::new(&kafka, metrics.clone())?;

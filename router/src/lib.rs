@@ -175,13 +175,7 @@ impl Handler for Router {
 /// Build the router's dependencies.
 pub async fn build(settings: &Settings, metrics: Metrics) -> Result<Arc<Router>> {
     let topics = settings.kafka.topics();
-    runtime::kafka::ensure_topics(
-        &settings.kafka,
-        &topics.shared(),
-        settings.kafka.partitions,
-        None,
-    )
-    .await?;
+    runtime::kafka::ensure_shared_topics(&settings.kafka).await?;
     Ok(Arc::new(Router {
         publisher: Publisher::new(&settings.kafka, metrics.clone())?,
         redis: runtime::redis::pool(&settings.redis)?,

@@ -87,6 +87,28 @@ pub async fn ensure_topics(
     Ok(())
 }
 
+/// Request topics carry commands (and, for sign-up and login, passwords), not a history: they
+/// are kept one hour, long enough to ride out a worker outage, then deleted by the broker.
+/// Per-edge topics likewise (they carry fresh tokens in login replies).
+pub const REQUEST_RETENTION_MS: u64 = 3_600_000;
+/// Dead-lettered records are kept a week for inspection.
+pub const DEAD_LETTER_RETENTION_MS: u64 = 7 * 24 * 3_600_000;
+
+/// Create the shared topics (requests, deliveries, dead letters) if missing.
+pub async fn ensure_shared_topics(s: &KafkaSettings) -> Result<()> {
+    let t = s.topics();
+    let mut requests: Vec<String> = topics::Domain::ALL.iter().map(|d| t.requests(*d)).collect();
+    requests.push(t.deliver());
+    ensure_topics(s, &requests, s.partitions, Some(REQUEST_RETENTION_MS)).await?;
+    ensure_topics(
+        s,
+        &[t.dead_letter()],
+        s.partitions,
+        Some(DEAD_LETTER_RETENTION_MS),
+    )
+    .await
+}
+
 /// A producer with the send timeout and metrics every publisher needs.
 #[derive(Clone)]
 pub struct Publisher {

@@ -62,13 +62,12 @@ impl Registry {
         now_ms: u64,
     ) -> Result<HashMap<String, u64>> {
         let all: HashMap<String, String> = con.hgetall(self.edges_key()).await?;
-        Ok(all
-            .into_iter()
-            .filter_map(|(edge, v)| {
-                let (epoch, seen) = parse_edge_value(&v)?;
-                (now_ms.saturating_sub(seen) <= self.liveness_ms).then_some((edge, epoch))
-            })
-            .collect())
+        Ok(live_of(
+            all.iter()
+                .filter_map(|(edge, v)| Some((edge.clone(), parse_edge_value(v)?))),
+            now_ms,
+            self.liveness_ms,
+        ))
     }
 
     /// Every registered connection of `user` (live or not: callers filter by [`Self::live_edges`]).
@@ -90,6 +89,23 @@ impl Registry {
             })
             .collect())
     }
+}
+
+/// Live edges from (edge, (epoch, last heartbeat)). When even the newest heartbeat is stale, the
+/// presence workers (who record heartbeats) are behind or down — not every edge at once — so
+/// every known edge counts as live rather than dropping all deliveries.
+pub fn live_of(
+    edges: impl Iterator<Item = (String, (u64, u64))>,
+    now_ms: u64,
+    liveness_ms: u64,
+) -> HashMap<String, u64> {
+    let all: Vec<(String, (u64, u64))> = edges.collect();
+    let newest = all.iter().map(|(_, (_, seen))| *seen).max().unwrap_or(0);
+    let presence_stale = now_ms.saturating_sub(newest) > liveness_ms;
+    all.into_iter()
+        .filter(|(_, (_, seen))| presence_stale || now_ms.saturating_sub(*seen) <= liveness_ms)
+        .map(|(edge, (epoch, _))| (edge, epoch))
+        .collect()
 }
 
 pub fn edge_value(epoch: u64, seen_ms: u64) -> String {
@@ -140,6 +156,21 @@ mod tests {
         assert_eq!(r.count_key("e"), "p:count:{e}");
         assert_eq!(r.edges_key(), "p:edges");
         assert_eq!(r.unames_key(), "p:unames");
+    }
+
+    #[test]
+    fn liveness_tolerates_a_stale_presence_worker() {
+        let e = |name: &str, seen| (name.to_string(), (1u64, seen));
+        let live = live_of(vec![e("a", 1000), e("b", 100)].into_iter(), 1500, 600);
+        assert_eq!(live.len(), 1, "b missed its heartbeats while a did not");
+        assert!(live.contains_key("a"));
+        let all = live_of(vec![e("a", 1000), e("b", 100)].into_iter(), 9000, 600);
+        assert_eq!(
+            all.len(),
+            2,
+            "nobody heartbeats: presence is behind, keep delivering"
+        );
+        assert!(live_of(std::iter::empty(), 5, 1).is_empty());
     }
 
     #[test]

@@ -175,12 +175,14 @@ pub async fn send(ctx: &Ctx<'_>, code: &str) -> Result<Outcome> {
         direction: Direction::Outgoing,
         updated_at_ms: now,
     };
-    Ok(
-        Outcome::from(Response::Link { link: mine }).deliver(event_to(
-            vec![target],
-            Event::InviteUpdated { link: theirs },
-        )),
-    )
+    Ok(both_sides(me.user_id, mine, target, theirs))
+}
+
+/// The reply, and the update for every device of both users (my other devices included).
+fn both_sides(me: Id, mine: Link, peer: Id, theirs: Link) -> Outcome {
+    Outcome::from(Response::Link { link: mine.clone() })
+        .deliver(event_to(vec![peer], Event::InviteUpdated { link: theirs }))
+        .deliver(event_to(vec![me], Event::InviteUpdated { link: mine }))
 }
 
 /// Accept or reject the pending invite from `from`.
@@ -234,8 +236,7 @@ pub async fn respond(ctx: &Ctx<'_>, from: Id, accept: bool) -> Result<Outcome> {
         updated_at_ms: now,
         ..l
     };
-    Ok(Outcome::from(Response::Link { link: mine })
-        .deliver(event_to(vec![from], Event::InviteUpdated { link: theirs })))
+    Ok(both_sides(me.user_id, mine, from, theirs))
 }
 
 /// All my links: pending both ways, accepted connections, rejected invites.

@@ -103,13 +103,7 @@ impl Role {
 /// Build the dependencies every role shares: topics, producer, Redis Cluster, shards, ids.
 pub async fn deps(settings: &Settings, metrics: Metrics) -> Result<Arc<Deps>> {
     let topics = settings.kafka.topics();
-    runtime::kafka::ensure_topics(
-        &settings.kafka,
-        &topics.shared(),
-        settings.kafka.partitions,
-        None,
-    )
-    .await?;
+    runtime::kafka::ensure_shared_topics(&settings.kafka).await?;
     let redis = runtime::redis::pool(&settings.redis)?;
     let keys = Keys::new(settings.redis.key_prefix.clone());
     let node = ids::lease_node(&redis, &keys).await?;
@@ -189,6 +183,11 @@ pub async fn main_for(role: Role) -> anyhow::Result<()> {
     }
     runtime::telemetry::init(role.name());
     let stop = runtime::shutdown::on_signal();
-    run(role, settings, stop).await?;
-    Ok(())
+    match run(role, settings, stop).await {
+        Err(e @ Error::Config(_)) => {
+            eprintln!("configuration error: {e}");
+            std::process::exit(runtime::settings::EXIT_CONFIG);
+        }
+        other => Ok(other?),
+    }
 }

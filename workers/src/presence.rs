@@ -53,20 +53,23 @@ pub async fn apply_edge_event(d: &Deps, ev: EdgeEvent) -> Result<()> {
             username,
             session_id,
         } => {
-            let _: () = c
+            // A redelivered event must not count the connection twice.
+            let added: u64 = c
                 .hset(r.conns_key(user_id), conn_field(&edge, conn), &session_id)
                 .await?;
             let _: () = c
                 .hset(r.unames_key(), user_id.to_string(), &username)
                 .await?;
-            let _: i64 = redis::Script::new(COUNT_SCRIPT)
-                .key(r.count_key(&edge))
-                .key(r.online_key(&edge))
-                .arg(user_id.to_string())
-                .arg(pad(user_id))
-                .arg(1)
-                .invoke_async(&mut c)
-                .await?;
+            if added > 0 {
+                let _: i64 = redis::Script::new(COUNT_SCRIPT)
+                    .key(r.count_key(&edge))
+                    .key(r.online_key(&edge))
+                    .arg(user_id.to_string())
+                    .arg(pad(user_id))
+                    .arg(1)
+                    .invoke_async(&mut c)
+                    .await?;
+            }
         }
         EdgeEvent::Disconnected {
             edge,
