@@ -1,0 +1,112 @@
+//! Through nginx, against the processes `./sb` started (in `./sb test`: the instrumented
+//! binaries): clients on different nginx instances and different edges, the live path, invites,
+//! direct messages and a broadcast. Few sign-ups and logins: the platform runs with the default
+//! rate limits.
+
+use e2e::client::{ok, Client, Http};
+use e2e::unique;
+use serde_json::json;
+use std::time::Duration;
+use topics::frames::InviteState;
+use topics::{Event, Id, Response};
+
+async fn signup_and_login(http: &Http) -> (Id, String) {
+    let name = unique("p");
+    let (status, body) = http
+        .post(
+            "/api/v1/users",
+            json!({"username": name, "password": "pass-word-1"}),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let id = serde_json::from_value(body["user"]["user_id"].clone()).unwrap();
+    (id, http.login(&name, "pass-word-1").await)
+}
+
+#[tokio::test]
+async fn two_users_through_both_nginx_instances_and_both_edges() {
+    let stack = e2e::stack();
+    assert!(
+        stack.edges.len() >= 2 && stack.nginx.len() >= 2,
+        "needs the full platform (`./sb up`), not --infra-only: {stack:?}"
+    );
+    let http0 = Http::new(&format!("http://{}", stack.nginx[0]));
+    let http1 = Http::new(&format!("http://{}", stack.nginx[1]));
+    let (ann, ann_token) = signup_and_login(&http0).await;
+    let (bob, bob_token) = signup_and_login(&http1).await;
+
+    let mut a = Client::connect(&format!("ws://{}/ws", stack.nginx[0]), &ann_token).await;
+    // nginx balances over the edges: reconnect until Bob sits on the other edge.
+    let mut b = Client::connect(&format!("ws://{}/ws", stack.nginx[1]), &bob_token).await;
+    for _ in 0..10 {
+        if b.edge != a.edge {
+            break;
+        }
+        b.close().await;
+        b = Client::connect(&format!("ws://{}/ws", stack.nginx[1]), &bob_token).await;
+    }
+    assert_ne!(a.edge, b.edge, "clients on different edges");
+
+    // The live path: each reply reaches its own socket only.
+    assert_eq!(ok(a.request(json!({"type": "ping"})).await), Response::Pong);
+    assert!(b.event(Duration::from_millis(300)).await.is_none());
+    assert_eq!(ok(b.request(json!({"type": "ping"})).await), Response::Pong);
+
+    // Invite by code, accepted live, then a DM both ways and a broadcast.
+    let Response::User {
+        invite_code: Some(code),
+        ..
+    } = ok(b.request(json!({"type": "user.me"})).await)
+    else {
+        panic!("no invite code")
+    };
+    ok(a.request(json!({"type": "invite.send", "code": code}))
+        .await);
+    b.event_where(|e| matches!(e, Event::InviteUpdated { link } if link.user_id == ann))
+        .await;
+    ok(
+        b.request(json!({"type": "invite.respond", "user_id": ann, "accept": true}))
+            .await,
+    );
+    a.event_where(
+        |e| matches!(e, Event::InviteUpdated { link } if link.user_id == bob && link.state == InviteState::Accepted),
+    )
+    .await;
+    let Response::Conversation { conversation } =
+        ok(a.request(json!({"type": "dm.open", "user_id": bob})).await)
+    else {
+        panic!("no conversation")
+    };
+    let conv = conversation.conversation_id;
+    for (from, to, cid, text) in [(&mut a, &mut b, "m1", "hello via nginx")] {
+        ok(from
+            .request(json!({"type": "dm.send", "conversation_id": conv, "client_msg_id": cid, "text": text}))
+            .await);
+        let Event::DmMessage { message } = to
+            .event_where(|e| matches!(e, Event::DmMessage { .. }))
+            .await
+        else {
+            panic!()
+        };
+        assert_eq!(message.text, text);
+    }
+    ok(b.request(json!({"type": "dm.send", "conversation_id": conv, "client_msg_id": "m2", "text": "and back"}))
+        .await);
+    let Event::DmMessage { message } = a
+        .event_where(|e| matches!(e, Event::DmMessage { message } if message.seq == 2))
+        .await
+    else {
+        panic!()
+    };
+    assert_eq!(message.author_id, Some(bob));
+    let text = format!("lobby {}", unique("b"));
+    ok(a.request(json!({"type": "broadcast.send", "text": text}))
+        .await);
+    for c in [&mut a, &mut b] {
+        c.event_where(|e| matches!(e, Event::Broadcast { text: t, .. } if *t == text))
+            .await;
+    }
+    a.close().await;
+    b.close().await;
+}
