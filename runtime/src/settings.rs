@@ -52,7 +52,7 @@ pub struct RedisSettings {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSettings {
-    /// Process name: logs, metrics, consumer group (`worker-dms`).
+    /// Process name, for logs (`worker-dms`); consumer groups are named by role.
     pub name: String,
     /// Where `/healthz` and `/metrics` are served.
     pub health_listen: String,

@@ -66,7 +66,8 @@ impl Topics {
         format!("{}.edge.{}.v1", self.prefix, edge_id)
     }
 
-    /// Records a consumer could not process, with the reason in a header.
+    /// Records a consumer could not process: a JSON record with the reason, the source topic,
+    /// partition and offset, and the original payload.
     pub fn dead_letter(&self) -> String {
         format!("{}.dead-letter.v1", self.prefix)
     }
