@@ -150,8 +150,10 @@ impl Client {
     }
 
     async fn read(&mut self, within: Duration) -> Option<ServerFrame> {
+        // One deadline for the whole wait: pings arriving in between must not restart it.
+        let deadline = tokio::time::Instant::now() + within;
         loop {
-            match tokio::time::timeout(within, self.ws.next()).await {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
                 Ok(Some(Ok(Message::Text(t)))) => {
                     return Some(
                         serde_json::from_str(&t)
