@@ -2,6 +2,7 @@
 //! carries its send time, and every client records when it arrived. Reports the fan-out time
 //! (send → received, over every client and broadcast) and how many receptions never happened.
 
+use crate::backlog::{backlog, Peak, Scraper};
 use crate::cli::BroadcastArgs;
 use crate::conns::{broadcast_text, HoldPlan};
 use crate::hist::{Hist, Percentiles};
@@ -177,6 +178,9 @@ pub async fn run(a: BroadcastArgs) -> Result<Report<BroadcastResult>> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let connected = fleet::total(&holders);
     let settled = procs::sample(&setup.components);
+    let scraper = Scraper::new(&setup.components);
+    let base = scraper.counts().await;
+    let mut peak = Peak::default();
     let interval = Duration::from_millis(a.interval_ms.max(1));
     let mut sender = tokio::spawn(send_all(
         setup.targets[0].clone(),
@@ -205,14 +209,17 @@ pub async fn run(a: BroadcastArgs) -> Result<Report<BroadcastResult>> {
         let s = fleet::total(&holders);
         if last_print.elapsed() >= Duration::from_secs(1) {
             last_print = Instant::now();
+            let bl = backlog(&base, &scraper.counts().await);
+            peak.update(&bl);
             say(
                 c.quiet,
                 format!(
-                    "t={:>4.0}s received {:>8} open {:>7} dropped {:>5}",
+                    "t={:>4.0}s received {:>8} open {:>7} dropped {:>5} kafka backlog {}",
                     t0.elapsed().as_secs_f64(),
                     s.broadcasts_received,
                     s.open,
-                    s.dropped
+                    s.dropped,
+                    Peak::summary(&bl)
                 ),
             );
         }
@@ -280,5 +287,7 @@ pub async fn run(a: BroadcastArgs) -> Result<Report<BroadcastResult>> {
         ),
         result,
         cpu,
+        kafka_backlog_peak: peak.0,
+        load_average: [setup.loadavg_start.clone(), crate::loadavg()],
     })
 }

@@ -1,6 +1,7 @@
 //! `connections`: open N authenticated WebSockets (several per account), hold them for a
 //! duration, and report how fast they opened, what failed and what each cost the edges.
 
+use crate::backlog::{backlog, Peak, Scraper};
 use crate::cli::ConnectionsArgs;
 use crate::conns::HoldPlan;
 use crate::hist::{Hist, Percentiles};
@@ -85,6 +86,9 @@ pub async fn run(a: ConnectionsArgs) -> Result<Report<ConnectionsResult>> {
         broadcast_run: None,
     };
     let before = procs::sample(&setup.components);
+    let scraper = Scraper::new(&setup.components);
+    let base = scraper.counts().await;
+    let mut peak = Peak::default();
     say(
         c.quiet,
         format!(
@@ -101,15 +105,18 @@ pub async fn run(a: ConnectionsArgs) -> Result<Report<ConnectionsResult>> {
     loop {
         tick.tick().await;
         let s = fleet::total(&holders);
+        let bl = backlog(&base, &scraper.counts().await);
+        peak.update(&bl);
         say(
             c.quiet,
             format!(
-                "t={:>4.0}s open {:>7} (+{:>6}/s) failed {:>6} dropped {:>5}",
+                "t={:>4.0}s open {:>7} (+{:>6}/s) failed {:>6} dropped {:>5} kafka backlog {}",
                 t0.elapsed().as_secs_f64(),
                 s.open,
                 s.opened - prev,
                 s.failed,
-                s.dropped
+                s.dropped,
+                Peak::summary(&bl)
             ),
         );
         prev = s.opened;
@@ -178,5 +185,7 @@ pub async fn run(a: ConnectionsArgs) -> Result<Report<ConnectionsResult>> {
         ),
         result,
         cpu,
+        kafka_backlog_peak: peak.0,
+        load_average: [setup.loadavg_start.clone(), crate::loadavg()],
     })
 }

@@ -5,6 +5,7 @@
 //! and its arrival at the peer. Afterwards a drain period lets answers and deliveries catch up.
 
 use crate::accounts::Session;
+use crate::backlog::{backlog, Peak, Scraper};
 use crate::cli::DmArgs;
 use crate::conns::unix_us;
 use crate::hist::{Hist, Percentiles};
@@ -521,6 +522,9 @@ pub async fn run(a: DmArgs) -> Result<Report<DmResult>> {
             break;
         }
     }
+    let scraper = Scraper::new(&setup.components);
+    let base = scraper.counts().await;
+    let mut peak = Peak::default();
     let t0 = Instant::now() + Duration::from_millis(200);
     let _ = start_tx.send(Some(t0));
     tokio::time::sleep_until(t0).await;
@@ -534,9 +538,11 @@ pub async fn run(a: DmArgs) -> Result<Report<DmResult>> {
             _ = tick.tick() => {
                 let (s, ak, d) = (live.sent.load(Ordering::Relaxed), live.acked.load(Ordering::Relaxed), live.delivered.load(Ordering::Relaxed));
                 let rj = live.rejected.load(Ordering::Relaxed);
+                let bl = backlog(&base, &scraper.counts().await);
+                peak.update(&bl);
                 say(c.quiet, format!(
-                    "t={:>3.0}s sent {s:>8} ({:>6}/s) acked {ak:>8} ({:>6}/s) delivered {d:>8} ({:>6}/s) rejected {rj} in flight {}",
-                    t0.elapsed().as_secs_f64(), s - prev.0, ak - prev.1, d - prev.2, s.saturating_sub(ak + rj)
+                    "t={:>3.0}s sent {s:>8} ({:>6}/s) acked {ak:>8} ({:>6}/s) delivered {d:>8} ({:>6}/s) rejected {rj} in flight {} kafka backlog {}",
+                    t0.elapsed().as_secs_f64(), s - prev.0, ak - prev.1, d - prev.2, s.saturating_sub(ak + rj), Peak::summary(&bl)
                 ));
                 prev = (s, ak, d);
                 if cpu_end.is_none() && t0.elapsed() >= plan.duration {
@@ -602,5 +608,7 @@ pub async fn run(a: DmArgs) -> Result<Report<DmResult>> {
         memory: vec![],
         result: r,
         cpu,
+        kafka_backlog_peak: peak.0,
+        load_average: [setup.loadavg_start.clone(), crate::loadavg()],
     })
 }

@@ -11,6 +11,7 @@
 //! Every scenario is bounded in count and time and stops by itself.
 
 pub mod accounts;
+pub mod backlog;
 pub mod broadcast;
 pub mod cli;
 pub mod connections;
@@ -39,6 +40,8 @@ pub(crate) struct Setup {
     pub targets: Vec<String>,
     pub components: Vec<stack::Component>,
     pub accounts: accounts::Accounts,
+    /// `/proc/loadavg` when the run started (other tenants of the machine show here).
+    pub loadavg_start: String,
 }
 
 impl Setup {
@@ -58,6 +61,7 @@ impl Setup {
             targets,
             components,
             accounts,
+            loadavg_start: loadavg(),
         })
     }
 }
@@ -70,6 +74,13 @@ pub(crate) fn command_line() -> String {
         .chain(args)
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The 1, 5 and 15 minute load averages.
+pub(crate) fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|t| t.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 pub(crate) fn now_unix_s() -> u64 {

@@ -78,6 +78,20 @@ struct Reading {
 pub struct Sample {
     at: Instant,
     per: BTreeMap<String, Reading>,
+    /// Busy clock ticks of the whole machine (every process, every core), from /proc/stat.
+    machine_busy: Option<u64>,
+}
+
+/// Busy ticks (all but idle and iowait) summed over cores, from the text of `/proc/stat`.
+pub fn parse_machine_busy(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    Some(total - v.get(3)? - v.get(4).copied().unwrap_or(0))
 }
 
 /// A component's CPU (percent of one core) between two samples and its memory at the second.
@@ -97,6 +111,7 @@ pub fn sample(components: &[Component]) -> Sample {
         name: "loadtest".into(),
         kind: "loadtest".into(),
         pid: std::process::id(),
+        addr: None,
     };
     for c in components.iter().chain(std::iter::once(&me)) {
         if !all.contains_key(&c.pid) {
@@ -118,9 +133,13 @@ pub fn sample(components: &[Component]) -> Sample {
             },
         );
     }
+    let machine_busy = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|t| parse_machine_busy(&t));
     Sample {
         at: Instant::now(),
         per,
+        machine_busy,
     }
 }
 
@@ -149,6 +168,20 @@ pub fn usage(a: &Sample, b: &Sample) -> Vec<Usage> {
         })
         .collect();
     out.sort_by(|x, y| y.cpu_pct.total_cmp(&x.cpu_pct).then(x.name.cmp(&y.name)));
+    if let (Some(x), Some(y)) = (a.machine_busy, b.machine_busy) {
+        // Everything that ran, other tenants of the machine included (200 = two cores busy).
+        let cpu = y.saturating_sub(x) as f64 / hz / secs * 100.0;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        out.insert(
+            0,
+            Usage {
+                name: format!("whole machine ({cores} cores)"),
+                kind: "machine".into(),
+                cpu_pct: (cpu * 10.0).round() / 10.0,
+                rss_mib: 0.0,
+            },
+        );
+    }
     out
 }
 
@@ -163,6 +196,11 @@ mod tests {
         assert_eq!(parse_stat("garbage"), None);
         assert_eq!(parse_rss_kib("Name:\tx\nVmRSS:\t  12345 kB\n"), Some(12345));
         assert_eq!(parse_rss_kib("Name:\tx\n"), None);
+        assert_eq!(
+            parse_machine_busy("cpu  10 1 5 100 7 1 1 0 0 0\ncpu0 1 1 1 1 1 1 1 1\n"),
+            Some(18)
+        );
+        assert_eq!(parse_machine_busy("intr 5\n"), None);
     }
 
     #[test]
@@ -172,6 +210,7 @@ mod tests {
             name: "self".into(),
             kind: "test".into(),
             pid: me,
+            addr: None,
         }];
         let a = sample(&c);
         let mut x = 0u64;
@@ -184,10 +223,12 @@ mod tests {
         let u = usage(&a, &b);
         assert!(u.iter().any(|u| u.name == "self" && u.rss_mib > 0.0));
         assert!(u.iter().any(|u| u.name == "loadtest"));
+        assert_eq!(u[0].kind, "machine");
         assert!(sample(&[Component {
             name: "gone".into(),
             kind: "x".into(),
-            pid: u32::MAX
+            pid: u32::MAX,
+            addr: None,
         }])
         .rss_kib("gone")
         .is_none());

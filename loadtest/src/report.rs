@@ -39,6 +39,10 @@ pub struct Report<T> {
     pub memory: Vec<Memory>,
     /// CPU per process (percent of one core) during each phase.
     pub cpu: BTreeMap<String, Vec<Usage>>,
+    /// Load averages (1, 5, 15 min) at the start and the end of the run.
+    pub load_average: [String; 2],
+    /// Largest Kafka backlog (records published − consumed, per topic kind) seen during the run.
+    pub kafka_backlog_peak: BTreeMap<String, u64>,
 }
 
 fn round1(x: f64) -> f64 {
@@ -110,12 +114,22 @@ impl<T: Rows + Serialize> Report<T> {
             utc(self.started_at_unix_s)
         );
         let _ = writeln!(s, "`{}`\n", self.command);
+        let _ = writeln!(
+            s,
+            "load average {} at the start, {} at the end\n",
+            self.load_average[0], self.load_average[1]
+        );
         let _ = writeln!(s, "| metric | value |\n|---|---|");
         let a = &self.accounts;
         let _ = writeln!(
             s,
             "| accounts | {} ({} sessions reused, {} signed up, {} logged in) |",
             a.users, a.reused_sessions, a.signed_up, a.logged_in
+        );
+        let _ = writeln!(
+            s,
+            "| peak Kafka backlog (published − consumed) | {} |",
+            crate::backlog::Peak::summary(&self.kafka_backlog_peak)
         );
         for (k, v) in self.result.rows() {
             let _ = writeln!(s, "| {k} | {v} |");
@@ -221,6 +235,8 @@ mod tests {
                 kib_per_connection: Some(7.5),
                 ..Default::default()
             }],
+            kafka_backlog_peak: BTreeMap::new(),
+            load_average: ["1 1 1".into(), "2 2 2".into()],
             cpu: [(
                 "run".to_string(),
                 vec![Usage {

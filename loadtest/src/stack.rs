@@ -30,6 +30,9 @@ pub struct Component {
     pub name: String,
     pub kind: String,
     pub pid: u32,
+    /// Where it listens (`/healthz` and `/metrics` for edges, workers and the router).
+    #[serde(default)]
+    pub addr: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -112,7 +115,8 @@ mod tests {
             vec![Component {
                 name: "edge-0".into(),
                 kind: "edge".into(),
-                pid: 7
+                pid: 7,
+                addr: Some("x".into()),
             }]
         );
         std::fs::write(&stack, r#"{"nginx":[]}"#).unwrap();
