@@ -1,0 +1,179 @@
+//! Login (feature 5) and the authenticated handshake (feature 1): one uniform error for bad
+//! credentials, per-user rate limiting, and sessions carried by cookie as well as by header.
+
+mod common;
+
+use common::{inside_one_minute_window, signup, PASSWORD};
+use e2e::client::{ok, Client};
+use e2e::{spawn_app, spawn_app_with, Options};
+use serde_json::json;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use topics::Response;
+
+#[tokio::test]
+async fn wrong_password_and_unknown_user_get_the_same_answer() {
+    let app = spawn_app().await;
+    let (_, name) = signup(&app, 0).await;
+    let h = app.http(1);
+    let (s_wrong, wrong) = h
+        .post(
+            "/api/v1/sessions",
+            json!({"username": name, "password": "not-the-password-1"}),
+            None,
+        )
+        .await;
+    let (s_unknown, unknown) = h
+        .post(
+            "/api/v1/sessions",
+            json!({"username": e2e::unique("nobody"), "password": PASSWORD}),
+            None,
+        )
+        .await;
+    assert_eq!((s_wrong, s_unknown), (401, 401));
+    assert_eq!(wrong["code"], "unauthorized");
+    assert_eq!(wrong, unknown, "one uniform error, whatever the cause");
+    assert!(wrong["token"].is_null());
+
+    // The right password works, whatever the case of the username.
+    let (s, body) = h
+        .post(
+            "/api/v1/sessions",
+            json!({"username": name.to_uppercase(), "password": PASSWORD}),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["kind"], "session");
+    assert_eq!(body["username"], name.as_str());
+    let token = body["token"].as_str().unwrap();
+    assert!(token.len() >= 22, "at least 128 bits of token: {token}");
+    assert_eq!(
+        h.get("/api/v1/users/me", Some(token)).await.0,
+        200,
+        "the new session works"
+    );
+
+    // Missing or mistyped credentials are bad input, not a login failure.
+    for bad in [
+        json!({"username": name}),
+        json!({"password": PASSWORD}),
+        json!({"username": name, "password": 12345678}),
+    ] {
+        let (s, body) = h.post("/api/v1/sessions", bad.clone(), None).await;
+        assert_eq!(
+            (s, body["code"].as_str()),
+            (400, Some("invalid_input")),
+            "{bad}"
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn logins_are_rate_limited_per_user() {
+    let mut opts = Options::default();
+    opts.limits.login_attempts_per_user_per_minute = 3;
+    let app = spawn_app_with(opts).await;
+    let (_, name) = signup(&app, 0).await;
+    let (_, other) = signup(&app, 1).await;
+    inside_one_minute_window(Duration::from_secs(15)).await;
+    let h = app.http(0);
+    let attempt = |username: String, password: &'static str| {
+        let h = &h;
+        async move {
+            let (s, b) = h
+                .post(
+                    "/api/v1/sessions",
+                    json!({"username": username, "password": password}),
+                    None,
+                )
+                .await;
+            (s, b["code"].as_str().unwrap_or("").to_string())
+        }
+    };
+    for _ in 0..3 {
+        assert_eq!(
+            attempt(name.clone(), "wrong-password-1").await,
+            (401, "unauthorized".into())
+        );
+    }
+    // Over the limit even the right password is refused, from either edge.
+    assert_eq!(
+        attempt(name.clone(), PASSWORD).await,
+        (429, "rate_limited".into())
+    );
+    let (s, b) = app
+        .http(1)
+        .post(
+            "/api/v1/sessions",
+            json!({"username": name.to_uppercase(), "password": PASSWORD}),
+            None,
+        )
+        .await;
+    assert_eq!((s, b["code"].as_str()), (429, Some("rate_limited")), "{b}");
+    // The limit is per user: someone else from the same address still gets in.
+    assert_eq!(attempt(other.clone(), PASSWORD).await.0, 200);
+    // Unknown usernames are limited the same way (no way to tell them apart).
+    let ghost = e2e::unique("ghost");
+    for _ in 0..3 {
+        assert_eq!(attempt(ghost.clone(), PASSWORD).await.0, 401);
+    }
+    assert_eq!(attempt(ghost, PASSWORD).await.0, 429);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_handshake_accepts_the_session_cookie_and_refuses_dead_sessions() {
+    let app = spawn_app().await;
+    let (_, name, token) = app.user(0).await;
+
+    // A browser sends the session as the HttpOnly cookie instead of a subprotocol.
+    let mut req = app.ws_url(1).into_client_request().unwrap();
+    req.headers_mut().insert(
+        "cookie",
+        HeaderValue::from_str(&format!("theme=dark; sb_session={token}")).unwrap(),
+    );
+    req.headers_mut()
+        .insert("origin", HeaderValue::from_static("http://allowed.example"));
+    let (ws, resp) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("cookie handshake accepted");
+    assert_eq!(
+        resp.headers()
+            .get("x-switchboard-edge")
+            .and_then(|v| v.to_str().ok()),
+        Some("edge-1")
+    );
+    drop(ws);
+
+    // A refused handshake never upgrades: a logged-out session's token no longer connects.
+    let mut c = Client::connect(&app.ws_url(0), &token).await;
+    let Response::User { user, .. } = ok(c.request(json!({"type": "user.me"})).await) else {
+        panic!()
+    };
+    assert_eq!(user.username, name);
+    let (s, _) = app
+        .http(0)
+        .delete("/api/v1/sessions/current", Some(&token))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(c.closed().await, Some(4001), "its socket is closed");
+    assert_eq!(
+        e2e::client::connect(&app.ws_url(0), Some(&token), None)
+            .await
+            .err(),
+        Some(401)
+    );
+    let mut req = app.ws_url(0).into_client_request().unwrap();
+    req.headers_mut().insert(
+        "cookie",
+        HeaderValue::from_str(&format!("sb_session={token}")).unwrap(),
+    );
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401),
+        other => panic!("expected 401, got {:?}", other.map(|(_, r)| r.status())),
+    }
+    app.stop().await;
+}

@@ -1,0 +1,274 @@
+//! Helpers shared by the feature test files: setting up connected users, polling reads that may
+//! lag (replicas, the presence registry), and a bare WebSocket for frames the `Client` would
+//! skip (error frames without a `rid`, close codes, sockets that never read).
+
+#![allow(dead_code)]
+
+use e2e::client::{ok, Client};
+use e2e::TestApp;
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::future::Future;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use topics::frames::InviteState;
+use topics::{Event, Id, Response, ServerFrame};
+
+pub const PASSWORD: &str = "pass-word-1";
+
+pub fn id(v: &Value) -> Id {
+    serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("not an id: {v}: {e}"))
+}
+
+/// Poll `f` until it yields `Some`, for reads that may lag behind a write (replica reads, the
+/// presence registry fed by edge events). Panics with `what` after 15 s.
+pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Rate limits count in fixed one-minute windows: start a counting test well inside a window
+/// so that it cannot straddle two.
+pub async fn inside_one_minute_window(needed: Duration) {
+    let into = runtime::now_ms() % 60_000;
+    let left = 60_000 - into;
+    if left < needed.as_millis() as u64 + 2_000 {
+        tokio::time::sleep(Duration::from_millis(left + 200)).await;
+    }
+}
+
+/// Sign up a fresh user without logging in: (user id, username).
+pub async fn signup(app: &TestApp, edge: usize) -> (Id, String) {
+    let name = e2e::unique("u");
+    let (s, b) = app
+        .http(edge)
+        .post(
+            "/api/v1/users",
+            json!({"username": name, "password": PASSWORD}),
+            None,
+        )
+        .await;
+    assert_eq!(s, 201, "signup: {b}");
+    (id(&b["user"]["user_id"]), name)
+}
+
+/// One JSON frame over `POST /api/v1/rpc` with a bearer token.
+pub async fn rpc(app: &TestApp, edge: usize, token: &str, frame: Value) -> (u16, Value) {
+    app.http(edge).post("/api/v1/rpc", frame, Some(token)).await
+}
+
+/// Log in over HTTP: (token, session id).
+pub async fn login(app: &TestApp, edge: usize, username: &str) -> (String, String) {
+    let (s, b) = app
+        .http(edge)
+        .post(
+            "/api/v1/sessions",
+            json!({"username": username, "password": PASSWORD}),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "login: {b}");
+    (
+        b["token"].as_str().unwrap().to_string(),
+        b["session_id"].as_str().unwrap().to_string(),
+    )
+}
+
+/// The caller's personal invite code (`GET /api/v1/users/me`).
+pub async fn invite_code(app: &TestApp, token: &str) -> String {
+    let (s, b) = app.http(0).get("/api/v1/users/me", Some(token)).await;
+    assert_eq!(s, 200, "{b}");
+    b["invite_code"].as_str().expect("invite code").to_string()
+}
+
+/// Make two users connections over HTTP: `a` invites `b`, `b` accepts.
+pub async fn befriend(app: &TestApp, a: (Id, &str), b: (Id, &str)) {
+    let code = invite_code(app, b.1).await;
+    let (s, body) = rpc(app, 0, a.1, json!({"type": "invite.send", "code": code})).await;
+    assert_eq!(s, 200, "invite: {body}");
+    let (s, body) = rpc(
+        app,
+        1,
+        b.1,
+        json!({"type": "invite.respond", "user_id": a.0, "accept": true}),
+    )
+    .await;
+    assert_eq!(s, 200, "accept: {body}");
+    assert_eq!(body["link"]["state"], "accepted");
+}
+
+/// Open the DM between two connected users; its conversation id.
+pub async fn open_dm(app: &TestApp, a_token: &str, b: Id) -> Id {
+    let (s, body) = rpc(app, 0, a_token, json!({"type": "dm.open", "user_id": b})).await;
+    assert_eq!(s, 200, "dm.open: {body}");
+    id(&body["conversation"]["conversation_id"])
+}
+
+/// The online list over a socket, following the cursor to the end with `limit` per page:
+/// (users in order, number of pages).
+pub async fn online_all(c: &mut Client, limit: u32) -> (Vec<Id>, usize) {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let mut req = json!({"type": "online.list", "limit": limit});
+        if let Some(cur) = &cursor {
+            req["cursor"] = json!(cur);
+        }
+        let Response::Online { users, next_cursor } = ok(c.request(req).await) else {
+            panic!("online.list did not answer with a list")
+        };
+        pages += 1;
+        assert!(users.len() <= limit as usize, "page larger than its limit");
+        out.extend(users.iter().map(|u| u.user_id));
+        match next_cursor {
+            Some(n) => cursor = Some(n),
+            None => return (out, pages),
+        }
+        assert!(pages < 1000, "cursor never ends");
+    }
+}
+
+/// Poll the online list (100 a page) until `pred` holds; the list.
+pub async fn online_until(c: &mut Client, what: &str, pred: impl Fn(&[Id]) -> bool) -> Vec<Id> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (ids, _) = online_all(c, 100).await;
+        if pred(&ids) {
+            return ids;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what} (online: {ids:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Wait for an `invite_updated` event about `peer`.
+pub async fn invite_event(c: &mut Client, peer: Id, state: InviteState) -> topics::frames::Link {
+    let Event::InviteUpdated { link } = c
+        .event_where(
+            |e| matches!(e, Event::InviteUpdated { link } if link.user_id == peer && link.state == state),
+        )
+        .await
+    else {
+        unreachable!()
+    };
+    link
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// What a bare socket read.
+#[derive(Debug)]
+pub enum Read {
+    Frame(ServerFrame),
+    /// A close frame, with its code.
+    Closed(Option<u16>),
+    /// The connection ended without a close frame (or with a transport error).
+    Eof,
+    /// Nothing arrived in time.
+    Nothing,
+}
+
+/// A WebSocket without the `Client`'s conveniences.
+pub struct Raw {
+    pub ws: Ws,
+}
+
+impl Raw {
+    pub async fn connect(url: &str, token: &str) -> Raw {
+        let mut req = url.into_client_request().unwrap();
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_str(&format!("switchboard.v1, auth.{token}")).unwrap(),
+        );
+        let (ws, _) = tokio_tungstenite::connect_async(req)
+            .await
+            .expect("handshake accepted");
+        Raw { ws }
+    }
+
+    pub async fn send(&mut self, m: Message) {
+        self.ws.send(m).await.expect("ws send");
+    }
+
+    pub async fn text(&mut self, t: impl Into<String>) {
+        self.send(Message::text(t.into())).await;
+    }
+
+    /// The next server frame, close or end within `within` (pings and pongs skipped).
+    pub async fn read(&mut self, within: Duration) -> Read {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.ws.next()).await {
+                Err(_) => return Read::Nothing,
+                Ok(None) | Ok(Some(Err(_))) => return Read::Eof,
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    return Read::Frame(
+                        serde_json::from_str(&t)
+                            .unwrap_or_else(|e| panic!("bad server frame {t}: {e}")),
+                    )
+                }
+                Ok(Some(Ok(Message::Close(c)))) => {
+                    return Read::Closed(c.map(|c| u16::from(c.code)))
+                }
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+
+    /// The next server frame; panics on close or silence.
+    pub async fn frame(&mut self) -> ServerFrame {
+        match self.read(e2e::client::WAIT).await {
+            Read::Frame(f) => f,
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+
+    /// The next error frame: (rid, code).
+    pub async fn error(&mut self) -> (Option<String>, topics::ErrorCode) {
+        loop {
+            match self.frame().await {
+                ServerFrame::Error { rid, code, .. } => return (rid, code),
+                ServerFrame::Event { .. } => continue,
+                other => panic!("expected an error frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Ping with `rid` and expect the pong: the socket still works.
+    pub async fn still_works(&mut self, rid: &str) {
+        self.text(json!({"type": "ping", "rid": rid}).to_string())
+            .await;
+        loop {
+            match self.frame().await {
+                ServerFrame::Reply {
+                    rid: Some(r),
+                    data: Response::Pong,
+                } if r == rid => return,
+                ServerFrame::Event { .. } => continue,
+                other => panic!("expected the pong to {rid}, got {other:?}"),
+            }
+        }
+    }
+}

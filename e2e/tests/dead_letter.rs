@@ -1,0 +1,136 @@
+//! Poison records (brief section 4): a record a worker cannot process goes to the dead-letter
+//! topic with its reason, and the partition it sat on keeps flowing.
+
+mod common;
+
+use common::{befriend, open_dm, rpc};
+use e2e::spawn_app;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::FutureRecord;
+use rdkafka::Message;
+use serde_json::{json, Value};
+use std::time::Duration;
+use topics::{Auth, Domain, Envelope, Request, WIRE_VERSION};
+
+#[tokio::test]
+async fn poison_records_are_dead_lettered_and_the_partition_keeps_flowing() {
+    let app = spawn_app().await;
+    let (ann, _, ann_token) = app.user(0).await;
+    let (bob, _, bob_token) = app.user(1).await;
+    befriend(&app, (ann, &ann_token), (bob, &bob_token)).await;
+    let conv = open_dm(&app, &ann_token, bob).await;
+    let (s, _) = rpc(
+        &app,
+        0,
+        &ann_token,
+        json!({"type": "dm.send", "conversation_id": conv, "client_msg_id": "before", "text": "before"}),
+    )
+    .await;
+    assert_eq!(s, 200);
+
+    let topics = app.kafka.topics();
+    let requests = topics.requests(Domain::Dms);
+    assert_eq!(requests, format!("{}.dms.v1", app.prefix));
+    // The key of the conversation's sends: the poison sits on the very partition the next send
+    // of this conversation uses.
+    let key = format!("c{conv}");
+    let garbage: Vec<u8> = vec![0xde, 0xad, 0xbe, 0xef, 0x00, 0xff, b'{'];
+    let env = Envelope {
+        v: WIRE_VERSION,
+        edge: "edge-0".into(),
+        conn: 0,
+        req: 4242,
+        rid: None,
+        auth: Auth::Session {
+            session_id: "nope".into(),
+            user_id: ann,
+        },
+        peer: None,
+        sent_at_ms: runtime::now_ms(),
+        request: Request::DmSend {
+            conversation_id: conv,
+            client_msg_id: "from-the-future".into(),
+            text: "written by a newer edge".into(),
+        },
+    };
+    let mut future: Value = serde_json::from_slice(&env.encode()).unwrap();
+    future["v"] = json!(99);
+    let future = future.to_string();
+    let producer = runtime::kafka::producer(&app.kafka).expect("producer");
+    for payload in [garbage.as_slice(), future.as_bytes()] {
+        producer
+            .send(
+                FutureRecord::to(&requests).key(&key).payload(payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("poison published");
+    }
+
+    // The partition keeps flowing: a normal send right after is handled.
+    let (s, b) = rpc(
+        &app,
+        1,
+        &ann_token,
+        json!({"type": "dm.send", "conversation_id": conv, "client_msg_id": "after", "text": "after"}),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["message"]["seq"], 2);
+
+    // Both poison records are on the dead-letter topic, with a reason.
+    let dlq: StreamConsumer =
+        runtime::kafka::consumer(&app.kafka, &e2e::unique("dlq-reader-"), false).expect("consumer");
+    dlq.subscribe(&[&topics.dead_letter()]).unwrap();
+    let mut found: Vec<Value> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while found.len() < 2 {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let m = tokio::time::timeout(left, dlq.recv())
+            .await
+            .unwrap_or_else(|_| panic!("dead letters missing; found {found:?}"))
+            .expect("dead-letter read");
+        let v: Value = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap();
+        assert_eq!(m.key(), Some(key.as_bytes()), "{v}");
+        found.push(v);
+    }
+    let hex_garbage: String = garbage.iter().map(|b| format!("{b:02x}")).collect();
+    let by_payload = |p: &str| {
+        found
+            .iter()
+            .find(|v| v["payload"] == p)
+            .unwrap_or_else(|| panic!("no dead letter with payload {p}: {found:?}"))
+    };
+    let g = by_payload(&hex_garbage);
+    let f = by_payload(&future);
+    for d in [g, f] {
+        assert_eq!(d["topic"], requests.as_str());
+        assert!(
+            d["reason"].as_str().is_some_and(|r| !r.is_empty()),
+            "a reason: {d}"
+        );
+    }
+    assert!(
+        f["reason"].as_str().unwrap().contains("version"),
+        "the version is the reason: {f}"
+    );
+    assert_eq!(g["partition"], f["partition"]);
+
+    // Neither poison record did anything.
+    let (_, b) = rpc(
+        &app,
+        0,
+        &bob_token,
+        json!({"type": "dm.history", "conversation_id": conv}),
+    )
+    .await;
+    let texts: Vec<&str> = b["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, vec!["before", "after"]);
+    app.stop().await;
+}

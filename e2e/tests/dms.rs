@@ -1,0 +1,490 @@
+//! Direct messages: DM create (feature 12) and lookup (feature 13), with per-message
+//! authorization (feature 4): nobody reads or writes a conversation they are not in.
+
+mod common;
+
+use common::{befriend, eventually, invite_code, open_dm, rpc};
+use e2e::client::{err, ok, Client};
+use e2e::spawn_app;
+use serde_json::{json, Value};
+use std::time::Duration;
+use topics::{ErrorCode, Event, Id, Response};
+
+fn send(conv: Id, cid: &str, text: &str) -> Value {
+    json!({"type": "dm.send", "conversation_id": conv, "client_msg_id": cid, "text": text})
+}
+
+fn seqs(body: &Value) -> Vec<u64> {
+    body["messages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no messages in {body}"))
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_dm_opens_only_between_connections_and_only_once() {
+    let app = spawn_app().await;
+    let (ann, _, ann_token) = app.user(0).await;
+    let (bob, bob_name, bob_token) = app.user(1).await;
+    let (cat, _, cat_token) = app.user(0).await;
+
+    // Not connected, only invited, unknown, or myself.
+    let (s, b) = rpc(
+        &app,
+        0,
+        &ann_token,
+        json!({"type": "dm.open", "user_id": bob}),
+    )
+    .await;
+    assert_eq!((s, b["code"].as_str()), (403, Some("forbidden")), "{b}");
+    let code = invite_code(&app, &cat_token).await;
+    assert_eq!(
+        rpc(
+            &app,
+            0,
+            &ann_token,
+            json!({"type": "invite.send", "code": code})
+        )
+        .await
+        .0,
+        200
+    );
+    for (who, peer) in [(&ann_token, cat), (&cat_token, ann)] {
+        let (s, b) = rpc(&app, 0, who, json!({"type": "dm.open", "user_id": peer})).await;
+        assert_eq!(
+            (s, b["code"].as_str()),
+            (403, Some("forbidden")),
+            "pending: {b}"
+        );
+    }
+    let (s, _) = rpc(
+        &app,
+        0,
+        &ann_token,
+        json!({"type": "dm.open", "user_id": "4242"}),
+    )
+    .await;
+    assert_eq!(s, 403);
+    let (s, b) = rpc(
+        &app,
+        0,
+        &ann_token,
+        json!({"type": "dm.open", "user_id": ann}),
+    )
+    .await;
+    assert_eq!((s, b["code"].as_str()), (400, Some("invalid_input")), "{b}");
+    let (s, b) = rpc(&app, 0, &ann_token, json!({"type": "dm.list"})).await;
+    assert_eq!(s, 200);
+    assert!(b["conversations"].as_array().unwrap().is_empty(), "{b}");
+
+    // Connected: one conversation, whoever opens it and however often.
+    befriend(&app, (ann, &ann_token), (bob, &bob_token)).await;
+    let mut a = Client::connect(&app.ws_url(0), &ann_token).await;
+    let Response::Conversation { conversation } =
+        ok(a.request(json!({"type": "dm.open", "user_id": bob})).await)
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (conversation.peer_id, conversation.peer.as_str()),
+        (bob, bob_name.as_str())
+    );
+    assert_eq!((conversation.last_seq, conversation.unread), (0, 0));
+    assert!(conversation.last_message.is_none());
+    let conv = conversation.conversation_id;
+    assert_eq!(open_dm(&app, &ann_token, bob).await, conv);
+    assert_eq!(open_dm(&app, &bob_token, ann).await, conv);
+    let (_, b) = rpc(&app, 1, &bob_token, json!({"type": "dm.list"})).await;
+    assert_eq!(b["conversations"].as_array().unwrap().len(), 1);
+    a.close().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn nobody_reads_or_writes_a_conversation_they_are_not_in() {
+    let app = spawn_app().await;
+    let (ann, _, ann_token) = app.user(0).await;
+    let (bob, _, bob_token) = app.user(1).await;
+    let (cat, _, cat_token) = app.user(0).await;
+    befriend(&app, (ann, &ann_token), (bob, &bob_token)).await;
+    // Cat is connected to both, and so is someone they could each talk to, but not in this DM.
+    befriend(&app, (cat, &cat_token), (ann, &ann_token)).await;
+    let conv = open_dm(&app, &ann_token, bob).await;
+    let (s, _) = rpc(&app, 0, &ann_token, send(conv, "a1", "private")).await;
+    assert_eq!(s, 200);
+
+    let mut c = Client::connect(&app.ws_url(1), &cat_token).await;
+    let attempts = [
+        json!({"type": "dm.history", "conversation_id": conv}),
+        json!({"type": "dm.history", "conversation_id": conv, "after_seq": 0}),
+        json!({"type": "dm.history", "conversation_id": conv, "before_seq": 5}),
+        json!({"type": "dm.sync", "since": {conv.to_string(): 0}}),
+        send(conv, "c1", "let me in"),
+        json!({"type": "dm.read", "conversation_id": conv, "seq": 1}),
+    ];
+    for req in &attempts {
+        assert_eq!(
+            err(c.request(req.clone()).await),
+            ErrorCode::NotFound,
+            "{req}"
+        );
+        let (s, b) = rpc(&app, 0, &cat_token, req.clone()).await;
+        assert_eq!(
+            (s, b["code"].as_str()),
+            (404, Some("not_found")),
+            "{req}: {b}"
+        );
+    }
+    // A conversation that does not exist looks the same.
+    assert_eq!(
+        err(c
+            .request(json!({"type": "dm.history", "conversation_id": "77"}))
+            .await),
+        ErrorCode::NotFound
+    );
+    // Without a session, nothing at all.
+    let (s, _) = app
+        .http(0)
+        .post(
+            "/api/v1/rpc",
+            json!({"type": "dm.history", "conversation_id": conv}),
+            None,
+        )
+        .await;
+    assert_eq!(s, 401);
+
+    // Nothing Cat did changed the conversation, and Cat heard nothing of it.
+    let (s, b) = rpc(
+        &app,
+        1,
+        &bob_token,
+        json!({"type": "dm.history", "conversation_id": conv}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(seqs(&b), vec![1]);
+    assert_eq!(b["messages"][0]["text"], "private");
+    let (_, b) = rpc(&app, 1, &bob_token, json!({"type": "dm.list"})).await;
+    assert_eq!(
+        b["conversations"][0]["unread"], 1,
+        "Cat's dm.read did not count"
+    );
+    let (_, b) = rpc(&app, 0, &cat_token, json!({"type": "dm.list"})).await;
+    assert!(b["conversations"].as_array().unwrap().is_empty(), "{b}");
+    let (s, _) = rpc(&app, 0, &ann_token, send(conv, "a2", "still private")).await;
+    assert_eq!(s, 200);
+    assert!(
+        c.event(Duration::from_millis(700)).await.is_none(),
+        "no event reaches a non-member"
+    );
+    c.close().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_list_shows_last_message_and_unread_count_and_reading_lowers_it() {
+    let app = spawn_app().await;
+    let (ann, _, ann_token) = app.user(0).await;
+    let (bob, _, bob_token) = app.user(1).await;
+    let (cat, cat_name, cat_token) = app.user(0).await;
+    befriend(&app, (ann, &ann_token), (bob, &bob_token)).await;
+    befriend(&app, (cat, &cat_token), (bob, &bob_token)).await;
+    let with_ann = open_dm(&app, &ann_token, bob).await;
+    for (i, t) in ["one", "two", "three"].iter().enumerate() {
+        let (s, _) = rpc(&app, 0, &ann_token, send(with_ann, &format!("a{i}"), t)).await;
+        assert_eq!(s, 200);
+    }
+    let list = |token: String| {
+        let app = &app;
+        async move {
+            let (s, b) = rpc(app, 1, &token, json!({"type": "dm.list"})).await;
+            assert_eq!(s, 200, "{b}");
+            b["conversations"].as_array().unwrap().clone()
+        }
+    };
+    let l = list(bob_token.clone()).await;
+    assert_eq!(l.len(), 1);
+    assert_eq!(common::id(&l[0]["conversation_id"]), with_ann);
+    assert_eq!(common::id(&l[0]["peer_id"]), ann);
+    assert_eq!(l[0]["last_seq"], 3);
+    assert_eq!(l[0]["last_message"]["text"], "three");
+    assert_eq!(common::id(&l[0]["last_message"]["author_id"]), ann);
+    assert_eq!(l[0]["unread"], 3);
+    let l = list(ann_token.clone()).await;
+    assert_eq!(
+        (
+            l[0]["unread"].as_u64(),
+            l[0]["last_message"]["text"].as_str()
+        ),
+        (Some(0), Some("three")),
+        "my own messages are not unread"
+    );
+
+    // Reading lowers the count; it never moves backwards; reading past the end is the end.
+    let mut b = Client::connect(&app.ws_url(1), &bob_token).await;
+    let read = |seq: u64| json!({"type": "dm.read", "conversation_id": with_ann, "seq": seq});
+    assert_eq!(ok(b.request(read(2)).await), Response::Ok);
+    assert_eq!(list(bob_token.clone()).await[0]["unread"], 1);
+    assert_eq!(ok(b.request(read(1)).await), Response::Ok);
+    assert_eq!(list(bob_token.clone()).await[0]["unread"], 1);
+    assert_eq!(ok(b.request(read(99)).await), Response::Ok);
+    assert_eq!(list(bob_token.clone()).await[0]["unread"], 0);
+    let (s, _) = rpc(&app, 0, &ann_token, send(with_ann, "a3", "four")).await;
+    assert_eq!(s, 200);
+    assert_eq!(list(bob_token.clone()).await[0]["unread"], 1);
+
+    // A second conversation: the most recently active comes first.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let with_cat = open_dm(&app, &cat_token, bob).await;
+    let (s, _) = rpc(&app, 0, &cat_token, send(with_cat, "c0", "hi from cat")).await;
+    assert_eq!(s, 200);
+    let Response::Conversations { conversations } = ok(b.request(json!({"type": "dm.list"})).await)
+    else {
+        panic!()
+    };
+    assert_eq!(
+        conversations
+            .iter()
+            .map(|c| (c.conversation_id, c.unread))
+            .collect::<Vec<_>>(),
+        vec![(with_cat, 1), (with_ann, 1)]
+    );
+    assert_eq!(conversations[0].peer, cat_name);
+    assert_eq!(
+        conversations[0]
+            .last_message
+            .as_ref()
+            .map(|m| m.text.as_str()),
+        Some("hi from cat")
+    );
+    b.close().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn history_pages_by_sequence_number() {
+    let app = spawn_app().await;
+    let (ann, _, ann_token) = app.user(0).await;
+    let (bob, _, bob_token) = app.user(1).await;
+    befriend(&app, (ann, &ann_token), (bob, &bob_token)).await;
+    let conv = open_dm(&app, &ann_token, bob).await;
+    for i in 1..=5 {
+        let token = if i % 2 == 0 { &bob_token } else { &ann_token };
+        let (s, b) = rpc(
+            &app,
+            0,
+            token,
+            send(conv, &format!("m{i}"), &format!("msg {i}")),
+        )
+        .await;
+        assert_eq!(s, 200);
+        assert_eq!(b["message"]["seq"], i);
+    }
+    let page = |extra: Value| {
+        let app = &app;
+        let token = ann_token.clone();
+        async move {
+            let mut req = json!({"type": "dm.history", "conversation_id": conv});
+            for (k, v) in extra.as_object().unwrap() {
+                req[k] = v.clone();
+            }
+            let (s, b) = rpc(app, 1, &token, req).await;
+            assert_eq!(s, 200, "{extra}: {b}");
+            (seqs(&b), b["more"].as_bool().unwrap())
+        }
+    };
+    assert_eq!(page(json!({})).await, (vec![1, 2, 3, 4, 5], false));
+    assert_eq!(page(json!({"limit": 2})).await, (vec![4, 5], true));
+    assert_eq!(
+        page(json!({"limit": 0})).await,
+        (vec![5], true),
+        "limit clamps to 1"
+    );
+    assert_eq!(
+        page(json!({"after_seq": 0, "limit": 2})).await,
+        (vec![1, 2], true)
+    );
+    assert_eq!(
+        page(json!({"after_seq": 2, "limit": 2})).await,
+        (vec![3, 4], true)
+    );
+    assert_eq!(
+        page(json!({"after_seq": 3, "limit": 2})).await,
+        (vec![4, 5], false)
+    );
+    assert_eq!(page(json!({"after_seq": 5})).await, (vec![], false));
+    // Older pages may come from a replica: let it catch up.
+    let want = [
+        (json!({"before_seq": 4, "limit": 2}), (vec![2, 3], true)),
+        (json!({"before_seq": 2, "limit": 2}), (vec![1], false)),
+        (
+            json!({"before_seq": 6, "limit": 10}),
+            (vec![1, 2, 3, 4, 5], false),
+        ),
+        (json!({"before_seq": 1}), (vec![], false)),
+    ];
+    for (extra, expected) in want {
+        eventually(&format!("history page {extra}"), || {
+            let p = page(extra.clone());
+            let expected = expected.clone();
+            async move { (p.await == expected).then_some(()) }
+        })
+        .await;
+    }
+    // Messages come whole: author, text, ids.
+    let (_, b) = rpc(
+        &app,
+        1,
+        &bob_token,
+        json!({"type": "dm.history", "conversation_id": conv, "after_seq": 1, "limit": 1}),
+    )
+    .await;
+    let m = &b["messages"][0];
+    assert_eq!(
+        (m["text"].as_str(), m["client_msg_id"].as_str()),
+        (Some("msg 2"), Some("m2"))
+    );
+    assert_eq!(common::id(&m["author_id"]), bob);
+
+    // Both directions at once, and mistyped bounds, are bad input.
+    for bad in [
+        json!({"type": "dm.history", "conversation_id": conv, "before_seq": 4, "after_seq": 1}),
+        json!({"type": "dm.history", "conversation_id": conv, "before_seq": "4"}),
+        json!({"type": "dm.history", "conversation_id": conv, "limit": -1}),
+        json!({"type": "dm.history"}),
+    ] {
+        let (s, b) = rpc(&app, 0, &ann_token, bad.clone()).await;
+        assert_eq!(
+            (s, b["code"].as_str()),
+            (400, Some("invalid_input")),
+            "{bad}: {b}"
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_sends_are_refused_and_store_nothing() {
+    let app = spawn_app().await;
+    let (ann, _, ann_token) = app.user(0).await;
+    let (bob, _, bob_token) = app.user(1).await;
+    befriend(&app, (ann, &ann_token), (bob, &bob_token)).await;
+    let conv = open_dm(&app, &ann_token, bob).await;
+    let mut a = Client::connect(&app.ws_url(0), &ann_token).await;
+    let cases = [
+        (send(conv, "e1", ""), ErrorCode::InvalidInput),
+        (send(conv, "e2", "   \n "), ErrorCode::InvalidInput),
+        (send(conv, "e3", "a\u{0}b"), ErrorCode::InvalidInput),
+        (
+            send(conv, "e4", &"x".repeat(4001)),
+            ErrorCode::PayloadTooLarge,
+        ),
+        (send(conv, "", "hello"), ErrorCode::InvalidInput),
+        (
+            send(conv, &"c".repeat(65), "hello"),
+            ErrorCode::InvalidInput,
+        ),
+        (
+            json!({"type": "dm.send", "conversation_id": conv, "client_msg_id": 7, "text": "hi"}),
+            ErrorCode::InvalidInput,
+        ),
+        (
+            json!({"type": "dm.send", "conversation_id": conv, "text": "hi"}),
+            ErrorCode::InvalidInput,
+        ),
+    ];
+    for (req, code) in &cases {
+        assert_eq!(err(a.request(req.clone()).await), *code, "{req}");
+    }
+    let (s, b) = rpc(&app, 1, &ann_token, send(conv, "e5", &"y".repeat(4001))).await;
+    assert_eq!(
+        (s, b["code"].as_str()),
+        (413, Some("payload_too_large")),
+        "{b}"
+    );
+    // Nothing was stored; the limits themselves are fine.
+    let (_, b) = rpc(
+        &app,
+        0,
+        &bob_token,
+        json!({"type": "dm.history", "conversation_id": conv}),
+    )
+    .await;
+    assert_eq!(seqs(&b), Vec::<u64>::new());
+    let Response::Sent { message, .. } = ok(a
+        .request(send(conv, &"c".repeat(64), &"é".repeat(2000)))
+        .await)
+    else {
+        panic!()
+    };
+    assert_eq!((message.seq, message.text.len()), (1, 4000));
+    a.close().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn new_messages_reach_every_device_of_both_users() {
+    let app = spawn_app().await;
+    let (ann, ann_name, ann_token) = app.user(0).await;
+    let (bob, bob_name, bob_token) = app.user(1).await;
+    let (_, _, cat_token) = app.user(1).await;
+    befriend(&app, (ann, &ann_token), (bob, &bob_token)).await;
+    let conv = open_dm(&app, &ann_token, bob).await;
+    let ann2 = app.http(1).login(&ann_name, common::PASSWORD).await;
+    let bob2 = app.http(0).login(&bob_name, common::PASSWORD).await;
+    let mut a0 = Client::connect(&app.ws_url(0), &ann_token).await;
+    let mut a1 = Client::connect(&app.ws_url(1), &ann2).await;
+    let mut b0 = Client::connect(&app.ws_url(0), &bob2).await;
+    let mut b1 = Client::connect(&app.ws_url(1), &bob_token).await;
+    let mut c = Client::connect(&app.ws_url(0), &cat_token).await;
+    assert_eq!((a0.edge.as_str(), a1.edge.as_str()), ("edge-0", "edge-1"));
+
+    let Response::Sent { message, duplicate } = ok(a0.request(send(conv, "x1", "from ann")).await)
+    else {
+        panic!()
+    };
+    assert!(!duplicate);
+    for (who, dev) in [
+        ("ann@0", &mut a0),
+        ("ann@1", &mut a1),
+        ("bob@0", &mut b0),
+        ("bob@1", &mut b1),
+    ] {
+        let Event::DmMessage { message: got } = dev
+            .event_where(|e| matches!(e, Event::DmMessage { .. }))
+            .await
+        else {
+            unreachable!()
+        };
+        assert_eq!(got, message, "{who}");
+    }
+    let Response::Sent { message, .. } = ok(b1.request(send(conv, "y1", "from bob")).await) else {
+        panic!()
+    };
+    assert_eq!((message.seq, message.author_id), (2, Some(bob)));
+    for dev in [&mut a0, &mut a1, &mut b0, &mut b1] {
+        let Event::DmMessage { message: got } = dev
+            .event_where(|e| matches!(e, Event::DmMessage { .. }))
+            .await
+        else {
+            unreachable!()
+        };
+        assert_eq!((got.seq, got.text.as_str()), (2, "from bob"));
+    }
+    // A retried send is acknowledged again but delivered as the same message.
+    let Response::Sent { message, duplicate } = ok(a1.request(send(conv, "x1", "from ann")).await)
+    else {
+        panic!()
+    };
+    assert_eq!((message.seq, duplicate), (1, true));
+    assert!(
+        c.event(Duration::from_millis(500)).await.is_none(),
+        "not for Cat"
+    );
+    for dev in [a0, a1, b0, b1, c] {
+        dev.close().await;
+    }
+    app.stop().await;
+}

@@ -1,0 +1,119 @@
+//! List all clients (feature 2): who is online across every edge, paginated with a cursor.
+
+mod common;
+
+use common::{eventually, online_all, online_until};
+use e2e::client::{err, Client};
+use e2e::spawn_app;
+use serde_json::json;
+use std::collections::BTreeSet;
+use std::time::Duration;
+use topics::{ErrorCode, Id};
+
+#[tokio::test]
+async fn the_online_list_pages_with_a_cursor_across_edges() {
+    let app = spawn_app().await;
+    let mut users = Vec::new();
+    let mut sockets = Vec::new();
+    for i in 0..4 {
+        let (id, _, token) = app.user(i % 2).await;
+        users.push((id, token.clone()));
+        sockets.push(Client::connect(&app.ws_url(i % 2), &token).await);
+    }
+    // The last user is on both edges at once.
+    let (multi, multi_token) = users[3].clone();
+    let second = Client::connect(&app.ws_url(0), &multi_token).await;
+    assert_ne!(second.edge, sockets[3].edge);
+    let everyone: BTreeSet<Id> = users.iter().map(|(id, _)| *id).collect();
+
+    let viewer = &mut sockets[0];
+    let all = online_until(viewer, "all four users online", |ids| {
+        ids.iter().copied().collect::<BTreeSet<_>>() == everyone
+    })
+    .await;
+    assert_eq!(
+        all.len(),
+        4,
+        "a user with two sockets is listed once: {all:?}"
+    );
+
+    // One per page: the cursor walks through everyone exactly once, in a stable order.
+    let (walk, pages) = online_all(viewer, 1).await;
+    assert_eq!(walk, all, "same users, same order, no duplicates");
+    assert_eq!(pages, 4);
+    let (walk, pages) = online_all(viewer, 3).await;
+    assert_eq!((walk, pages), (all.clone(), 2));
+    let mut sorted = all.clone();
+    sorted.sort();
+    assert_eq!(all, sorted, "ordered by id");
+
+    // Bad cursors are refused.
+    for bad in ["abc", "1", "", "-1", &"9".repeat(40)] {
+        assert_eq!(
+            err(viewer
+                .request(json!({"type": "online.list", "cursor": bad, "limit": 1}))
+                .await),
+            ErrorCode::InvalidInput,
+            "{bad:?}"
+        );
+    }
+    assert_eq!(
+        err(viewer
+            .request(json!({"type": "online.list", "limit": "ten"}))
+            .await),
+        ErrorCode::InvalidInput
+    );
+
+    // One of two sockets closes: still online. Both close: gone; the rest stay.
+    second.close().await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let (ids, _) = online_all(viewer, 100).await;
+    assert!(ids.contains(&multi), "still online on the other edge");
+    let last = sockets.pop().unwrap();
+    last.close().await;
+    let viewer = &mut sockets[0];
+    let ids = online_until(viewer, "the user with no socket leaves the list", |ids| {
+        !ids.contains(&multi)
+    })
+    .await;
+    assert_eq!(
+        ids.into_iter().collect::<BTreeSet<_>>(),
+        everyone.iter().copied().filter(|u| *u != multi).collect()
+    );
+    for s in sockets {
+        s.close().await;
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_online_list_over_http_needs_a_session() {
+    let app = spawn_app().await;
+    let (me, _, token) = app.user(0).await;
+    let h = app.http(1);
+    assert_eq!(h.get("/api/v1/online", None).await.0, 401);
+    assert_eq!(h.get("/api/v1/online", Some("forged-token")).await.0, 401);
+    // Logged in but not connected: not online.
+    let (s, b) = h.get("/api/v1/online", Some(&token)).await;
+    assert_eq!(s, 200, "{b}");
+    assert!(b["users"].as_array().unwrap().is_empty(), "{b}");
+    let c = Client::connect(&app.ws_url(0), &token).await;
+    let listed = eventually("online over http", || async {
+        let (s, b) = h.get("/api/v1/online?limit=10", Some(&token)).await;
+        assert_eq!(s, 200, "{b}");
+        (!b["users"].as_array().unwrap().is_empty()).then_some(b)
+    })
+    .await;
+    assert_eq!(common::id(&listed["users"][0]["user_id"]), me);
+    assert!(listed["next_cursor"].is_null());
+    for bad in ["/api/v1/online?limit=x", "/api/v1/online?cursor=zz"] {
+        let (s, b) = h.get(bad, Some(&token)).await;
+        assert_eq!(
+            (s, b["code"].as_str()),
+            (400, Some("invalid_input")),
+            "{bad}"
+        );
+    }
+    c.close().await;
+    app.stop().await;
+}

@@ -1,0 +1,349 @@
+//! Session management (feature 6) and session refresh (feature 8): listing my sessions, logging
+//! out one of them (its socket is told and closed, the others keep working), refresh over HTTP
+//! with token rotation, the cookie, and the grace period of a rotated-out token.
+
+mod common;
+
+use common::{login, signup};
+use e2e::client::{err, ok, Client};
+use e2e::{spawn_app, spawn_app_with, Options};
+use serde_json::json;
+use std::time::Duration;
+use topics::{ErrorCode, Event, Response};
+
+#[tokio::test]
+async fn my_sessions_are_listed_with_the_current_one_flagged() {
+    let app = spawn_app().await;
+    let (_, name) = signup(&app, 0).await;
+    let (t1, s1) = login(&app, 0, &name).await;
+    let (t2, s2) = login(&app, 1, &name).await;
+    assert_ne!(s1, s2);
+    // Someone else's sessions are not mine.
+    let (_, other) = signup(&app, 1).await;
+    let (_, s_other) = login(&app, 1, &other).await;
+
+    let mut c = Client::connect(&app.ws_url(0), &t1).await;
+    let Response::Sessions { sessions } = ok(c.request(json!({"type": "session.list"})).await)
+    else {
+        panic!()
+    };
+    let ids: Vec<&str> = sessions.iter().map(|s| s.session_id.as_str()).collect();
+    assert_eq!(ids.len(), 2, "{sessions:?}");
+    assert!(ids.contains(&s1.as_str()) && ids.contains(&s2.as_str()));
+    assert!(!ids.contains(&s_other.as_str()));
+    for s in &sessions {
+        assert_eq!(s.current, s.session_id == s1, "{s:?}");
+        assert!(s.created_at_ms > 0 && s.last_seen_ms >= s.created_at_ms);
+    }
+
+    // Over HTTP, with the other session, the flag moves.
+    let (status, body) = app.http(1).get("/api/v1/sessions", Some(&t2)).await;
+    assert_eq!(status, 200, "{body}");
+    let listed = body["sessions"].as_array().unwrap();
+    assert_eq!(listed.len(), 2);
+    for s in listed {
+        assert_eq!(s["current"] == true, s["session_id"] == s2.as_str(), "{s}");
+        assert!(s.get("token").is_none() && s.get("token_hash").is_none());
+    }
+    assert_eq!(app.http(0).get("/api/v1/sessions", None).await.0, 401);
+    c.close().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn logging_out_one_session_closes_its_socket_and_only_its_socket() {
+    let app = spawn_app().await;
+    let (_, name) = signup(&app, 0).await;
+    let (t1, s1) = login(&app, 0, &name).await;
+    let (t2, _s2) = login(&app, 1, &name).await;
+    let (_, other) = signup(&app, 1).await;
+    let (t_other, s_other) = login(&app, 1, &other).await;
+    let mut c1 = Client::connect(&app.ws_url(0), &t1).await;
+    let mut c2 = Client::connect(&app.ws_url(1), &t2).await;
+
+    // Someone else's session, or one that does not exist: not found, nothing ends.
+    for sid in [s_other.as_str(), "0123456789abcdef0123456789abcdef", "x"] {
+        assert_eq!(
+            err(c2
+                .request(json!({"type": "session.logout", "session_id": sid}))
+                .await),
+            ErrorCode::NotFound,
+            "{sid}"
+        );
+    }
+    let (s, body) = app
+        .http(0)
+        .delete(&format!("/api/v1/sessions/{s_other}"), Some(&t2))
+        .await;
+    assert_eq!(
+        (s, body["code"].as_str()),
+        (404, Some("not_found")),
+        "{body}"
+    );
+    assert_eq!(
+        app.http(0).get("/api/v1/users/me", Some(&t_other)).await.0,
+        200,
+        "the other user's session survived"
+    );
+
+    // Session 2 logs session 1 out: socket 1 (on the other edge) is told and closed with 4001.
+    ok(c2
+        .request(json!({"type": "session.logout", "session_id": s1}))
+        .await);
+    let Event::SessionRevoked { reason } = c1
+        .event_where(|e| matches!(e, Event::SessionRevoked { .. }))
+        .await
+    else {
+        unreachable!()
+    };
+    assert!(!reason.is_empty());
+    assert_eq!(c1.closed().await, Some(4001));
+    assert_eq!(
+        ok(c2.request(json!({"type": "ping"})).await),
+        Response::Pong
+    );
+    let Response::Sessions { sessions } = ok(c2.request(json!({"type": "session.list"})).await)
+    else {
+        panic!()
+    };
+    assert_eq!(sessions.len(), 1);
+    assert!(sessions[0].current);
+    assert_eq!(app.http(0).get("/api/v1/users/me", Some(&t1)).await.0, 401);
+    assert_eq!(app.http(0).get("/api/v1/users/me", Some(&t2)).await.0, 200);
+    // Logging out the same session again: it is gone.
+    assert_eq!(
+        err(c2
+            .request(json!({"type": "session.logout", "session_id": s1}))
+            .await),
+        ErrorCode::NotFound
+    );
+
+    // Logging out the current session over HTTP clears the cookie and closes its socket.
+    let resp = app
+        .http(1)
+        .raw(|c, base| {
+            c.delete(format!("{base}/api/v1/sessions/current"))
+                .bearer_auth(&t2)
+        })
+        .await;
+    assert_eq!(resp.status().as_u16(), 200);
+    let cleared: Vec<String> = resp
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    assert!(
+        cleared
+            .iter()
+            .any(|c| c.starts_with("sb_session=;") && c.contains("Max-Age=0")),
+        "{cleared:?}"
+    );
+    assert_eq!(c2.closed().await, Some(4001));
+    assert_eq!(app.http(0).get("/api/v1/users/me", Some(&t2)).await.0, 401);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn http_logout_everywhere_ends_every_session() {
+    let app = spawn_app().await;
+    let (_, name) = signup(&app, 0).await;
+    let (t1, _) = login(&app, 0, &name).await;
+    let (t2, _) = login(&app, 1, &name).await;
+    let (t3, _) = login(&app, 0, &name).await;
+    let mut c = Client::connect(&app.ws_url(1), &t2).await;
+    // Logging out the current session over a socket: told, then closed.
+    let mut c3 = Client::connect(&app.ws_url(0), &t3).await;
+    assert_eq!(
+        ok(c3.request(json!({"type": "session.logout"})).await),
+        Response::Ok
+    );
+    assert_eq!(c3.closed().await, Some(4001));
+    assert_eq!(app.http(1).get("/api/v1/users/me", Some(&t3)).await.0, 401);
+    assert!(
+        matches!(
+            ok(c.request(json!({"type": "user.me"})).await),
+            Response::User { .. }
+        ),
+        "other sessions are untouched"
+    );
+    let (s, _) = app.http(0).delete("/api/v1/sessions", Some(&t1)).await;
+    assert_eq!(s, 200);
+    assert_eq!(c.closed().await, Some(4001));
+    for t in [&t1, &t2] {
+        assert_eq!(app.http(1).get("/api/v1/users/me", Some(t)).await.0, 401);
+    }
+    app.stop().await;
+}
+
+fn set_cookies(resp: &reqwest::Response) -> Vec<String> {
+    resp.headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect()
+}
+
+fn cookie_token(cookies: &[String]) -> String {
+    let c = cookies
+        .iter()
+        .find(|c| c.starts_with("sb_session="))
+        .unwrap_or_else(|| panic!("no session cookie in {cookies:?}"));
+    c.trim_start_matches("sb_session=")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn http_refresh_rotates_the_token_sets_the_cookie_and_honours_the_grace_period() {
+    let mut opts = Options::default();
+    opts.limits.token_grace_s = 1;
+    let app = spawn_app_with(opts).await;
+    let (user, name) = signup(&app, 0).await;
+    let (t0, sid) = login(&app, 0, &name).await;
+    let h = app.http(1);
+
+    let resp = h
+        .raw(|c, base| {
+            // No body and no Content-Length, as `curl -X POST` sends it.
+            c.post(format!("{base}/api/v1/sessions/refresh"))
+                .bearer_auth(&t0)
+        })
+        .await;
+    let status = resp.status().as_u16();
+    let cookies = set_cookies(&resp);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let t1 = body["token"].as_str().unwrap().to_string();
+    // The old token keeps working within the grace period (1 s here).
+    assert_eq!(
+        h.get("/api/v1/users/me", Some(&t0)).await.0,
+        200,
+        "rotated-out token works within its grace period"
+    );
+    assert_ne!(t1, t0, "the token is rotated");
+    assert!(t1.len() >= 22);
+    assert_eq!(body["session_id"], sid.as_str(), "same session");
+    assert_eq!(common::id(&body["user_id"]), user);
+    let cookie = cookies
+        .iter()
+        .find(|c| c.starts_with("sb_session="))
+        .unwrap_or_else(|| panic!("{cookies:?}"));
+    assert!(cookie.contains("HttpOnly"), "{cookie}");
+    assert!(cookie.contains("SameSite=Strict"), "{cookie}");
+    assert_eq!(cookie_token(&cookies), t1);
+
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(
+        h.get("/api/v1/users/me", Some(&t0)).await.0,
+        401,
+        "rotated-out token expired after its grace period"
+    );
+    assert_eq!(h.get("/api/v1/users/me", Some(&t1)).await.0, 200);
+    assert_eq!(
+        h.post("/api/v1/sessions/refresh", json!({}), Some(&t0))
+            .await
+            .0,
+        401,
+        "an expired token cannot refresh"
+    );
+
+    // Cookie mode: the token never appears in the body, only in the HttpOnly cookie, and the
+    // cookie alone authenticates.
+    let resp = h
+        .raw(|c, base| {
+            c.post(format!("{base}/api/v1/sessions/refresh"))
+                .header("cookie", format!("sb_session={t1}"))
+                .header("x-session-mode", "cookie")
+        })
+        .await;
+    assert_eq!(resp.status().as_u16(), 200);
+    let cookies = set_cookies(&resp);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["kind"], "session");
+    assert_eq!(body["token"], "", "token blanked in cookie mode: {body}");
+    let t2 = cookie_token(&cookies);
+    assert!(!t2.is_empty() && t2 != t1);
+    let resp = h
+        .raw(|c, base| {
+            c.get(format!("{base}/api/v1/users/me"))
+                .header("cookie", format!("sb_session={t2}"))
+        })
+        .await;
+    assert_eq!(resp.status().as_u16(), 200);
+
+    // Logging in in cookie mode also keeps the token out of the body.
+    let resp = h
+        .raw(|c, base| {
+            c.post(format!("{base}/api/v1/sessions"))
+                .header("x-session-mode", "cookie")
+                .json(&json!({"username": name, "password": common::PASSWORD}))
+        })
+        .await;
+    assert_eq!(resp.status().as_u16(), 200);
+    let cookies = set_cookies(&resp);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["token"], "");
+    assert!(!cookie_token(&cookies).is_empty());
+    app.stop().await;
+}
+
+/// The keep-alive frame: a rotated session with the configured idle lifetime.
+async fn keepalive(c: &mut Client, idle_timeout: u64) {
+    let Response::Session {
+        token,
+        idle_timeout_s,
+        ..
+    } = ok(c.request(json!({"type": "session.refresh"})).await)
+    else {
+        panic!("session.refresh did not answer with a session")
+    };
+    assert!(!token.is_empty());
+    assert_eq!(idle_timeout_s, idle_timeout);
+}
+
+#[tokio::test]
+async fn refreshing_keeps_a_session_alive_past_its_idle_timeout() {
+    let mut opts = Options::default();
+    opts.limits.session_idle_timeout_s = 4;
+    let app = spawn_app_with(opts).await;
+    let (_, name) = signup(&app, 0).await;
+    // Logins are slow (Argon2): each session is refreshed as soon as it exists.
+    let (idle, _) = login(&app, 1, &name).await;
+    let (ws_token, _) = login(&app, 1, &name).await;
+    let mut c = Client::connect(&app.ws_url(1), &ws_token).await;
+    keepalive(&mut c, 4).await;
+    let (mut kept, _) = login(&app, 0, &name).await;
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(6) {
+        keepalive(&mut c, 4).await;
+        let (s, body) = app
+            .http(0)
+            .post("/api/v1/sessions/refresh", json!({}), Some(&kept))
+            .await;
+        assert_eq!(s, 200, "{body}");
+        assert_eq!(body["idle_timeout_s"], 4);
+        kept = body["token"].as_str().unwrap().to_string();
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+    }
+    assert_eq!(
+        app.http(1).get("/api/v1/users/me", Some(&kept)).await.0,
+        200
+    );
+    assert!(
+        matches!(
+            ok(c.request(json!({"type": "user.me"})).await),
+            Response::User { .. }
+        ),
+        "the socket's session is alive"
+    );
+    assert_eq!(
+        app.http(1).get("/api/v1/users/me", Some(&idle)).await.0,
+        401,
+        "the session nobody refreshed expired"
+    );
+    c.close().await;
+    app.stop().await;
+}
