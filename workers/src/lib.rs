@@ -106,7 +106,19 @@ pub async fn deps(settings: &Settings, metrics: Metrics) -> Result<Arc<Deps>> {
     runtime::kafka::ensure_shared_topics(&settings.kafka).await?;
     let redis = runtime::redis::pool(&settings.redis)?;
     let keys = Keys::new(settings.redis.key_prefix.clone());
-    let node = ids::lease_node(&redis, &keys).await?;
+    // Redis Cluster may be slow to accept the first connections (a loaded machine, a failover in
+    // progress): retry for a minute before giving up.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    let node = loop {
+        match ids::lease_node(&redis, &keys).await {
+            Ok(n) => break n,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "redis not reachable yet; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
     Ok(Arc::new(Deps {
         publisher: Publisher::new(&settings.kafka, metrics.clone())?,
         registry: Registry {
