@@ -283,7 +283,7 @@ pub async fn run(a: BroadcastArgs) -> Result<Report<BroadcastResult>> {
             &settled,
             &out.per_edge,
             connected.opened,
-            !c.direct,
+            &setup.targets,
         ),
         result,
         cpu,

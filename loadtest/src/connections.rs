@@ -181,7 +181,7 @@ pub async fn run(a: ConnectionsArgs) -> Result<Report<ConnectionsResult>> {
             &settled,
             &out.per_edge,
             s.opened,
-            !c.direct,
+            &setup.targets,
         ),
         result,
         cpu,

@@ -56,20 +56,32 @@ pub fn memory(
     after: &Sample,
     per_edge: &BTreeMap<String, u64>,
     total: u64,
-    via_nginx: bool,
+    targets: &[String],
 ) -> Vec<Memory> {
     let mut out = Vec::new();
     for c in components
         .iter()
-        .filter(|c| c.kind == "edge" || (c.kind == "nginx" && via_nginx))
+        .filter(|c| c.kind == "edge" || c.kind == "nginx")
     {
+        // Socket i went to targets[i % n]: each nginx proxied its round-robin share.
+        let nginx_share = c
+            .addr
+            .as_ref()
+            .and_then(|a| targets.iter().position(|t| t == a))
+            .map(|i| {
+                let n = targets.len() as u64;
+                total / n + u64::from((i as u64) < total % n)
+            });
+        if c.kind == "nginx" && nginx_share.is_none() {
+            continue;
+        }
         let (Some(b), Some(a)) = (before.rss_kib(&c.name), after.rss_kib(&c.name)) else {
             continue;
         };
         let conns = if c.kind == "edge" {
             per_edge.get(&c.name).copied().unwrap_or(0)
         } else {
-            total
+            nginx_share.unwrap_or(0)
         };
         out.push(Memory {
             name: c.name.clone(),
@@ -214,6 +226,39 @@ mod tests {
         fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
             s.serialize_u8(5)
         }
+    }
+
+    #[test]
+    fn nginx_memory_counts_its_round_robin_share() {
+        let me = std::process::id();
+        let comp = |name: &str, kind: &str, addr: &str| Component {
+            name: name.into(),
+            kind: kind.into(),
+            pid: me,
+            addr: Some(addr.into()),
+        };
+        let comps = vec![
+            comp("nginx-0", "nginx", "a:1"),
+            comp("nginx-1", "nginx", "a:2"),
+            comp("edge-0", "edge", "e:1"),
+        ];
+        let s = crate::procs::sample(&comps);
+        let targets = vec!["a:1".to_string(), "a:2".to_string()];
+        let per_edge: BTreeMap<String, u64> = [("edge-0".to_string(), 5)].into();
+        let m = memory(&comps, &s, &s, &per_edge, 5, &targets);
+        let conns: Vec<(String, u64)> = m.iter().map(|m| (m.name.clone(), m.connections)).collect();
+        assert_eq!(
+            conns,
+            vec![
+                ("nginx-0".into(), 3),
+                ("nginx-1".into(), 2),
+                ("edge-0".into(), 5)
+            ]
+        );
+        assert_eq!(m[0].kib_per_connection, Some(0.0));
+        // Direct to the edges: nginx carried nothing and is left out.
+        let m = memory(&comps, &s, &s, &per_edge, 5, &["e:1".to_string()]);
+        assert_eq!(m.len(), 1);
     }
 
     #[test]
