@@ -71,7 +71,8 @@ pub struct Fleet {
     /// 100k Argon2 logins.
     #[arg(long, default_value_t = 50)]
     pub per_user: usize,
-    /// Handshakes in flight at once, per process.
+    /// Handshakes in flight at once, over all processes. Each waits for the auth worker: more
+    /// than it answers within the edge's 5 s request timeout end as 503s.
     #[arg(long, default_value_t = 256)]
     pub concurrency: usize,
     /// Cap on new connections per second over all processes (0: as fast as they go).

@@ -51,7 +51,8 @@ pub fn split(range: Range<usize>, n: usize) -> Vec<Range<usize>> {
         .collect()
 }
 
-/// The part of `plan` for sockets `part`: its range, its users' tokens, its share of the rate.
+/// The part of `plan` for sockets `part`: its range, its users' tokens, its share of the rate
+/// and of the handshakes in flight.
 fn sub_plan(plan: &HoldPlan, part: Range<usize>, parts: usize) -> HoldPlan {
     let per_user = plan.per_user.max(1);
     let first_user = part.start / per_user;
@@ -63,6 +64,7 @@ fn sub_plan(plan: &HoldPlan, part: Range<usize>, parts: usize) -> HoldPlan {
         user_base: first_user,
         tokens: plan.tokens[lo..hi.max(lo)].to_vec(),
         connect_rate: plan.connect_rate / parts as f64,
+        concurrency: plan.concurrency.div_ceil(parts).max(1),
         ..plan.clone()
     }
 }
@@ -256,7 +258,7 @@ mod tests {
             (s.user_base, s.tokens.clone()),
             (1, vec!["t1".to_string(), "t2".to_string()])
         );
-        assert_eq!(s.connect_rate, 5.0);
+        assert_eq!((s.connect_rate, s.concurrency), (5.0, 1));
         for i in s.range.clone() {
             assert_eq!(s.tokens[i / 3 - s.user_base], plan.tokens[i / 3]);
         }
