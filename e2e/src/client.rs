@@ -81,13 +81,21 @@ impl Http {
     }
 
     pub async fn login(&self, username: &str, password: &str) -> String {
-        let (s, b) = self
-            .post(
-                "/api/v1/sessions",
-                json!({"username": username, "password": password}),
-                None,
-            )
-            .await;
+        let mut attempt = 0;
+        let (s, b) = loop {
+            let (s, b) = self
+                .post(
+                    "/api/v1/sessions",
+                    json!({"username": username, "password": password}),
+                    None,
+                )
+                .await;
+            // `unavailable` means "retry" (the edge gave up waiting on a busy worker).
+            attempt += 1;
+            if s != 503 || attempt == 3 {
+                break (s, b);
+            }
+        };
         assert_eq!(s, 200, "login failed: {b}");
         b["token"].as_str().expect("token").to_string()
     }
