@@ -46,7 +46,9 @@ pub fn consumer(s: &KafkaSettings, group: &str, from_latest: bool) -> Result<Str
         )
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
-        .set("fetch.wait.max.ms", "10")
+        // `fetch.min.bytes` is 1: the broker answers as soon as a record is there, so a longer wait
+        // costs no latency and stops idle consumers polling the broker 100 times a second.
+        .set("fetch.wait.max.ms", "100")
         .set("partition.assignment.strategy", "cooperative-sticky")
         .create()?)
 }
@@ -67,7 +69,9 @@ pub async fn ensure_topics(
             let mut t = NewTopic::new(n, partitions, TopicReplication::Fixed(s.replication_factor))
                 .set("min.insync.replicas", min_isr);
             if let Some(r) = &retention {
-                t = t.set("retention.ms", r);
+                // Kafka deletes whole segments only: a segment rolls at 1 GiB or 7 days by
+                // default, so without `segment.ms` a busy topic keeps records for up to a week.
+                t = t.set("retention.ms", r).set("segment.ms", r);
             }
             t
         })

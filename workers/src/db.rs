@@ -7,6 +7,7 @@ use mysql_async::prelude::*;
 use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts};
 use secrecy::ExposeSecret;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// One physical shard.
 #[derive(Clone)]
@@ -77,7 +78,17 @@ fn opts(s: &DatabaseSettings, addr: &str, db: Option<&str>) -> Result<Opts> {
         .pass(Some(s.password.expose_secret().to_string()))
         .db_name(db.map(str::to_string))
         .prefer_socket(false)
-        .pool_opts(PoolOpts::default().with_constraints(constraints))
+        .pool_opts(
+            PoolOpts::default()
+                .with_constraints(constraints)
+                // Keep returned connections (up to `pool_max`) for a minute: with the default TTL
+                // of 0 the pool keeps `min` (0) idle connections, so every request paid a new
+                // TCP connect and login (docs/benchmarks.md, finding 2).
+                .with_inactive_connection_ttl(Duration::from_secs(60))
+                // No handler changes session variables; an unfinished transaction is still
+                // rolled back when a connection goes back to the pool.
+                .with_reset_connection(false),
+        )
         .into())
 }
 
