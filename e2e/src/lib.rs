@@ -1,10 +1,12 @@
 //! Test harness. `spawn_app()` runs two edges, every worker role and the router in this process
 //! against the shared real stack that `./sb` started (found through `SB_STACK_FILE`, default
 //! `.sb/stack.json`), with a unique topic prefix, Redis key prefix and database name, so tests
-//! run in parallel without seeing each other. `Platform` talks to the processes `./sb` started,
-//! through nginx.
+//! run in parallel without seeing each other, and puts two real nginx instances in front of the
+//! edges: every HTTP call and WebSocket of a test goes through nginx (`nginx.rs`).
+//! `tests/platform.rs` talks to the processes `./sb` started, through their nginx.
 
 pub mod client;
+pub mod nginx;
 
 pub use client::{Client, Http};
 
@@ -96,17 +98,21 @@ pub struct TestApp {
     pub kafka: runtime::KafkaSettings,
     pub database: DatabaseSettings,
     pub redis: runtime::RedisSettings,
+    /// nginx `i` sends to edge `i` (the other edge is its backup).
+    pub nginx: Vec<nginx::Nginx>,
     stop: CancellationToken,
     tasks: tokio::task::JoinSet<()>,
 }
 
 impl TestApp {
+    /// HTTP through the nginx in front of edge `edge`.
     pub fn http(&self, edge: usize) -> Http {
-        Http::new(&format!("http://{}", self.edges[edge]))
+        Http::new(&format!("http://{}", self.nginx[edge].addr))
     }
 
+    /// The WebSocket URL of the nginx in front of edge `edge`.
     pub fn ws_url(&self, edge: usize) -> String {
-        format!("ws://{}/ws", self.edges[edge])
+        format!("ws://{}/ws", self.nginx[edge].addr)
     }
 
     /// A user signed up and logged in: (user id, username, token).
@@ -128,6 +134,7 @@ impl TestApp {
 
     /// Stop everything and wait for it.
     pub async fn stop(mut self) {
+        self.nginx.clear();
         self.stop.cancel();
         while self.tasks.join_next().await.is_some() {}
     }
@@ -210,8 +217,15 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
         let s = stop.clone();
         tasks.spawn(app.run_until_stopped(s));
     }
+    let nginx = (0..edges.len())
+        .map(|i| {
+            let backup = edges[(i + 1) % edges.len()];
+            nginx::start(&format!("{prefix}-{i}"), edges[i], backup)
+        })
+        .collect();
     let app = TestApp {
         prefix,
+        nginx,
         edges,
         stack,
         kafka,
