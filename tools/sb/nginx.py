@@ -53,19 +53,31 @@ def _quote(path: str) -> str:
     return f'"{path}"'
 
 
-def nginx_conf(port: int, root: str) -> str:
+# Each process may hold 20,000 open files here (hard limit). A proxied WebSocket takes two
+# connections (client and upstream), so one worker carries at most ~9,750 clients.
+WORKER_FILES = 20000
+WORKER_CONNECTIONS = 19500
+
+
+def worker_count(edges: int) -> int:
+    """Workers per instance: one per edge (at least 2), so that the two instances together hold
+    as many clients as the edges behind them (an edge takes up to 19,000 connections)."""
+    return max(2, edges)
+
+
+def nginx_conf(port: int, root: str, workers: int = 2) -> str:
     security_headers = "\n".join(f'            add_header {k} "{v}" always;' for k, v in SECURITY_HEADERS)
     web_root = _quote(root)
     return f"""# written by ./sb up -- edits are overwritten (the upstream list is in upstream.conf)
 daemon off;
 pid logs/nginx.pid;
 error_log logs/error.log warn;
-worker_processes 2;
-worker_rlimit_nofile 20000;
+worker_processes {workers};
+worker_rlimit_nofile {WORKER_FILES};
 worker_shutdown_timeout 30s;
 
 events {{
-    worker_connections 10000;
+    worker_connections {WORKER_CONNECTIONS};
 }}
 
 http {{
@@ -102,7 +114,8 @@ http {{
     include upstream.conf;
 
     server {{
-        listen 127.0.0.1:{port} backlog=4096;
+        # reuseport: one listening socket per worker, so the kernel spreads clients evenly
+        listen 127.0.0.1:{port} backlog=4096 reuseport;
 
         # the web client (web/dist, built by `./sb up`); any other path gets the page too
         root {web_root};
@@ -212,7 +225,7 @@ def start_and_wait(ctx, timeout: float = 30.0) -> None:
         for sub in ("conf", "logs", "temp"):
             os.makedirs(os.path.join(p, sub), exist_ok=True)
         port = ctx.ports.nginx(i)
-        write_atomic(os.path.join(p, "conf", "nginx.conf"), nginx_conf(port, web_root(ctx)))
+        write_atomic(os.path.join(p, "conf", "nginx.conf"), nginx_conf(port, web_root(ctx), worker_count(len(_edge_ports(ctx)))))
         t = subprocess.run([exe, "-t", "-q", *_nginx_args(ctx, i)], capture_output=True, text=True)
         if t.returncode != 0:
             raise SbError(f"{name(i)}: bad nginx config:\n{t.stderr}")
