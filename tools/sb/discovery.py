@@ -5,7 +5,9 @@ asks every edge the launcher knows of for `GET /healthz`; when the set of health
 it rewrites `upstream.conf` of every nginx instance and reloads them (`nginx -s reload` keeps
 open WebSockets; a refused config leaves the old one serving). Between checks nginx's passive
 health checks (`max_fails=1 fail_timeout=2s`, `proxy_next_upstream error timeout`) already
-steer new connections away from a dead edge, so a client loses at most one reconnect.
+steer new connections away from a dead edge, so a client loses at most one reconnect. An edge
+whose process is gone leaves the list at once; one that is alive but misses its check leaves
+only after MISSES_TO_REMOVE checks in a row, so a busy machine does not make nginx reload.
 
 On Kubernetes the Service's endpoints do this job; see helm/README.md.
 """
@@ -24,12 +26,33 @@ from state import State, write_atomic
 from util import alive, http_status, which
 
 INTERVAL = 1.0
+# A live process that misses this many checks in a row leaves the upstream list. One missed check
+# is usually a busy machine, not a dead edge, and every reload costs the clients on the old nginx
+# workers their connection once `worker_shutdown_timeout` runs out. A process that is gone leaves
+# at once.
+MISSES_TO_REMOVE = 3
+CHECK_TIMEOUT = 1.0
 
 
-def healthy_edges(components: list[dict]) -> list[int]:
-    """Ports of the edges that answer /healthz with 200 right now."""
-    return sorted(c["port"] for c in components
-                  if c.get("kind") == "edge" and http_status(f"http://{c['addr']}/healthz", timeout=0.5) == 200)
+def healthy_edges(components: list[dict], misses: dict[int, int]) -> list[int]:
+    """Ports of the edges to route to: those that answer /healthz with 200, plus those whose
+    process is alive and that failed fewer than MISSES_TO_REMOVE checks in a row. Updates
+    `misses` (port -> failed checks in a row)."""
+    keep = []
+    for c in components:
+        if c.get("kind") != "edge":
+            continue
+        port = c["port"]
+        if not alive(c.get("pid"), c.get("starttime")):
+            misses[port] = MISSES_TO_REMOVE
+            continue
+        if http_status(f"http://{c['addr']}/healthz", timeout=CHECK_TIMEOUT) == 200:
+            misses[port] = 0
+        else:
+            misses[port] = misses.get(port, 0) + 1
+        if misses[port] < MISSES_TO_REMOVE:
+            keep.append(port)
+    return sorted(keep)
 
 
 def apply(state: State, ports: list[int], placeholder: int) -> list[str]:
@@ -62,6 +85,7 @@ def run(state_dir: str) -> int:
     signal.signal(signal.SIGINT, on_term)
     state = State(state_dir)
     current: list[int] | None = None
+    misses: dict[int, int] = {}
     while not stop:
         try:
             state.load()
@@ -69,7 +93,7 @@ def run(state_dir: str) -> int:
             print(f"discovery: state not readable ({e})", flush=True)
             time.sleep(INTERVAL)
             continue
-        live = healthy_edges(state.components)
+        live = healthy_edges(state.components, misses)
         if live != current:
             # Never write an empty list while edges are registered but all failing their check at
             # once (e.g. the whole machine stalled): keep routing to all of them instead.
