@@ -93,7 +93,7 @@ impl Rows for DmResult {
             ),
             ("rejected (by code)".into(), kv(&self.rejected)),
             (
-                "**lost** (acked, never delivered)".into(),
+                "**lost** (acked, not delivered by the end of the drain + 5 s)".into(),
                 format!("**{}**", self.lost),
             ),
             (
@@ -328,6 +328,8 @@ async fn pair(
     let drain_end = end + plan.drain;
     let pad: String = "x".repeat(plan.text_bytes.saturating_sub(20));
     let mut k: u64 = 0;
+    let mut deadline = drain_end;
+    let mut grace = false;
     loop {
         let sending = next < end;
         let [x, y] = &mut sides;
@@ -335,7 +337,17 @@ async fn pair(
             _ = tokio::time::sleep_until(next), if sending => None,
             m = x.ws.next() => Some((0, m)),
             m = y.ws.next() => Some((1, m)),
-            _ = tokio::time::sleep_until(drain_end) => break,
+            _ = tokio::time::sleep_until(deadline) => {
+                // The ack and the delivery leave the worker together but take different paths:
+                // past the drain, give deliveries of acknowledged messages a last few seconds
+                // before counting them lost.
+                if grace || !msgs.values().any(|m| m.acked && !m.delivered) {
+                    break;
+                }
+                grace = true;
+                deadline = drain_end + DELIVERY_GRACE;
+                continue;
+            }
         };
         match got {
             None => {
@@ -449,6 +461,9 @@ async fn pair(
         {
             break;
         }
+        if grace && msgs.values().all(|m| !m.acked || m.delivered) {
+            break;
+        }
     }
     for m in msgs.values() {
         if !m.replied {
@@ -463,6 +478,9 @@ async fn pair(
     }
     out
 }
+
+/// How long past the drain the deliveries of acknowledged messages are still waited for.
+const DELIVERY_GRACE: Duration = Duration::from_secs(5);
 
 pub async fn run(a: DmArgs) -> Result<Report<DmResult>> {
     let c = &a.common;
