@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
@@ -485,7 +486,7 @@ async fn upgrade(
             }
         };
         let config = ws_config(e2.settings.max_frame_bytes);
-        let socket =
+        let mut socket =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await;
         let (tx, rx) = tokio::sync::mpsc::channel(e2.settings.outbound_queue);
@@ -507,8 +508,13 @@ async fn upgrade(
             session_id: ctx.session_id.clone(),
         })
         .await;
-        session::drive(e2.clone(), ctx.clone(), socket, rx, kill, stop).await;
+        let closed_by_us = session::drive(e2.clone(), ctx.clone(), &mut socket, rx, kill, stop)
+            .await
+            .is_some();
         e2.hub.unregister(ctx.conn);
+        if closed_by_us {
+            linger(socket.get_mut()).await;
+        }
         e2.emit(EdgeEvent::Disconnected {
             edge: e2.settings.id.clone(),
             conn: ctx.conn,
@@ -614,6 +620,20 @@ pub fn routes(
         .unify()
         .recover(recover)
         .unify()
+}
+
+/// After the edge sent a close frame: end our side (FIN) and read and drop what the client still
+/// sends, for at most 2 s, until it closes too. Closing a socket that has unread data (the rest of
+/// an oversized message, say) makes the kernel answer with a reset, and a proxy in between, nginx
+/// here, may then drop the close frame it was still relaying: the client would see the
+/// connection cut instead of the close code.
+async fn linger<T: AsyncRead + AsyncWrite + Unpin>(io: &mut T) {
+    let _ = io.shutdown().await;
+    let mut sink = [0u8; 512];
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while matches!(io.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 #[cfg(test)]
