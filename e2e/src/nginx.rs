@@ -73,6 +73,14 @@ http {{
     server {{
         listen {listen};
 
+        # as tools/sb/nginx.py: the edges' 64 KiB body limit, answered with the edge's error body
+        client_max_body_size 64k;
+        error_page 413 = @payload_too_large;
+        location @payload_too_large {{
+            default_type application/json;
+            return 413 '{{"code":"payload_too_large","message":"body is larger than the limit"}}';
+        }}
+
         location / {{
             proxy_pass http://edges;
             proxy_http_version 1.1;

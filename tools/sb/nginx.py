@@ -41,6 +41,17 @@ PROXY_COMMON = """            proxy_http_version 1.1;
             proxy_next_upstream error timeout http_502;"""
 
 
+# The edges' body limit (edge.max_frame_bytes, 64 KiB), enforced here with the edge's own error
+# body. An edge refuses a larger body from its Content-Length without reading it and closes the
+# connection; nginx, still sending that body, then sees a reset and answered 502 instead of 413.
+BODY_LIMIT = """        client_max_body_size 64k;
+        error_page 413 = @payload_too_large;
+        location @payload_too_large {
+            default_type application/json;
+            return 413 '{"code":"payload_too_large","message":"body is larger than the limit"}';
+        }"""
+
+
 def web_root(ctx) -> str:
     """The built web client (`./sb up` builds it when web/package.json exists: web.py)."""
     return os.path.join(ctx.repo, "web", "dist")
@@ -126,6 +137,8 @@ http {{
     server {{
         # reuseport: one listening socket per worker, so the kernel spreads clients evenly
         listen 127.0.0.1:{port} backlog=4096 reuseport;
+
+{BODY_LIMIT}
 
         # the web client (web/dist, built by `./sb up`); any other path gets the page too
         root {web_root};
