@@ -49,12 +49,13 @@ pub struct Edge {
 }
 
 impl Edge {
-    /// Publish an edge event to the presence topic, keyed by edge id so events stay in order.
+    /// Publish an edge event to the presence topic under its key ([`EdgeEvent::key`]: the edge
+    /// for `started` and heartbeats, the connection for `connected` / `disconnected`).
     pub async fn emit(&self, event: EdgeEvent) {
         let topic = self.topics.requests(topics::Domain::Presence);
         if let Err(e) = self
             .publisher
-            .send(&topic, &self.settings.id, &event.encode(), None)
+            .send(&topic, &event.key(), &event.encode(), None)
             .await
         {
             tracing::warn!(error = %e, "edge event not published");

@@ -6,8 +6,10 @@
 //!   younger than the liveness window; connections of a dead edge, or of an earlier epoch of a
 //!   live one, are ignored and cleaned lazily.
 //! - `conns:{<user>}` — hash: `edge/conn` → session id, every open connection of a user.
-//! - `online:{<edge>}` — sorted set (all scores 0, lexicographic): zero-padded user ids online on
-//!   one edge; `count:{<edge>}` — hash: user id → connections on that edge.
+//! - `online:{<edge>}:<epoch>` — sorted set (all scores 0, lexicographic): zero-padded user ids
+//!   online on one edge process; `count:{<edge>}:<epoch>` — hash: user id → connections on it.
+//!   Scoped by the process' epoch (as connection ids carry it, 24 bits) so that a new process'
+//!   connections, registered in parallel with its `started` event, are never wiped by it.
 //! - `unames` — hash: user id → username, for the online list.
 
 use crate::redis::{redis, Keys};
@@ -45,11 +47,13 @@ impl Registry {
     pub fn conns_key(&self, user: Id) -> String {
         self.keys.key(format!("conns:{{{user}}}"))
     }
-    pub fn online_key(&self, edge: &str) -> String {
-        self.keys.key(format!("online:{{{edge}}}"))
+    pub fn online_key(&self, edge: &str, epoch: u64) -> String {
+        let tag = topics::bus::epoch_tag(epoch);
+        self.keys.key(format!("online:{{{edge}}}:{tag}"))
     }
-    pub fn count_key(&self, edge: &str) -> String {
-        self.keys.key(format!("count:{{{edge}}}"))
+    pub fn count_key(&self, edge: &str, epoch: u64) -> String {
+        let tag = topics::bus::epoch_tag(epoch);
+        self.keys.key(format!("count:{{{edge}}}:{tag}"))
     }
     pub fn unames_key(&self) -> String {
         self.keys.key("unames")
@@ -118,7 +122,7 @@ pub fn parse_edge_value(v: &str) -> Option<(u64, u64)> {
 }
 
 pub fn conn_field(edge: &str, conn: u64) -> String {
-    format!("{edge}/{conn}")
+    topics::bus::conn_key(edge, conn)
 }
 
 pub fn parse_conn_field(f: &str) -> Option<(String, u64)> {
@@ -129,7 +133,7 @@ pub fn parse_conn_field(f: &str) -> Option<(String, u64)> {
 /// A connection is current when its edge is live and it belongs to that edge's current epoch.
 pub fn is_current(c: &Conn, live: &HashMap<String, u64>) -> bool {
     live.get(&c.edge)
-        .is_some_and(|&epoch| topics::bus::conn_epoch(c.conn) == epoch & 0xff_ffff)
+        .is_some_and(|&epoch| topics::bus::conn_epoch(c.conn) == topics::bus::epoch_tag(epoch))
 }
 
 #[cfg(test)]
@@ -152,8 +156,9 @@ mod tests {
             liveness_ms: 1,
         };
         assert_eq!(r.conns_key(Id(5)), "p:conns:{5}");
-        assert_eq!(r.online_key("e"), "p:online:{e}");
-        assert_eq!(r.count_key("e"), "p:count:{e}");
+        // scoped by the epoch as connection ids carry it (24 bits)
+        assert_eq!(r.online_key("e", 7), "p:online:{e}:7");
+        assert_eq!(r.count_key("e", (1 << 24) + 7), "p:count:{e}:7");
         assert_eq!(r.edges_key(), "p:edges");
         assert_eq!(r.unames_key(), "p:unames");
     }

@@ -245,9 +245,33 @@ pub fn conn_epoch(conn: u64) -> u64 {
     conn >> 40
 }
 
+/// The epoch as connection ids carry it (24 bits): names one process' share of the registry.
+pub fn epoch_tag(epoch: u64) -> u64 {
+    epoch & 0xff_ffff
+}
+
+/// How a connection is named in the registry and in Kafka keys: `edge/conn`.
+pub fn conn_key(edge: &str, conn: u64) -> String {
+    format!("{edge}/{conn}")
+}
+
+impl EdgeEvent {
+    /// The Kafka key of this event. What must stay in order is per connection (its `connected`
+    /// before its `disconnected`) and per edge process (`started` before its heartbeats), so
+    /// connection events are keyed by connection and spread over every partition and lane: one
+    /// edge's 19,000 reconnecting clients are registered in parallel, not one by one.
+    pub fn key(&self) -> String {
+        match self {
+            EdgeEvent::Started { edge, .. } | EdgeEvent::Heartbeat { edge, .. } => edge.clone(),
+            EdgeEvent::Connected { edge, conn, .. }
+            | EdgeEvent::Disconnected { edge, conn, .. } => conn_key(edge, *conn),
+        }
+    }
+}
+
 /// A connection id: `epoch` (24 bits) then a per-process counter (40 bits).
 pub fn conn_id(epoch: u64, counter: u64) -> u64 {
-    ((epoch & 0xff_ffff) << 40) | (counter & 0xff_ffff_ffff)
+    (epoch_tag(epoch) << 40) | (counter & 0xff_ffff_ffff)
 }
 
 /// Decode any record with a version field, rejecting unknown versions.
@@ -375,6 +399,17 @@ mod tests {
         #[test]
         fn conn_ids_keep_their_epoch(epoch in 0u64..(1 << 24), counter in 0u64..(1 << 40)) {
             prop_assert_eq!(conn_epoch(conn_id(epoch, counter)), epoch);
+        }
+
+        #[test]
+        fn connection_events_are_keyed_by_connection_and_edge_events_by_edge(conn in any::<u64>(), u in any::<u64>()) {
+            let (edge, user_id) = ("edge-1".to_string(), Id(u));
+            let connected = EdgeEvent::Connected { edge: edge.clone(), conn, user_id, username: "ann".into(), session_id: "s".into() };
+            let gone = EdgeEvent::Disconnected { edge: edge.clone(), conn, user_id };
+            prop_assert_eq!(connected.key(), format!("edge-1/{conn}"));
+            prop_assert_eq!(gone.key(), connected.key());
+            prop_assert_eq!(EdgeEvent::Started { edge: edge.clone(), epoch: conn }.key(), "edge-1");
+            prop_assert_eq!(EdgeEvent::Heartbeat { edge, epoch: conn, connections: u }.key(), "edge-1");
         }
 
         #[test]

@@ -29,13 +29,13 @@ pub async fn apply_edge_event(d: &Deps, ev: EdgeEvent) -> Result<()> {
     match ev {
         EdgeEvent::Started { edge, epoch } => {
             let prev: Option<String> = c.hget(r.edges_key(), &edge).await?;
-            let older = prev
-                .as_deref()
-                .and_then(parse_edge_value)
-                .is_none_or(|(e, _)| e != epoch);
-            if older {
-                // A new process took this edge id: the old one's connections are gone.
-                let _: () = c.del(&[r.online_key(&edge), r.count_key(&edge)]).await?;
+            let prev_epoch = prev.as_deref().and_then(parse_edge_value).map(|(e, _)| e);
+            if let Some(old) = prev_epoch.filter(|&e| e != epoch) {
+                // A new process took this edge id: the old one's connections are gone. Only the
+                // old epoch's sets: the new process' connections may already be registered.
+                let _: () = c
+                    .del(&[r.online_key(&edge, old), r.count_key(&edge, old)])
+                    .await?;
             }
             let _: () = c
                 .hset(r.edges_key(), &edge, edge_value(epoch, runtime::now_ms()))
@@ -62,8 +62,8 @@ pub async fn apply_edge_event(d: &Deps, ev: EdgeEvent) -> Result<()> {
                 .await?;
             if added > 0 {
                 let _: i64 = redis::Script::new(COUNT_SCRIPT)
-                    .key(r.count_key(&edge))
-                    .key(r.online_key(&edge))
+                    .key(r.count_key(&edge, topics::bus::conn_epoch(conn)))
+                    .key(r.online_key(&edge, topics::bus::conn_epoch(conn)))
                     .arg(user_id.to_string())
                     .arg(pad(user_id))
                     .arg(1)
@@ -81,8 +81,8 @@ pub async fn apply_edge_event(d: &Deps, ev: EdgeEvent) -> Result<()> {
                 .await?;
             if removed > 0 {
                 let _: i64 = redis::Script::new(COUNT_SCRIPT)
-                    .key(r.count_key(&edge))
-                    .key(r.online_key(&edge))
+                    .key(r.count_key(&edge, topics::bus::conn_epoch(conn)))
+                    .key(r.online_key(&edge, topics::bus::conn_epoch(conn)))
                     .arg(user_id.to_string())
                     .arg(pad(user_id))
                     .arg(-1)
@@ -125,10 +125,10 @@ pub async fn online(ctx: &Ctx<'_>, cursor: Option<&str>, limit: Option<u32>) -> 
         .map(|cur| format!("({cur}"))
         .unwrap_or_else(|| "-".to_string());
     let mut pages = Vec::new();
-    for edge in live.keys() {
+    for (edge, &epoch) in &live {
         let page: Vec<String> = c
             .zrangebylex_limit(
-                d.registry.online_key(edge),
+                d.registry.online_key(edge, epoch),
                 &min,
                 "+",
                 0,
