@@ -312,6 +312,7 @@ async fn refreshing_keeps_a_session_alive_past_its_idle_timeout() {
     let (_, name) = signup(&app, 0).await;
     // Logins are slow (Argon2): each session is refreshed as soon as it exists.
     let (idle, _) = login(&app, 1, &name).await;
+    let mut quiet = Client::connect(&app.ws_url(0), &idle).await;
     let (ws_token, _) = login(&app, 1, &name).await;
     let mut c = Client::connect(&app.ws_url(1), &ws_token).await;
     keepalive(&mut c, 4).await;
@@ -344,6 +345,12 @@ async fn refreshing_keeps_a_session_alive_past_its_idle_timeout() {
         401,
         "the session nobody refreshed expired"
     );
+    // Its socket is refused even a ping (which needs no session over HTTP), and closed.
+    assert_eq!(
+        err(quiet.request(json!({"type": "ping"})).await),
+        ErrorCode::Unauthorized
+    );
+    assert_eq!(quiet.closed().await, Some(4001));
     c.close().await;
     app.stop().await;
 }

@@ -284,9 +284,11 @@ impl Dispatcher {
     }
 }
 
-/// Who sent the request. Anonymous requests need no session; the rest need a live one.
+/// Who sent the request. Anonymous requests need no session; the rest need a live one. A frame
+/// on an open socket always names its session: if that session is gone, even an anonymous
+/// request (a `ping`) is refused, so the socket is closed rather than kept alive by pings.
 pub async fn authenticate(deps: &Deps, env: &Envelope) -> crate::Result<Option<Caller>> {
-    let anonymous = env.request.is_anonymous();
+    let anonymous = env.request.is_anonymous() && !matches!(env.auth, Auth::Session { .. });
     let found = match &env.auth {
         Auth::None => None,
         Auth::Token { token_hash } => sessions::resolve_token(deps, token_hash).await?,
