@@ -117,3 +117,83 @@ async fn the_online_list_over_http_needs_a_session() {
     c.close().await;
     app.stop().await;
 }
+
+async fn publish(app: &e2e::TestApp, ev: topics::EdgeEvent) {
+    use rdkafka::producer::FutureRecord;
+    let topic = app.kafka.topics().requests(topics::Domain::Presence);
+    runtime::kafka::producer(&app.kafka)
+        .expect("producer")
+        .send(
+            FutureRecord::to(&topic)
+                .key(&ev.key())
+                .payload(&ev.encode()),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("edge event published");
+}
+
+/// Edge events arrive at least once: a `connected` that arrives twice (redelivered, or retried
+/// after a failure half-way through its writes) is counted once, so one `disconnected` takes
+/// the user offline.
+#[tokio::test]
+async fn a_redelivered_connected_event_is_counted_once() {
+    use topics::EdgeEvent;
+    let app = spawn_app().await;
+    let (_, _, token) = app.user(0).await;
+    let mut viewer = Client::connect(&app.ws_url(0), &token).await;
+    let (ghost, _, _) = app.user(1).await;
+    // An edge process that exists only through its events.
+    let (edge, epoch) = ("edge-9".to_string(), 77);
+    let conn = topics::bus::conn_id(epoch, 1);
+    publish(
+        &app,
+        EdgeEvent::Started {
+            edge: edge.clone(),
+            epoch,
+        },
+    )
+    .await;
+    let heartbeat = EdgeEvent::Heartbeat {
+        edge: edge.clone(),
+        epoch,
+        connections: 1,
+    };
+    publish(&app, heartbeat.clone()).await;
+    let connected = EdgeEvent::Connected {
+        edge: edge.clone(),
+        conn,
+        user_id: ghost,
+        username: "ghost".into(),
+        session_id: "s".into(),
+    };
+    publish(&app, connected.clone()).await;
+    publish(&app, connected).await;
+    online_until(&mut viewer, "the ghost online", |ids| ids.contains(&ghost)).await;
+
+    // The edge stays live for `edge_liveness_ms` (10 s) after a heartbeat: the check below
+    // must end well within that, or it could pass because the edge died.
+    let live_since = tokio::time::Instant::now();
+    publish(&app, heartbeat).await;
+    publish(
+        &app,
+        EdgeEvent::Disconnected {
+            edge,
+            conn,
+            user_id: ghost,
+        },
+    )
+    .await;
+    online_until(
+        &mut viewer,
+        "the ghost offline after one disconnect",
+        |ids| !ids.contains(&ghost),
+    )
+    .await;
+    assert!(
+        live_since.elapsed() < Duration::from_secs(8),
+        "edge-9 must still have been live when the ghost went offline"
+    );
+    app.stop().await;
+}

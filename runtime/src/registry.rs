@@ -10,6 +10,8 @@
 //!   online on one edge process; `count:{<edge>}:<epoch>` — hash: user id → connections on it.
 //!   Scoped by the process' epoch (as connection ids carry it, 24 bits) so that a new process'
 //!   connections, registered in parallel with its `started` event, are never wiped by it.
+//!   `members:{<edge>}:<epoch>` — hash: connection id → user id, the connections counted there,
+//!   so that counting stays idempotent (one Lua script on the edge's slot).
 //! - `unames` — hash: user id → username, for the online list.
 
 use crate::redis::{redis, Keys};
@@ -54,6 +56,10 @@ impl Registry {
     pub fn count_key(&self, edge: &str, epoch: u64) -> String {
         let tag = topics::bus::epoch_tag(epoch);
         self.keys.key(format!("count:{{{edge}}}:{tag}"))
+    }
+    pub fn members_key(&self, edge: &str, epoch: u64) -> String {
+        let tag = topics::bus::epoch_tag(epoch);
+        self.keys.key(format!("members:{{{edge}}}:{tag}"))
     }
     pub fn unames_key(&self) -> String {
         self.keys.key("unames")
@@ -159,6 +165,7 @@ mod tests {
         // scoped by the epoch as connection ids carry it (24 bits)
         assert_eq!(r.online_key("e", 7), "p:online:{e}:7");
         assert_eq!(r.count_key("e", (1 << 24) + 7), "p:count:{e}:7");
+        assert_eq!(r.members_key("e", 7), "p:members:{e}:7");
         assert_eq!(r.edges_key(), "p:edges");
         assert_eq!(r.unames_key(), "p:unames");
     }

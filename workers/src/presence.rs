@@ -9,18 +9,54 @@ use std::collections::BTreeSet;
 use topics::frames::OnlineUser;
 use topics::{validate, Delivery, EdgeEvent, ErrorCode, Event, Id, Response, ServerFrame, Target};
 
-/// Add (`+1`) or remove (`-1`) one connection of a user on an edge, atomically per edge: the
-/// user is in the edge's online set while the count is positive.
+/// Add (`+1`) or remove (`-1`) one connection of a user on an edge process, atomically on the
+/// edge's slot and idempotently: the connection is counted only when it enters or leaves the
+/// process' member hash, so a redelivered event, or one retried after a failure half-way through
+/// its other writes, changes nothing twice. The user is in the online set while the count is
+/// positive. Returns the user's new count, or -1 when nothing changed.
 const COUNT_SCRIPT: &str = r"
-local n = redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[3])
-if n <= 0 then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-  redis.call('ZREM', KEYS[2], ARGV[2])
+local changed
+if ARGV[4] == '1' then
+  changed = redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
 else
-  redis.call('ZADD', KEYS[2], 0, ARGV[2])
+  changed = redis.call('HDEL', KEYS[1], ARGV[1])
+end
+if changed == 0 then
+  return -1
+end
+local n = redis.call('HINCRBY', KEYS[2], ARGV[2], ARGV[4])
+if n <= 0 then
+  redis.call('HDEL', KEYS[2], ARGV[2])
+  redis.call('ZREM', KEYS[3], ARGV[3])
+else
+  redis.call('ZADD', KEYS[3], 0, ARGV[3])
 end
 return n
 ";
+
+/// Count one connection in (`delta` 1) or out (-1) of its edge process' online set.
+async fn count<C: redis::aio::ConnectionLike + Send>(
+    d: &Deps,
+    c: &mut C,
+    edge: &str,
+    conn: u64,
+    user_id: Id,
+    delta: i8,
+) -> Result<()> {
+    let r = &d.registry;
+    let epoch = topics::bus::conn_epoch(conn);
+    let _: i64 = redis::Script::new(COUNT_SCRIPT)
+        .key(r.members_key(edge, epoch))
+        .key(r.count_key(edge, epoch))
+        .key(r.online_key(edge, epoch))
+        .arg(conn)
+        .arg(user_id.to_string())
+        .arg(pad(user_id))
+        .arg(delta)
+        .invoke_async(c)
+        .await?;
+    Ok(())
+}
 
 /// Apply one edge event to the registry.
 pub async fn apply_edge_event(d: &Deps, ev: EdgeEvent) -> Result<()> {
@@ -34,7 +70,11 @@ pub async fn apply_edge_event(d: &Deps, ev: EdgeEvent) -> Result<()> {
                 // A new process took this edge id: the old one's connections are gone. Only the
                 // old epoch's sets: the new process' connections may already be registered.
                 let _: () = c
-                    .del(&[r.online_key(&edge, old), r.count_key(&edge, old)])
+                    .del(&[
+                        r.online_key(&edge, old),
+                        r.count_key(&edge, old),
+                        r.members_key(&edge, old),
+                    ])
                     .await?;
             }
             let _: () = c
@@ -53,42 +93,24 @@ pub async fn apply_edge_event(d: &Deps, ev: EdgeEvent) -> Result<()> {
             username,
             session_id,
         } => {
-            // A redelivered event must not count the connection twice.
-            let added: u64 = c
+            // Every write is idempotent: a redelivered or retried event changes nothing twice.
+            let _: () = c
                 .hset(r.conns_key(user_id), conn_field(&edge, conn), &session_id)
                 .await?;
             let _: () = c
                 .hset(r.unames_key(), user_id.to_string(), &username)
                 .await?;
-            if added > 0 {
-                let _: i64 = redis::Script::new(COUNT_SCRIPT)
-                    .key(r.count_key(&edge, topics::bus::conn_epoch(conn)))
-                    .key(r.online_key(&edge, topics::bus::conn_epoch(conn)))
-                    .arg(user_id.to_string())
-                    .arg(pad(user_id))
-                    .arg(1)
-                    .invoke_async(&mut c)
-                    .await?;
-            }
+            count(d, &mut c, &edge, conn, user_id, 1).await?;
         }
         EdgeEvent::Disconnected {
             edge,
             conn,
             user_id,
         } => {
-            let removed: u64 = c
+            let _: () = c
                 .hdel(r.conns_key(user_id), conn_field(&edge, conn))
                 .await?;
-            if removed > 0 {
-                let _: i64 = redis::Script::new(COUNT_SCRIPT)
-                    .key(r.count_key(&edge, topics::bus::conn_epoch(conn)))
-                    .key(r.online_key(&edge, topics::bus::conn_epoch(conn)))
-                    .arg(user_id.to_string())
-                    .arg(pad(user_id))
-                    .arg(-1)
-                    .invoke_async(&mut c)
-                    .await?;
-            }
+            count(d, &mut c, &edge, conn, user_id, -1).await?;
         }
     }
     Ok(())
