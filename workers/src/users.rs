@@ -17,61 +17,23 @@ use topics::{validate, ErrorCode, Id, Response};
 /// Shown instead of a deleted author's name.
 pub const DELETED: &str = "[deleted]";
 
-/// Argon2 runs on a few threads of its own, one per core, one computation per thread at once, so
-/// a burst of sign-ups and logins queues here instead of occupying tokio's blocking pool. Each
-/// computation allocates 19 MiB; that it goes back to the OS afterwards depends on the allocator:
-/// glibc keeps it in the heap unless its mmap threshold is fixed, which `./sb` does
-/// (`MALLOC_MMAP_THRESHOLD_`, docs/operations.md): 300 sign-ups left worker-users at 385 MiB of
-/// RSS without it and at 16 MiB with it.
-struct Hasher {
-    jobs: std::sync::mpsc::SyncSender<Box<dyn FnOnce() + Send>>,
-    slots: tokio::sync::Semaphore,
-}
-
-fn hasher() -> &'static Hasher {
-    static HASHER: std::sync::OnceLock<Hasher> = std::sync::OnceLock::new();
-    HASHER.get_or_init(|| {
-        let n = std::thread::available_parallelism().map_or(2, |n| n.get());
-        // As many places as slots: a caller holding a slot never waits to queue its job.
-        let (jobs, queue) = std::sync::mpsc::sync_channel::<Box<dyn FnOnce() + Send>>(n);
-        let queue = std::sync::Arc::new(std::sync::Mutex::new(queue));
-        for i in 0..n {
-            let queue = queue.clone();
-            std::thread::Builder::new()
-                .name(format!("argon2-{i}"))
-                .spawn(move || {
-                    while let Ok(job) = queue
-                        .lock()
-                        .map_err(drop)
-                        .and_then(|q| q.recv().map_err(drop))
-                    {
-                        // A panicking job drops its reply (the caller gets an error); the
-                        // thread stays.
-                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
-                    }
-                })
-                .expect("the hashing threads start");
-        }
-        Hasher {
-            jobs,
-            slots: tokio::sync::Semaphore::new(n),
-        }
-    })
-}
-
-/// Run `work` on the hashing threads and wait for it without blocking the runtime.
+/// At most one Argon2 computation per core at once, on tokio's blocking pool, so a burst of
+/// sign-ups and logins queues here instead of filling the pool. Each computation allocates
+/// 19 MiB; that it goes back to the OS afterwards depends on the allocator: glibc keeps it in the
+/// heap unless its mmap threshold is fixed, which `./sb` does (`MALLOC_MMAP_THRESHOLD_`,
+/// docs/operations.md).
 async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-    let h = hasher();
-    let _slot = h
-        .slots
+    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    let slots = SLOTS.get_or_init(|| {
+        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
+    });
+    let _slot = slots
         .acquire()
         .await
         .expect("the semaphore is never closed");
-    let (done, result) = tokio::sync::oneshot::channel();
-    h.jobs
-        .send(Box::new(move || drop(done.send(work()))))
-        .map_err(|e| Error::Hash(e.to_string()))?;
-    result.await.map_err(|e| Error::Hash(e.to_string()))
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::Hash(e.to_string()))
 }
 
 /// Argon2id with OWASP's parameters (m = 19456 KiB, t = 2, p = 1), off the async runtime.
