@@ -512,15 +512,15 @@ async fn upgrade(
             .await
             .is_some();
         e2.hub.unregister(ctx.conn);
-        if closed_by_us {
-            linger(socket.get_mut()).await;
-        }
         e2.emit(EdgeEvent::Disconnected {
             edge: e2.settings.id.clone(),
             conn: ctx.conn,
             user_id: ctx.user_id,
         })
         .await;
+        if closed_by_us {
+            linger(socket.get_mut()).await;
+        }
     });
     let mut resp = Response::new(warp::hyper::body::Bytes::new().into());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
