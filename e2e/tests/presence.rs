@@ -5,6 +5,7 @@ mod common;
 use common::{eventually, online_all, online_until};
 use e2e::client::{err, Client};
 use e2e::spawn_app;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -118,11 +119,9 @@ async fn the_online_list_over_http_needs_a_session() {
     app.stop().await;
 }
 
-async fn publish(app: &e2e::TestApp, ev: topics::EdgeEvent) {
-    use rdkafka::producer::FutureRecord;
+async fn publish(app: &e2e::TestApp, producer: &FutureProducer, ev: topics::EdgeEvent) {
     let topic = app.kafka.topics().requests(topics::Domain::Presence);
-    runtime::kafka::producer(&app.kafka)
-        .expect("producer")
+    producer
         .send(
             FutureRecord::to(&topic)
                 .key(&ev.key())
@@ -147,8 +146,10 @@ async fn a_redelivered_connected_event_is_counted_once() {
     // An edge process that exists only through its events.
     let (edge, epoch) = ("edge-9".to_string(), 77);
     let conn = topics::bus::conn_id(epoch, 1);
+    let producer = runtime::kafka::producer(&app.kafka).expect("producer");
     publish(
         &app,
+        &producer,
         EdgeEvent::Started {
             edge: edge.clone(),
             epoch,
@@ -160,7 +161,7 @@ async fn a_redelivered_connected_event_is_counted_once() {
         epoch,
         connections: 1,
     };
-    publish(&app, heartbeat.clone()).await;
+    publish(&app, &producer, heartbeat.clone()).await;
     let connected = EdgeEvent::Connected {
         edge: edge.clone(),
         conn,
@@ -168,16 +169,17 @@ async fn a_redelivered_connected_event_is_counted_once() {
         username: "ghost".into(),
         session_id: "s".into(),
     };
-    publish(&app, connected.clone()).await;
-    publish(&app, connected).await;
+    publish(&app, &producer, connected.clone()).await;
+    publish(&app, &producer, connected).await;
     online_until(&mut viewer, "the ghost online", |ids| ids.contains(&ghost)).await;
 
     // The edge stays live for `edge_liveness_ms` (10 s) after a heartbeat: the check below
     // must end well within that, or it could pass because the edge died.
     let live_since = tokio::time::Instant::now();
-    publish(&app, heartbeat).await;
+    publish(&app, &producer, heartbeat).await;
     publish(
         &app,
+        &producer,
         EdgeEvent::Disconnected {
             edge,
             conn,
