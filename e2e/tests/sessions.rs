@@ -354,3 +354,47 @@ async fn refreshing_keeps_a_session_alive_past_its_idle_timeout() {
     c.close().await;
     app.stop().await;
 }
+
+/// A request that ends its own session is answered before the socket hears `session_revoked`
+/// and closes: reply with its rid, then the event, then close 4001 — every time, for each of
+/// the three requests that do it.
+#[tokio::test]
+async fn a_request_that_ends_its_own_session_is_answered_before_the_close() {
+    use common::{Raw, Read};
+    use topics::ServerFrame;
+    let app = spawn_app().await;
+    for round in 0..6 {
+        for kind in ["session.logout", "session.logout_all", "user.delete"] {
+            let (_, _, token) = app.user(round % 2).await;
+            let mut ws = Raw::connect(&app.ws_url(round % 2), &token).await;
+            ws.text(json!({"type": kind, "rid": "end"}).to_string())
+                .await;
+            let mut seen = Vec::new();
+            loop {
+                match ws.read(Duration::from_secs(10)).await {
+                    Read::Frame(ServerFrame::Reply { rid, .. }) => {
+                        seen.push(format!("reply {rid:?}"))
+                    }
+                    Read::Frame(ServerFrame::Event {
+                        data: Event::SessionRevoked { .. },
+                    }) => seen.push("revoked".into()),
+                    Read::Frame(other) => panic!("{kind}: unexpected {other:?}"),
+                    Read::Closed(code) => {
+                        seen.push(format!("close {code:?}"));
+                        break;
+                    }
+                    Read::Eof | Read::Nothing => {
+                        seen.push("end".into());
+                        break;
+                    }
+                }
+            }
+            assert_eq!(
+                seen,
+                [r#"reply Some("end")"#, "revoked", "close Some(4001)"],
+                "{kind}, round {round}"
+            );
+        }
+    }
+    app.stop().await;
+}

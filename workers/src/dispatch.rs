@@ -207,28 +207,32 @@ impl Dispatcher {
         outcome: Outcome,
         record: &Inbound,
     ) -> Result<(), Failure> {
+        // The reply is acknowledged by the broker before any delivery is published. Deliveries
+        // reach the requesting edge through the router, on the same single-partition edge topic,
+        // so they land after the reply: a request that closes its own socket (logout, account
+        // deletion) is always answered before `session_revoked` and the close.
+        if let Some(response) = outcome.response {
+            let msg = EdgeMessage::Reply {
+                conn: env.conn,
+                req: env.req,
+                frame: ServerFrame::Reply {
+                    rid: env.rid.clone(),
+                    data: response,
+                }
+                .to_json(),
+                error: None,
+                session: outcome.session,
+                clear_session: outcome.clear_session,
+            };
+            self.send_edge(env, &msg, record).await?;
+        }
         let deliver_topic = self.deps.topics.deliver();
         for d in &outcome.deliveries {
             let payload = serde_json::to_vec(d).expect("deliveries serialise");
             self.publish(&deliver_topic, &d.key(), &payload, record)
                 .await?;
         }
-        let Some(response) = outcome.response else {
-            return Ok(());
-        };
-        let msg = EdgeMessage::Reply {
-            conn: env.conn,
-            req: env.req,
-            frame: ServerFrame::Reply {
-                rid: env.rid.clone(),
-                data: response,
-            }
-            .to_json(),
-            error: None,
-            session: outcome.session,
-            clear_session: outcome.clear_session,
-        };
-        self.send_edge(env, &msg, record).await
+        Ok(())
     }
 
     async fn send_edge(
