@@ -20,6 +20,8 @@ use topics::{Auth, Envelope, ErrorBody, ErrorCode, Id, ServerFrame, WIRE_VERSION
 /// Close codes this edge uses (4000–4999 are the application's own).
 pub mod close_code {
     pub const GOING_AWAY: u16 = 1001;
+    /// A text message that is not UTF-8 (RFC 6455 §8.1).
+    pub const INVALID_PAYLOAD: u16 = 1007;
     pub const TOO_BIG: u16 = 1009;
     pub const IDLE: u16 = 4000;
     pub const REVOKED: u16 = 4001;
@@ -116,12 +118,14 @@ async fn put<S: Sink<Message> + Unpin>(socket: &mut S, msg: Message) -> bool {
 enum Step {
     In(Option<Result<Message, WsError>>),
     Out(Option<Outbound>),
-    Tick,
+    Ping,
+    Idle,
     Kill,
 }
 
-/// Run one connection until it ends. Returns the close code it ended with (None: the client
-/// went away).
+/// Run one connection until it ends. Returns the close code it ended with: the edge's own, or
+/// the client's when the edge answered the client's close (None: the client went away without
+/// a close handshake).
 pub async fn drive<S>(
     edge: Arc<Edge>,
     ctx: ConnCtx,
@@ -136,9 +140,13 @@ where
     let s = &edge.settings;
     let mut bucket = TokenBucket::new(s.frames_per_second, s.frame_burst, Instant::now());
     let idle = Duration::from_millis(s.idle_timeout_ms);
-    let mut tick = tokio::time::interval(idle / 3);
-    tick.tick().await;
-    let mut last_seen = Instant::now();
+    // Pings every third of the idle timeout; the idle deadline is its own timer, moved on by
+    // every frame the client sends (pongs included), so a silent socket closes exactly `idle`
+    // after the last thing it sent, not at the next ping tick.
+    let mut ping = tokio::time::interval(idle / 3);
+    ping.tick().await;
+    let idle_deadline = tokio::time::sleep(idle);
+    tokio::pin!(idle_deadline);
     let close = |code: u16, reason: &str| {
         Message::Close(Some(CloseFrame {
             code: CloseCode::from(code),
@@ -149,7 +157,8 @@ where
         let step = tokio::select! {
             m = socket.next() => Step::In(m),
             o = rx.recv() => Step::Out(o),
-            _ = tick.tick() => Step::Tick,
+            _ = ping.tick() => Step::Ping,
+            _ = &mut idle_deadline => Step::Idle,
             _ = kill.cancelled() => Step::Kill,
             _ = stop.cancelled() => Step::Kill,
         };
@@ -157,16 +166,25 @@ where
             Step::In(None) => return None,
             Step::In(Some(Err(e))) => {
                 tracing::debug!(error = %e, conn = ctx.conn, "socket read failed");
-                if matches!(e, WsError::Capacity(_)) {
-                    let _ = put(&mut socket, close(close_code::TOO_BIG, "message too big")).await;
-                    return Some(close_code::TOO_BIG);
-                }
-                return None;
+                let (code, why) = match e {
+                    WsError::Capacity(_) => (close_code::TOO_BIG, "message too big"),
+                    WsError::Utf8(_) => (close_code::INVALID_PAYLOAD, "text is not valid UTF-8"),
+                    _ => return None,
+                };
+                edge.metrics.inc(metrics::WS_FRAMES_REJECTED_TOTAL, &[]);
+                let _ = put(&mut socket, close(code, why)).await;
+                return Some(code);
             }
             Step::In(Some(Ok(msg))) => {
-                last_seen = Instant::now();
-                if msg.is_close() {
-                    return None;
+                let last_seen = Instant::now();
+                idle_deadline
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + idle);
+                if let Message::Close(frame) = msg {
+                    // Answer the client's close (RFC 6455 §5.5.1): tungstenite has queued the
+                    // echo of its frame; flushing writes it. Then the edge closes TCP.
+                    let _ = tokio::time::timeout(WRITE_TIMEOUT, socket.flush()).await;
+                    return Some(frame.map_or(1005, |f| u16::from(f.code)));
                 }
                 let reply = if let Message::Text(text) = &msg {
                     edge.metrics.inc(metrics::WS_FRAMES_IN_TOTAL, &[]);
@@ -213,14 +231,14 @@ where
                 return Some(code);
             }
             Step::Out(None) => return None,
-            Step::Tick => {
-                if last_seen.elapsed() >= idle {
-                    let _ = put(&mut socket, close(close_code::IDLE, "idle timeout")).await;
-                    return Some(close_code::IDLE);
-                }
+            Step::Ping => {
                 if !put(&mut socket, Message::Ping(Default::default())).await {
                     return None;
                 }
+            }
+            Step::Idle => {
+                let _ = put(&mut socket, close(close_code::IDLE, "idle timeout")).await;
+                return Some(close_code::IDLE);
             }
             Step::Kill => {
                 let (code, why) = if stop.is_cancelled() {
@@ -233,5 +251,174 @@ where
                 return Some(code);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::Hub;
+    use crate::EdgeSettings;
+    use futures::channel::mpsc as fmpsc;
+    use runtime::kafka::Publisher;
+    use runtime::metrics::Metrics;
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Poll};
+
+    /// A socket made of channels: what the test sends comes out of `next()`, what the edge writes
+    /// goes to `out`; flushes are counted (tungstenite writes its queued close reply on flush).
+    struct Socket {
+        rx: fmpsc::UnboundedReceiver<Result<Message, WsError>>,
+        out: fmpsc::UnboundedSender<Message>,
+        flushes: Arc<AtomicUsize>,
+    }
+
+    impl Stream for Socket {
+        type Item = Result<Message, WsError>;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            Pin::new(&mut self.rx).poll_next(cx)
+        }
+    }
+
+    impl Sink<Message> for Socket {
+        type Error = WsError;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(self: Pin<&mut Self>, m: Message) -> Result<(), WsError> {
+            let _ = self.out.unbounded_send(m);
+            Ok(())
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            self.flushes.fetch_add(1, Ordering::Relaxed);
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    struct Peer {
+        tx: fmpsc::UnboundedSender<Result<Message, WsError>>,
+        out: fmpsc::UnboundedReceiver<Message>,
+        flushes: Arc<AtomicUsize>,
+        ended: tokio::task::JoinHandle<Option<u16>>,
+        _queue: mpsc::Sender<Outbound>,
+    }
+
+    fn start(idle_timeout_ms: u64) -> Peer {
+        let metrics = Metrics::default();
+        let edge = Arc::new(Edge {
+            settings: EdgeSettings {
+                idle_timeout_ms,
+                ..Default::default()
+            },
+            topics: topics::Topics::new("t"),
+            publisher: Publisher::new(&runtime::KafkaSettings::default(), metrics.clone()).unwrap(),
+            hub: Hub::new(1, metrics.clone()),
+            metrics,
+            connections: tokio_util::task::TaskTracker::new(),
+            epoch: 1,
+        });
+        let (tx, rx) = fmpsc::unbounded();
+        let (out_tx, out) = fmpsc::unbounded();
+        let flushes = Arc::new(AtomicUsize::new(0));
+        let socket = Socket {
+            rx,
+            out: out_tx,
+            flushes: flushes.clone(),
+        };
+        let (queue, queued) = mpsc::channel(4);
+        let ctx = ConnCtx {
+            conn: 1,
+            user_id: Id(1),
+            username: "ann".into(),
+            session_id: "s".into(),
+            peer: None,
+        };
+        let ended = tokio::spawn(drive(
+            edge,
+            ctx,
+            socket,
+            queued,
+            CancellationToken::new(),
+            CancellationToken::new(),
+        ));
+        Peer {
+            tx,
+            out,
+            flushes,
+            ended,
+            _queue: queue,
+        }
+    }
+
+    /// Read what the edge writes until its close frame; (close code, pings seen).
+    async fn until_close(out: &mut fmpsc::UnboundedReceiver<Message>) -> (u16, usize) {
+        let mut pings = 0;
+        while let Some(m) = out.next().await {
+            match m {
+                Message::Ping(_) => pings += 1,
+                Message::Close(Some(f)) => return (u16::from(f.code), pings),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        panic!("socket ended without a close frame")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_sockets_close_exactly_at_the_idle_timeout_after_the_last_frame() {
+        // Silent from the start: closed at 60 s.
+        let mut p = start(60_000);
+        let t0 = tokio::time::Instant::now();
+        let (code, pings) = until_close(&mut p.out).await;
+        assert_eq!(code, close_code::IDLE);
+        assert_eq!(t0.elapsed().as_secs(), 60, "{:?}", t0.elapsed());
+        // pings at 20 s and 40 s, and maybe one at 60 s when that tick wins the race with the close
+        assert!((2..=3).contains(&pings), "{pings} pings");
+        assert_eq!(p.ended.await.unwrap(), Some(close_code::IDLE));
+
+        // One pong at +5 s: closed at 65 s, not at the next ping tick (80 s).
+        let mut p = start(60_000);
+        let t0 = tokio::time::Instant::now();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        p.tx.unbounded_send(Ok(Message::Pong(Default::default())))
+            .unwrap();
+        let (code, _) = until_close(&mut p.out).await;
+        assert_eq!(code, close_code::IDLE);
+        let at = t0.elapsed();
+        assert!(
+            at >= Duration::from_secs(65) && at < Duration::from_secs(66),
+            "{at:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_close_is_answered_before_the_socket_ends() {
+        let mut p = start(60_000);
+        let flushes_before = p.flushes.load(Ordering::Relaxed);
+        p.tx.unbounded_send(Ok(Message::Close(Some(CloseFrame {
+            code: CloseCode::from(4321),
+            reason: "bye".into(),
+        }))))
+        .unwrap();
+        assert_eq!(p.ended.await.unwrap(), Some(4321));
+        assert!(
+            p.flushes.load(Ordering::Relaxed) > flushes_before,
+            "the queued close reply was flushed"
+        );
+        drop(p.tx);
+        assert!(p.out.next().await.is_none(), "no frame of our own after it");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn text_that_is_not_utf8_closes_with_1007() {
+        let mut p = start(60_000);
+        p.tx.unbounded_send(Err(WsError::Utf8("invalid utf-8 sequence".into())))
+            .unwrap();
+        let (code, _) = until_close(&mut p.out).await;
+        assert_eq!(code, close_code::INVALID_PAYLOAD);
+        assert_eq!(p.ended.await.unwrap(), Some(close_code::INVALID_PAYLOAD));
     }
 }
