@@ -177,3 +177,75 @@ async fn the_handshake_accepts_the_session_cookie_and_refuses_dead_sessions() {
     }
     app.stop().await;
 }
+
+/// A username is what the sign-up rules allow (ASCII): a fullwidth or accented variant of a real
+/// name names no account. It neither logs in with the right password nor escapes the account's
+/// lock-out, and a lookup by it finds nobody.
+#[tokio::test]
+async fn unicode_variants_of_a_username_name_no_account() {
+    let mut opts = Options::default();
+    opts.limits.login_attempts_per_user_per_minute = 3;
+    let app = spawn_app_with(opts).await;
+    let (_, name) = signup(&app, 0).await;
+    let (_, token) = {
+        let t = app.http(1).login(&name, PASSWORD).await;
+        ((), t)
+    };
+    assert!(name.starts_with('u'), "{name}");
+    let rest = &name[1..];
+    let variants = [
+        format!("\u{ff55}{rest}"), // fullwidth u
+        format!("\u{ff35}{rest}"), // fullwidth U
+        format!("\u{fa}{rest}"),   // u with acute
+        format!("{name}\u{301}"),  // a combining acute accent after it
+    ];
+    inside_one_minute_window(Duration::from_secs(15)).await;
+    let h = app.http(0);
+    for v in &variants {
+        let (s, b) = h
+            .post(
+                "/api/v1/sessions",
+                json!({"username": v, "password": PASSWORD}),
+                None,
+            )
+            .await;
+        assert_eq!(
+            (s, b["code"].as_str()),
+            (401, Some("unauthorized")),
+            "{v}: {b}"
+        );
+        let (s, _) = h
+            .get(
+                &format!("/api/v1/users?username={}", urlencode(v)),
+                Some(&token),
+            )
+            .await;
+        assert_eq!(s, 404, "lookup by {v}");
+    }
+    // Locked out under its real name, the account stays locked out under every variant.
+    for _ in 0..3 {
+        let (s, _) = h
+            .post(
+                "/api/v1/sessions",
+                json!({"username": name, "password": "wrong-password-1"}),
+                None,
+            )
+            .await;
+        assert_eq!(s, 401);
+    }
+    for v in &variants {
+        let (s, b) = h
+            .post(
+                "/api/v1/sessions",
+                json!({"username": v, "password": PASSWORD}),
+                None,
+            )
+            .await;
+        assert_ne!(s, 200, "{v} logged in past the lock-out: {b}");
+    }
+    app.stop().await;
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes().map(|b| format!("%{b:02X}")).collect()
+}

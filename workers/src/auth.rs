@@ -38,7 +38,6 @@ fn session_response(g: &SessionGrant, token: String) -> Response {
 /// users and wrong passwords get the same error after the same work.
 pub async fn login(ctx: &Ctx<'_>, username: &str, password: &str) -> Result<Outcome> {
     let d = ctx.deps;
-    let name = username.trim().to_ascii_lowercase();
     let peer = ctx.env.peer.clone().unwrap_or_default();
     if !sessions::allow(
         d,
@@ -46,12 +45,24 @@ pub async fn login(ctx: &Ctx<'_>, username: &str, password: &str) -> Result<Outc
         d.limits.login_attempts_per_address_per_minute,
     )
     .await?
-        || !sessions::allow(
-            d,
-            &format!("login:u:{name}"),
-            d.limits.login_attempts_per_user_per_minute,
-        )
-        .await?
+    {
+        return Err(refuse(
+            ErrorCode::RateLimited,
+            "too many login attempts; wait a minute",
+        ));
+    }
+    // The sign-up rules decide what a username is: anything else (a fullwidth or accented
+    // variant of a real name, say) names no account and is refused before any lookup, so the
+    // per-username limit below and the directory see exactly the name that was signed up.
+    let Ok(name) = topics::validate::username(username) else {
+        return Err(refuse(ErrorCode::Unauthorized, BAD_CREDENTIALS));
+    };
+    if !sessions::allow(
+        d,
+        &format!("login:u:{name}"),
+        d.limits.login_attempts_per_user_per_minute,
+    )
+    .await?
     {
         return Err(refuse(
             ErrorCode::RateLimited,

@@ -143,7 +143,10 @@ impl Shards {
 }
 
 /// Schema migrations, applied in order, each once per shard.
-pub const MIGRATIONS: &[(u32, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
+pub const MIGRATIONS: &[(u32, &str)] = &[
+    (1, include_str!("../migrations/0001_init.sql")),
+    (2, include_str!("../migrations/0002_exact_identifiers.sql")),
+];
 
 /// Create the database if needed and apply pending migrations on every shard's primary (the
 /// replicas receive them through replication).

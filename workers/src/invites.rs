@@ -85,7 +85,7 @@ pub async fn send(ctx: &Ctx<'_>, code: &str) -> Result<Outcome> {
     let d = ctx.deps;
     let me = ctx.caller()?.clone();
     let code = normalise_code(code);
-    if code.is_empty() || code.len() > 16 {
+    if code.is_empty() || code.len() > 16 || !code.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return Err(refuse(ErrorCode::InvalidInput, "invite code is malformed"));
     }
     let target: Option<u64> = {

@@ -268,10 +268,11 @@ pub async fn me(ctx: &Ctx<'_>) -> Result<Outcome> {
 pub async fn lookup(ctx: &Ctx<'_>, username: Option<&str>, user_id: Option<Id>) -> Result<Outcome> {
     let d = ctx.deps;
     let id = match (username, user_id) {
-        (Some(name), None) => {
-            let name = name.trim().to_ascii_lowercase();
-            id_of(d, &name, false).await?
-        }
+        // A name the sign-up rules refuse names nobody (and never reaches the directory).
+        (Some(name), None) => match validate::username(name) {
+            Ok(name) => id_of(d, &name, false).await?,
+            Err(_) => None,
+        },
         (None, Some(id)) => Some(id),
         _ => {
             return Err(refuse(
