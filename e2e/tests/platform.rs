@@ -121,3 +121,29 @@ async fn two_users_through_both_nginx_instances_and_both_edges() {
     a.close().await;
     b.close().await;
 }
+
+/// `/metrics` is an operator endpoint: each process serves it at its own address for scrapers;
+/// the public nginx instances refuse it.
+#[tokio::test]
+async fn metrics_are_not_served_through_the_public_nginx() {
+    let stack = e2e::stack();
+    assert!(
+        !stack.nginx.is_empty() && !stack.edges.is_empty(),
+        "{stack:?}"
+    );
+    for n in &stack.nginx {
+        let r = reqwest::get(format!("http://{n}/metrics")).await.unwrap();
+        assert_eq!(r.status().as_u16(), 404, "nginx {n}");
+        let body = r.text().await.unwrap();
+        assert!(!body.contains("sb_"), "nginx {n} served metrics: {body}");
+    }
+    let edge = &stack.edges[0].addr;
+    let r = reqwest::get(format!("http://{edge}/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        200,
+        "the edge still serves its scraper"
+    );
+}

@@ -180,9 +180,9 @@ http {{
 {PROXY_COMMON}
         }}
 
+        # operator endpoint: scraped at each process' own address, never served to the public
         location = /metrics {{
-            proxy_pass http://edges;
-{PROXY_COMMON}
+            return 404;
         }}
     }}
 }}
