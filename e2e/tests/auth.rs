@@ -187,10 +187,7 @@ async fn unicode_variants_of_a_username_name_no_account() {
     opts.limits.login_attempts_per_user_per_minute = 3;
     let app = spawn_app_with(opts).await;
     let (_, name) = signup(&app, 0).await;
-    let (_, token) = {
-        let t = app.http(1).login(&name, PASSWORD).await;
-        ((), t)
-    };
+    let token = app.http(1).login(&name, PASSWORD).await;
     assert!(name.starts_with('u'), "{name}");
     let rest = &name[1..];
     let variants = [
@@ -201,46 +198,29 @@ async fn unicode_variants_of_a_username_name_no_account() {
     ];
     inside_one_minute_window(Duration::from_secs(15)).await;
     let h = app.http(0);
+    let login = |username: &str, password: &str| {
+        h.post(
+            "/api/v1/sessions",
+            json!({"username": username, "password": password}),
+            None,
+        )
+    };
     for v in &variants {
-        let (s, b) = h
-            .post(
-                "/api/v1/sessions",
-                json!({"username": v, "password": PASSWORD}),
-                None,
-            )
-            .await;
+        let (s, b) = login(v, PASSWORD).await;
         assert_eq!(
             (s, b["code"].as_str()),
             (401, Some("unauthorized")),
             "{v}: {b}"
         );
-        let (s, _) = h
-            .get(
-                &format!("/api/v1/users?username={}", urlencode(v)),
-                Some(&token),
-            )
-            .await;
-        assert_eq!(s, 404, "lookup by {v}");
+        let lookup = format!("/api/v1/users?username={}", urlencode(v));
+        assert_eq!(h.get(&lookup, Some(&token)).await.0, 404, "lookup by {v}");
     }
     // Locked out under its real name, the account stays locked out under every variant.
     for _ in 0..3 {
-        let (s, _) = h
-            .post(
-                "/api/v1/sessions",
-                json!({"username": name, "password": "wrong-password-1"}),
-                None,
-            )
-            .await;
-        assert_eq!(s, 401);
+        assert_eq!(login(&name, "wrong-password-1").await.0, 401);
     }
     for v in &variants {
-        let (s, b) = h
-            .post(
-                "/api/v1/sessions",
-                json!({"username": v, "password": PASSWORD}),
-                None,
-            )
-            .await;
+        let (s, b) = login(v, PASSWORD).await;
         assert_ne!(s, 200, "{v} logged in past the lock-out: {b}");
     }
     app.stop().await;
