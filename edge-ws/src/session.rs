@@ -20,6 +20,8 @@ use topics::{Auth, Envelope, ErrorBody, ErrorCode, Id, ServerFrame, WIRE_VERSION
 /// Close codes this edge uses (4000–4999 are the application's own).
 pub mod close_code {
     pub const GOING_AWAY: u16 = 1001;
+    /// A client close frame that carried no code (RFC 6455 §7.1.5; never sent on the wire).
+    pub const NO_STATUS: u16 = 1005;
     /// A text message that is not UTF-8 (RFC 6455 §8.1).
     pub const INVALID_PAYLOAD: u16 = 1007;
     pub const TOO_BIG: u16 = 1009;
@@ -184,7 +186,7 @@ where
                     // Answer the client's close (RFC 6455 §5.5.1): tungstenite has queued the
                     // echo of its frame; flushing writes it. Then the edge closes TCP.
                     let _ = tokio::time::timeout(WRITE_TIMEOUT, socket.flush()).await;
-                    return Some(frame.map_or(1005, |f| u16::from(f.code)));
+                    return Some(frame.map_or(close_code::NO_STATUS, |f| u16::from(f.code)));
                 }
                 let reply = if let Message::Text(text) = &msg {
                     edge.metrics.inc(metrics::WS_FRAMES_IN_TOTAL, &[]);

@@ -38,6 +38,12 @@ fn session_response(g: &SessionGrant, token: String) -> Response {
 /// users and wrong passwords get the same error after the same work.
 pub async fn login(ctx: &Ctx<'_>, username: &str, password: &str) -> Result<Outcome> {
     let d = ctx.deps;
+    let too_many = || {
+        refuse(
+            ErrorCode::RateLimited,
+            "too many login attempts; wait a minute",
+        )
+    };
     let peer = ctx.env.peer.clone().unwrap_or_default();
     if !sessions::allow(
         d,
@@ -46,10 +52,7 @@ pub async fn login(ctx: &Ctx<'_>, username: &str, password: &str) -> Result<Outc
     )
     .await?
     {
-        return Err(refuse(
-            ErrorCode::RateLimited,
-            "too many login attempts; wait a minute",
-        ));
+        return Err(too_many());
     }
     // The sign-up rules decide what a username is: anything else (a fullwidth or accented
     // variant of a real name, say) names no account and is refused before any lookup, so the
@@ -64,10 +67,7 @@ pub async fn login(ctx: &Ctx<'_>, username: &str, password: &str) -> Result<Outc
     )
     .await?
     {
-        return Err(refuse(
-            ErrorCode::RateLimited,
-            "too many login attempts; wait a minute",
-        ));
+        return Err(too_many());
     }
     let found = crate::users::credentials(d, &name).await?;
     let hash = found.as_ref().map(|(_, _, h)| h.clone());
