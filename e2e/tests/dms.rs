@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{befriend, eventually, invite_code, open_dm, rpc};
+use common::{befriend, eventually, id, invite_code, open_dm, rpc};
 use e2e::client::{err, ok, Client};
 use e2e::spawn_app;
 use serde_json::{json, Value};
@@ -486,5 +486,178 @@ async fn new_messages_reach_every_device_of_both_users() {
     for dev in [a0, a1, b0, b1, c] {
         dev.close().await;
     }
+    app.stop().await;
+}
+
+fn removed(from: Id) -> impl Fn(&Event) -> bool {
+    move |e| matches!(e, Event::ConnectionRemoved { user_id } if *user_id == from)
+}
+
+#[tokio::test]
+async fn a_removed_contact_can_no_longer_send_but_both_keep_the_history() {
+    let app = spawn_app().await;
+    let (ann, _, ann_token) = app.user(0).await;
+    let (bob, bob_name, bob_token) = app.user(1).await;
+    befriend(&app, (ann, &ann_token), (bob, &bob_token)).await;
+    let conv = open_dm(&app, &ann_token, bob).await;
+    let bob2 = app.http(0).login(&bob_name, common::PASSWORD).await;
+    let mut a = Client::connect(&app.ws_url(0), &ann_token).await;
+    let mut b0 = Client::connect(&app.ws_url(0), &bob2).await;
+    let mut b1 = Client::connect(&app.ws_url(1), &bob_token).await;
+    ok(a.request(send(conv, "a1", "hi bob")).await);
+    ok(b1.request(send(conv, "b1", "hi ann")).await);
+
+    // Ann removes Bob: every device of Bob is told, and Ann's own.
+    ok(
+        a.request(json!({"type": "connection.remove", "user_id": bob}))
+            .await,
+    );
+    b0.event_where(removed(ann)).await;
+    b1.event_where(removed(ann)).await;
+    a.event_where(removed(bob)).await;
+
+    // Neither can send a new message, over WebSocket or HTTP; nothing is stored.
+    assert_eq!(
+        err(b1.request(send(conv, "b2", "still there?")).await),
+        ErrorCode::Forbidden
+    );
+    assert_eq!(
+        err(a.request(send(conv, "a2", "bye")).await),
+        ErrorCode::Forbidden
+    );
+    let (s, body) = rpc(&app, 1, &bob_token, send(conv, "b3", "hello?")).await;
+    assert_eq!(
+        (s, body["code"].as_str()),
+        (403, Some("forbidden")),
+        "{body}"
+    );
+    // A retry of a message stored while connected still gets that message back.
+    let Response::Sent { message, duplicate } = ok(b0.request(send(conv, "b1", "hi ann")).await)
+    else {
+        panic!()
+    };
+    assert_eq!((message.seq, duplicate), (2, true));
+    // Both keep the conversation and its history.
+    for token in [&ann_token, &bob_token] {
+        let (s, body) = rpc(
+            &app,
+            0,
+            token,
+            json!({"type": "dm.history", "conversation_id": conv}),
+        )
+        .await;
+        assert_eq!((s, seqs(&body)), (200, vec![1, 2]), "{body}");
+        let (_, body) = rpc(&app, 1, token, json!({"type": "dm.list"})).await;
+        let convs = body["conversations"].as_array().unwrap();
+        assert_eq!(convs.len(), 1, "{body}");
+        assert_eq!(id(&convs[0]["conversation_id"]), conv);
+        assert_eq!(convs[0]["last_seq"], 2, "{body}");
+    }
+
+    // Connected again (Ann invites, Bob accepts): the same conversation, its sequence continues.
+    befriend(&app, (ann, &ann_token), (bob, &bob_token)).await;
+    let Response::Sent { message, duplicate } =
+        ok(b1.request(send(conv, "b2", "back again")).await)
+    else {
+        panic!()
+    };
+    assert_eq!((message.seq, duplicate), (3, false));
+    let Event::DmMessage { message: got } = a
+        .event_where(|e| matches!(e, Event::DmMessage { message } if message.seq == 3))
+        .await
+    else {
+        unreachable!()
+    };
+    assert_eq!(got.text, "back again");
+    assert_eq!(open_dm(&app, &ann_token, bob).await, conv);
+    for c in [a, b0, b1] {
+        c.close().await;
+    }
+    app.stop().await;
+}
+
+/// Sends racing a removal: each one is either acknowledged and stored, or refused and not
+/// stored; once one is refused every later one is; and every send made after the removal's
+/// reply is refused.
+#[tokio::test]
+async fn sends_racing_a_removal_are_stored_exactly_when_acknowledged() {
+    let app = spawn_app().await;
+    let (ann, _, ann_token) = app.user(0).await;
+    let (bob, _, bob_token) = app.user(1).await;
+    befriend(&app, (ann, &ann_token), (bob, &bob_token)).await;
+    let conv = open_dm(&app, &bob_token, ann).await;
+    let mut b = common::Raw::connect(&app.ws_url(1), &bob_token).await;
+    let frame = |i: usize| {
+        let mut f = send(conv, &format!("r{i}"), &format!("race {i}"));
+        f["rid"] = json!(format!("s{i}"));
+        f.to_string()
+    };
+    const DURING: usize = 40;
+    let sends = async {
+        for i in 0..DURING {
+            b.text(frame(i)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let removal = async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let (s, body) = rpc(
+            &app,
+            0,
+            &ann_token,
+            json!({"type": "connection.remove", "user_id": bob}),
+        )
+        .await;
+        assert_eq!(s, 200, "{body}");
+    };
+    tokio::join!(sends, removal);
+    // After the removal's reply (and after the sends above).
+    for i in DURING..DURING + 3 {
+        b.text(frame(i)).await;
+    }
+    let mut answers: Vec<Option<Result<u64, ErrorCode>>> = vec![None; DURING + 3];
+    while answers.iter().any(Option::is_none) {
+        let (rid, answer) = match b.frame().await {
+            topics::ServerFrame::Reply {
+                rid: Some(rid),
+                data: Response::Sent { message, duplicate },
+            } => {
+                assert!(!duplicate);
+                (rid, Ok(message.seq))
+            }
+            topics::ServerFrame::Error {
+                rid: Some(rid),
+                code,
+                ..
+            } => (rid, Err(code)),
+            topics::ServerFrame::Event { .. } => continue,
+            other => panic!("unexpected {other:?}"),
+        };
+        let i: usize = rid[1..].parse().unwrap();
+        answers[i] = Some(answer);
+    }
+    let answers: Vec<Result<u64, ErrorCode>> = answers.into_iter().map(Option::unwrap).collect();
+    let acknowledged = answers.iter().take_while(|a| a.is_ok()).count();
+    assert!(
+        answers[acknowledged..]
+            .iter()
+            .all(|a| *a == Err(ErrorCode::Forbidden)),
+        "{answers:?}"
+    );
+    assert!(acknowledged <= DURING, "{answers:?}");
+    let expected: Vec<u64> = (1..=acknowledged as u64).collect();
+    let acked: Vec<u64> = answers[..acknowledged]
+        .iter()
+        .map(|a| *a.as_ref().unwrap())
+        .collect();
+    assert_eq!(acked, expected);
+    let (_, body) = rpc(
+        &app,
+        0,
+        &ann_token,
+        json!({"type": "dm.history", "conversation_id": conv, "limit": 100}),
+    )
+    .await;
+    assert_eq!(seqs(&body), expected, "{body}");
     app.stop().await;
 }

@@ -8,7 +8,7 @@ use e2e::client::{err, ok, Client};
 use e2e::{spawn_app, spawn_app_with, Options};
 use serde_json::{json, Value};
 use topics::frames::{Direction, InviteState};
-use topics::{ErrorCode, Response};
+use topics::{ErrorCode, Event, Response};
 
 fn code_of(body: &Value) -> &str {
     body["code"].as_str().unwrap_or("")
@@ -388,5 +388,45 @@ async fn codes_are_accepted_in_lower_case_and_with_spaces() {
     assert_eq!(common::id(&b["link"]["user_id"]), cat);
     // And an accepted invite made that way connects them.
     befriend(&app, (ann, &ann_token), (cat, &cat_token)).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_withdrawn_invite_is_told_live_to_the_invitee() {
+    let app = spawn_app().await;
+    let (ann, _, ann_token) = app.user(0).await;
+    let (bob, _, bob_token) = app.user(1).await;
+    let bob_code = invite_code(&app, &bob_token).await;
+    let mut a = Client::connect(&app.ws_url(0), &ann_token).await;
+    let mut b = Client::connect(&app.ws_url(1), &bob_token).await;
+    ok(a.request(json!({"type": "invite.send", "code": bob_code}))
+        .await);
+    invite_event(&mut b, ann, InviteState::Pending).await;
+    ok(
+        a.request(json!({"type": "connection.remove", "user_id": bob}))
+            .await,
+    );
+    let gone = |peer| move |e: &Event| matches!(e, Event::ConnectionRemoved { user_id } if *user_id == peer);
+    b.event_where(gone(ann)).await;
+    a.event_where(gone(bob)).await;
+    let Response::Links { links } = ok(b.request(json!({"type": "invite.list"})).await) else {
+        panic!()
+    };
+    assert!(links.is_empty(), "{links:?}");
+    // Nothing left to answer or to remove.
+    assert_eq!(
+        err(b
+            .request(json!({"type": "invite.respond", "user_id": ann, "accept": true}))
+            .await),
+        ErrorCode::NotFound
+    );
+    assert_eq!(
+        err(b
+            .request(json!({"type": "connection.remove", "user_id": ann}))
+            .await),
+        ErrorCode::NotFound
+    );
+    a.close().await;
+    b.close().await;
     app.stop().await;
 }

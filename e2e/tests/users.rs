@@ -339,6 +339,15 @@ async fn deleting_a_user_removes_their_links_and_frees_the_username() {
     // The peers' link lists no longer show her, accepted or pending.
     assert!(links_of(bob_token.clone()).await.is_empty());
     assert!(links_of(cat_token.clone()).await.is_empty());
+    // So Bob can no longer send into their conversation (it stays readable, above).
+    let (s, b) = rpc(
+        &app,
+        1,
+        &bob_token,
+        json!({"type": "dm.send", "conversation_id": conv, "client_msg_id": "b-late", "text": "hello?"}),
+    )
+    .await;
+    assert_eq!((s, b["code"].as_str()), (403, Some("forbidden")), "{b}");
     // Her invite code is gone, her profile too.
     let (s, _) = rpc(
         &app,

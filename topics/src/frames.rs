@@ -281,8 +281,12 @@ pub struct SyncedConversation {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
-    /// Someone invited me, or answered my invite, or removed our connection.
+    /// Someone invited me, or answered my invite (also to my other devices for my own answers).
     InviteUpdated { link: Link },
+    /// The link with `user_id` is gone (`connection.remove` by either of us: a connection ended,
+    /// an invite withdrawn or forgotten). We cannot message each other until a new invite is
+    /// accepted; the conversation and its history stay.
+    ConnectionRemoved { user_id: Id },
     /// A new message in one of my conversations (also to my other devices for my own sends).
     DmMessage { message: Message },
     Broadcast {
@@ -451,6 +455,13 @@ mod tests {
         assert_eq!(
             ev.to_json(),
             r#"{"type":"event","data":{"event":"session_revoked","reason":"logout"}}"#
+        );
+        let ev = ServerFrame::Event {
+            data: Event::ConnectionRemoved { user_id: Id(7) },
+        };
+        assert_eq!(
+            ev.to_json(),
+            r#"{"type":"event","data":{"event":"connection_removed","user_id":"7"}}"#
         );
     }
 }

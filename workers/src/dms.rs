@@ -115,12 +115,7 @@ pub async fn open(ctx: &Ctx<'_>, peer: Id) -> Result<Outcome> {
     }
     match invites::link(d, me, peer).await? {
         Some(l) if l.state == InviteState::Accepted => {}
-        _ => {
-            return Err(refuse(
-                ErrorCode::Forbidden,
-                "you can only message your connections",
-            ))
-        }
+        _ => return Err(not_connected()),
     }
     let key = pair_key(me, peer);
     let mut c = d.db.by_key(&key).primary.get_conn().await?;
@@ -263,13 +258,55 @@ pub async fn history(
     .into())
 }
 
+fn not_connected() -> crate::Error {
+    refuse(
+        ErrorCode::Forbidden,
+        "you can only message your connections",
+    )
+}
+
+/// What a sender's own shard says before a send: `None` when I am not a member of the
+/// conversation, else the state of my link with its peer (`None` when there is no link).
+/// Both rows are keyed by my id, so this is one primary-key lookup on one shard; the primary,
+/// so that a removal is seen as soon as it is written.
+async fn send_gate(d: &Deps, me: Id, conv: Id) -> Result<Option<Option<String>>> {
+    let mut c = d.db.by_id(me).primary.get_conn().await?;
+    let row: Option<Option<String>> = c
+        .exec_first(
+            "SELECT l.state FROM memberships m LEFT JOIN links l ON l.user_id = m.user_id AND l.peer_id = m.peer_id WHERE m.user_id = ? AND m.conversation_id = ?",
+            (me.0, conv.0),
+        )
+        .await?;
+    Ok(row)
+}
+
+/// Whether a new message may be stored: `not_found` when I am not in the conversation (as
+/// everywhere else); otherwise whether the link is accepted. A send that is not allowed may
+/// still be the retry of a message stored while we were connected: the caller returns that one
+/// and refuses only new messages.
+fn may_send(gate: Option<Option<String>>) -> Result<bool> {
+    match gate {
+        None => Err(refuse(ErrorCode::NotFound, "no such conversation")),
+        Some(state) => Ok(state.as_deref() == Some("accepted")),
+    }
+}
+
 /// Store a message (once per client_msg_id), then acknowledge it and deliver it to every device
-/// of both members.
+/// of both members. Only between connections, like `dm.open`: after a `connection.remove` the
+/// conversation stays readable, but new messages are refused with `forbidden` until a new invite
+/// is accepted (a retry of a message stored before still returns it as a duplicate).
+///
+/// The link is read before the conversation's transaction, from the sender's shard (the
+/// conversation usually lives on another one). A removal deletes the removed user's row first,
+/// so every send handled after that write is refused, and so is every send made after the
+/// removal's reply or its `connection_removed` event; only a send already past this check when
+/// the row goes (sends of one conversation are handled one at a time) can still be stored.
 pub async fn send(ctx: &Ctx<'_>, conv: Id, client_msg_id: &str, text: &str) -> Result<Outcome> {
     let d = ctx.deps;
     let me = ctx.caller()?.user_id;
     validate::text(text)?;
     validate::client_msg_id(client_msg_id)?;
+    let connected = may_send(send_gate(d, me, conv).await?)?;
     let mut c = d.db.by_id(conv).primary.get_conn().await?;
     let mut tx = c.start_transaction(TxOpts::default()).await?;
     let row: Option<(u64, u64, u64)> = tx
@@ -292,6 +329,10 @@ pub async fn send(ctx: &Ctx<'_>, conv: Id, client_msg_id: &str, text: &str) -> R
         Some(r) => {
             tx.rollback().await?;
             (r, true)
+        }
+        None if !connected => {
+            tx.rollback().await?;
+            return Err(not_connected());
         }
         None => {
             let seq = last_seq + 1;
@@ -392,6 +433,21 @@ mod tests {
         assert_eq!(pair_key(Id(1), Id(2)), "1:2");
         assert_eq!(peer_of(Id(1), Id(1), Id(2)), Id(2));
         assert_eq!(peer_of(Id(2), Id(1), Id(2)), Id(1));
+    }
+
+    #[test]
+    fn only_an_accepted_link_lets_a_member_send() {
+        let code = |e: crate::Error| match e {
+            crate::Error::Reply(b) => b.code,
+            other => panic!("not a refusal: {other}"),
+        };
+        assert!(may_send(Some(Some("accepted".into()))).unwrap());
+        for state in ["pending", "rejected"] {
+            assert!(!may_send(Some(Some(state.into()))).unwrap());
+        }
+        assert!(!may_send(Some(None)).unwrap(), "no link at all");
+        assert_eq!(code(may_send(None).unwrap_err()), ErrorCode::NotFound);
+        assert_eq!(code(not_connected()), ErrorCode::Forbidden);
     }
 
     #[test]
