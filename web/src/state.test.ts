@@ -293,4 +293,19 @@ describe("ChatState", () => {
     s.applyEvent({ event: "invite_updated", link: { ...link, user_id: "4", username: "dee", direction: "outgoing", state: "accepted" } });
     expect(notes).toEqual(["cy invited you to connect", "dee accepted your invite"]);
   });
+
+  it("forgets a removed connection live and says so", async () => {
+    server(t, []);
+    await s.connected(false);
+    const notes: string[] = [];
+    s.on("notice", () => notes.push(...s.notices.splice(0).map((n) => n.text)));
+    const link = { user_id: "3", username: "cy", state: "accepted" as const, direction: "incoming" as const, updated_at_ms: 1 };
+    s.applyEvent({ event: "invite_updated", link });
+    s.applyEvent({ event: "invite_updated", link: { ...link, user_id: "4", username: "dee", state: "pending" } });
+    s.applyEvent({ event: "connection_removed", user_id: "3" });
+    s.applyEvent({ event: "connection_removed", user_id: "4" });
+    s.applyEvent({ event: "connection_removed", user_id: "5" }); // unknown (or already gone): ignored
+    expect(s.links.size).toBe(0);
+    expect(notes).toEqual(["dee invited you to connect", "You are no longer connected with cy"]);
+  });
 });

@@ -147,6 +147,9 @@ export class ChatState {
       case "invite_updated":
         this.onLink(ev.link);
         break;
+      case "connection_removed":
+        this.onLinkRemoved(ev.user_id);
+        break;
       case "broadcast":
         this.lobby.push(ev);
         if (this.lobby.length > LOBBY_KEEP) this.lobby.splice(0, this.lobby.length - LOBBY_KEEP);
@@ -504,6 +507,15 @@ export class ChatState {
     if (l.direction === "incoming" && l.state === "pending") this.notify(`${l.username} invited you to connect`);
     if (l.direction === "outgoing" && l.state === "accepted") this.notify(`${l.username} accepted your invite`);
     if (l.direction === "outgoing" && l.state === "rejected") this.notify(`${l.username} declined your invite`);
+  }
+
+  /** The other user (or my other device) removed the link: sends to them are refused now. */
+  private onLinkRemoved(userId: Id): void {
+    const prev = this.links.get(userId);
+    if (!prev) return;
+    this.links.delete(userId);
+    this.emit("links");
+    if (prev.state === "accepted") this.notify(`You are no longer connected with ${prev.username}`);
   }
 
   async loadLinks(): Promise<void> {

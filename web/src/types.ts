@@ -94,6 +94,7 @@ export interface BroadcastEvent {
 
 export type ServerEvent =
   | { event: "invite_updated"; link: Link }
+  | { event: "connection_removed"; user_id: Id }
   | { event: "dm_message"; message: Message }
   | BroadcastEvent
   | { event: "session_revoked"; reason: string };
