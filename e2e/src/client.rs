@@ -26,6 +26,18 @@ impl Http {
         }
     }
 
+    /// A client whose connections come from `local` (another loopback address, 127.0.0.x): nginx
+    /// sees it as `$remote_addr` and forwards it as the client's address.
+    pub fn from_address(base: &str, local: std::net::IpAddr) -> Self {
+        Http {
+            base: base.trim_end_matches('/').to_string(),
+            client: reqwest::Client::builder()
+                .local_address(local)
+                .build()
+                .expect("http client"),
+        }
+    }
+
     async fn send(&self, rb: reqwest::RequestBuilder, token: Option<&str>) -> (u16, Value) {
         let rb = match token {
             Some(t) => rb.bearer_auth(t),

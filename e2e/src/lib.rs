@@ -110,6 +110,15 @@ impl TestApp {
         Http::new(&format!("http://{}", self.nginx[edge].addr))
     }
 
+    /// HTTP through the nginx in front of edge `edge`, from loopback address `127.0.0.<host>`
+    /// (the client address the edges see).
+    pub fn http_from(&self, edge: usize, host: u8) -> Http {
+        Http::from_address(
+            &format!("http://{}", self.nginx[edge].addr),
+            std::net::Ipv4Addr::new(127, 0, 0, host).into(),
+        )
+    }
+
     /// The WebSocket URL of the nginx in front of edge `edge`.
     pub fn ws_url(&self, edge: usize) -> String {
         format!("ws://{}/ws", self.nginx[edge].addr)

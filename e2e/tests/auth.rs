@@ -4,7 +4,7 @@
 mod common;
 
 use common::{inside_one_minute_window, signup, PASSWORD};
-use e2e::client::{ok, Client};
+use e2e::client::{ok, Client, Http};
 use e2e::{spawn_app, spawn_app_with, Options};
 use serde_json::json;
 use std::time::Duration;
@@ -74,7 +74,7 @@ async fn wrong_password_and_unknown_user_get_the_same_answer() {
 #[tokio::test]
 async fn logins_are_rate_limited_per_user() {
     let mut opts = Options::default();
-    opts.limits.login_attempts_per_user_per_minute = 3;
+    opts.limits.login_failures_per_user_per_address_per_minute = 3;
     let app = spawn_app_with(opts).await;
     let (_, name) = signup(&app, 0).await;
     let (_, other) = signup(&app, 1).await;
@@ -184,7 +184,7 @@ async fn the_handshake_accepts_the_session_cookie_and_refuses_dead_sessions() {
 #[tokio::test]
 async fn unicode_variants_of_a_username_name_no_account() {
     let mut opts = Options::default();
-    opts.limits.login_attempts_per_user_per_minute = 3;
+    opts.limits.login_failures_per_user_per_address_per_minute = 3;
     let app = spawn_app_with(opts).await;
     let (_, name) = signup(&app, 0).await;
     let token = app.http(1).login(&name, PASSWORD).await;
@@ -216,10 +216,9 @@ async fn unicode_variants_of_a_username_name_no_account() {
         assert_eq!(h.get(&lookup, Some(&token)).await.0, 404, "lookup by {v}");
     }
     // Locked out under its real name, the account stays locked out under every variant.
-    // (the login above may share this minute's window: 3 or 4 attempts reach the limit of 3)
+    // (only failures count, so the login above does not: three failures reach the limit of 3)
     for _ in 0..3 {
-        let s = login(&name, "wrong-password-1").await.0;
-        assert!(s == 401 || s == 429, "{s}");
+        assert_eq!(login(&name, "wrong-password-1").await.0, 401);
     }
     assert_eq!(
         login(&name, PASSWORD).await.0,
@@ -230,6 +229,108 @@ async fn unicode_variants_of_a_username_name_no_account() {
         let (s, b) = login(v, PASSWORD).await;
         assert_ne!(s, 200, "{v} logged in past the lock-out: {b}");
     }
+    app.stop().await;
+}
+
+/// One login attempt: (status, error code or "").
+async fn attempt(h: &Http, username: &str, password: &str) -> (u16, String) {
+    let (s, b) = h
+        .post(
+            "/api/v1/sessions",
+            json!({"username": username, "password": password}),
+            None,
+        )
+        .await;
+    (s, b["code"].as_str().unwrap_or("").to_string())
+}
+
+fn failed() -> (u16, String) {
+    (401, "unauthorized".into())
+}
+
+fn refused() -> (u16, String) {
+    (429, "rate_limited".into())
+}
+
+/// Failures are counted per account *and* address: a stranger guessing from one address is
+/// stopped there, and the owner still logs in from theirs (clients bound to different loopback
+/// addresses, which nginx forwards as the client address).
+#[tokio::test]
+async fn a_strangers_failures_do_not_lock_the_owner_out() {
+    let mut opts = Options::default();
+    opts.limits.login_failures_per_user_per_address_per_minute = 3;
+    let app = spawn_app_with(opts).await;
+    let (_, name) = signup(&app, 0).await;
+    let owner = app.http_from(0, 11);
+    let stranger = app.http_from(1, 12);
+    for _ in 0..3 {
+        assert_eq!(
+            attempt(&stranger, &name, "wrong-password-1").await,
+            failed()
+        );
+    }
+    // The stranger's address is stopped, whatever it sends next.
+    assert_eq!(
+        attempt(&stranger, &name, "wrong-password-1").await,
+        refused()
+    );
+    assert_eq!(attempt(&stranger, &name, PASSWORD).await, refused());
+    // The owner, elsewhere, is not locked out — and never logged in from here before.
+    assert_eq!(attempt(&owner, &name, PASSWORD).await.0, 200);
+    // The owner's own failures are counted for the owner's address alone, and successes are
+    // not failures.
+    for _ in 0..3 {
+        assert_eq!(attempt(&owner, &name, "wrong-password-1").await, failed());
+    }
+    assert_eq!(attempt(&owner, &name, PASSWORD).await, refused());
+    assert_eq!(attempt(&app.http_from(0, 13), &name, PASSWORD).await.0, 200);
+    // An account nobody has: the same limit, the same answers.
+    let ghost = e2e::unique("ghost");
+    for _ in 0..3 {
+        assert_eq!(attempt(&stranger, &ghost, PASSWORD).await, failed());
+    }
+    assert_eq!(attempt(&stranger, &ghost, PASSWORD).await, refused());
+    app.stop().await;
+}
+
+/// OWASP ASVS 2.2.1: an account sees at most `login_failures_per_user_per_hour` failures an
+/// hour, from however many addresses. Addresses that never logged in to it stop a tenth short,
+/// so the owner's address still gets in once strangers have used their share.
+#[tokio::test]
+async fn failures_per_account_are_capped_per_hour_and_the_owner_keeps_a_share() {
+    let mut opts = Options::default();
+    opts.limits.login_failures_per_user_per_address_per_minute = 3;
+    opts.limits.login_failures_per_user_per_hour = 10;
+    let app = spawn_app_with(opts).await;
+    let (_, name) = signup(&app, 0).await;
+    let owner = app.http_from(0, 21);
+    assert_eq!(attempt(&owner, &name, PASSWORD).await.0, 200);
+    let mut failures = 0;
+    // Three strangers, three failures each: 9, the share of unknown addresses.
+    for host in 22..25 {
+        let h = app.http_from(host as usize % 2, host);
+        for _ in 0..3 {
+            assert_eq!(attempt(&h, &name, "wrong-password-1").await, failed());
+            failures += 1;
+        }
+    }
+    // A fourth address, with no failures of its own, is refused: the account's share for
+    // unknown addresses is used up, even for the right password.
+    let fresh = app.http_from(1, 25);
+    assert_eq!(attempt(&fresh, &name, "wrong-password-1").await, refused());
+    assert_eq!(attempt(&fresh, &name, PASSWORD).await, refused());
+    // The owner's address still gets in.
+    assert_eq!(attempt(&owner, &name, PASSWORD).await.0, 200);
+    // The last failure of the hour is the owner's; after it the account is closed to every
+    // address, the owner's too: never more than 10 failures.
+    assert_eq!(attempt(&owner, &name, "wrong-password-1").await, failed());
+    failures += 1;
+    assert_eq!(attempt(&owner, &name, PASSWORD).await, refused());
+    assert_eq!(attempt(&fresh, &name, PASSWORD).await, refused());
+    assert_eq!(failures, 10);
+    // Another account is not affected.
+    let (_, other) = signup(&app, 1).await;
+    assert_eq!(attempt(&fresh, &other, PASSWORD).await.0, 200);
     app.stop().await;
 }
 

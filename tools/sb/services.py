@@ -92,7 +92,8 @@ def edge_toml(ctx, i: int) -> str:
 LIMIT_PROFILES: dict[str, dict[str, int]] = {
     "default": {},
     "bench": {
-        "login_attempts_per_user_per_minute": 1_000_000,
+        "login_failures_per_user_per_address_per_minute": 1_000_000,
+        "login_failures_per_user_per_hour": 1_000_000,
         "login_attempts_per_address_per_minute": 1_000_000,
         "signups_per_address_per_minute": 1_000_000,
         "broadcasts_per_user_per_minute": 1_000_000,

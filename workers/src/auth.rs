@@ -1,7 +1,7 @@
 //! Login, the handshake check, refresh, listing and ending sessions.
 
 use crate::dispatch::{Ctx, Outcome};
-use crate::{refuse, sessions, Result};
+use crate::{login_limits, refuse, sessions, Result};
 use topics::frames::SessionInfo;
 use topics::{Delivery, ErrorCode, Event, Response, ServerFrame, SessionGrant, Target};
 
@@ -34,8 +34,9 @@ fn session_response(g: &SessionGrant, token: String) -> Response {
     }
 }
 
-/// Username + password → a new session. Rate limited per username and per address; unknown
-/// users and wrong passwords get the same error after the same work.
+/// Username + password → a new session. Rate limited per address, and failures per account
+/// and address and per account (see `login_limits`); unknown users and wrong passwords get the
+/// same error after the same work.
 pub async fn login(ctx: &Ctx<'_>, username: &str, password: &str) -> Result<Outcome> {
     let d = ctx.deps;
     let too_many = || {
@@ -56,26 +57,24 @@ pub async fn login(ctx: &Ctx<'_>, username: &str, password: &str) -> Result<Outc
     }
     // The sign-up rules decide what a username is: anything else (a fullwidth or accented
     // variant of a real name, say) names no account and is refused before any lookup, so the
-    // per-username limit below and the directory see exactly the name that was signed up.
+    // failure counts below and the directory see exactly the name that was signed up.
     let Ok(name) = topics::validate::username(username) else {
         return Err(refuse(ErrorCode::Unauthorized, BAD_CREDENTIALS));
     };
-    if !sessions::allow(
-        d,
-        &format!("login:u:{name}"),
-        d.limits.login_attempts_per_user_per_minute,
-    )
-    .await?
-    {
-        return Err(too_many());
-    }
     let found = crate::users::credentials(d, &name).await?;
+    let Some(slots) =
+        login_limits::begin(d, &name, &peer, found.as_ref().map(|(u, _, _)| *u)).await?
+    else {
+        return Err(too_many());
+    };
     let hash = found.as_ref().map(|(_, _, h)| h.clone());
     let ok = crate::users::verify_password(password.to_string(), hash).await?;
     let (user, username) = match (ok, found) {
         (true, Some((user, username, _))) => (user, username),
+        // The attempt stays counted: it is a failure.
         _ => return Err(refuse(ErrorCode::Unauthorized, BAD_CREDENTIALS)),
     };
+    login_limits::succeeded(d, slots, user, &peer).await?;
     let (token, sid) = sessions::create(d, user, &username).await?;
     let g = grant(ctx, &sid, user, &username, Some(token.clone()));
     Ok(Outcome {

@@ -10,6 +10,7 @@ pub mod dispatch;
 pub mod dms;
 pub mod ids;
 pub mod invites;
+pub mod login_limits;
 pub mod presence;
 pub mod sessions;
 pub mod settings;

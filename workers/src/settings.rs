@@ -90,7 +90,14 @@ pub struct Limits {
     pub session_idle_timeout_s: u64,
     /// A rotated-out token keeps working this long, so requests in flight do not fail.
     pub token_grace_s: u64,
-    pub login_attempts_per_user_per_minute: u64,
+    /// Failed logins to one account from one address in the last minute (sliding); past it that
+    /// address is refused for that account until the oldest failure is a minute old.
+    pub login_failures_per_user_per_address_per_minute: u64,
+    /// Failed logins to one account from all addresses in the last hour (sliding; OWASP ASVS
+    /// 2.2.1 asks for at most 100). Addresses that never logged in to the account may use only
+    /// nine tenths of it, so a stranger cannot lock the owner out of an address they use.
+    pub login_failures_per_user_per_hour: u64,
+    /// Login attempts from one address, to any accounts, per minute.
     pub login_attempts_per_address_per_minute: u64,
     pub signups_per_address_per_minute: u64,
     pub pending_invites_max: u64,
@@ -106,7 +113,8 @@ impl Default for Limits {
         Limits {
             session_idle_timeout_s: 600,
             token_grace_s: 30,
-            login_attempts_per_user_per_minute: 10,
+            login_failures_per_user_per_address_per_minute: 10,
+            login_failures_per_user_per_hour: 100,
             login_attempts_per_address_per_minute: 60,
             signups_per_address_per_minute: 30,
             pending_invites_max: 100,
