@@ -6,7 +6,7 @@ mod common;
 
 use common::{login, signup};
 use e2e::client::{err, ok, Client};
-use e2e::{spawn_app, spawn_app_with, Options};
+use e2e::{spawn_app, spawn_app_with, Options, TestApp};
 use serde_json::json;
 use std::time::Duration;
 use topics::{ErrorCode, Event, Response};
@@ -396,5 +396,255 @@ async fn a_request_that_ends_its_own_session_is_answered_before_the_close() {
             );
         }
     }
+    app.stop().await;
+}
+
+async fn refresh_with(app: &TestApp, token: &str) -> (u16, serde_json::Value) {
+    app.http(0)
+        .post("/api/v1/sessions/refresh", json!({}), Some(token))
+        .await
+}
+
+fn token_of(body: &serde_json::Value) -> String {
+    body["token"].as_str().expect("a token").to_string()
+}
+
+/// Refresh-token reuse detection: refreshing with a token that was already rotated out means
+/// two parties hold the session, so the whole session (every token of it) is revoked and its
+/// sockets are closed with the revocation code, as by a logout — even within the grace period
+/// in which the old token still authenticates other requests. Kept: one retry with the token
+/// just rotated out (a refresh whose answer was lost).
+#[tokio::test]
+async fn reusing_a_rotated_out_token_revokes_the_session_and_closes_its_socket() {
+    let app = spawn_app().await;
+    let (_, name) = signup(&app, 0).await;
+    let (t0, _) = login(&app, 0, &name).await;
+    let mut c = Client::connect(&app.ws_url(1), &t0).await;
+    let (s, b) = refresh_with(&app, &t0).await;
+    assert_eq!(s, 200, "{b}");
+    let t1 = token_of(&b);
+    let (s, b) = refresh_with(&app, &t1).await;
+    assert_eq!(s, 200, "{b}");
+    let t2 = token_of(&b);
+    // Within the grace period t0 still authenticates a request in flight…
+    assert_eq!(app.http(1).get("/api/v1/users/me", Some(&t0)).await.0, 200);
+    // …but refreshing with it (two rotations old) is reuse.
+    let (s, b) = refresh_with(&app, &t0).await;
+    assert_eq!((s, b["code"].as_str()), (401, Some("unauthorized")), "{b}");
+    let Event::SessionRevoked { reason } = c
+        .event_where(|e| matches!(e, Event::SessionRevoked { .. }))
+        .await
+    else {
+        unreachable!()
+    };
+    assert!(reason.contains("reused"), "{reason}");
+    assert_eq!(c.closed().await, Some(4001), "its socket is closed");
+    for t in [&t0, &t1, &t2] {
+        assert_eq!(
+            app.http(1).get("/api/v1/users/me", Some(t)).await.0,
+            401,
+            "every token of the session is dead"
+        );
+    }
+
+    // The one retry kept: the token just rotated out refreshes once more (the first answer was
+    // lost); a second time is reuse.
+    let (u0, _) = login(&app, 1, &name).await;
+    let (s, b) = refresh_with(&app, &u0).await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = refresh_with(&app, &u0).await;
+    assert_eq!(s, 200, "a retry with the token just rotated out: {b}");
+    let u2 = token_of(&b);
+    assert_eq!(app.http(1).get("/api/v1/users/me", Some(&u2)).await.0, 200);
+    let (s, _) = refresh_with(&app, &u0).await;
+    assert_eq!(s, 401, "a second retry is reuse");
+    assert_eq!(app.http(1).get("/api/v1/users/me", Some(&u2)).await.0, 401);
+
+    // Refreshing over a socket (which holds its session, not a token) is unaffected.
+    let (v0, _) = login(&app, 0, &name).await;
+    let mut c = Client::connect(&app.ws_url(0), &v0).await;
+    for _ in 0..3 {
+        keepalive(&mut c, 600).await;
+    }
+    c.close().await;
+    app.stop().await;
+}
+
+/// `limits.session_max_lifetime_s`: a session ends that long after its login even while it is
+/// refreshed; refreshing never extends it past that.
+#[tokio::test]
+async fn a_session_ends_at_its_absolute_lifetime_however_active() {
+    let mut opts = Options::default();
+    opts.limits.session_max_lifetime_s = 4;
+    let app = spawn_app_with(opts).await;
+    let (_, name) = signup(&app, 0).await;
+    let started = tokio::time::Instant::now();
+    // One session refreshed over HTTP, one over its socket.
+    let (mut token, _) = login(&app, 0, &name).await;
+    let (ws_token, _) = login(&app, 1, &name).await;
+    let logged_in = tokio::time::Instant::now();
+    let mut c = Client::connect(&app.ws_url(1), &ws_token).await;
+    while started.elapsed() < Duration::from_millis(2_500) {
+        let (s, b) = refresh_with(&app, &token).await;
+        assert_eq!(s, 200, "{b}");
+        token = token_of(&b);
+        keepalive(&mut c, 600).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep_until(logged_in + Duration::from_millis(4_500)).await;
+    assert_eq!(
+        app.http(1).get("/api/v1/users/me", Some(&token)).await.0,
+        401,
+        "past its absolute lifetime"
+    );
+    assert_eq!(refresh_with(&app, &token).await.0, 401);
+    assert_eq!(
+        err(c.request(json!({"type": "session.refresh"})).await),
+        ErrorCode::Unauthorized
+    );
+    assert_eq!(c.closed().await, Some(4001));
+    // A new login starts a new lifetime.
+    let (t, _) = login(&app, 1, &name).await;
+    assert_eq!(app.http(0).get("/api/v1/users/me", Some(&t)).await.0, 200);
+    app.stop().await;
+}
+
+/// Every answer that carries a token is marked `Cache-Control: no-store` (and `Pragma:
+/// no-cache`), in token and in cookie mode.
+#[tokio::test]
+async fn answers_with_a_token_are_not_cached() {
+    let app = spawn_app().await;
+    let (_, name) = signup(&app, 0).await;
+    let h = app.http(0);
+    let check = |resp: &reqwest::Response, what: &str| {
+        assert_eq!(resp.status().as_u16(), 200, "{what}");
+        let header = |n: &str| {
+            resp.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        assert_eq!(
+            header("cache-control").as_deref(),
+            Some("no-store"),
+            "{what}"
+        );
+        assert_eq!(header("pragma").as_deref(), Some("no-cache"), "{what}");
+    };
+    let creds = json!({"username": name, "password": common::PASSWORD});
+    let resp = h
+        .raw(|c, base| c.post(format!("{base}/api/v1/sessions")).json(&creds))
+        .await;
+    check(&resp, "login");
+    let token = token_of(&resp.json().await.unwrap());
+    let resp = h
+        .raw(|c, base| {
+            c.post(format!("{base}/api/v1/sessions/refresh"))
+                .bearer_auth(&token)
+        })
+        .await;
+    check(&resp, "refresh");
+    let resp = h
+        .raw(|c, base| {
+            c.post(format!("{base}/api/v1/sessions"))
+                .header("x-session-mode", "cookie")
+                .json(&creds)
+        })
+        .await;
+    check(&resp, "login, cookie mode");
+    let cookie = cookie_token(&set_cookies(&resp));
+    let resp = h
+        .raw(|c, base| {
+            c.post(format!("{base}/api/v1/sessions/refresh"))
+                .header("cookie", format!("sb_session={cookie}"))
+                .header("x-session-mode", "cookie")
+        })
+        .await;
+    check(&resp, "refresh, cookie mode");
+    app.stop().await;
+}
+
+/// With `edge.secure_cookies` the session cookie is `__Host-sb_session` (Secure, Path=/, no
+/// Domain); it is the only cookie read, and it is cleared under that name.
+#[tokio::test]
+async fn secure_cookies_use_the_host_prefix() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
+    let mut opts = Options::default();
+    opts.edge.secure_cookies = true;
+    let app = spawn_app_with(opts).await;
+    let (_, name) = signup(&app, 0).await;
+    let h = app.http(1);
+    let resp = h
+        .raw(|c, base| {
+            c.post(format!("{base}/api/v1/sessions"))
+                .header("x-session-mode", "cookie")
+                .json(&json!({"username": name, "password": common::PASSWORD}))
+        })
+        .await;
+    assert_eq!(resp.status().as_u16(), 200);
+    let cookies = set_cookies(&resp);
+    let cookie = cookies
+        .iter()
+        .find(|c| c.starts_with("__Host-sb_session="))
+        .unwrap_or_else(|| panic!("no __Host- cookie in {cookies:?}"));
+    let attrs: Vec<&str> = cookie.split(';').map(str::trim).collect();
+    for a in ["Secure", "Path=/", "HttpOnly", "SameSite=Strict"] {
+        assert!(attrs.contains(&a), "{a} missing: {cookie}");
+    }
+    assert!(
+        !attrs
+            .iter()
+            .any(|a| a.to_ascii_lowercase().starts_with("domain")),
+        "{cookie}"
+    );
+    let token = cookie["__Host-sb_session=".len()..]
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let me = |cookie: String| {
+        let h = &h;
+        async move {
+            h.raw(|c, base| {
+                c.get(format!("{base}/api/v1/users/me"))
+                    .header("cookie", cookie)
+            })
+            .await
+            .status()
+            .as_u16()
+        }
+    };
+    assert_eq!(me(format!("__Host-sb_session={token}")).await, 200);
+    assert_eq!(
+        me(format!("sb_session={token}")).await,
+        401,
+        "the unprefixed name is not read"
+    );
+    // The WebSocket handshake reads the same cookie.
+    let mut req = app.ws_url(0).into_client_request().unwrap();
+    req.headers_mut().insert(
+        "cookie",
+        HeaderValue::from_str(&format!("__Host-sb_session={token}")).unwrap(),
+    );
+    let (ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("cookie handshake accepted");
+    drop(ws);
+    // Logging out clears it under its name.
+    let resp = h
+        .raw(|c, base| {
+            c.delete(format!("{base}/api/v1/sessions/current"))
+                .header("cookie", format!("__Host-sb_session={token}"))
+        })
+        .await;
+    assert_eq!(resp.status().as_u16(), 200);
+    let cleared = set_cookies(&resp);
+    assert!(
+        cleared
+            .iter()
+            .any(|c| c.starts_with("__Host-sb_session=;") && c.contains("Max-Age=0")),
+        "{cleared:?}"
+    );
     app.stop().await;
 }

@@ -20,7 +20,8 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use topics::{
     Auth, EdgeEvent, EdgeMessage, Envelope, ErrorBody, ErrorCode, Id, Request, ServerFrame,
-    SessionGrant, SESSION_COOKIE, WIRE_VERSION, WS_AUTH_PROTOCOL_PREFIX, WS_PROTOCOL,
+    SessionGrant, SECURE_SESSION_COOKIE, SESSION_COOKIE, WIRE_VERSION, WS_AUTH_PROTOCOL_PREFIX,
+    WS_PROTOCOL,
 };
 use warp::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use warp::hyper::upgrade::OnUpgrade;
@@ -32,8 +33,18 @@ pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-/// The bearer token of a request: `Authorization: Bearer …` or the session cookie.
-pub fn bearer(headers: &HeaderMap) -> Option<String> {
+/// The session cookie's name: `__Host-sb_session` with `secure_cookies`, else `sb_session`.
+/// Only that one is read, so a cookie without the prefix cannot stand in for it.
+pub fn session_cookie_name(secure: bool) -> &'static str {
+    if secure {
+        SECURE_SESSION_COOKIE
+    } else {
+        SESSION_COOKIE
+    }
+}
+
+/// The bearer token of a request: `Authorization: Bearer …` or the session cookie `name`.
+pub fn bearer(headers: &HeaderMap, name: &str) -> Option<String> {
     if let Some(v) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -42,7 +53,7 @@ pub fn bearer(headers: &HeaderMap) -> Option<String> {
             return Some(t.trim().to_string());
         }
     }
-    cookie(headers, SESSION_COOKIE)
+    cookie(headers, name)
 }
 
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -152,8 +163,9 @@ fn session_cookie(edge: &Edge, value: &str, max_age_s: u64) -> HeaderValue {
     } else {
         ""
     };
+    let name = session_cookie_name(edge.settings.secure_cookies);
     HeaderValue::from_str(&format!(
-        "{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_s}{secure}"
+        "{name}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_s}{secure}"
     ))
     .expect("cookie is ascii")
 }
@@ -185,6 +197,11 @@ pub fn http_reply(edge: &Edge, msg: EdgeMessage, ok: StatusCode, cookie_only: bo
         Ok(ServerFrame::Error { code, message, .. }) => error_response(code, &message),
         _ => error_response(ErrorCode::Internal, "unexpected answer"),
     };
+    // A worker's answer is about one account and may carry a token (login, refresh): no cache
+    // (browser, proxy) may keep it.
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     if let Some(SessionGrant {
         token: Some(token), ..
     }) = &session
@@ -336,7 +353,7 @@ async fn api(
         Ok(r) => r,
         Err(e) => return Ok(error_response(e.code, &e.message)),
     };
-    let auth = match bearer(&headers) {
+    let auth = match bearer(&headers, session_cookie_name(edge.settings.secure_cookies)) {
         Some(t) => Auth::Token {
             token_hash: token_hash(&t),
         },
@@ -444,7 +461,8 @@ async fn upgrade(
         return refuse(ErrorCode::Unavailable, "edge is full; try another");
     }
     let (offers_ours, proto_token) = ws_protocols(&headers);
-    let Some(token) = proto_token.or_else(|| cookie(&headers, SESSION_COOKIE)) else {
+    let cookie_name = session_cookie_name(edge.settings.secure_cookies);
+    let Some(token) = proto_token.or_else(|| cookie(&headers, cookie_name)) else {
         return refuse(ErrorCode::Unauthorized, "no session");
     };
     let conn = edge.hub.next_id();
@@ -653,16 +671,29 @@ mod tests {
 
     #[test]
     fn finds_the_token() {
+        let plain = session_cookie_name(false);
+        let secure = session_cookie_name(true);
+        assert_eq!((plain, secure), ("sb_session", "__Host-sb_session"));
         assert_eq!(
-            bearer(&h(&[("authorization", "Bearer abc")])).as_deref(),
+            bearer(&h(&[("authorization", "Bearer abc")]), plain).as_deref(),
             Some("abc")
         );
         assert_eq!(
-            bearer(&h(&[("cookie", "x=1; sb_session=tok")])).as_deref(),
+            bearer(&h(&[("cookie", "x=1; sb_session=tok")]), plain).as_deref(),
             Some("tok")
         );
-        assert_eq!(bearer(&h(&[("cookie", "sb_session=")])), None);
-        assert_eq!(bearer(&h(&[("authorization", "Basic x")])), None);
+        assert_eq!(bearer(&h(&[("cookie", "sb_session=")]), plain), None);
+        assert_eq!(bearer(&h(&[("authorization", "Basic x")]), plain), None);
+        // With secure cookies only the prefixed cookie counts, not one a plain page could set.
+        assert_eq!(bearer(&h(&[("cookie", "sb_session=tok")]), secure), None);
+        assert_eq!(
+            bearer(
+                &h(&[("cookie", "sb_session=x; __Host-sb_session=tok")]),
+                secure
+            )
+            .as_deref(),
+            Some("tok")
+        );
         assert_eq!(
             ws_protocols(&h(&[(
                 "sec-websocket-protocol",

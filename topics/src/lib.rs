@@ -25,6 +25,10 @@ pub const WS_PROTOCOL: &str = "switchboard.v1";
 pub const WS_AUTH_PROTOCOL_PREFIX: &str = "auth.";
 /// Name of the HttpOnly session cookie the web page uses.
 pub const SESSION_COOKIE: &str = "sb_session";
+/// Its name when the edge sets `Secure` cookies: the `__Host-` prefix makes browsers accept it
+/// only from a secure origin, with `Path=/` and no `Domain`, so a sibling subdomain or a plain
+/// HTTP page cannot plant or shadow it.
+pub const SECURE_SESSION_COOKIE: &str = "__Host-sb_session";
 
 /// Errors of decoding or validating contract data.
 #[derive(Debug, thiserror::Error)]

@@ -2,7 +2,8 @@
 //! refresh; only the token's SHA-256 is stored. Keys:
 //! - `tok:<sha256>` → session id (expires with the session; a rotated-out token lingers for a
 //!   short grace period so requests already in flight do not fail);
-//! - `sess:<id>` → hash {user_id, username, created_ms, last_seen_ms, token_hash}, idle expiry;
+//! - `sess:<id>` → hash {user_id, username, created_ms, last_seen_ms, token_hash, prev_hash,
+//!   prev_retried}, idle expiry, never past `created_ms` + `session_max_lifetime_s`;
 //! - `usess:{<user>}` → set of the user's session ids (cleaned lazily when listed).
 
 use crate::dispatch::Deps;
@@ -36,6 +37,14 @@ pub fn new_session_id() -> String {
     hex::encode(b)
 }
 
+/// How long a session may still live from `now`: the idle timeout, cut at its absolute end.
+/// Zero once it is over.
+pub fn ttl_ms(l: &crate::Limits, created_ms: u64, now: u64) -> u64 {
+    let end = created_ms.saturating_add(l.session_max_lifetime_s.saturating_mul(1000));
+    end.saturating_sub(now)
+        .min(l.session_idle_timeout_s.saturating_mul(1000))
+}
+
 pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
@@ -66,7 +75,7 @@ pub async fn create(d: &Deps, user: Id, username: &str) -> Result<(String, Strin
     let sid = new_session_id();
     let hash = hash_token(&token);
     let now = runtime::now_ms();
-    let ttl = d.limits.session_idle_timeout_s;
+    let ttl = ttl_ms(&d.limits, now, now);
     let mut c = d.redis.get().await?;
     let _: () = redis::pipe()
         .hset_multiple(
@@ -79,10 +88,10 @@ pub async fn create(d: &Deps, user: Id, username: &str) -> Result<(String, Strin
                 ("token_hash", hash.clone()),
             ],
         )
-        .expire(sess_key(d, &sid), ttl as i64)
+        .pexpire(sess_key(d, &sid), ttl as i64)
         .query_async(&mut c)
         .await?;
-    let _: () = c.set_ex(tok_key(d, &hash), &sid, ttl).await?;
+    let _: () = c.pset_ex(tok_key(d, &hash), &sid, ttl).await?;
     let _: () = c.sadd(user_key(d, user), &sid).await?;
     Ok((token, sid))
 }
@@ -90,7 +99,9 @@ pub async fn create(d: &Deps, user: Id, username: &str) -> Result<(String, Strin
 pub async fn load(d: &Deps, sid: &str) -> Result<Option<SessionRecord>> {
     let mut c = d.redis.get().await?;
     let map: HashMap<String, String> = c.hgetall(sess_key(d, sid)).await?;
-    Ok(parse(map))
+    // Past its absolute end a session is gone, even if its keys were written with a longer
+    // lifetime (the setting was lowered since).
+    Ok(parse(map).filter(|r| ttl_ms(&d.limits, r.created_ms, runtime::now_ms()) > 0))
 }
 
 /// The session a token hash opens, if it is live.
@@ -105,27 +116,83 @@ pub async fn resolve_token(d: &Deps, hash: &str) -> Result<Option<(String, Sessi
     Ok(load(d, &sid).await?.map(|r| (sid, r)))
 }
 
-/// Extend the session's idle lifetime and rotate its token; returns the new token.
-pub async fn refresh(d: &Deps, sid: &str, rec: &SessionRecord) -> Result<String> {
+/// What refreshing a session did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Rotation {
+    /// The new token.
+    Rotated(String),
+    /// The session is over (expired, past its absolute end, or revoked meanwhile).
+    Gone,
+    /// A rotated-out token was presented again: the session has been revoked.
+    Reused,
+}
+
+/// Compare-and-rotate, atomic on the session's hash. ARGV: the presented token's hash ('' for
+/// the session's current one), the new hash, now, the new expiry (ms). A refresh with the
+/// current token rotates it (it becomes `prev_hash`). A refresh with `prev_hash` is taken as
+/// the retry of a refresh whose answer was lost, once: it rotates again and the token minted in
+/// between is rotated out. Anything else is a rotated-out token being reused.
+const ROTATE_SCRIPT: &str = r"
+local cur = redis.call('HGET', KEYS[1], 'token_hash')
+if not cur then return {'gone', ''} end
+local p = ARGV[1]
+if p == '' then p = cur end
+local prev = redis.call('HGET', KEYS[1], 'prev_hash')
+if p == cur then
+  redis.call('HSET', KEYS[1], 'token_hash', ARGV[2], 'prev_hash', cur, 'prev_retried', '0', 'last_seen_ms', ARGV[3])
+elseif p == prev and redis.call('HGET', KEYS[1], 'prev_retried') ~= '1' then
+  redis.call('HSET', KEYS[1], 'token_hash', ARGV[2], 'prev_retried', '1', 'last_seen_ms', ARGV[3])
+else
+  return {'reused', prev or ''}
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return {'rotated', cur}
+";
+
+/// Extend the session's idle lifetime (never past its absolute end) and rotate its token.
+/// `presented` is the hash of the token the request came with (`None` on a socket, which holds
+/// the session itself). Reusing a rotated-out token revokes the whole session.
+pub async fn refresh(
+    d: &Deps,
+    sid: &str,
+    rec: &SessionRecord,
+    presented: Option<&str>,
+) -> Result<Rotation> {
+    let now = runtime::now_ms();
+    let ttl = ttl_ms(&d.limits, rec.created_ms, now);
+    if ttl == 0 {
+        return Ok(Rotation::Gone);
+    }
     let token = new_token();
     let hash = hash_token(&token);
-    let ttl = d.limits.session_idle_timeout_s;
     let mut c = d.redis.get().await?;
-    let _: () = c.set_ex(tok_key(d, &hash), sid, ttl).await?;
-    let _: () = redis::pipe()
-        .hset(sess_key(d, sid), "token_hash", &hash)
-        .hset(
-            sess_key(d, sid),
-            "last_seen_ms",
-            runtime::now_ms().to_string(),
-        )
-        .expire(sess_key(d, sid), ttl as i64)
-        .query_async(&mut c)
+    let (what, old): (String, String) = redis::Script::new(ROTATE_SCRIPT)
+        .key(sess_key(d, sid))
+        .arg(presented.unwrap_or(""))
+        .arg(&hash)
+        .arg(now)
+        .arg(ttl)
+        .invoke_async(&mut c)
         .await?;
-    let _: () = c
-        .expire(tok_key(d, &rec.token_hash), d.limits.token_grace_s as i64)
-        .await?;
-    Ok(token)
+    match what.as_str() {
+        "rotated" => {
+            let _: () = c.pset_ex(tok_key(d, &hash), sid, ttl).await?;
+            let _: () = c
+                .expire(tok_key(d, &old), d.limits.token_grace_s as i64)
+                .await?;
+            Ok(Rotation::Rotated(token))
+        }
+        "reused" => {
+            drop(c);
+            revoke(d, sid, rec).await?;
+            let mut c = d.redis.get().await?;
+            for h in [Some(old.as_str()), presented].into_iter().flatten() {
+                let _: () = c.del(tok_key(d, h)).await?;
+            }
+            Ok(Rotation::Reused)
+        }
+        _ => Ok(Rotation::Gone),
+    }
 }
 
 /// End one session.
@@ -191,6 +258,24 @@ mod tests {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
         assert_eq!(new_session_id().len(), 32);
         assert_eq!(hash_token("x").len(), 64);
+    }
+
+    #[test]
+    fn a_session_lives_idle_time_but_never_past_its_absolute_end() {
+        let l = crate::Limits {
+            session_idle_timeout_s: 600,
+            session_max_lifetime_s: 3600,
+            ..Default::default()
+        };
+        assert_eq!(ttl_ms(&l, 1_000, 1_000), 600_000, "idle first");
+        assert_eq!(ttl_ms(&l, 0, 3_300_000), 300_000, "cut at the end");
+        assert_eq!(ttl_ms(&l, 0, 3_600_000), 0, "over");
+        assert_eq!(ttl_ms(&l, 0, 9_999_999), 0);
+        let huge = crate::Limits {
+            session_max_lifetime_s: u64::MAX,
+            ..l
+        };
+        assert_eq!(ttl_ms(&huge, u64::MAX, 0), 600_000, "no overflow");
     }
 
     #[test]

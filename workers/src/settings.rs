@@ -88,6 +88,9 @@ pub struct ShardSettings {
 pub struct Limits {
     /// A session unused (no refresh) this long expires.
     pub session_idle_timeout_s: u64,
+    /// A session ends this long after its login however active it is: refreshing never extends
+    /// it past that.
+    pub session_max_lifetime_s: u64,
     /// A rotated-out token keeps working this long, so requests in flight do not fail.
     pub token_grace_s: u64,
     /// Failed logins to one account from one address in the last minute (sliding); past it that
@@ -112,6 +115,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             session_idle_timeout_s: 600,
+            session_max_lifetime_s: 30 * 24 * 3600,
             token_grace_s: 30,
             login_failures_per_user_per_address_per_minute: 10,
             login_failures_per_user_per_hour: 100,
