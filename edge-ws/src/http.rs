@@ -110,6 +110,16 @@ fn error_response(code: ErrorCode, message: &str) -> Response {
     r
 }
 
+/// 429 `rate_limited` for an API call over its client's rate, with `Retry-After` in seconds.
+fn rate_limited(wait: Duration) -> Response {
+    let mut r = error_response(ErrorCode::RateLimited, "too many requests; slow down");
+    r.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(crate::limits::retry_after_secs(wait)),
+    );
+    r
+}
+
 /// Publish a request and wait for its worker's answer on this edge's topic.
 pub async fn call(
     edge: &Edge,
@@ -344,6 +354,16 @@ async fn api(
     body: Bytes,
 ) -> Result<Response, Rejection> {
     edge.metrics.inc(metrics::HTTP_REQUESTS_TOTAL, &[]);
+    let client = peer(&headers, remote);
+    let token_hash =
+        bearer(&headers, session_cookie_name(edge.settings.secure_cookies)).map(|t| token_hash(&t));
+    if let Err(wait) = edge.limits.api(
+        client.as_deref(),
+        token_hash.as_deref(),
+        tokio::time::Instant::now().into_std(),
+    ) {
+        return Ok(rate_limited(wait));
+    }
     if !origin_allowed(&edge, &headers) {
         return Ok(error_response(ErrorCode::Forbidden, "origin not allowed"));
     }
@@ -353,17 +373,15 @@ async fn api(
         Ok(r) => r,
         Err(e) => return Ok(error_response(e.code, &e.message)),
     };
-    let auth = match bearer(&headers, session_cookie_name(edge.settings.secure_cookies)) {
-        Some(t) => Auth::Token {
-            token_hash: token_hash(&t),
-        },
+    let auth = match token_hash {
+        Some(token_hash) => Auth::Token { token_hash },
         None if request.is_anonymous() => Auth::None,
         None => return Ok(error_response(ErrorCode::Unauthorized, "no session")),
     };
     let cookie_only = headers
         .get(SESSION_MODE_HEADER)
         .is_some_and(|v| v == "cookie");
-    match call(&edge, 0, request, auth, peer(&headers, remote)).await {
+    match call(&edge, 0, request, auth, client).await {
         Ok(msg) => Ok(http_reply(&edge, msg, ok, cookie_only)),
         Err(e) => Ok(error_response(e.code, &e.message)),
     }
@@ -467,6 +485,28 @@ async fn upgrade(
     };
     let conn = edge.hub.next_id();
     let peer = peer(&headers, remote);
+    // Slots are taken before the session check (so a refused address costs no worker call) and
+    // held by the connection's task until its socket is gone, however it ends; a handshake that
+    // fails on the way drops them here.
+    let address_slot = match &peer {
+        Some(a) => match edge
+            .limits
+            .address_conns
+            .acquire(a.clone(), edge.settings.max_connections_per_address)
+        {
+            Some(slot) => Some(slot),
+            None => {
+                return refuse(
+                    ErrorCode::RateLimited,
+                    &format!(
+                        "too many connections from this address ({} per edge); close one first",
+                        edge.settings.max_connections_per_address
+                    ),
+                )
+            }
+        },
+        None => None,
+    };
     let verified = call(
         &edge,
         conn,
@@ -487,6 +527,20 @@ async fn upgrade(
         Ok(_) => return refuse(ErrorCode::Unauthorized, "invalid or expired session"),
         Err(e) => return refuse(e.code, &e.message),
     };
+    let Some(user_slot) = edge
+        .limits
+        .user_conns
+        .acquire(grant.user_id, edge.settings.max_connections_per_user)
+    else {
+        return refuse(
+            ErrorCode::RateLimited,
+            &format!(
+                "too many connections for this user ({} per edge); close one first",
+                edge.settings.max_connections_per_user
+            ),
+        );
+    };
+    let slots = (user_slot, address_slot);
     let ctx = ConnCtx {
         conn,
         user_id: grant.user_id,
@@ -530,6 +584,7 @@ async fn upgrade(
             .await
             .is_some();
         e2.hub.unregister(ctx.conn);
+        drop(slots);
         e2.emit(EdgeEvent::Disconnected {
             edge: e2.settings.id.clone(),
             conn: ctx.conn,
@@ -726,6 +781,13 @@ mod tests {
         assert_eq!(c.read_buffer_size, 4096);
         assert_eq!(c.max_message_size, Some(64 * 1024));
         assert_eq!(c.max_frame_size, Some(64 * 1024));
+    }
+
+    #[test]
+    fn rate_limited_answers_say_when_to_retry() {
+        let r = rate_limited(Duration::from_millis(1500));
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "2");
     }
 
     #[test]

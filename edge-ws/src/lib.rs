@@ -6,6 +6,7 @@
 pub mod http;
 pub mod hub;
 pub mod inbox;
+pub mod limits;
 pub mod ratelimit;
 pub mod session;
 pub mod settings;
@@ -41,6 +42,8 @@ pub struct Edge {
     pub topics: Topics,
     pub publisher: Publisher,
     pub hub: Hub,
+    /// Per-client connection caps and API rate limits.
+    pub limits: limits::Limits,
     pub metrics: Metrics,
     /// Every connection's task, so shutdown can wait for them.
     pub connections: tokio_util::task::TaskTracker,
@@ -99,6 +102,7 @@ impl Application {
         let epoch = runtime::now_ms() / 1000;
         let edge = Arc::new(Edge {
             hub: Hub::new(epoch, metrics.clone()),
+            limits: limits::Limits::new(&es),
             settings: es,
             topics,
             publisher,

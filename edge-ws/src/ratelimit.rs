@@ -1,7 +1,7 @@
 //! A token bucket: `rate` tokens a second, holding at most `burst`. Pure logic; the caller passes
 //! the clock so tests need no sleeping.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
@@ -21,16 +21,39 @@ impl TokenBucket {
         }
     }
 
-    /// Take one token if there is one.
-    pub fn try_take(&mut self, now: Instant) -> bool {
+    fn refill(&mut self, now: Instant) {
         let dt = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + dt * self.rate).min(self.burst);
+    }
+
+    /// Take one token if there is one.
+    pub fn try_take(&mut self, now: Instant) -> bool {
+        self.take(now).is_ok()
+    }
+
+    /// Take one token, or say how long until the next one (`Duration::MAX` at rate 0).
+    pub fn take(&mut self, now: Instant) -> Result<(), Duration> {
+        self.refill(now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
-            true
+            Ok(())
+        } else if self.rate > 0.0 {
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
         } else {
-            false
+            Err(Duration::MAX)
+        }
+    }
+
+    /// How long until a token is there (zero when one is).
+    pub fn wait(&mut self, now: Instant) -> Duration {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            Duration::ZERO
+        } else if self.rate > 0.0 {
+            Duration::from_secs_f64((1.0 - self.tokens) / self.rate)
+        } else {
+            Duration::MAX
         }
     }
 }
@@ -38,7 +61,6 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn allows_the_burst_then_the_rate() {
@@ -55,5 +77,23 @@ mod tests {
         let mut z = TokenBucket::new(0, 0, t0);
         assert!(z.try_take(t0));
         assert!(!z.try_take(t0 + Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn says_how_long_until_the_next_token() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(4, 2, t0);
+        assert_eq!(b.wait(t0), Duration::ZERO);
+        assert_eq!(b.take(t0), Ok(()));
+        assert_eq!(b.take(t0), Ok(()));
+        let near =
+            |d: Duration, ms: u64| d.abs_diff(Duration::from_millis(ms)) < Duration::from_micros(1);
+        assert!(near(b.take(t0).unwrap_err(), 250));
+        assert!(near(b.wait(t0 + Duration::from_millis(50)), 200));
+        assert_eq!(b.wait(t0 + Duration::from_millis(250)), Duration::ZERO);
+        let mut z = TokenBucket::new(0, 1, t0);
+        assert_eq!(z.take(t0), Ok(()));
+        assert_eq!(z.take(t0), Err(Duration::MAX));
+        assert_eq!(z.wait(t0), Duration::MAX);
     }
 }

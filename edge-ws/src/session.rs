@@ -8,7 +8,7 @@ use crate::Edge;
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use runtime::metrics;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -45,8 +45,7 @@ pub fn prepare(
     edge: &Edge,
     ctx: &ConnCtx,
     text: &str,
-    bucket: &mut TokenBucket,
-    now: Instant,
+    within_rate: bool,
 ) -> Result<Envelope, Box<ServerFrame>> {
     let fail = |code, msg: &str| {
         Box::new(ServerFrame::error(
@@ -60,7 +59,7 @@ pub fn prepare(
             "frame is larger than the limit",
         ));
     }
-    if !bucket.try_take(now) {
+    if !within_rate {
         return Err(fail(ErrorCode::RateLimited, "too many frames; slow down"));
     }
     let frame =
@@ -123,6 +122,8 @@ enum Step {
     Ping,
     Idle,
     Kill,
+    /// The frame bucket has a token again: read on.
+    Resume,
 }
 
 /// Run one connection until it ends. Returns the close code it ended with: the edge's own, or
@@ -140,8 +141,17 @@ where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message> + Unpin,
 {
     let s = &edge.settings;
-    let mut bucket = TokenBucket::new(s.frames_per_second, s.frame_burst, Instant::now());
+    let now = || tokio::time::Instant::now().into_std();
+    // Every frame the client sends but a close takes a token: text, binary, ping and pong.
+    let mut bucket = TokenBucket::new(s.frames_per_second, s.frame_burst, now());
     let idle = Duration::from_millis(s.idle_timeout_ms);
+    // Set when a ping or pong left the bucket empty: the socket is not read until a token is
+    // back (TCP backpressure). A control frame cannot be refused with an error frame (it has no
+    // request id) and tungstenite queues the pong for a ping as it reads it, so the only way to
+    // meter pings is to read no faster than the rate.
+    let resume = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(resume);
+    let mut paused = false;
     // Pings every third of the idle timeout; the idle deadline is its own timer, moved on by
     // every frame the client sends (pongs included), so a silent socket closes exactly `idle`
     // after the last thing it sent, not at the next ping tick.
@@ -157,7 +167,8 @@ where
     };
     loop {
         let step = tokio::select! {
-            m = socket.next() => Step::In(m),
+            m = socket.next(), if !paused => Step::In(m),
+            _ = &mut resume, if paused => Step::Resume,
             o = rx.recv() => Step::Out(o),
             _ = ping.tick() => Step::Ping,
             _ = &mut idle_deadline => Step::Idle,
@@ -177,8 +188,9 @@ where
                 let _ = put(&mut socket, close(code, why)).await;
                 return Some(code);
             }
+            Step::Resume => paused = false,
             Step::In(Some(Ok(msg))) => {
-                let last_seen = Instant::now();
+                let last_seen = now();
                 idle_deadline
                     .as_mut()
                     .reset(tokio::time::Instant::now() + idle);
@@ -188,9 +200,10 @@ where
                     let _ = tokio::time::timeout(WRITE_TIMEOUT, socket.flush()).await;
                     return Some(frame.map_or(close_code::NO_STATUS, |f| u16::from(f.code)));
                 }
+                let within_rate = bucket.try_take(last_seen);
                 let reply = if let Message::Text(text) = &msg {
                     edge.metrics.inc(metrics::WS_FRAMES_IN_TOTAL, &[]);
-                    match prepare(&edge, &ctx, text.as_str(), &mut bucket, last_seen) {
+                    match prepare(&edge, &ctx, text.as_str(), within_rate) {
                         Ok(env) => publish(&edge, &env)
                             .await
                             .err()
@@ -198,15 +211,29 @@ where
                         Err(frame) => Some(*frame),
                     }
                 } else if msg.is_binary() {
-                    Some(ServerFrame::error(
-                        None,
-                        ErrorBody::new(
+                    let (code, why) = if within_rate {
+                        (
                             ErrorCode::InvalidInput,
                             "binary frames are not supported; send JSON text",
-                        ),
-                    ))
+                        )
+                    } else {
+                        (ErrorCode::RateLimited, "too many frames; slow down")
+                    };
+                    Some(ServerFrame::error(None, ErrorBody::new(code, why)))
                 } else {
-                    None // ping / pong: liveness only
+                    // ping / pong: liveness only. Once one leaves the bucket empty, read
+                    // nothing more until a token is back (a wait past the idle timeout lets the
+                    // idle close come first).
+                    if !within_rate {
+                        edge.metrics.inc(metrics::WS_FRAMES_REJECTED_TOTAL, &[]);
+                    }
+                    let wait = bucket.wait(last_seen);
+                    if !wait.is_zero() {
+                        let wait = wait.min(idle + Duration::from_secs(1));
+                        resume.as_mut().reset(tokio::time::Instant::now() + wait);
+                        paused = true;
+                    }
+                    None
                 };
                 if let Some(frame) = reply {
                     edge.metrics.inc(metrics::WS_FRAMES_REJECTED_TOTAL, &[]);
@@ -274,12 +301,17 @@ mod tests {
         rx: fmpsc::UnboundedReceiver<Result<Message, WsError>>,
         out: fmpsc::UnboundedSender<Message>,
         flushes: Arc<AtomicUsize>,
+        reads: Arc<AtomicUsize>,
     }
 
     impl Stream for Socket {
         type Item = Result<Message, WsError>;
         fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-            Pin::new(&mut self.rx).poll_next(cx)
+            let p = Pin::new(&mut self.rx).poll_next(cx);
+            if let Poll::Ready(Some(_)) = p {
+                self.reads.fetch_add(1, Ordering::Relaxed);
+            }
+            p
         }
     }
 
@@ -305,17 +337,24 @@ mod tests {
         tx: fmpsc::UnboundedSender<Result<Message, WsError>>,
         out: fmpsc::UnboundedReceiver<Message>,
         flushes: Arc<AtomicUsize>,
+        /// Messages the edge has read from the socket.
+        reads: Arc<AtomicUsize>,
         ended: tokio::task::JoinHandle<Option<u16>>,
         _queue: mpsc::Sender<Outbound>,
     }
 
     fn start(idle_timeout_ms: u64) -> Peer {
+        start_with(EdgeSettings {
+            idle_timeout_ms,
+            ..Default::default()
+        })
+    }
+
+    fn start_with(settings: EdgeSettings) -> Peer {
         let metrics = Metrics::default();
         let edge = Arc::new(Edge {
-            settings: EdgeSettings {
-                idle_timeout_ms,
-                ..Default::default()
-            },
+            limits: crate::limits::Limits::new(&settings),
+            settings,
             topics: topics::Topics::new("t"),
             publisher: Publisher::new(&runtime::KafkaSettings::default(), metrics.clone()).unwrap(),
             hub: Hub::new(1, metrics.clone()),
@@ -326,10 +365,12 @@ mod tests {
         let (tx, rx) = fmpsc::unbounded();
         let (out_tx, out) = fmpsc::unbounded();
         let flushes = Arc::new(AtomicUsize::new(0));
+        let reads = Arc::new(AtomicUsize::new(0));
         let socket = Socket {
             rx,
             out: out_tx,
             flushes: flushes.clone(),
+            reads: reads.clone(),
         };
         let (queue, queued) = mpsc::channel(4);
         let ctx = ConnCtx {
@@ -351,6 +392,7 @@ mod tests {
             tx,
             out,
             flushes,
+            reads,
             ended,
             _queue: queue,
         }
@@ -422,5 +464,138 @@ mod tests {
         let (code, _) = until_close(&mut p.out).await;
         assert_eq!(code, close_code::INVALID_PAYLOAD);
         assert_eq!(p.ended.await.unwrap(), Some(close_code::INVALID_PAYLOAD));
+    }
+
+    /// Let the connection's task run until it waits (time is paused: nothing fires meanwhile).
+    async fn settle() {
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    fn limited(frames_per_second: u32, frame_burst: u32) -> Peer {
+        start_with(EdgeSettings {
+            frames_per_second,
+            frame_burst,
+            ..Default::default()
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pings_and_pongs_over_the_frame_rate_stop_reading_until_a_token_is_back() {
+        let mut p = limited(2, 3);
+        for i in 0..20 {
+            let m = if i % 2 == 0 {
+                Message::Ping(Default::default())
+            } else {
+                Message::Pong(Default::default())
+            };
+            p.tx.unbounded_send(Ok(m)).unwrap();
+        }
+        settle().await;
+        // The burst of 3 emptied the bucket; then nothing is read.
+        assert_eq!(p.reads.load(Ordering::Relaxed), 3);
+        tokio::time::advance(Duration::from_millis(499)).await;
+        settle().await;
+        assert_eq!(
+            p.reads.load(Ordering::Relaxed),
+            3,
+            "still waiting for a token"
+        );
+        tokio::time::advance(Duration::from_millis(1)).await;
+        settle().await;
+        assert_eq!(
+            p.reads.load(Ordering::Relaxed),
+            4,
+            "one frame per 1/rate after that"
+        );
+        for _ in 0..4 {
+            tokio::time::advance(Duration::from_millis(500)).await;
+            settle().await;
+        }
+        assert_eq!(p.reads.load(Ordering::Relaxed), 8, "2 a second");
+        assert!(!p.ended.is_finished(), "the connection stays");
+        assert!(
+            p.out.try_recv().is_err(),
+            "no error frames for control frames"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn binary_frames_count_against_the_frame_rate() {
+        let mut p = limited(1, 2);
+        for _ in 0..4 {
+            p.tx.unbounded_send(Ok(Message::binary(vec![1u8, 2])))
+                .unwrap();
+        }
+        let mut codes = Vec::new();
+        for _ in 0..4 {
+            let Some(Message::Text(t)) = p.out.next().await else {
+                panic!("expected an error frame")
+            };
+            let ServerFrame::Error { code, .. } = serde_json::from_str(t.as_str()).unwrap() else {
+                panic!("expected an error frame: {t}")
+            };
+            codes.push(code);
+        }
+        assert_eq!(
+            codes,
+            [
+                ErrorCode::InvalidInput,
+                ErrorCode::InvalidInput,
+                ErrorCode::RateLimited,
+                ErrorCode::RateLimited
+            ]
+        );
+        assert_eq!(
+            p.reads.load(Ordering::Relaxed),
+            4,
+            "binary frames never pause reading"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_paused_socket_still_closes_at_the_idle_timeout() {
+        let mut p = start_with(EdgeSettings {
+            frames_per_second: 0,
+            frame_burst: 1,
+            idle_timeout_ms: 3_000,
+            ..Default::default()
+        });
+        for _ in 0..3 {
+            p.tx.unbounded_send(Ok(Message::Ping(Default::default())))
+                .unwrap();
+        }
+        let (code, _) = until_close(&mut p.out).await;
+        assert_eq!(code, close_code::IDLE);
+        assert_eq!(
+            p.reads.load(Ordering::Relaxed),
+            1,
+            "a rate of 0 never reads on"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ping_after_text_emptied_the_bucket_pauses_reading_too() {
+        let mut p = limited(1, 2);
+        for _ in 0..2 {
+            p.tx.unbounded_send(Ok(Message::text("nope"))).unwrap();
+        }
+        for _ in 0..2 {
+            p.tx.unbounded_send(Ok(Message::Ping(Default::default())))
+                .unwrap();
+        }
+        for _ in 0..2 {
+            assert!(matches!(p.out.next().await, Some(Message::Text(_))));
+        }
+        settle().await;
+        assert_eq!(
+            p.reads.load(Ordering::Relaxed),
+            3,
+            "the first ping was over"
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        settle().await;
+        assert_eq!(p.reads.load(Ordering::Relaxed), 4);
     }
 }

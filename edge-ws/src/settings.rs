@@ -45,6 +45,29 @@ pub struct EdgeSettings {
     /// Connections this process accepts before refusing with 503.
     #[serde(default = "d_max_conns")]
     pub max_connections: usize,
+    /// WebSocket connections one user may hold on this edge (handshakes under way included);
+    /// one more is refused with 429 `rate_limited` before the upgrade.
+    #[serde(default = "d_conns_per_user")]
+    pub max_connections_per_user: usize,
+    /// WebSocket connections one source address (the first `X-Forwarded-For` hop) may hold on
+    /// this edge; one more is refused with 429 `rate_limited` before the upgrade.
+    #[serde(default = "d_conns_per_address")]
+    pub max_connections_per_address: usize,
+    /// API calls a second per source address, sustained, and the burst above it; past them
+    /// 429 `rate_limited` with `Retry-After`.
+    #[serde(default = "d_api_rate_address")]
+    pub api_requests_per_second_per_address: u32,
+    #[serde(default = "d_api_burst_address")]
+    pub api_burst_per_address: u32,
+    /// API calls a second per session token, sustained, and the burst above it.
+    #[serde(default = "d_api_rate_session")]
+    pub api_requests_per_second_per_session: u32,
+    #[serde(default = "d_api_burst_session")]
+    pub api_burst_per_session: u32,
+    /// Most clients (addresses, and separately sessions) whose API rate is remembered; the least
+    /// recently seen are forgotten first.
+    #[serde(default = "d_api_rate_keys")]
+    pub api_rate_keys_max: usize,
     /// Set the `Secure` attribute on the session cookie (behind TLS).
     #[serde(default)]
     pub secure_cookies: bool,
@@ -77,6 +100,27 @@ fn d_heartbeat() -> u64 {
 fn d_max_conns() -> usize {
     19_000
 }
+fn d_conns_per_user() -> usize {
+    16
+}
+fn d_conns_per_address() -> usize {
+    256
+}
+fn d_api_rate_address() -> u32 {
+    100
+}
+fn d_api_burst_address() -> u32 {
+    300
+}
+fn d_api_rate_session() -> u32 {
+    20
+}
+fn d_api_burst_session() -> u32 {
+    60
+}
+fn d_api_rate_keys() -> usize {
+    50_000
+}
 
 impl Default for EdgeSettings {
     fn default() -> Self {
@@ -93,6 +137,13 @@ impl Default for EdgeSettings {
             request_timeout_ms: d_req_timeout(),
             heartbeat_interval_ms: d_heartbeat(),
             max_connections: d_max_conns(),
+            max_connections_per_user: d_conns_per_user(),
+            max_connections_per_address: d_conns_per_address(),
+            api_requests_per_second_per_address: d_api_rate_address(),
+            api_burst_per_address: d_api_burst_address(),
+            api_requests_per_second_per_session: d_api_rate_session(),
+            api_burst_per_session: d_api_burst_session(),
+            api_rate_keys_max: d_api_rate_keys(),
             secure_cookies: false,
         }
     }

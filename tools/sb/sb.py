@@ -38,7 +38,8 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--bin-dir", help="where the Switchboard binaries are (skips cargo build)")
     up.add_argument("--release", action="store_true", help="cargo build --release, run target/release")
     up.add_argument("--limits", choices=["default", "bench"], default="default",
-                    help="workers' [limits]: default = the product's; bench = rate limits lifted for load tests")
+                    help="workers' [limits] and edges' per-client limits: default = the product's; "
+                         "bench = rate limits and connection caps lifted for load tests")
 
     down = sub.add_parser("down", parents=[common], help="stop everything `up` started")
     down.add_argument("--purge", action="store_true", help="also delete the state dir (all data)")

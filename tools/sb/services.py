@@ -82,7 +82,8 @@ def edge_toml(ctx, i: int) -> str:
         origins += [f"http://127.0.0.1:{p}", f"http://localhost:{p}"]
     return (_kafka_section(ctx)
             + f"\n[edge]\nid = {q(edge_id(i))}\nlisten = {q(addr(ctx.ports.edge(i)))}\n"
-            + f"allowed_origins = {qlist(origins)}\n")
+            + f"allowed_origins = {qlist(origins)}\n"
+            + "".join(f"{k} = {v}\n" for k, v in EDGE_LIMIT_PROFILES[ctx.limits].items()))
 
 
 # `./sb up --limits NAME`: the workers' `[limits]` (keys of `workers::settings::Limits`).
@@ -98,6 +99,23 @@ LIMIT_PROFILES: dict[str, dict[str, int]] = {
         "signups_per_address_per_minute": 1_000_000,
         "broadcasts_per_user_per_minute": 1_000_000,
         "session_idle_timeout_s": 86_400,
+    },
+}
+
+
+# The same profiles for the edges' per-client limits (keys of `edge_ws::EdgeSettings`, written
+# into `[edge]`): `bench` lifts the connection caps (loadtest opens 50 sockets per account and
+# thousands per source address) and the API rate limits (its account phase checks thousands of
+# cached sessions from a few addresses). The per-connection frame rate stays.
+EDGE_LIMIT_PROFILES: dict[str, dict[str, int]] = {
+    "default": {},
+    "bench": {
+        "max_connections_per_user": 1_000_000,
+        "max_connections_per_address": 1_000_000,
+        "api_requests_per_second_per_address": 1_000_000,
+        "api_burst_per_address": 1_000_000,
+        "api_requests_per_second_per_session": 1_000_000,
+        "api_burst_per_session": 1_000_000,
     },
 }
 
