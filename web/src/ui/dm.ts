@@ -167,8 +167,15 @@ export function dmView(ctx: AppCtx, id: Id): View {
     sendBtn.disabled = empty || n > TEXT_MAX;
     setText(counter, n > TEXT_MAX - 500 ? `${n}/${TEXT_MAX}` : "");
     counter.classList.toggle("over", n > TEXT_MAX);
-    input.style.height = "auto";
-    input.style.height = `${Math.min(input.scrollHeight, 160)}px`;
+    autosize();
+  };
+  // Grow with the text up to the CSS max-height. Without text (and before the view is in the
+  // document, where nothing can be measured) the textarea keeps its natural one-row height.
+  const autosize = () => {
+    input.style.height = "";
+    if (!input.value || !input.isConnected || input.scrollHeight <= input.clientHeight) return;
+    const borders = input.offsetHeight - input.clientHeight;
+    input.style.height = `${input.scrollHeight + borders}px`;
   };
   input.addEventListener("input", updateComposer);
   input.addEventListener("keydown", (ev) => {
