@@ -269,7 +269,14 @@ pub fn route(
         }
         (Method::POST, ["sessions"]) => {
             let (username, password) = creds()?;
-            (Request::Login { username, password }, ok)
+            (
+                Request::Login {
+                    username,
+                    password,
+                    device: None,
+                },
+                ok,
+            )
         }
         (Method::POST, ["sessions", "refresh"]) => (Request::Refresh, ok),
         (Method::GET, ["sessions"]) => (Request::SessionList, ok),
@@ -369,10 +376,13 @@ async fn api(
     }
     let query: HashMap<String, String> = serde_urlencoded_pairs(&query);
     let sub = path.as_str().trim_start_matches("/api/v1");
-    let (request, ok) = match route(&method, sub, &query, &body) {
+    let (mut request, ok) = match route(&method, sub, &query, &body) {
         Ok(r) => r,
         Err(e) => return Ok(error_response(e.code, &e.message)),
     };
+    if let Request::Login { device, .. } = &mut request {
+        *device = device_label(&headers);
+    }
     let auth = match token_hash {
         Some(token_hash) => Auth::Token { token_hash },
         None if request.is_anonymous() => Auth::None,
@@ -383,6 +393,62 @@ async fn api(
         .is_some_and(|v| v == "cookie");
     match call(&edge, 0, request, auth, client).await {
         Ok(msg) => Ok(http_reply(&edge, msg, ok, cookie_only)),
+        Err(e) => Ok(error_response(e.code, &e.message)),
+    }
+}
+
+/// The device label of a login, from its `User-Agent` (see [`topics::device`]).
+pub fn device_label(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(topics::device::label)
+}
+
+/// `GET /api/v1/sessions/current`: whether the request opens a live session, without an error
+/// status either way, so a page can check at start-up without a failed request in its console.
+/// Signed in: the `user` reply of `GET /users/me`. Not: `200 {"kind":"signed_out"}`, and a
+/// cookie that no longer opens a session is cleared.
+async fn current_session(
+    edge: Arc<Edge>,
+    headers: HeaderMap,
+    remote: Option<SocketAddr>,
+) -> Result<Response, Rejection> {
+    edge.metrics.inc(metrics::HTTP_REQUESTS_TOTAL, &[]);
+    let name = session_cookie_name(edge.settings.secure_cookies);
+    let client = peer(&headers, remote);
+    let token = bearer(&headers, name);
+    let hash = token.as_deref().map(token_hash);
+    if let Err(wait) = edge.limits.api(
+        client.as_deref(),
+        hash.as_deref(),
+        tokio::time::Instant::now().into_std(),
+    ) {
+        return Ok(rate_limited(wait));
+    }
+    if !origin_allowed(&edge, &headers) {
+        return Ok(error_response(ErrorCode::Forbidden, "origin not allowed"));
+    }
+    let signed_out = |clear: bool| {
+        let mut r = warp::reply::json(&topics::Response::SignedOut).into_response();
+        if clear {
+            r.headers_mut()
+                .append(header::SET_COOKIE, session_cookie(&edge, "", 0));
+        }
+        r
+    };
+    let (Some(token), Some(token_hash)) = (token, hash) else {
+        return Ok(signed_out(false));
+    };
+    let auth = Auth::Token { token_hash };
+    match call(&edge, 0, Request::Me, auth, client).await {
+        Ok(EdgeMessage::Reply {
+            error: Some(ErrorCode::Unauthorized),
+            ..
+        }) => Ok(signed_out(
+            cookie(&headers, name).as_deref() == Some(token.as_str()),
+        )),
+        Ok(msg) => Ok(http_reply(&edge, msg, StatusCode::OK, true)),
         Err(e) => Ok(error_response(e.code, &e.message)),
     }
 }
@@ -650,6 +716,12 @@ pub fn routes(
         .and(warp::addr::remote())
         .and(warp::ext::optional::<OnUpgrade>())
         .and_then(upgrade);
+    let current = warp::path!("api" / "v1" / "sessions" / "current")
+        .and(warp::get())
+        .and(with_edge.clone())
+        .and(warp::header::headers_cloned())
+        .and(warp::addr::remote())
+        .and_then(current_session);
     let query = warp::query::raw().or(warp::any().map(String::new)).unify();
     let base = warp::path("api")
         .and(warp::path("v1"))
@@ -684,6 +756,8 @@ pub fn routes(
         .and_then(api);
     health
         .or(ws)
+        .unify()
+        .or(current)
         .unify()
         .or(with_body)
         .unify()
@@ -788,6 +862,25 @@ mod tests {
         let r = rate_limited(Duration::from_millis(1500));
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(r.headers()[header::RETRY_AFTER], "2");
+    }
+
+    #[test]
+    fn labels_the_device_from_the_user_agent() {
+        assert_eq!(
+            device_label(&h(&[(
+                "user-agent",
+                "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"
+            )]))
+            .as_deref(),
+            Some("Chrome on Linux")
+        );
+        assert_eq!(device_label(&h(&[])), None);
+        let mut m = HeaderMap::new();
+        m.insert(
+            header::USER_AGENT,
+            HeaderValue::from_bytes(b"caf\xe9/1").unwrap(),
+        );
+        assert_eq!(device_label(&m), None, "not visible ASCII");
     }
 
     #[test]

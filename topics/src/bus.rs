@@ -323,9 +323,10 @@ mod tests {
                 username: u,
                 password: p
             }),
-            (s, s).prop_map(|(u, p)| Request::Login {
+            (s, s, proptest::option::of(s)).prop_map(|(u, p, device)| Request::Login {
                 username: u,
-                password: p
+                password: p,
+                device
             }),
             proptest::option::of(s).prop_map(|session_id| Request::Logout { session_id }),
             (proptest::option::of(s), proptest::option::of(any::<u64>())).prop_map(

@@ -25,7 +25,13 @@ pub enum Request {
     UserCreate { username: String, password: String },
     /// Log in (HTTP `POST /api/v1/sessions`).
     #[serde(rename = "session.login")]
-    Login { username: String, password: String },
+    Login {
+        username: String,
+        password: String,
+        /// Set by the edge from the `User-Agent` ([`crate::device::label`]), never by clients.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device: Option<String>,
+    },
     /// Edge-internal: check the session of a WebSocket handshake and register the connection.
     #[serde(rename = "session.verify")]
     Verify,
@@ -156,8 +162,13 @@ pub struct UserProfile {
 pub struct SessionInfo {
     pub session_id: String,
     pub created_at_ms: u64,
+    /// The login or the latest refresh of the session, whichever is later.
     pub last_seen_ms: u64,
     pub current: bool,
+    /// What the session was opened from ("Chrome on Android"), from the login's `User-Agent`;
+    /// `None` when it sent none usable.
+    #[serde(default)]
+    pub device: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -232,6 +243,8 @@ pub enum Response {
     Sessions {
         sessions: Vec<SessionInfo>,
     },
+    /// HTTP only, from `GET /api/v1/sessions/current`: the request opens no live session.
+    SignedOut,
     User {
         user: UserProfile,
         /// Only in replies about the caller themself.
@@ -430,6 +443,41 @@ mod tests {
         assert!(!Request::DmList.is_anonymous());
         assert!(!Request::Verify.allowed_over_ws());
         assert!(Request::DmList.allowed_over_ws());
+    }
+
+    #[test]
+    fn session_replies_have_the_documented_shape() {
+        assert_eq!(
+            serde_json::to_string(&Response::SignedOut).unwrap(),
+            r#"{"kind":"signed_out"}"#
+        );
+        let info = SessionInfo {
+            session_id: "s".into(),
+            created_at_ms: 1,
+            last_seen_ms: 2,
+            current: true,
+            device: Some("Chrome on Linux".into()),
+        };
+        assert_eq!(
+            serde_json::to_string(&info).unwrap(),
+            r#"{"session_id":"s","created_at_ms":1,"last_seen_ms":2,"current":true,"device":"Chrome on Linux"}"#
+        );
+        // a reply from before the field existed still reads
+        let old: SessionInfo = serde_json::from_str(
+            r#"{"session_id":"s","created_at_ms":1,"last_seen_ms":2,"current":false}"#,
+        )
+        .unwrap();
+        assert_eq!(old.device, None);
+        // the edge's label travels in the envelope; without one the field is left out
+        let login = Request::Login {
+            username: "ann".into(),
+            password: "pw".into(),
+            device: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&login).unwrap(),
+            r#"{"type":"session.login","username":"ann","password":"pw"}"#
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! generator and the tests all speak through these types.
 
 pub mod bus;
+pub mod device;
 pub mod error;
 pub mod frames;
 pub mod id;

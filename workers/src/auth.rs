@@ -38,7 +38,12 @@ fn session_response(g: &SessionGrant, token: String) -> Response {
 /// Username + password → a new session. Rate limited per address, and failures per account
 /// and address and per account (see `login_limits`); unknown users and wrong passwords get the
 /// same error after the same work.
-pub async fn login(ctx: &Ctx<'_>, username: &str, password: &str) -> Result<Outcome> {
+pub async fn login(
+    ctx: &Ctx<'_>,
+    username: &str,
+    password: &str,
+    device: Option<&str>,
+) -> Result<Outcome> {
     let d = ctx.deps;
     let too_many = || {
         refuse(
@@ -77,6 +82,7 @@ pub async fn login(ctx: &Ctx<'_>, username: &str, password: &str) -> Result<Outc
     };
     login_limits::succeeded(d, slots, user, &peer).await?;
     let (token, sid) = sessions::create(d, user, &username).await?;
+    sessions::set_device(d, &sid, device).await?;
     let g = grant(ctx, &sid, user, &username, Some(token.clone()));
     Ok(Outcome {
         response: Some(session_response(&g, token)),
@@ -153,6 +159,7 @@ pub async fn list(ctx: &Ctx<'_>) -> Result<Outcome> {
             session_id: sid,
             created_at_ms: r.created_ms,
             last_seen_ms: r.last_seen_ms,
+            device: r.device,
         })
         .collect();
     Ok(Response::Sessions { sessions }.into())

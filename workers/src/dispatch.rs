@@ -342,7 +342,11 @@ pub async fn route(ctx: &Ctx<'_>) -> crate::Result<Outcome> {
     }
     match req {
         Request::Ping => Ok(Response::Pong.into()),
-        Request::Login { username, password } => crate::auth::login(ctx, username, password).await,
+        Request::Login {
+            username,
+            password,
+            device,
+        } => crate::auth::login(ctx, username, password, device.as_deref()).await,
         Request::Verify => crate::auth::verify(ctx).await,
         Request::Refresh => crate::auth::refresh(ctx).await,
         Request::SessionList => crate::auth::list(ctx).await,

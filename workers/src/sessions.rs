@@ -3,7 +3,8 @@
 //! - `tok:<sha256>` → session id (expires with the session; a rotated-out token lingers for a
 //!   short grace period so requests already in flight do not fail);
 //! - `sess:<id>` → hash {user_id, username, created_ms, last_seen_ms, token_hash, prev_hash,
-//!   prev_retried}, idle expiry, never past `created_ms` + `session_max_lifetime_s`;
+//!   prev_retried, device?}, idle expiry (`last_seen_ms` moves on refresh, `device` is the
+//!   login's label), never past `created_ms` + `session_max_lifetime_s`;
 //! - `usess:{<user>}` → set of the user's session ids (cleaned lazily when listed).
 
 use crate::dispatch::Deps;
@@ -22,6 +23,8 @@ pub struct SessionRecord {
     pub created_ms: u64,
     pub last_seen_ms: u64,
     pub token_hash: String,
+    /// What the session was opened from (see [`topics::device`]).
+    pub device: Option<String>,
 }
 
 /// A new bearer token: 256 bits from the OS CSPRNG, base64url (valid in a WS subprotocol).
@@ -66,6 +69,7 @@ fn parse(map: HashMap<String, String>) -> Option<SessionRecord> {
         created_ms: map.get("created_ms")?.parse().ok()?,
         last_seen_ms: map.get("last_seen_ms")?.parse().ok()?,
         token_hash: map.get("token_hash")?.clone(),
+        device: map.get("device").and_then(|d| topics::device::sanitize(d)),
     })
 }
 
@@ -94,6 +98,17 @@ pub async fn create(d: &Deps, user: Id, username: &str) -> Result<(String, Strin
     let _: () = c.pset_ex(tok_key(d, &hash), &sid, ttl).await?;
     let _: () = c.sadd(user_key(d, user), &sid).await?;
     Ok((token, sid))
+}
+
+/// Record what a new session was opened from; the label is sanitised again here (it comes from
+/// the client's `User-Agent` by way of the edge) and nothing is stored when none is left.
+pub async fn set_device(d: &Deps, sid: &str, label: Option<&str>) -> Result<()> {
+    let Some(label) = label.and_then(topics::device::sanitize) else {
+        return Ok(());
+    };
+    let mut c = d.redis.get().await?;
+    let _: () = c.hset(sess_key(d, sid), "device", label).await?;
+    Ok(())
 }
 
 pub async fn load(d: &Deps, sid: &str) -> Result<Option<SessionRecord>> {
@@ -291,6 +306,12 @@ mod tests {
         ] {
             m.insert(k.into(), v.into());
         }
-        assert_eq!(parse(m).unwrap().user_id, Id(5));
+        let r = parse(m.clone()).unwrap();
+        assert_eq!((r.user_id, r.device), (Id(5), None));
+        m.insert("device".into(), "Chrome on Linux\u{0}<b>".into());
+        assert_eq!(
+            parse(m).unwrap().device.as_deref(),
+            Some("Chrome on Linuxb")
+        );
     }
 }
