@@ -71,6 +71,8 @@ export const api = {
   /** Keep-alive: extends the session's idle lifetime; the edge rotates the cookie. */
   refresh: () => call<ReplyOf<"session">>("POST", "/sessions/refresh"),
   me: () => call<ReplyOf<"user">>("GET", "/users/me"),
+  /** Who the cookie signs in, if anyone: answers 200 either way (no failed request on a first visit). */
+  currentSession: () => call<ReplyOf<"user"> | ReplyOf<"signed_out">>("GET", "/sessions/current"),
   sessions: async (): Promise<SessionInfo[]> =>
     (await call<ReplyOf<"sessions">>("GET", "/sessions")).sessions,
   logout: () => call<ReplyOf<"ok">>("DELETE", "/sessions/current"),

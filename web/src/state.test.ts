@@ -308,4 +308,24 @@ describe("ChatState", () => {
     expect(s.links.size).toBe(0);
     expect(notes).toEqual(["dee invited you to connect", "You are no longer connected with cy"]);
   });
+
+  it("ties an invite's notice to the invite, pending until answered here or elsewhere", async () => {
+    server(t, []);
+    await s.connected(false);
+    const link = { user_id: "3", username: "cy", state: "pending" as const, direction: "incoming" as const, updated_at_ms: 1 };
+    s.applyEvent({ event: "invite_updated", link });
+    expect(s.notices.splice(0)).toEqual([{ text: "cy invited you to connect", kind: "info", invite: "3" }]);
+    expect(s.invitePending("3")).toBe(true);
+    t.handler = () => ({ kind: "link", link: { ...link, state: "accepted" } });
+    await s.respond("3", true);
+    expect(s.invitePending("3")).toBe(false);
+    // answered on another device: the live update says so
+    s.applyEvent({ event: "invite_updated", link: { ...link, user_id: "5" } });
+    s.applyEvent({ event: "invite_updated", link: { ...link, user_id: "5", state: "rejected" } });
+    expect(s.invitePending("5")).toBe(false);
+    expect(s.invitePending("nobody")).toBe(false);
+    // an answer to my own invite is not tied to anything
+    s.applyEvent({ event: "invite_updated", link: { ...link, user_id: "6", direction: "outgoing", state: "accepted" } });
+    expect(s.notices.at(-1)).toEqual({ text: "cy accepted your invite", kind: "info" });
+  });
 });

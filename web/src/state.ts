@@ -26,6 +26,8 @@ export interface Me {
   user_id: Id;
   username: string;
   invite_code?: string;
+  /** When the account was made (absent in tests that do not care). */
+  created_at_ms?: number;
 }
 
 export type SendState = "sending" | "failed";
@@ -54,6 +56,8 @@ export type LoadState = "loading" | "ready" | "error";
 export interface Notice {
   text: string;
   kind: "info" | "error";
+  /** About this user's incoming invite: shown only while that invite is pending. */
+  invite?: Id;
 }
 
 /** Topics views subscribe to. */
@@ -106,9 +110,15 @@ export class ChatState {
     for (const fn of Array.from(this.listeners.get(topic) ?? [])) fn();
   }
 
-  notify(text: string, kind: Notice["kind"] = "info"): void {
-    this.notices.push({ text, kind });
+  notify(text: string, kind: Notice["kind"] = "info", invite?: Id): void {
+    this.notices.push(invite === undefined ? { text, kind } : { text, kind, invite });
     this.emit("notice");
+  }
+
+  /** Is this user's invite to me still waiting for my answer? */
+  invitePending(userId: Id): boolean {
+    const l = this.links.get(userId);
+    return !!l && l.direction === "incoming" && l.state === "pending";
   }
 
   private async ask<K extends Reply["kind"]>(
@@ -504,7 +514,7 @@ export class ChatState {
     this.links.set(l.user_id, l);
     this.emit("links");
     if (prev && prev.state === l.state && prev.direction === l.direction) return;
-    if (l.direction === "incoming" && l.state === "pending") this.notify(`${l.username} invited you to connect`);
+    if (l.direction === "incoming" && l.state === "pending") this.notify(`${l.username} invited you to connect`, "info", l.user_id);
     if (l.direction === "outgoing" && l.state === "accepted") this.notify(`${l.username} accepted your invite`);
     if (l.direction === "outgoing" && l.state === "rejected") this.notify(`${l.username} declined your invite`);
   }

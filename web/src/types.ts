@@ -12,8 +12,11 @@ export interface UserProfile {
 export interface SessionInfo {
   session_id: string;
   created_at_ms: number;
+  /** The login or the latest refresh. */
   last_seen_ms: number;
   current: boolean;
+  /** What the session was opened from ("Chrome on Android"); null when unknown. */
+  device?: string | null;
 }
 
 export interface OnlineUser {
@@ -72,6 +75,7 @@ export type Reply =
       idle_timeout_s: number;
     }
   | { kind: "sessions"; sessions: SessionInfo[] }
+  | { kind: "signed_out" }
   | { kind: "user"; user: UserProfile; invite_code?: string }
   | { kind: "online"; users: OnlineUser[]; next_cursor: string | null }
   | { kind: "links"; links: Link[] }

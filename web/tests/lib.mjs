@@ -58,24 +58,33 @@ export const DESKTOP = { width: 1280, height: 800 };
 
 /**
  * A browser context on nginx `base` with a page that records what must never happen: page
- * errors, dialogs (alert/confirm from injected script), console errors.
+ * errors, dialogs (alert/confirm from injected script), console errors (`problems.console`).
  */
-export async function openPage(browser, base, viewport = DESKTOP) {
-  const context = await browser.newContext({ baseURL: base, viewport });
+export async function openPage(browser, base, viewport = DESKTOP, { userAgent } = {}) {
+  const context = await browser.newContext({ baseURL: base, viewport, ...(userAgent ? { userAgent } : {}) });
   const page = await context.newPage();
-  const problems = { dialogs: [], errors: [] };
+  const problems = watch(page);
+  await page.goto("/");
+  return { context, page, problems, base };
+}
+
+/** Record what must never happen on a page: page errors, dialogs, console errors. */
+function watch(page) {
+  const problems = { dialogs: [], errors: [], console: [] };
   page.on("dialog", (d) => {
     problems.dialogs.push(d.message());
     void d.dismiss().catch(() => {});
   });
   page.on("pageerror", (e) => problems.errors.push(String(e)));
-  await page.goto("/");
-  return { context, page, problems, base };
+  page.on("console", (m) => {
+    if (m.type() === "error") problems.console.push(`${m.text()} ${m.location().url ?? ""}`.trim());
+  });
+  return problems;
 }
 
 /** Sign up and land in the signed-in shell, through the page's own forms. */
-export async function signUpInPage(browser, base, name, { viewport = DESKTOP, beforeSubmit } = {}) {
-  const s = await openPage(browser, base, viewport);
+export async function signUpInPage(browser, base, name, { viewport = DESKTOP, beforeSubmit, userAgent } = {}) {
+  const s = await openPage(browser, base, viewport, { userAgent });
   const { page } = s;
   await page.waitForSelector("#login");
   await page.click("#mode-switch");
@@ -173,12 +182,7 @@ export async function pageAs(browser, user, viewport = DESKTOP) {
     { name: "sb_session", value: user.token, url: user.base, httpOnly: true, sameSite: "Strict" },
   ]);
   const page = await context.newPage();
-  const problems = { dialogs: [], errors: [] };
-  page.on("dialog", (d) => {
-    problems.dialogs.push(d.message());
-    void d.dismiss().catch(() => {});
-  });
-  page.on("pageerror", (e) => problems.errors.push(String(e)));
+  const problems = watch(page);
   await page.goto("/");
   await page.waitForSelector("#shell");
   await waitConnected(page);

@@ -7,6 +7,11 @@ import type { SessionInfo } from "../types";
 import { Subs, type AppCtx, type View } from "./ctx";
 import { confirmDialog } from "./dialog";
 
+/** "5 December 2026", in the reader's locale. */
+function memberSince(ms: number): string {
+  return new Date(ms).toLocaleDateString(undefined, { year: "numeric", month: "long", day: "numeric" });
+}
+
 export function accountView(ctx: AppCtx): View {
   const { state } = ctx;
   const subs = new Subs();
@@ -33,8 +38,17 @@ export function accountView(ctx: AppCtx): View {
       h(
         "span",
         { class: "who" },
-        h("span", { class: "name" }, s.current ? "This device" : `Session ${s.session_id.slice(0, 8)}…`),
-        h("span", { class: "muted small" }, `signed in ${ago(s.created_at_ms)} · last active ${ago(s.last_seen_ms)}`),
+        h(
+          "span",
+          { class: "name" },
+          h("span", { class: "device" }, s.device || "Unknown device"),
+          s.current ? h("span", { class: "tag" }, "this device") : null,
+        ),
+        h(
+          "span",
+          { class: "muted small when-used" },
+          `${s.current ? "active now" : `last active ${ago(s.last_seen_ms)}`} · signed in ${ago(s.created_at_ms)}`,
+        ),
       ),
       h("span", { class: "actions" }, end),
     );
@@ -95,14 +109,29 @@ export function accountView(ctx: AppCtx): View {
       { class: "card" },
       h("h3", null, "Profile"),
       h(
+        "div",
+        { class: "profile-head" },
+        h("span", { class: "avatar", "aria-hidden": "true" }, (state.me.username[0] ?? "?").toUpperCase()),
+        h(
+          "div",
+          null,
+          h("p", { class: "profile-name", id: "me-username" }, state.me.username),
+          state.me.created_at_ms
+            ? h("p", { class: "muted small", id: "me-since" }, `Member since ${memberSince(state.me.created_at_ms)}`)
+            : null,
+        ),
+      ),
+      h(
         "dl",
         { class: "profile" },
-        h("dt", null, "Username"),
-        h("dd", { id: "me-username" }, state.me.username),
-        h("dt", null, "User id"),
-        h("dd", null, state.me.user_id),
         h("dt", null, "Invite code"),
-        h("dd", null, state.me.invite_code ?? "—"),
+        h(
+          "dd",
+          null,
+          h("code", { id: "me-code" }, state.me.invite_code ?? "—"),
+          " ",
+          h("a", { href: "#/people", class: "small" }, "Share it from People"),
+        ),
       ),
     ),
     h(

@@ -27,6 +27,15 @@ interface Session {
   leaving: string | null;
 }
 
+function meOf(r: ReplyOf<"user">): Me {
+  return {
+    user_id: r.user.user_id,
+    username: r.user.username,
+    invite_code: r.invite_code,
+    created_at_ms: r.user.created_at_ms,
+  };
+}
+
 export class App {
   private session: Session | null = null;
 
@@ -39,8 +48,10 @@ export class App {
   async boot(): Promise<void> {
     this.show(h("div", { class: "splash", id: "splash" }, h("span", { class: "logo big" }, "☎"), h("p", null, "Loading…")));
     try {
-      const me = await api.me();
-      this.start({ user_id: me.user.user_id, username: me.user.username, invite_code: me.invite_code }, null);
+      // `GET /sessions/current` answers 200 signed in or not: a first visit logs no failed request.
+      const r = await api.currentSession();
+      if (r.kind === "user") this.start(meOf(r), null);
+      else this.login(null);
     } catch (e) {
       if (e instanceof ApiError && e.unauthorized) this.login(null);
       else this.fatal(describe(e));
@@ -66,8 +77,7 @@ export class App {
 
   private async afterLogin(s: ReplyOf<"session">): Promise<void> {
     try {
-      const me = await api.me();
-      this.start({ user_id: me.user.user_id, username: me.user.username, invite_code: me.invite_code }, s.idle_timeout_s);
+      this.start(meOf(await api.me()), s.idle_timeout_s);
     } catch (e) {
       this.login({ text: describe(e), kind: "error" });
     }
@@ -87,8 +97,7 @@ export class App {
       onRevoked: (reason) => this.end(session, { text: `You were signed out: ${reason}.`, kind: "info" }),
       checkSession: async () => {
         try {
-          await api.me();
-          return true;
+          return (await api.currentSession()).kind === "user";
         } catch (e) {
           return !(e instanceof ApiError && e.unauthorized);
         }

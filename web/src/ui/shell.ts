@@ -87,6 +87,14 @@ export class Shell {
     this.subs.add(state.on("convs", badges));
     this.subs.add(state.on("links", badges));
     this.subs.add(state.on("notice", () => this.showNotices()));
+    // An invite's toast goes as soon as the invite is answered (here, on another device) or gone.
+    this.subs.add(
+      state.on("links", () => {
+        for (const t of this.toasts.querySelectorAll<HTMLElement>(".toast[data-invite]")) {
+          if (!state.invitePending(t.dataset.invite ?? "")) t.remove();
+        }
+      }),
+    );
     badges();
   }
 
@@ -104,10 +112,25 @@ export class Shell {
         { class: `toast ${n.kind}`, role: n.kind === "error" ? "alert" : "status", title: "Dismiss" },
         n.text,
       );
+      if (n.invite !== undefined) t.dataset.invite = n.invite;
       t.addEventListener("click", () => t.remove());
       this.toasts.appendChild(t);
       setTimeout(() => t.remove(), 6000);
     }
+    this.placeToasts();
+  }
+
+  /** Toasts sit below the top bar, the connection banner and a conversation's header. */
+  private placeToasts(): void {
+    if (!this.toasts.childElementCount) return;
+    let top = 0;
+    for (const sel of [".topbar", "#conn-banner", ".dm-head"]) {
+      const el = this.el.querySelector(sel);
+      if (!el || (el as HTMLElement).hidden) continue;
+      const r = el.getBoundingClientRect();
+      if (r.height) top = Math.max(top, r.bottom);
+    }
+    this.toasts.style.top = `${Math.round(top) + 8}px`;
   }
 
   show(route: Route): void {
@@ -141,6 +164,7 @@ export class Shell {
         break;
     }
     fill(this.main, this.view.el);
+    this.placeToasts();
   }
 
   private placeholder(): View {
@@ -186,6 +210,7 @@ export class Shell {
       render();
       this.tick = setInterval(render, 1000);
     }
+    this.placeToasts();
   }
 
   dispose(): void {
