@@ -141,6 +141,9 @@ export function dmView(ctx: AppCtx, id: Id): View {
     const prevTop = scroller.scrollTop;
     reconcile(list, entries.map(row));
     for (const key of rows.keys()) if (!entries.some((e) => e.key === key)) rows.delete(key);
+    // Outside the document nothing can be measured or scrolled: the first render in it (queued
+    // when the view is made) positions the view.
+    if (!scroller.isConnected) return;
     const oldest = t.oldest;
     if (firstRender && t.loaded) {
       toBottom();
@@ -201,6 +204,7 @@ export function dmView(ctx: AppCtx, id: Id): View {
   render();
   state.setOpen(id);
   queueMicrotask(() => {
+    render();
     if (window.matchMedia("(pointer: fine)").matches) input.focus();
   });
   return {
