@@ -212,6 +212,7 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> Result<()> {
         lane_capacity: 64,
         dead_letter_topic: router.topics.dead_letter(),
         drain_timeout: std::time::Duration::from_secs(10),
+        batch: runtime::consume::BatchSettings::default(),
     };
     runtime::consume::run(
         consumer,

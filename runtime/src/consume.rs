@@ -1,18 +1,27 @@
 //! The at-least-once consumer loop shared by workers and the router, apart from what a record
-//! means. Records are spread over `lanes` by key (so one key is always handled in order), the
-//! handler's effect is made durable, and only then is the offset stored. A record the handler
-//! cannot process goes to the dead-letter topic with its reason and the partition keeps flowing;
-//! a transient failure (a database down) is retried with backoff, without skipping the record.
+//! means. Records are spread over `lanes` by key (so one key is always handled in order); each
+//! lane hands its handler a batch (what arrived, bounded by count, bytes and a short wait), the
+//! handler's effects are made durable, and only then are the batch's offsets stored. A record the
+//! handler cannot process goes to the dead-letter topic alone, with its reason, and the partition
+//! keeps flowing; a transient failure (a database down) is retried with backoff, without skipping
+//! the record and without handling the records that already succeeded again. A partition taken
+//! away by a rebalance is handed over only once its records in flight are finished and their
+//! offsets stored, so the next owner neither skips nor repeats them.
 
 use crate::kafka::Publisher;
 use crate::metrics::{self, Metrics};
 use futures::future::BoxFuture;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::message::{Headers, Message};
-use std::collections::{BTreeSet, HashMap};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -25,6 +34,13 @@ pub struct Inbound {
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
     pub traceparent: Option<String>,
+}
+
+impl Inbound {
+    /// What the record weighs against [`BatchSettings::max_bytes`]: key and payload.
+    pub fn size(&self) -> usize {
+        self.payload.len() + self.key.as_ref().map_or(0, Vec::len)
+    }
 }
 
 /// Why a record was not handled.
@@ -43,6 +59,81 @@ pub trait Handler: Send + Sync + 'static {
     fn handle<'a>(&'a self, record: &'a Inbound) -> BoxFuture<'a, Result<(), Failure>>;
 }
 
+/// What a consumer does with a batch: the records one lane collected, each key's records in
+/// offset order (records of several keys may be interleaved).
+///
+/// The answer has one outcome per record, in the order of `records`:
+/// - `Ok(())` — the record's effect is durable (committed, published with acks=all). Final.
+/// - `Err(Poison)` — the record can never be processed: it alone is dead-lettered. Final.
+/// - `Err(Transient)` — it is handed to the handler again, after a backoff, together with the
+///   batch's other transient records (and only those), in the same order.
+///
+/// Per-key order is the handler's part of the contract: once a record failed transiently, no
+/// later record **of the same key** may be applied in that call — answer `Transient` for those
+/// too (the [`PerRecord`] adapter stops at the first transient failure). A missing outcome (a
+/// shorter answer) counts as transient; extra outcomes are ignored.
+pub trait BatchHandler: Send + Sync + 'static {
+    fn handle_batch<'a>(
+        &'a self,
+        records: &'a [Inbound],
+    ) -> BoxFuture<'a, Vec<Result<(), Failure>>>;
+}
+
+/// A per-record [`Handler`] as a [`BatchHandler`]: the batch's records one after the other. After
+/// a transient failure the rest of the batch is not attempted (answered transient), exactly as
+/// the loop retried one record at a time before batches.
+pub struct PerRecord(pub Arc<dyn Handler>);
+
+/// The reason given for the records [`PerRecord`] did not attempt.
+pub const NOT_ATTEMPTED: &str = "not attempted: an earlier record of the batch failed";
+
+impl BatchHandler for PerRecord {
+    fn handle_batch<'a>(
+        &'a self,
+        records: &'a [Inbound],
+    ) -> BoxFuture<'a, Vec<Result<(), Failure>>> {
+        Box::pin(async move {
+            let mut out: Vec<Result<(), Failure>> = Vec::with_capacity(records.len());
+            let mut failed = false;
+            for record in records {
+                if failed {
+                    out.push(Err(Failure::Transient(NOT_ATTEMPTED.into())));
+                    continue;
+                }
+                let result = self.0.handle(record).await;
+                failed = matches!(result, Err(Failure::Transient(_)));
+                out.push(result);
+            }
+            out
+        })
+    }
+}
+
+/// How a lane collects a batch. The first record is taken as soon as it is there; more are added
+/// while they keep arriving, until one bound is reached.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchSettings {
+    /// At most this many records per batch.
+    pub max_records: usize,
+    /// At most this many bytes (keys and payloads) per batch; a record that would exceed it starts
+    /// the next batch, and a single larger record is a batch of its own.
+    pub max_bytes: usize,
+    /// How long to wait for more records after the first one, when the lane's queue is empty.
+    /// 0 takes only what is already queued (under load records queue while a batch is handled).
+    pub max_wait_ms: u64,
+}
+
+impl Default for BatchSettings {
+    fn default() -> Self {
+        BatchSettings {
+            max_records: 64,
+            max_bytes: 1 << 20,
+            max_wait_ms: 1,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct LoopSettings {
     /// Parallel lanes; records with the same key always share a lane.
@@ -50,8 +141,11 @@ pub struct LoopSettings {
     /// Records queued per lane before polling pauses (backpressure to Kafka: nothing is dropped).
     pub lane_capacity: usize,
     pub dead_letter_topic: String,
-    /// How long shutdown waits for in-flight records.
+    /// How long shutdown waits for in-flight records, and how long a revocation of partitions
+    /// waits for theirs before handing them over.
     pub drain_timeout: Duration,
+    /// How each lane collects its batches.
+    pub batch: BatchSettings,
 }
 
 /// Tracks, per partition, which offsets are in flight so that only a contiguous prefix of
@@ -77,10 +171,13 @@ impl OffsetTracker {
     }
 
     /// Mark `offset` finished; returns the offset whose successor is now safe to commit from
-    /// (every record up to and including it is finished), if that moved.
+    /// (every record up to and including it is finished), if that moved. An offset that is not
+    /// in flight (its partition was revoked and forgotten meanwhile) changes nothing.
     pub fn finish(&mut self, topic: &str, partition: i32, offset: i64) -> Option<i64> {
         let p = self.parts.get_mut(&(topic.to_string(), partition))?;
-        p.in_flight.remove(&offset);
+        if !p.in_flight.remove(&offset) {
+            return None;
+        }
         p.highest_done = Some(p.highest_done.map_or(offset, |h| h.max(offset)));
         match p.in_flight.first() {
             Some(&lowest) if lowest <= offset => None,
@@ -92,7 +189,147 @@ impl OffsetTracker {
     pub fn in_flight(&self) -> usize {
         self.parts.values().map(|p| p.in_flight.len()).sum()
     }
+
+    /// Records in flight on these partitions.
+    pub fn in_flight_of(&self, partitions: &[(String, i32)]) -> usize {
+        partitions
+            .iter()
+            .filter_map(|k| self.parts.get(k))
+            .map(|p| p.in_flight.len())
+            .sum()
+    }
+
+    /// Drop what is known of a partition (it was revoked): a later assignment starts afresh from
+    /// the committed offset, and late finishes of the old records are ignored.
+    pub fn forget(&mut self, topic: &str, partition: i32) {
+        self.parts.remove(&(topic.to_string(), partition));
+    }
 }
+
+/// The offsets in flight, shared by the poll loop, the lanes and the rebalance callback.
+#[derive(Default)]
+pub struct Shared {
+    tracker: Mutex<OffsetTracker>,
+    changed: Condvar,
+    /// How long a revocation waits for the records in flight on the revoked partitions, in ms;
+    /// 0 outside [`run`] (nothing is consuming, or the loop has stopped).
+    revoke_wait_ms: AtomicU64,
+}
+
+impl Shared {
+    fn tracker(&self) -> std::sync::MutexGuard<'_, OffsetTracker> {
+        self.tracker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A record was dispatched to a lane.
+    pub fn start(&self, record: &Inbound) {
+        self.tracker()
+            .start(&record.topic, record.partition, record.offset);
+    }
+
+    /// A batch is final: mark its records finished and `store` (topic, partition, offset) for
+    /// every partition whose finished prefix moved. Storing happens under the lock, so two lanes
+    /// never store one partition's offsets out of order.
+    pub fn finish(&self, batch: &[Inbound], mut store: impl FnMut(&str, i32, i64)) {
+        let mut tracker = self.tracker();
+        let mut moved: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+        for r in batch {
+            if let Some(upto) = tracker.finish(&r.topic, r.partition, r.offset) {
+                moved.insert((r.topic.as_str(), r.partition), upto);
+            }
+        }
+        for ((topic, partition), upto) in moved {
+            store(topic, partition, upto);
+        }
+        drop(tracker);
+        self.changed.notify_all();
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.tracker().in_flight()
+    }
+
+    /// Wait (blocking the thread) until no record of `partitions` is in flight, for at most
+    /// `limit`; then forget those partitions. Returns whether everything finished in time.
+    pub fn await_revoked(&self, partitions: &[(String, i32)], limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut tracker = self.tracker();
+        let mut drained = true;
+        while tracker.in_flight_of(partitions) > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                drained = false;
+                break;
+            }
+            tracker = self
+                .changed
+                .wait_timeout(tracker, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        for (topic, partition) in partitions {
+            tracker.forget(topic, *partition);
+        }
+        drained
+    }
+
+    /// Partitions are being revoked (`lost`: the group already gave them to another member, after
+    /// this one missed its session timeout — then there is nothing to hand over).
+    fn revoked(&self, partitions: Vec<(String, i32)>, lost: bool) {
+        let limit = Duration::from_millis(self.revoke_wait_ms.load(Ordering::Relaxed));
+        let wait = || {
+            if !self.await_revoked(&partitions, limit) {
+                tracing::warn!(
+                    ?partitions,
+                    "records of revoked partitions still in flight; the next owner gets them again"
+                );
+            }
+        };
+        if limit.is_zero() || lost {
+            // Not consuming (or stopped): nothing will finish; or lost: too late to hand over.
+            self.await_revoked(&partitions, Duration::ZERO);
+            return;
+        }
+        // The callback runs inside the poll of the loop's task. On a multi-threaded runtime the
+        // lanes keep running on the other threads while this one waits; on a current-thread
+        // runtime they could not, so the partitions are handed over at once (at-least-once: the
+        // next owner may handle the records in flight again).
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::CurrentThread) => {
+                tracing::debug!("current-thread runtime: revoking without waiting");
+                self.await_revoked(&partitions, Duration::ZERO);
+            }
+            Ok(_) => tokio::task::block_in_place(wait),
+            Err(_) => wait(),
+        }
+    }
+}
+
+/// The consumer context of the loop: before partitions are revoked, it waits for their records
+/// in flight (at most the loop's `drain_timeout`), so that their offsets are stored and, by
+/// librdkafka's commit on unassignment, committed before the next owner starts reading.
+#[derive(Clone, Default)]
+pub struct LoopContext {
+    pub shared: Arc<Shared>,
+}
+
+impl ClientContext for LoopContext {}
+
+impl ConsumerContext for LoopContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let partitions = tpl
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_string(), e.partition()))
+                .collect();
+            self.shared.revoked(partitions, consumer.assignment_lost());
+        }
+    }
+}
+
+/// The consumer the loop runs on.
+pub type LoopConsumer = StreamConsumer<LoopContext>;
 
 fn lane_of(key: Option<&[u8]>, lanes: usize) -> usize {
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -118,133 +355,340 @@ fn to_inbound(m: &rdkafka::message::BorrowedMessage<'_>) -> Inbound {
     }
 }
 
-/// Handle one record until it is done: retry transient failures with backoff (until shutdown),
-/// dead-letter poison ones. Returns false when shutdown interrupted a retry (offset not stored).
-pub async fn process(
-    handler: &dyn Handler,
-    record: &Inbound,
-    dlq: &Publisher,
-    dead_letter_topic: &str,
-    metrics: &Metrics,
-    stop: &CancellationToken,
-) -> bool {
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        let result = handler.handle(record).await;
-        let failure = match result {
-            Ok(()) => return true,
-            Err(f) => f,
-        };
-        match failure {
-            Failure::Poison(reason) => {
-                tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset, %reason, "dead-lettering record");
-                let key = record
-                    .key
-                    .as_deref()
-                    .map(String::from_utf8_lossy)
-                    .unwrap_or_default();
-                let mut payload = serde_json::json!({
-                    "reason": reason,
-                    "topic": record.topic,
-                    "partition": record.partition,
-                    "offset": record.offset,
-                });
-                payload["payload"] = match std::str::from_utf8(&record.payload) {
-                    Ok(s) => serde_json::Value::String(s.to_string()),
-                    Err(_) => serde_json::Value::String(hex::encode(&record.payload)),
-                };
-                let body = payload.to_string();
-                match dlq
-                    .send(
-                        dead_letter_topic,
-                        &key,
-                        body.as_bytes(),
-                        record.traceparent.as_deref(),
-                    )
-                    .await
-                {
-                    Ok(()) => {
-                        metrics.inc(metrics::RECORDS_DEAD_LETTERED_TOTAL, &[]);
-                        return true;
-                    }
-                    Err(e) => tracing::error!(error = %e, "dead-letter publish failed; retrying"),
-                }
-            }
-            Failure::Transient(reason) => {
-                metrics.inc(metrics::RECORDS_RETRIED_TOTAL, &[]);
-                tracing::warn!(topic = %record.topic, offset = record.offset, %reason, "transient failure; retrying");
-            }
+/// Why a batch was closed (the `bound` label of `sb_consumer_batches_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bound {
+    /// `max_records` reached.
+    Records,
+    /// `max_bytes` reached (or the next record would exceed it).
+    Bytes,
+    /// The queue stayed empty for `max_wait_ms` after the first record.
+    Wait,
+    /// The lane was closed (shutdown).
+    Closed,
+}
+
+impl Bound {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Bound::Records => "records",
+            Bound::Bytes => "bytes",
+            Bound::Wait => "wait",
+            Bound::Closed => "closed",
         }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = stop.cancelled() => return false,
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 
-/// Consume `consumer` (already subscribed) with `handler` until `stop`, then drain and commit.
+/// A lane's side of its queue: collects batches.
+pub struct Collector {
+    rx: mpsc::Receiver<Inbound>,
+    /// A record taken from the queue that did not fit the last batch: it starts the next one.
+    carry: Option<Inbound>,
+    settings: BatchSettings,
+}
+
+impl Collector {
+    pub fn new(rx: mpsc::Receiver<Inbound>, settings: BatchSettings) -> Self {
+        Collector {
+            rx,
+            carry: None,
+            settings,
+        }
+    }
+
+    /// The next batch: waits for a first record (`None` once the queue is closed and empty), then
+    /// adds what is queued or arrives within `max_wait_ms`, up to `max_records` and `max_bytes`.
+    pub async fn next(&mut self) -> Option<(Vec<Inbound>, Bound)> {
+        let first = match self.carry.take() {
+            Some(r) => r,
+            None => self.rx.recv().await?,
+        };
+        let max_records = self.settings.max_records.max(1);
+        let max_bytes = self.settings.max_bytes;
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(self.settings.max_wait_ms);
+        let mut bytes = first.size();
+        let mut batch = vec![first];
+        loop {
+            if batch.len() >= max_records {
+                return Some((batch, Bound::Records));
+            }
+            if bytes >= max_bytes {
+                return Some((batch, Bound::Bytes));
+            }
+            let next = match self.rx.try_recv() {
+                Ok(r) => r,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    return Some((batch, Bound::Closed))
+                }
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                        Ok(Some(r)) => r,
+                        Ok(None) => return Some((batch, Bound::Closed)),
+                        Err(_) => return Some((batch, Bound::Wait)),
+                    }
+                }
+            };
+            let n = next.size();
+            if bytes + n > max_bytes {
+                self.carry = Some(next);
+                return Some((batch, Bound::Bytes));
+            }
+            bytes += n;
+            batch.push(next);
+        }
+    }
+}
+
+/// Where poison records go.
+pub trait DeadLetters: Send + Sync {
+    fn dead_letter<'a>(
+        &'a self,
+        record: &'a Inbound,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<(), String>>;
+}
+
+/// The dead-letter topic, through a publisher.
+pub struct DeadLetterTopic {
+    pub publisher: Publisher,
+    pub topic: String,
+}
+
+/// The dead-letter record of `record`: the reason, where it came from and its payload (as text
+/// when it is UTF-8, else hex).
+pub fn dead_letter_body(record: &Inbound, reason: &str) -> String {
+    let mut payload = serde_json::json!({
+        "reason": reason,
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+    });
+    payload["payload"] = match std::str::from_utf8(&record.payload) {
+        Ok(s) => serde_json::Value::String(s.to_string()),
+        Err(_) => serde_json::Value::String(hex::encode(&record.payload)),
+    };
+    payload.to_string()
+}
+
+impl DeadLetters for DeadLetterTopic {
+    fn dead_letter<'a>(
+        &'a self,
+        record: &'a Inbound,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let key = record
+                .key
+                .as_deref()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
+            let body = dead_letter_body(record, reason);
+            self.publisher
+                .send(
+                    &self.topic,
+                    &key,
+                    body.as_bytes(),
+                    record.traceparent.as_deref(),
+                )
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Sleep `backoff` (then double it, up to 5 s); false if shutdown came first.
+async fn back_off(backoff: &mut Duration, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(*backoff) => {}
+        _ = stop.cancelled() => return false,
+    }
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+    true
+}
+
+/// Handle one batch until every record's outcome is final: dead-letter poison records one by one
+/// (retrying the publish, not the handler), hand the transiently failed records — only those, in
+/// order — back to the handler with backoff until shutdown. Returns false when shutdown
+/// interrupted it (then nothing of the batch may be marked finished).
+pub async fn process_batch(
+    handler: &dyn BatchHandler,
+    batch: &[Inbound],
+    dlq: &dyn DeadLetters,
+    metrics: &Metrics,
+    stop: &CancellationToken,
+) -> bool {
+    let mut pending: Vec<usize> = (0..batch.len()).collect();
+    let mut retry_copy: Vec<Inbound>;
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let records: &[Inbound] = if pending.len() == batch.len() {
+            batch
+        } else {
+            retry_copy = pending.iter().map(|&i| batch[i].clone()).collect();
+            &retry_copy
+        };
+        let outcomes = handler.handle_batch(records).await;
+        if outcomes.len() < records.len() {
+            tracing::error!(
+                records = records.len(),
+                outcomes = outcomes.len(),
+                "batch handler answered too few outcomes; retrying the rest"
+            );
+        }
+        let mut outcomes = outcomes.into_iter();
+        let mut retry = Vec::new();
+        let mut failed_keys: HashSet<Option<&[u8]>> = HashSet::new();
+        let mut poison: Vec<(usize, String)> = Vec::new();
+        for &i in &pending {
+            let record = &batch[i];
+            match outcomes.next() {
+                Some(Ok(())) => {
+                    if failed_keys.contains(&record.key.as_deref()) {
+                        tracing::error!(topic = %record.topic, offset = record.offset, "batch handler applied a record after an earlier one of its key failed (per-key order broken)");
+                    }
+                }
+                Some(Err(Failure::Poison(reason))) => poison.push((i, reason)),
+                Some(Err(Failure::Transient(reason))) => {
+                    if reason != NOT_ATTEMPTED {
+                        tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset, %reason, "transient failure; retrying");
+                    }
+                    failed_keys.insert(record.key.as_deref());
+                    retry.push(i);
+                }
+                None => {
+                    failed_keys.insert(record.key.as_deref());
+                    retry.push(i);
+                }
+            }
+        }
+        for (i, reason) in poison {
+            let record = &batch[i];
+            tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset, %reason, "dead-lettering record");
+            let mut publish_backoff = FIRST_BACKOFF;
+            loop {
+                match dlq.dead_letter(record, &reason).await {
+                    Ok(()) => {
+                        metrics.inc(metrics::RECORDS_DEAD_LETTERED_TOTAL, &[]);
+                        break;
+                    }
+                    Err(e) => tracing::error!(error = %e, "dead-letter publish failed; retrying"),
+                }
+                if !back_off(&mut publish_backoff, stop).await {
+                    return false;
+                }
+            }
+        }
+        if retry.is_empty() {
+            return true;
+        }
+        metrics
+            .get(metrics::RECORDS_RETRIED_TOTAL, &[])
+            .add(retry.len() as u64);
+        pending = retry;
+        if !back_off(&mut backoff, stop).await {
+            return false;
+        }
+    }
+}
+
+/// Consume `consumer` (already subscribed) with a per-record `handler` until `stop`, then drain
+/// and commit: [`run_batched`] with the [`PerRecord`] adapter.
 pub async fn run(
-    consumer: StreamConsumer,
+    consumer: LoopConsumer,
     handler: Arc<dyn Handler>,
     dlq: Publisher,
     settings: LoopSettings,
     metrics: Metrics,
     stop: CancellationToken,
 ) {
+    run_batched(
+        consumer,
+        Arc::new(PerRecord(handler)),
+        dlq,
+        settings,
+        metrics,
+        stop,
+    )
+    .await
+}
+
+/// Consume `consumer` (already subscribed) with `handler` until `stop`, then drain and commit.
+pub async fn run_batched(
+    consumer: LoopConsumer,
+    handler: Arc<dyn BatchHandler>,
+    dlq: Publisher,
+    settings: LoopSettings,
+    metrics: Metrics,
+    stop: CancellationToken,
+) {
     let consumer = Arc::new(consumer);
-    let (done_tx, mut done_rx) = mpsc::channel::<(String, i32, i64, bool)>(1024);
+    let shared = consumer.context().shared.clone();
+    shared.revoke_wait_ms.store(
+        settings.drain_timeout.as_millis().max(1) as u64,
+        Ordering::Relaxed,
+    );
+    let dlq = Arc::new(DeadLetterTopic {
+        publisher: dlq,
+        topic: settings.dead_letter_topic.clone(),
+    });
     let mut lanes = Vec::with_capacity(settings.lanes);
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..settings.lanes.max(1) {
-        let (tx, mut rx) = mpsc::channel::<Inbound>(settings.lane_capacity.max(1));
+        let (tx, rx) = mpsc::channel::<Inbound>(settings.lane_capacity.max(1));
         lanes.push(tx);
+        let mut collector = Collector::new(rx, settings.batch.clone());
         let handler = handler.clone();
         let dlq = dlq.clone();
-        let done = done_tx.clone();
-        let topic = settings.dead_letter_topic.clone();
+        let consumer = consumer.clone();
+        let shared = shared.clone();
         let metrics = metrics.clone();
         let stop = stop.clone();
         tasks.spawn(async move {
-            while let Some(rec) = rx.recv().await {
-                let ok = process(handler.as_ref(), &rec, &dlq, &topic, &metrics, &stop).await;
+            while let Some((batch, bound)) = collector.next().await {
                 metrics.inc(
-                    metrics::RECORDS_CONSUMED_TOTAL,
-                    &[("topic_kind", crate::kafka::kind_of(&rec.topic))],
+                    metrics::CONSUMER_BATCHES_TOTAL,
+                    &[("bound", bound.as_str())],
                 );
-                if done
-                    .send((rec.topic, rec.partition, rec.offset, ok))
-                    .await
-                    .is_err()
+                if !process_batch(handler.as_ref(), &batch, dlq.as_ref(), &metrics, &stop).await
                 {
+                    // Interrupted by shutdown: the rest of this lane stays unfinished too (a
+                    // later record of a key must not be handled before an earlier one).
                     break;
                 }
+                let mut i = 0;
+                while i < batch.len() {
+                    let kind = crate::kafka::kind_of(&batch[i].topic);
+                    let n = batch[i..]
+                        .iter()
+                        .take_while(|r| r.topic == batch[i].topic)
+                        .count();
+                    metrics
+                        .get(metrics::RECORDS_CONSUMED_TOTAL, &[("topic_kind", kind)])
+                        .add(n as u64);
+                    i += n;
+                }
+                shared.finish(&batch, |t, p, upto| {
+                    if let Err(e) = consumer.store_offset(t, p, upto) {
+                        tracing::debug!(error = %e, topic = %t, partition = p, "offset not stored (partition revoked?)");
+                    }
+                });
             }
         });
     }
-    drop(done_tx);
-    let mut tracker = OffsetTracker::default();
     let n = lanes.len();
-    let store = |tracker: &mut OffsetTracker, (t, p, o, ok): (String, i32, i64, bool)| {
-        if !ok {
-            return;
-        }
-        if let Some(upto) = tracker.finish(&t, p, o) {
-            if let Err(e) = consumer.store_offset(&t, p, upto) {
-                tracing::debug!(error = %e, topic = %t, partition = p, "offset not stored (partition revoked?)");
-            }
-        }
-    };
     loop {
         tokio::select! {
             biased;
             _ = stop.cancelled() => break,
-            Some(done) = done_rx.recv() => store(&mut tracker, done),
             msg = consumer.recv() => match msg {
                 Ok(m) => {
                     let rec = to_inbound(&m);
                     drop(m);
-                    tracker.start(&rec.topic, rec.partition, rec.offset);
+                    shared.start(&rec);
                     let lane = lane_of(rec.key.as_deref(), n);
                     // A full lane blocks here: polling pauses, which is Kafka backpressure.
                     tokio::select! {
@@ -261,21 +705,19 @@ pub async fn run(
     }
     // Drain: stop feeding lanes, let in-flight records finish within the grace period.
     drop(lanes);
-    let drain = async {
-        while let Some(done) = done_rx.recv().await {
-            store(&mut tracker, done);
-        }
-    };
+    let drain = async { while tasks.join_next().await.is_some() {} };
     if tokio::time::timeout(settings.drain_timeout, drain)
         .await
         .is_err()
     {
         tracing::warn!(
-            in_flight = tracker.in_flight(),
+            in_flight = shared.in_flight(),
             "drain timed out; unfinished records will be redelivered"
         );
     }
     tasks.abort_all();
+    // Nothing finishes any more: closing the consumer revokes without waiting.
+    shared.revoke_wait_ms.store(0, Ordering::Relaxed);
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
         tracing::debug!(error = %e, "final commit");
     }
@@ -306,5 +748,494 @@ mod tests {
             assert_eq!(lane_of(Some(b"c42"), n), lane_of(Some(b"c42"), n));
             assert!(lane_of(None, n) < n);
         }
+    }
+
+    fn rec(offset: i64, key: &str, payload: &str) -> Inbound {
+        Inbound {
+            topic: "sb.dms.v1".into(),
+            partition: 0,
+            offset,
+            key: Some(key.as_bytes().to_vec()),
+            payload: payload.as_bytes().to_vec(),
+            traceparent: None,
+        }
+    }
+
+    fn settings(max_records: usize, max_bytes: usize, max_wait_ms: u64) -> BatchSettings {
+        BatchSettings {
+            max_records,
+            max_bytes,
+            max_wait_ms,
+        }
+    }
+
+    fn offsets(batch: &[Inbound]) -> Vec<i64> {
+        batch.iter().map(|r| r.offset).collect()
+    }
+
+    #[test]
+    fn batch_defaults_are_small_and_parse() {
+        let d = BatchSettings::default();
+        assert_eq!(
+            (d.max_records, d.max_bytes, d.max_wait_ms),
+            (64, 1 << 20, 1)
+        );
+        let s: BatchSettings = serde_json::from_str(r#"{"max_records": 8}"#).unwrap();
+        assert_eq!(s, settings(8, 1 << 20, 1));
+        assert!(serde_json::from_str::<BatchSettings>(r#"{"bogus": 1}"#).is_err());
+        assert_eq!(rec(0, "k1", "abc").size(), 5);
+        let mut no_key = rec(0, "", "abc");
+        no_key.key = None;
+        assert_eq!(no_key.size(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_is_bounded_by_its_record_count() {
+        let (tx, rx) = mpsc::channel(16);
+        for o in 0..5 {
+            tx.send(rec(o, "k", "x")).await.unwrap();
+        }
+        let mut c = Collector::new(rx, settings(3, 1 << 20, 5));
+        let (b, bound) = c.next().await.unwrap();
+        assert_eq!((offsets(&b), bound), (vec![0, 1, 2], Bound::Records));
+        let started = tokio::time::Instant::now();
+        let (b, bound) = c.next().await.unwrap();
+        assert_eq!((offsets(&b), bound), (vec![3, 4], Bound::Wait));
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_millis(5),
+            "waited max_wait"
+        );
+        drop(tx);
+        assert!(c.next().await.is_none(), "closed and empty");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_is_bounded_by_its_bytes() {
+        let (tx, rx) = mpsc::channel(16);
+        // 10 bytes each (key "k" + 9 bytes), then one record of 40 bytes, then one of 10.
+        for o in 0..3 {
+            tx.send(rec(o, "k", "123456789")).await.unwrap();
+        }
+        tx.send(rec(3, "k", &"y".repeat(39))).await.unwrap();
+        tx.send(rec(4, "k", "123456789")).await.unwrap();
+        drop(tx);
+        let mut c = Collector::new(rx, settings(100, 25, 0));
+        let (b, bound) = c.next().await.unwrap();
+        assert_eq!(
+            (offsets(&b), bound),
+            (vec![0, 1], Bound::Bytes),
+            "the third would make 30 > 25 bytes"
+        );
+        let (b, bound) = c.next().await.unwrap();
+        assert_eq!(
+            (offsets(&b), bound),
+            (vec![2], Bound::Bytes),
+            "the carried record starts the next batch; 40 bytes do not fit beside it"
+        );
+        let (b, bound) = c.next().await.unwrap();
+        assert_eq!(
+            (offsets(&b), bound),
+            (vec![3], Bound::Bytes),
+            "a record over the limit is a batch of its own"
+        );
+        let (b, bound) = c.next().await.unwrap();
+        assert_eq!((offsets(&b), bound), (vec![4], Bound::Closed));
+        assert!(c.next().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_waits_a_few_ms_for_more_records() {
+        let (tx, rx) = mpsc::channel(16);
+        let mut c = Collector::new(rx, settings(100, 1 << 20, 5));
+        let sender = tokio::spawn(async move {
+            tx.send(rec(0, "a", "x")).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            tx.send(rec(1, "b", "x")).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            tx.send(rec(2, "a", "x")).await.unwrap();
+            // After the 5 ms window of the first batch: the next batch.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            tx.send(rec(3, "a", "x")).await.unwrap();
+        });
+        let (b, bound) = c.next().await.unwrap();
+        assert_eq!((offsets(&b), bound), (vec![0, 1, 2], Bound::Wait));
+        let (b, bound) = c.next().await.unwrap();
+        assert_eq!((offsets(&b), bound), (vec![3], Bound::Closed));
+        sender.await.unwrap();
+        assert!(c.next().await.is_none());
+
+        // With no wait, only what is queued already.
+        let (tx, rx) = mpsc::channel(16);
+        let mut c = Collector::new(rx, settings(100, 1 << 20, 0));
+        tx.send(rec(0, "a", "x")).await.unwrap();
+        tx.send(rec(1, "a", "x")).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let (b, bound) = c.next().await.unwrap();
+        assert_eq!((offsets(&b), bound), (vec![0, 1], Bound::Wait));
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!(
+            [Bound::Records, Bound::Bytes, Bound::Wait, Bound::Closed].map(Bound::as_str),
+            ["records", "bytes", "wait", "closed"]
+        );
+    }
+
+    /// A batch handler that answers from a script, one answer per call, and remembers what it
+    /// was given. Without a scripted answer every record succeeds.
+    #[derive(Default)]
+    struct Scripted {
+        answers: Mutex<Vec<Vec<&'static str>>>,
+        calls: Mutex<Vec<Vec<i64>>>,
+    }
+
+    impl Scripted {
+        fn new(answers: Vec<Vec<&'static str>>) -> Self {
+            Scripted {
+                answers: Mutex::new(answers.into_iter().rev().collect()),
+                calls: Mutex::default(),
+            }
+        }
+        fn calls(&self) -> Vec<Vec<i64>> {
+            self.calls.lock().unwrap().clone()
+        }
+    }
+
+    impl BatchHandler for Scripted {
+        fn handle_batch<'a>(
+            &'a self,
+            records: &'a [Inbound],
+        ) -> BoxFuture<'a, Vec<Result<(), Failure>>> {
+            self.calls.lock().unwrap().push(offsets(records));
+            let answer = self.answers.lock().unwrap().pop();
+            Box::pin(async move {
+                let answer = answer.unwrap_or_else(|| vec!["ok"; records.len()]);
+                answer
+                    .into_iter()
+                    .map(|a| match a {
+                        "ok" => Ok(()),
+                        "poison" => Err(Failure::Poison("bad bytes".into())),
+                        other => Err(Failure::Transient(other.into())),
+                    })
+                    .collect()
+            })
+        }
+    }
+
+    /// Dead letters in memory; the first `fail` publishes fail.
+    #[derive(Default)]
+    struct Letters {
+        fail: Mutex<usize>,
+        sent: Mutex<Vec<(i64, String)>>,
+    }
+
+    impl DeadLetters for Letters {
+        fn dead_letter<'a>(
+            &'a self,
+            record: &'a Inbound,
+            reason: &'a str,
+        ) -> BoxFuture<'a, Result<(), String>> {
+            Box::pin(async move {
+                let mut fail = self.fail.lock().unwrap();
+                if *fail > 0 {
+                    *fail -= 1;
+                    return Err("broker down".into());
+                }
+                self.sent
+                    .lock()
+                    .unwrap()
+                    .push((record.offset, dead_letter_body(record, reason)));
+                Ok(())
+            })
+        }
+    }
+
+    fn batch_of(n: i64) -> Vec<Inbound> {
+        (0..n)
+            .map(|o| rec(o, &format!("k{}", o % 2), "{}"))
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_poison_record_is_dead_lettered_alone() {
+        let h = Scripted::new(vec![vec!["ok", "poison", "ok", "ok"]]);
+        let dlq = Letters::default();
+        let m = Metrics::default();
+        let stop = CancellationToken::new();
+        assert!(process_batch(&h, &batch_of(4), &dlq, &m, &stop).await);
+        assert_eq!(
+            h.calls(),
+            vec![vec![0, 1, 2, 3]],
+            "handled once, not retried"
+        );
+        let sent = dlq.sent.lock().unwrap().clone();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].0, 1);
+        let body: serde_json::Value = serde_json::from_str(&sent[0].1).unwrap();
+        assert_eq!(body["reason"], "bad bytes");
+        assert_eq!(body["offset"], 1);
+        assert_eq!(body["payload"], "{}");
+        assert_eq!(m.get(metrics::RECORDS_DEAD_LETTERED_TOTAL, &[]).get(), 1);
+        assert_eq!(m.get(metrics::RECORDS_RETRIED_TOTAL, &[]).get(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_dead_letter_publish_is_retried_without_the_handler() {
+        let h = Scripted::new(vec![vec!["poison", "ok"]]);
+        let dlq = Letters {
+            fail: Mutex::new(2),
+            ..Default::default()
+        };
+        let started = tokio::time::Instant::now();
+        assert!(
+            process_batch(
+                &h,
+                &batch_of(2),
+                &dlq,
+                &Metrics::default(),
+                &CancellationToken::new()
+            )
+            .await
+        );
+        assert_eq!(started.elapsed(), Duration::from_millis(50 + 100));
+        assert_eq!(h.calls().len(), 1);
+        assert_eq!(dlq.sent.lock().unwrap().len(), 1);
+
+        // Shutdown while the dead-letter topic is unreachable: the batch is not final.
+        let h = Scripted::new(vec![vec!["poison"]]);
+        let dlq = Letters {
+            fail: Mutex::new(usize::MAX),
+            ..Default::default()
+        };
+        let stop = CancellationToken::new();
+        stop.cancel();
+        assert!(!process_batch(&h, &batch_of(1), &dlq, &Metrics::default(), &stop).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_the_transiently_failed_records_are_retried_in_order() {
+        // Round 1: 0 ok, 1 transient (key k1), 2 ok (key k0), 3 transient (k1, after 1).
+        // Round 2: 1 ok, 3 transient. Round 3: 3 ok.
+        let h = Scripted::new(vec![
+            vec!["ok", "db down", "ok", "db down"],
+            vec!["ok", "db down"],
+            vec!["ok"],
+        ]);
+        let dlq = Letters::default();
+        let m = Metrics::default();
+        let started = tokio::time::Instant::now();
+        assert!(process_batch(&h, &batch_of(4), &dlq, &m, &CancellationToken::new()).await);
+        assert_eq!(
+            h.calls(),
+            vec![vec![0, 1, 2, 3], vec![1, 3], vec![3]],
+            "records that succeeded are not handled again"
+        );
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_millis(50 + 100),
+            "backoff doubles"
+        );
+        assert_eq!(m.get(metrics::RECORDS_RETRIED_TOTAL, &[]).get(), 3);
+        assert!(dlq.sent.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_interrupts_a_retry_and_a_short_answer_is_retried() {
+        let stop = CancellationToken::new();
+        let h = Scripted::new(vec![vec!["ok", "db down"]]);
+        let stopper = stop.clone();
+        let cancel = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            stopper.cancel();
+        });
+        let m = Metrics::default();
+        assert!(!process_batch(&h, &batch_of(2), &Letters::default(), &m, &stop).await);
+        cancel.await.unwrap();
+        assert_eq!(h.calls(), vec![vec![0, 1]]);
+
+        // An answer with fewer outcomes than records: the missing ones are retried.
+        let h = Scripted::new(vec![vec!["ok"], vec!["ok", "poison"]]);
+        let dlq = Letters::default();
+        assert!(process_batch(&h, &batch_of(3), &dlq, &m, &CancellationToken::new()).await);
+        assert_eq!(h.calls(), vec![vec![0, 1, 2], vec![1, 2]]);
+        assert_eq!(dlq.sent.lock().unwrap()[0].0, 2);
+
+        // A handler that breaks per-key order is reported (it cannot be undone), not retried.
+        let h = Scripted::new(vec![vec!["db down", "ok", "ok"], vec!["ok"]]);
+        assert!(process_batch(&h, &batch_of(3), &dlq, &m, &CancellationToken::new()).await);
+        assert_eq!(h.calls(), vec![vec![0, 1, 2], vec![0]]);
+    }
+
+    /// A per-record handler that fails transiently on the offsets in `transient` once each.
+    struct OneByOne {
+        transient: Mutex<HashSet<i64>>,
+        seen: Mutex<Vec<i64>>,
+    }
+
+    impl Handler for OneByOne {
+        fn handle<'a>(&'a self, record: &'a Inbound) -> BoxFuture<'a, Result<(), Failure>> {
+            Box::pin(async move {
+                self.seen.lock().unwrap().push(record.offset);
+                if record.payload == b"poison" {
+                    return Err(Failure::Poison("undecodable".into()));
+                }
+                if self.transient.lock().unwrap().remove(&record.offset) {
+                    return Err(Failure::Transient("redis down".into()));
+                }
+                Ok(())
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_per_record_handler_is_a_batch_handler_that_stops_at_a_transient_failure() {
+        let inner = Arc::new(OneByOne {
+            transient: Mutex::new([2].into()),
+            seen: Mutex::default(),
+        });
+        let h = PerRecord(inner.clone());
+        let mut batch = batch_of(4);
+        batch[1].payload = b"poison".to_vec();
+        let out = h.handle_batch(&batch).await;
+        let shown: Vec<String> = out
+            .iter()
+            .map(|o| match o {
+                Ok(()) => "ok".to_string(),
+                Err(f) => f.to_string(),
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "ok".to_string(),
+                "poison record: undecodable".into(),
+                "transient failure: redis down".into(),
+                format!("transient failure: {NOT_ATTEMPTED}"),
+            ]
+        );
+        assert_eq!(
+            *inner.seen.lock().unwrap(),
+            vec![0, 1, 2],
+            "3 not attempted"
+        );
+
+        // Through the loop: the poison record is dead-lettered, 2 and 3 handled again, in order.
+        inner.seen.lock().unwrap().clear();
+        inner.transient.lock().unwrap().insert(2);
+        let dlq = Letters::default();
+        let m = Metrics::default();
+        assert!(process_batch(&h, &batch, &dlq, &m, &CancellationToken::new()).await);
+        assert_eq!(*inner.seen.lock().unwrap(), vec![0, 1, 2, 2, 3]);
+        assert_eq!(dlq.sent.lock().unwrap().len(), 1);
+        assert_eq!(m.get(metrics::RECORDS_RETRIED_TOTAL, &[]).get(), 2);
+    }
+
+    #[test]
+    fn revoked_and_unknown_offsets_are_forgotten() {
+        let mut t = OffsetTracker::default();
+        t.start("t", 0, 5);
+        t.start("t", 1, 7);
+        let p0 = [("t".to_string(), 0)];
+        assert_eq!(t.in_flight_of(&p0), 1);
+        t.forget("t", 0);
+        assert_eq!(t.in_flight_of(&p0), 0);
+        assert_eq!(t.finish("t", 0, 5), None, "late finish of a revoked record");
+        // Assigned again, from the committed offset 3: the old record 5 must not count as done.
+        t.start("t", 0, 3);
+        assert_eq!(t.finish("t", 0, 5), None, "not in flight");
+        assert_eq!(t.finish("t", 0, 3), Some(3));
+        assert_eq!(t.in_flight(), 1);
+    }
+
+    #[test]
+    fn shared_offsets_are_stored_per_partition_once_a_batch_is_final() {
+        let s = Shared::default();
+        let mut b = batch_of(3);
+        b[2].partition = 1;
+        for r in &b {
+            s.start(r);
+        }
+        let mut stored = Vec::new();
+        s.finish(&b[1..], |t, p, o| stored.push((t.to_string(), p, o)));
+        assert_eq!(
+            stored,
+            vec![("sb.dms.v1".to_string(), 1, 2)],
+            "0 still in flight"
+        );
+        s.finish(&b[..1], |t, p, o| stored.push((t.to_string(), p, o)));
+        assert_eq!(stored[1], ("sb.dms.v1".to_string(), 0, 1));
+        assert_eq!(s.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_revocation_waits_for_the_records_in_flight() {
+        let s = Arc::new(Shared::default());
+        let b = batch_of(2);
+        for r in &b {
+            s.start(r);
+        }
+        let parts = vec![("sb.dms.v1".to_string(), 0)];
+        assert!(
+            !s.await_revoked(&parts, Duration::from_millis(1)),
+            "nothing finishes: gives up"
+        );
+        assert_eq!(s.in_flight(), 0, "and forgets the partition");
+
+        for r in &b {
+            s.start(r);
+        }
+        let finisher = {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                s.finish(&b, |_, _, _| {});
+            })
+        };
+        assert!(s.await_revoked(&parts, Duration::from_secs(10)));
+        finisher.join().unwrap();
+
+        // Outside the loop (no wait configured) and outside a runtime, a revocation does not wait.
+        s.start(&rec(9, "k", "x"));
+        s.revoked(parts.clone(), false);
+        assert_eq!(s.in_flight(), 0);
+        s.revoke_wait_ms.store(1, Ordering::Relaxed);
+        s.start(&rec(9, "k", "x"));
+        s.revoked(parts.clone(), false);
+        assert_eq!(s.in_flight(), 0, "waited 1 ms, then forgot");
+        // A lost assignment is not waited for.
+        s.revoke_wait_ms.store(60_000, Ordering::Relaxed);
+        s.start(&rec(9, "k", "x"));
+        let started = Instant::now();
+        s.revoked(parts, true);
+        assert_eq!(s.in_flight(), 0);
+        assert!(started.elapsed() < Duration::from_secs(60));
+    }
+
+    #[tokio::test]
+    async fn a_current_thread_runtime_revokes_without_waiting() {
+        let s = Shared::default();
+        s.revoke_wait_ms.store(60_000, Ordering::Relaxed);
+        s.start(&rec(1, "k", "x"));
+        s.revoked(vec![("sb.dms.v1".to_string(), 0)], false);
+        assert_eq!(s.in_flight(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_multi_thread_runtime_revokes_once_the_lanes_finished() {
+        let s = Arc::new(Shared::default());
+        s.revoke_wait_ms.store(60_000, Ordering::Relaxed);
+        let r = rec(1, "k", "x");
+        s.start(&r);
+        let lane = {
+            let s = s.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                s.finish(&[r], |_, _, _| {});
+            })
+        };
+        let started = Instant::now();
+        s.revoked(vec![("sb.dms.v1".to_string(), 0)], false);
+        assert!(started.elapsed() >= Duration::from_millis(20));
+        assert!(started.elapsed() < Duration::from_secs(60));
+        lane.await.unwrap();
     }
 }

@@ -5,7 +5,7 @@ use crate::metrics::{self, Metrics};
 use crate::{KafkaSettings, Result};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::StreamConsumer;
+use rdkafka::consumer::{ConsumerContext, StreamConsumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -33,8 +33,15 @@ pub fn producer(s: &KafkaSettings) -> Result<FutureProducer> {
 }
 
 /// A consumer in `group` that never stores offsets by itself: the caller stores them after the
-/// effect of a record is durable, and they are committed every second and at shutdown.
-pub fn consumer(s: &KafkaSettings, group: &str, from_latest: bool) -> Result<StreamConsumer> {
+/// effect of a record is durable, and they are committed every second, when partitions are
+/// revoked, and at shutdown. The context is the caller's choice: the consumer loop's
+/// (`consume::LoopContext`, which hands revoked partitions over only once their records in
+/// flight are finished) or the default one for a plain reader.
+pub fn consumer<C: ConsumerContext + Default + 'static>(
+    s: &KafkaSettings,
+    group: &str,
+    from_latest: bool,
+) -> Result<StreamConsumer<C>> {
     Ok(base(s)
         .set("group.id", group)
         .set("enable.auto.commit", "true")
@@ -50,7 +57,7 @@ pub fn consumer(s: &KafkaSettings, group: &str, from_latest: bool) -> Result<Str
         // costs no latency and stops idle consumers polling the broker 100 times a second.
         .set("fetch.wait.max.ms", "100")
         .set("partition.assignment.strategy", "cooperative-sticky")
-        .create()?)
+        .create_with_context(C::default())?)
 }
 
 /// Create topics that do not exist yet (existing ones are left as they are).

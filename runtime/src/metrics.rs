@@ -9,6 +9,9 @@ use std::sync::{Arc, Mutex};
 pub const RECORDS_CONSUMED_TOTAL: &str = "sb_records_consumed_total";
 pub const RECORDS_DEAD_LETTERED_TOTAL: &str = "sb_records_dead_lettered_total";
 pub const RECORDS_RETRIED_TOTAL: &str = "sb_records_retried_total";
+/// Batches the consumer loop handed to its handler, by what closed them (`bound`); with
+/// `sb_records_consumed_total` it gives the mean batch size.
+pub const CONSUMER_BATCHES_TOTAL: &str = "sb_consumer_batches_total";
 pub const RECORDS_PUBLISHED_TOTAL: &str = "sb_records_published_total";
 pub const PUBLISH_FAILURES_TOTAL: &str = "sb_publish_failures_total";
 pub const WS_CONNECTIONS: &str = "sb_ws_connections";

@@ -171,6 +171,7 @@ pub async fn run(role: Role, settings: Settings, stop: CancellationToken) -> Res
         lane_capacity: 64,
         dead_letter_topic: deps.topics.dead_letter(),
         drain_timeout: std::time::Duration::from_secs(10),
+        batch: runtime::consume::BatchSettings::default(),
     };
     runtime::consume::run(
         consumer,
