@@ -433,6 +433,11 @@ async fn a_transient_failure_retries_what_failed_and_commits_only_after_success(
     assert_eq!(committed(&t, 1), vec![Some(9)]);
 }
 
+/// At-least-once alone would allow the new owner of a partition to handle again the records the
+/// old owner finished after the partition was taken away (their offsets can no longer be stored).
+/// The loop guarantees more on a clean handover: the revocation waits (up to the drain time) for
+/// the records in flight, so every record is handled exactly once — which is what is asserted.
+/// (A multi-threaded runtime, as in every binary: the wait blocks the polling task.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rebalance_in_the_middle_of_a_batch_loses_and_repeats_nothing() {
     let t = topics(2).await;
