@@ -46,6 +46,9 @@ pub struct MariaStack {
 pub struct EdgeStack {
     pub id: String,
     pub addr: String,
+    /// The edge's internal listener (`/metrics`); absent in stack files of older launchers.
+    #[serde(default)]
+    pub metrics_addr: Option<String>,
 }
 
 /// The stack `./sb up` (or `./sb test`) started.
@@ -94,6 +97,8 @@ impl Default for Options {
 pub struct TestApp {
     pub prefix: String,
     pub edges: Vec<SocketAddr>,
+    /// Each edge's internal listener (`/metrics`, `/healthz`).
+    pub internal: Vec<SocketAddr>,
     pub stack: Stack,
     pub kafka: runtime::KafkaSettings,
     pub database: DatabaseSettings,
@@ -210,10 +215,12 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
     let s = stop.clone();
     tasks.spawn(async move { router::run(rs, s).await.expect("router runs") });
     let mut edges = Vec::new();
+    let mut internal = Vec::new();
     for i in 0..opts.edges {
         let es = edge_ws::EdgeSettings {
             id: format!("edge-{i}"),
             listen: "127.0.0.1:0".into(),
+            internal_listen: "127.0.0.1:0".into(),
             ..opts.edge.clone()
         };
         let app = edge_ws::Application::build(edge_ws::Settings {
@@ -223,6 +230,7 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
         .await
         .expect("edge builds");
         edges.push(app.local_addr());
+        internal.push(app.internal_addr());
         let s = stop.clone();
         tasks.spawn(app.run_until_stopped(s));
     }
@@ -236,6 +244,7 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
         prefix,
         nginx,
         edges,
+        internal,
         stack,
         kafka,
         database,

@@ -59,6 +59,11 @@ http {{
     uwsgi_temp_path temp/uwsgi;
     scgi_temp_path temp/scgi;
     access_log off;
+    # as tools/sb/nginx.py: slow and idle clients are bounded here first
+    client_header_timeout 10s;
+    client_body_timeout 10s;
+    send_timeout 30s;
+    keepalive_timeout 65s;
 
     map $http_upgrade $connection_upgrade {{
         default upgrade;

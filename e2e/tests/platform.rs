@@ -122,8 +122,8 @@ async fn two_users_through_both_nginx_instances_and_both_edges() {
     b.close().await;
 }
 
-/// `/metrics` is an operator endpoint: each process serves it at its own address for scrapers;
-/// the public nginx instances refuse it.
+/// `/metrics` is an operator endpoint: each process serves it at its own address for scrapers
+/// (an edge on its internal listener, not its public port); the public nginx instances refuse it.
 #[tokio::test]
 async fn metrics_are_not_served_through_the_public_nginx() {
     let stack = e2e::stack();
@@ -137,13 +137,22 @@ async fn metrics_are_not_served_through_the_public_nginx() {
         let body = r.text().await.unwrap();
         assert!(!body.contains("sb_"), "nginx {n} served metrics: {body}");
     }
-    let edge = &stack.edges[0].addr;
-    let r = reqwest::get(format!("http://{edge}/metrics"))
-        .await
-        .unwrap();
-    assert_eq!(
-        r.status().as_u16(),
-        200,
-        "the edge still serves its scraper"
-    );
+    for edge in &stack.edges {
+        let r = reqwest::get(format!("http://{}/metrics", edge.addr))
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 404, "public port of {}", edge.id);
+        let internal = edge
+            .metrics_addr
+            .as_ref()
+            .expect("stack.json names each edge's internal listener");
+        let r = reqwest::get(format!("http://{internal}/metrics"))
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status().as_u16(),
+            200,
+            "the edge serves its scraper on its internal listener"
+        );
+    }
 }

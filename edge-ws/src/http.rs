@@ -1,4 +1,5 @@
-//! HTTP: health and metrics, the authenticated WebSocket handshake, and the REST API. Every API
+//! HTTP: the liveness answer (`/healthz`; `/metrics` is on the internal listener only), the
+//! authenticated WebSocket handshake, and the REST API. Every API
 //! call becomes an envelope answered by a worker through this edge's topic.
 
 use crate::hub::ConnHandle;
@@ -707,20 +708,23 @@ pub fn routes(
         let e = edge.clone();
         warp::any().map(move || e.clone())
     };
-    let health = runtime::health::routes(edge.metrics.clone()).map(Reply::into_response);
+    // liveness for nginx, discovery and `./sb status`; metrics are served on `internal_listen`
+    let health = warp::path!("healthz")
+        .and(warp::get())
+        .map(|| "ok".into_response());
     let ws = warp::path!("ws")
         .and(with_edge.clone())
         .and(warp::get())
         .and(warp::any().map(move || stop.clone()))
         .and(warp::header::headers_cloned())
-        .and(warp::addr::remote())
+        .and(crate::server::remote())
         .and(warp::ext::optional::<OnUpgrade>())
         .and_then(upgrade);
     let current = warp::path!("api" / "v1" / "sessions" / "current")
         .and(warp::get())
         .and(with_edge.clone())
         .and(warp::header::headers_cloned())
-        .and(warp::addr::remote())
+        .and(crate::server::remote())
         .and_then(current_session);
     let query = warp::query::raw().or(warp::any().map(String::new)).unify();
     let base = warp::path("api")
@@ -730,7 +734,7 @@ pub fn routes(
         .and(warp::path::full())
         .and(query)
         .and(warp::header::headers_cloned())
-        .and(warp::addr::remote());
+        .and(crate::server::remote());
     let max = edge.settings.max_frame_bytes as u64;
     let with_body = base
         .clone()

@@ -8,6 +8,7 @@ pub mod hub;
 pub mod inbox;
 pub mod limits;
 pub mod ratelimit;
+pub mod server;
 pub mod session;
 pub mod settings;
 
@@ -21,6 +22,7 @@ use std::sync::Arc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use topics::{EdgeEvent, Topics};
+use warp::{Filter, Reply};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -69,6 +71,8 @@ impl Edge {
 pub struct Application {
     edge: Arc<Edge>,
     listener: tokio::net::TcpListener,
+    /// `/metrics` and `/healthz` for operators (`internal_listen`).
+    internal: tokio::net::TcpListener,
     consumer: rdkafka::consumer::StreamConsumer,
 }
 
@@ -83,6 +87,10 @@ impl Application {
             .listen
             .parse()
             .map_err(|e| Error::Listen(es.listen.clone(), e))?;
+        let internal_addr: SocketAddr = es
+            .internal_listen
+            .parse()
+            .map_err(|e| Error::Listen(es.internal_listen.clone(), e))?;
         let topics = kafka.topics();
         let own = topics.edge(&es.id);
         runtime::kafka::ensure_shared_topics(&kafka).await?;
@@ -99,6 +107,9 @@ impl Application {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| Error::Bind(addr, e))?;
+        let internal = tokio::net::TcpListener::bind(internal_addr)
+            .await
+            .map_err(|e| Error::Bind(internal_addr, e))?;
         let epoch = runtime::now_ms() / 1000;
         let edge = Arc::new(Edge {
             hub: Hub::new(epoch, metrics.clone()),
@@ -113,6 +124,7 @@ impl Application {
         Ok(Application {
             edge,
             listener,
+            internal,
             consumer,
         })
     }
@@ -121,16 +133,22 @@ impl Application {
         self.listener.local_addr().expect("bound listener")
     }
 
+    /// Where `/metrics` is served.
+    pub fn internal_addr(&self) -> SocketAddr {
+        self.internal.local_addr().expect("bound listener")
+    }
+
     pub fn edge(&self) -> Arc<Edge> {
         self.edge.clone()
     }
 
-    /// Serve until `stop`: then stop accepting, close every socket (clients reconnect to another
-    /// edge), tell presence, and flush the producer.
+    /// Serve until `stop`: then stop accepting, let HTTP requests in progress finish, close every
+    /// socket (clients reconnect to another edge), tell presence, and flush the producer.
     pub async fn run_until_stopped(self, stop: CancellationToken) {
         let Application {
             edge,
             listener,
+            internal,
             consumer,
         } = self;
         let mut tasks = JoinSet::new();
@@ -141,14 +159,28 @@ impl Application {
         .await;
         tasks.spawn(inbox::run(edge.clone(), consumer, stop.clone()));
         tasks.spawn(heartbeat(edge.clone(), stop.clone()));
-        let routes = http::routes(edge.clone(), stop.clone());
-        let server_stop = stop.clone();
-        tasks.spawn(
-            warp::serve(routes)
-                .incoming(listener)
-                .graceful(async move { server_stop.cancelled().await })
-                .run(),
-        );
+        let limits = server::Limits::of(&edge.settings);
+        let max_handshakes = edge.settings.max_handshakes;
+        tasks.spawn(server::serve(
+            listener,
+            http::routes(edge.clone(), stop.clone()).boxed(),
+            limits,
+            max_handshakes,
+            edge.metrics.clone(),
+            edge.connections.clone(),
+            stop.clone(),
+        ));
+        tasks.spawn(server::serve(
+            internal,
+            runtime::health::routes(edge.metrics.clone())
+                .map(Reply::into_response)
+                .boxed(),
+            limits,
+            max_handshakes,
+            edge.metrics.clone(),
+            edge.connections.clone(),
+            stop.clone(),
+        ));
         tracing::info!(edge = %edge.settings.id, "edge running");
         stop.cancelled().await;
         edge.hub.close_all("edge shutting down");

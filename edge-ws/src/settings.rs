@@ -14,6 +14,10 @@ pub struct EdgeSettings {
     /// Stable id (`edge-0`): names this edge's topic.
     pub id: String,
     pub listen: String,
+    /// Operator listener: `/metrics` and `/healthz`, never the public API. Keep it off the
+    /// addresses clients and the public nginx reach.
+    #[serde(default = "d_internal")]
+    pub internal_listen: String,
     /// Origins a browser may connect from; requests without an Origin header (SDKs) pass.
     #[serde(default)]
     pub allowed_origins: Vec<String>,
@@ -68,11 +72,35 @@ pub struct EdgeSettings {
     /// recently seen are forgotten first.
     #[serde(default = "d_api_rate_keys")]
     pub api_rate_keys_max: usize,
+    /// A new connection must send its first request head within this; on a kept-alive
+    /// connection, a request head must be complete this long after its first byte. Slower
+    /// connections are closed.
+    #[serde(default = "d_header_read")]
+    pub header_read_timeout_ms: u64,
+    /// A kept-alive connection with no request in progress is closed after this long idle.
+    #[serde(default = "d_keep_alive")]
+    pub keep_alive_timeout_ms: u64,
+    /// Connections that have not yet been answered their first request (head, body and, for a
+    /// WebSocket, the session check) at once; one more is answered 503 and closed.
+    #[serde(default = "d_max_handshakes")]
+    pub max_handshakes: usize,
     /// Set the `Secure` attribute on the session cookie (behind TLS).
     #[serde(default)]
     pub secure_cookies: bool,
 }
 
+fn d_internal() -> String {
+    "127.0.0.1:18150".into()
+}
+fn d_header_read() -> u64 {
+    10_000
+}
+fn d_keep_alive() -> u64 {
+    75_000
+}
+fn d_max_handshakes() -> usize {
+    1024
+}
 fn d_max_frame() -> usize {
     topics::validate::FRAME_MAX
 }
@@ -127,6 +155,7 @@ impl Default for EdgeSettings {
         EdgeSettings {
             id: "edge-0".into(),
             listen: "127.0.0.1:18100".into(),
+            internal_listen: d_internal(),
             allowed_origins: Vec::new(),
             max_frame_bytes: d_max_frame(),
             max_request_bytes: d_max_request(),
@@ -144,6 +173,9 @@ impl Default for EdgeSettings {
             api_requests_per_second_per_session: d_api_rate_session(),
             api_burst_per_session: d_api_burst_session(),
             api_rate_keys_max: d_api_rate_keys(),
+            header_read_timeout_ms: d_header_read(),
+            keep_alive_timeout_ms: d_keep_alive(),
+            max_handshakes: d_max_handshakes(),
             secure_cookies: false,
         }
     }

@@ -63,7 +63,7 @@ impl Scraper {
         let addrs = components
             .iter()
             .filter(|c| matches!(c.kind.as_str(), "edge" | "worker" | "router"))
-            .filter_map(|c| c.addr.clone())
+            .filter_map(|c| c.metrics())
             .collect();
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(2))

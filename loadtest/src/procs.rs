@@ -112,6 +112,7 @@ pub fn sample(components: &[Component]) -> Sample {
         kind: "loadtest".into(),
         pid: std::process::id(),
         addr: None,
+        metrics_addr: None,
     };
     for c in components.iter().chain(std::iter::once(&me)) {
         if !all.contains_key(&c.pid) {
@@ -211,6 +212,7 @@ mod tests {
             kind: "test".into(),
             pid: me,
             addr: None,
+            metrics_addr: None,
         }];
         let a = sample(&c);
         let mut x = 0u64;
@@ -229,6 +231,7 @@ mod tests {
             kind: "x".into(),
             pid: u32::MAX,
             addr: None,
+            metrics_addr: None,
         }])
         .rss_kib("gone")
         .is_none());

@@ -236,6 +236,7 @@ mod tests {
             kind: kind.into(),
             pid: me,
             addr: Some(addr.into()),
+            metrics_addr: None,
         };
         let comps = vec![
             comp("nginx-0", "nginx", "a:1"),

@@ -30,9 +30,19 @@ pub struct Component {
     pub name: String,
     pub kind: String,
     pub pid: u32,
-    /// Where it listens (`/healthz` and `/metrics` for edges, workers and the router).
+    /// Where it listens (`/healthz`, and `/metrics` for workers and the router).
     #[serde(default)]
     pub addr: Option<String>,
+    /// Where it serves `/metrics` when that is elsewhere: an edge's internal listener.
+    #[serde(default)]
+    pub metrics_addr: Option<String>,
+}
+
+impl Component {
+    /// Where to scrape `/metrics`.
+    pub fn metrics(&self) -> Option<String> {
+        self.metrics_addr.clone().or_else(|| self.addr.clone())
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -107,7 +117,7 @@ mod tests {
         assert!(s.components().is_empty());
         std::fs::write(
             dir.join("state.json"),
-            r#"{"components":[{"name":"edge-0","kind":"edge","pid":7,"addr":"x"}]}"#,
+            r#"{"components":[{"name":"edge-0","kind":"edge","pid":7,"addr":"x","metrics_addr":"y"}]}"#,
         )
         .unwrap();
         assert_eq!(
@@ -117,8 +127,10 @@ mod tests {
                 kind: "edge".into(),
                 pid: 7,
                 addr: Some("x".into()),
+                metrics_addr: Some("y".into()),
             }]
         );
+        assert_eq!(s.components()[0].metrics().as_deref(), Some("y"));
         std::fs::write(&stack, r#"{"nginx":[]}"#).unwrap();
         assert!(Stack::load(&stack).unwrap().targets(true).is_err());
         assert!(Stack::load(&dir.join("missing.json")).is_err());

@@ -1,4 +1,5 @@
-//! `/healthz` and `/metrics` for workers and the router (edges serve them on their own port).
+//! `/healthz` and `/metrics` for workers and the router (edges serve them on their internal
+//! listener).
 
 use crate::metrics::Metrics;
 use std::net::SocketAddr;

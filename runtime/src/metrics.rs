@@ -22,6 +22,7 @@ pub const WS_FRAMES_OUT_TOTAL: &str = "sb_ws_frames_out_total";
 pub const WS_FRAMES_REJECTED_TOTAL: &str = "sb_ws_frames_rejected_total";
 pub const WS_SLOW_CLIENTS_DISCONNECTED_TOTAL: &str = "sb_ws_slow_clients_disconnected_total";
 pub const HTTP_REQUESTS_TOTAL: &str = "sb_http_requests_total";
+pub const HTTP_CONNECTIONS_CLOSED_TOTAL: &str = "sb_http_connections_closed_total";
 pub const REQUESTS_HANDLED_TOTAL: &str = "sb_requests_handled_total";
 pub const REQUEST_ERRORS_TOTAL: &str = "sb_request_errors_total";
 pub const DELIVERIES_ROUTED_TOTAL: &str = "sb_deliveries_routed_total";

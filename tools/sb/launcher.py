@@ -286,7 +286,10 @@ def _check(state: State, c: dict) -> dict:
         ok = alive(c.get("pid"), c.get("starttime"))
     else:
         ok = services.healthy(c)
-    return {"name": c["name"], "kind": kind, "role": role, "addr": c["addr"], "pid": c["pid"], "healthy": bool(ok)}
+    row = {"name": c["name"], "kind": kind, "role": role, "addr": c["addr"], "pid": c["pid"], "healthy": bool(ok)}
+    if kind in ("edge", "worker", "router"):
+        row["metrics_addr"] = services.metrics_addr(c)
+    return row
 
 
 KIND_ORDER = ["kafka", "redis", "mariadb", "edge", "worker", "router", "nginx", "discovery"]
@@ -300,8 +303,9 @@ def collect(state: State) -> list[dict]:
 
 def status_table(state: State, rows: list[dict] | None = None) -> bool:
     rows = collect(state) if rows is None else rows
-    hdr = ("NAME", "KIND", "ROLE", "ADDR", "PID", "HEALTHY")
-    table = [hdr] + [(r["name"], r["kind"], r["role"], r["addr"], str(r["pid"]), "yes" if r["healthy"] else "NO")
+    hdr = ("NAME", "KIND", "ROLE", "ADDR", "METRICS", "PID", "HEALTHY")
+    table = [hdr] + [(r["name"], r["kind"], r["role"], r["addr"], r.get("metrics_addr", "-"), str(r["pid"]),
+                      "yes" if r["healthy"] else "NO")
                      for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(hdr))]
     for row in table:

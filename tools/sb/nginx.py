@@ -41,6 +41,17 @@ PROXY_COMMON = """            proxy_http_version 1.1;
             proxy_next_upstream error timeout http_502;"""
 
 
+# Slow and idle clients are bounded here first (the edges bound theirs too: edge.header_read_timeout_ms,
+# keep_alive_timeout_ms, max_handshakes). A request head or body that stalls this long between two
+# reads, or a response the client stops reading, ends the connection; a kept-alive client
+# connection with no request closes after keepalive_timeout. The WebSocket's own timeouts are the
+# proxy_*_timeout of location /ws and the edge's ping/idle timeout.
+CLIENT_TIMEOUTS = """    client_header_timeout 10s;
+    client_body_timeout 10s;
+    send_timeout 30s;
+    keepalive_timeout 65s;"""
+
+
 # The edges' body limit (edge.max_frame_bytes, 64 KiB), enforced here with the edge's own error
 # body. An edge refuses a larger body from its Content-Length without reading it and closes the
 # connection; nginx, still sending that body, then sees a reset and answered 502 instead of 413.
@@ -124,7 +135,7 @@ http {{
     access_log logs/access.log combined buffer=64k flush=5s;
     sendfile on;
     tcp_nodelay on;
-    keepalive_timeout 65s;
+{CLIENT_TIMEOUTS}
 
     map $http_upgrade $connection_upgrade {{
         default upgrade;

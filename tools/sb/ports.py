@@ -3,9 +3,11 @@
 Nothing else in tools/sb hard-codes a port number: ask a `Ports` object.
 
     offset 0     (./sb up):                     Kafka 19092, Redis 17000-17005, MariaDB 13306-13309,
-                                                nginx 18080/18081, edges 18100+, workers 18200+, router 18250
+                                                nginx 18080/18081, edges 18100+ (internal 18150+),
+                                                workers 18200+, router 18250
     offset 1000  (./sb test, --port-offset 1000): Kafka 20092, Redis 18000-18005, MariaDB 14306-14309,
-                                                nginx 19080/19081, edges 19100+, workers 19200+, router 19250
+                                                nginx 19080/19081, edges 19100+ (internal 19150+),
+                                                workers 19200+, router 19250
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ BASE = {
     "mariadb_first": 13306,
     # nginx instance i on nginx_first + i.
     "nginx_first": 18080,
-    # edge-i listens on edge_first + i (HTTP + WebSocket + /healthz).
+    # edge-i listens on edge_first + i (HTTP + WebSocket + /healthz) ...
     "edge_first": 18100,
+    # ... and serves /metrics (and /healthz) to operators on edge_internal_first + i.
+    "edge_internal_first": 18150,
     # worker k health endpoint on worker_health_first + k (order of WORKERS).
     "worker_health_first": 18200,
     # router health endpoint.
@@ -37,7 +41,7 @@ _NOT_PORTS = {"kafka_stride", "redis_bus_shift"}
 REDIS_NODES = 6
 MARIADB_SHARDS = 2
 NGINX_INSTANCES = 2
-MAX_EDGES = 50  # keeps edge ports below the worker health range
+MAX_EDGES = 50  # keeps edge ports below the internal range, internal ones below the workers'
 WORKERS = ["auth", "users", "invites", "dms", "presence"]
 
 
@@ -73,6 +77,9 @@ class Ports:
     def edge(self, i: int) -> int:
         return self._p["edge_first"] + i
 
+    def edge_internal(self, i: int) -> int:
+        return self._p["edge_internal_first"] + i
+
     def worker_health(self, worker: str) -> int:
         return self._p["worker_health_first"] + WORKERS.index(worker)
 
@@ -89,7 +96,7 @@ class Ports:
             "nginx": [self.nginx(i) for i in range(NGINX_INSTANCES)],
         }
         if apps:
-            out["edges"] = [self.edge(i) for i in range(edges)]
+            out["edges"] = [self.edge(i) for i in range(edges)] + [self.edge_internal(i) for i in range(edges)]
             out["workers"] = [self.worker_health(w) for w in WORKERS] + [self.router_health()]
         return out
 

@@ -82,6 +82,7 @@ def edge_toml(ctx, i: int) -> str:
         origins += [f"http://127.0.0.1:{p}", f"http://localhost:{p}"]
     return (_kafka_section(ctx)
             + f"\n[edge]\nid = {q(edge_id(i))}\nlisten = {q(addr(ctx.ports.edge(i)))}\n"
+            + f"internal_listen = {q(addr(ctx.ports.edge_internal(i)))}\n"
             + f"allowed_origins = {qlist(origins)}\n"
             + "".join(f"{k} = {v}\n" for k, v in EDGE_LIMIT_PROFILES[ctx.limits].items()))
 
@@ -162,7 +163,8 @@ def stack(ctx, edges: list[dict]) -> dict:
 
 
 def write_stack(ctx) -> None:
-    edges = [{"id": c["role"], "addr": c["addr"]} for c in ctx.state.components if c["kind"] == "edge"]
+    edges = [{"id": c["role"], "addr": c["addr"], "metrics_addr": metrics_addr(c)}
+             for c in ctx.state.components if c["kind"] == "edge"]
     write_atomic(ctx.state.stack_file, json.dumps(stack(ctx, edges), indent=2) + "\n")
 
 
@@ -170,11 +172,13 @@ def write_stack(ctx) -> None:
 
 
 def _specs(ctx) -> list[dict]:
-    """(name, kind, role, binary, port of /healthz) for every app process."""
+    """(name, kind, role, binary, port of /healthz[, port of /metrics]) for every app process.
+    Edges serve /healthz on their public port and /metrics on their internal one only; workers
+    and the router serve both on their health port."""
     out = []
     for i in range(ctx.edges):
         out.append({"name": edge_id(i), "kind": "edge", "role": edge_id(i), "bin": "edge-ws",
-                    "port": ctx.ports.edge(i)})
+                    "port": ctx.ports.edge(i), "metrics_port": ctx.ports.edge_internal(i)})
     for w in WORKERS:
         out.append({"name": f"worker-{w}", "kind": "worker", "role": w, "bin": f"worker-{w}",
                     "port": ctx.ports.worker_health(w)})
@@ -187,8 +191,17 @@ def binary_of(name: str) -> str:
     return "edge-ws" if name.startswith("edge-") else name
 
 
+def metrics_addr(comp: dict) -> str:
+    """Where a component serves /metrics (an edge's internal listener; else its health port)."""
+    return comp.get("metrics_addr") or comp["addr"]
+
+
 def healthy(comp: dict) -> bool:
-    return alive(comp.get("pid"), comp.get("starttime")) and http_status(f"http://{comp['addr']}/healthz") == 200
+    """/healthz answers 200 where clients and nginx reach the process and, for an edge, on its
+    internal listener too (where its metrics are scraped)."""
+    if not alive(comp.get("pid"), comp.get("starttime")):
+        return False
+    return all(http_status(f"http://{a}/healthz") == 200 for a in dict.fromkeys([comp["addr"], metrics_addr(comp)]))
 
 
 def start_and_wait(ctx, timeout: float = 60.0) -> None:
@@ -204,7 +217,8 @@ def start_and_wait(ctx, timeout: float = 60.0) -> None:
         argv = [exe, "--config", os.path.join(ctx.state.conf_dir, f"{sp['name']}.toml")]
         pid, stt = spawn(argv, log, env=ctx.app_env, cwd=ctx.repo)
         comp = {"name": sp["name"], "kind": sp["kind"], "role": sp["role"], "addr": addr(sp["port"]),
-                "port": sp["port"], "pid": pid, "starttime": stt, "group": "app", "log": log, "bin": exe}
+                "metrics_addr": addr(sp.get("metrics_port", sp["port"])), "port": sp["port"],
+                "pid": pid, "starttime": stt, "group": "app", "log": log, "bin": exe}
         ctx.state.put(comp)
         started.append(comp)
     ctx.state.data["skipped"] = skipped
