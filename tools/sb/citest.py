@@ -112,9 +112,32 @@ def coverage_env() -> dict:
             k, v = parts[0].split("=", 1)
             env[k] = v
     env.update(LLVM_ENV)
+    stale = remove_stale_profiles(env.get("LLVM_PROFILE_FILE", ""))
+    if stale:
+        info(f"removed {stale} profile file(s) of an earlier run")
     shown = [k for k in env if k not in os.environ or os.environ[k] != env[k]]
     info("coverage env: " + " ".join(sorted(shown)))
     return env
+
+
+def remove_stale_profiles(profile_file: str) -> int:
+    """`cargo llvm-cov clean --workspace` leaves the raw profiles that an earlier run wrote next to
+    the target dir (`LLVM_PROFILE_FILE`, e.g. `target/<name>-%p-%2m.profraw`) and the merged
+    `<name>.profdata`. Merged into this run's report they belong to binaries that no longer exist,
+    and every changed function showed as uncovered (a second `./sb test` in one checkout fell
+    from 96 % to 76 %). Remove them so the report counts this run only."""
+    if not profile_file:
+        return 0
+    folder, name = os.path.split(profile_file)
+    prefix = name.split("-%", 1)[0]
+    if not folder or not prefix or not os.path.isdir(folder):
+        return 0
+    n = 0
+    for f in os.listdir(folder):
+        if f.startswith(prefix) and (f.endswith(".profraw") or f == prefix + ".profdata"):
+            os.remove(os.path.join(folder, f))
+            n += 1
+    return n
 
 
 def coverage_bin_dir(env: dict) -> str:
