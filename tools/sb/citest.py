@@ -94,6 +94,13 @@ def ensure_tools() -> str:
 def coverage_env() -> dict:
     base = dict(os.environ, **LLVM_ENV)
     run(["cargo", "llvm-cov", "clean", "--workspace"], env=base)
+    # `llvm-cov clean` leaves the workspace's own binaries of earlier builds in `target/debug/deps`
+    # (a test binary whose hash changed stays beside the new one); `llvm-cov report` reads every
+    # binary there, and stale ones' coverage maps made changed code look unrun. `cargo clean -p`
+    # removes every build of the workspace's packages; their dependencies stay built.
+    members = json.loads(run(["cargo", "metadata", "--no-deps", "--format-version", "1"],
+                             env=base, capture=True))["packages"]
+    run(["cargo", "clean", *[a for m in members for a in ("-p", m["name"])]], env=base)
     out = None
     for flag in ("--export-prefix", "--sh"):
         r = subprocess.run(["cargo", "llvm-cov", "show-env", flag], env=base, cwd=REPO, capture_output=True, text=True)
@@ -121,11 +128,10 @@ def coverage_env() -> dict:
 
 
 def remove_stale_profiles(profile_file: str) -> int:
-    """`cargo llvm-cov clean --workspace` leaves the raw profiles that an earlier run wrote next to
-    the target dir (`LLVM_PROFILE_FILE`, e.g. `target/<name>-%p-%2m.profraw`) and the merged
-    `<name>.profdata`. Merged into this run's report they belong to binaries that no longer exist,
-    and every changed function showed as uncovered (a second `./sb test` in one checkout fell
-    from 96 % to 76 %). Remove them so the report counts this run only."""
+    """`cargo llvm-cov clean --workspace` also leaves the raw profiles that an earlier run wrote
+    next to the target dir (`LLVM_PROFILE_FILE`, e.g. `target/<name>-%p-%2m.profraw`) and the
+    merged `<name>.profdata`, which belong to binaries that no longer exist. Remove them so the
+    report counts this run only."""
     if not profile_file:
         return 0
     folder, name = os.path.split(profile_file)
