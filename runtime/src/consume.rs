@@ -129,7 +129,7 @@ impl Default for BatchSettings {
         BatchSettings {
             max_records: 64,
             max_bytes: 1 << 20,
-            max_wait_ms: 1,
+            max_wait_ms: 0,
         }
     }
 }
@@ -778,10 +778,10 @@ mod tests {
         let d = BatchSettings::default();
         assert_eq!(
             (d.max_records, d.max_bytes, d.max_wait_ms),
-            (64, 1 << 20, 1)
+            (64, 1 << 20, 0)
         );
         let s: BatchSettings = serde_json::from_str(r#"{"max_records": 8}"#).unwrap();
-        assert_eq!(s, settings(8, 1 << 20, 1));
+        assert_eq!(s, settings(8, 1 << 20, 0));
         assert!(serde_json::from_str::<BatchSettings>(r#"{"bogus": 1}"#).is_err());
         assert_eq!(rec(0, "k1", "abc").size(), 5);
         let mut no_key = rec(0, "", "abc");
