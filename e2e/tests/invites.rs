@@ -14,6 +14,33 @@ fn code_of(body: &Value) -> &str {
     body["code"].as_str().unwrap_or("")
 }
 
+/// Ann on edge 0 has invited Bob on edge 1 by his code, and Bob's socket has seen it pending.
+struct Invited {
+    ann: topics::Id,
+    bob: topics::Id,
+    bob_code: String,
+    a: Client,
+    b: Client,
+}
+
+async fn ann_invites_bob(app: &e2e::TestApp) -> Invited {
+    let (ann, _, ann_token) = app.user(0).await;
+    let (bob, _, bob_token) = app.user(1).await;
+    let bob_code = invite_code(app, &bob_token).await;
+    let mut a = Client::connect(&app.ws_url(0), &ann_token).await;
+    let mut b = Client::connect(&app.ws_url(1), &bob_token).await;
+    ok(a.request(json!({"type": "invite.send", "code": bob_code}))
+        .await);
+    invite_event(&mut b, ann, InviteState::Pending).await;
+    Invited {
+        ann,
+        bob,
+        bob_code,
+        a,
+        b,
+    }
+}
+
 #[tokio::test]
 async fn an_invite_reaches_every_device_and_the_answer_reaches_the_inviter() {
     let app = spawn_app().await;
@@ -233,15 +260,13 @@ async fn invite_errors_are_clear() {
 #[tokio::test]
 async fn rejection_is_told_live_and_removed_connections_can_be_reinvited() {
     let app = spawn_app().await;
-    let (ann, _, ann_token) = app.user(0).await;
-    let (bob, _, bob_token) = app.user(1).await;
-    let bob_code = invite_code(&app, &bob_token).await;
-    let mut a = Client::connect(&app.ws_url(0), &ann_token).await;
-    let mut b = Client::connect(&app.ws_url(1), &bob_token).await;
-
-    ok(a.request(json!({"type": "invite.send", "code": bob_code}))
-        .await);
-    invite_event(&mut b, ann, InviteState::Pending).await;
+    let Invited {
+        ann,
+        bob,
+        bob_code,
+        mut a,
+        mut b,
+    } = ann_invites_bob(&app).await;
     let Response::Link { link } = ok(b
         .request(json!({"type": "invite.respond", "user_id": ann, "accept": false}))
         .await)
@@ -394,14 +419,13 @@ async fn codes_are_accepted_in_lower_case_and_with_spaces() {
 #[tokio::test]
 async fn a_withdrawn_invite_is_told_live_to_the_invitee() {
     let app = spawn_app().await;
-    let (ann, _, ann_token) = app.user(0).await;
-    let (bob, _, bob_token) = app.user(1).await;
-    let bob_code = invite_code(&app, &bob_token).await;
-    let mut a = Client::connect(&app.ws_url(0), &ann_token).await;
-    let mut b = Client::connect(&app.ws_url(1), &bob_token).await;
-    ok(a.request(json!({"type": "invite.send", "code": bob_code}))
-        .await);
-    invite_event(&mut b, ann, InviteState::Pending).await;
+    let Invited {
+        ann,
+        bob,
+        mut a,
+        mut b,
+        ..
+    } = ann_invites_bob(&app).await;
     ok(
         a.request(json!({"type": "connection.remove", "user_id": bob}))
             .await,
