@@ -351,6 +351,31 @@ pub fn route(
     Ok(r)
 }
 
+/// A call's client address and, when it presents one, its session token as (hash, token).
+type Caller = (Option<String>, Option<(String, String)>);
+
+/// What every API call passes before it is routed: the client's rate (per address, then per
+/// session token) and the origin check. Gives the client's address and the token with its hash.
+/// The refusal is the finished answer (large, but made at most once per call).
+#[allow(clippy::result_large_err)]
+fn admit(edge: &Edge, headers: &HeaderMap, remote: Option<SocketAddr>) -> Result<Caller, Response> {
+    edge.metrics.inc(metrics::HTTP_REQUESTS_TOTAL, &[]);
+    let client = peer(headers, remote);
+    let token = bearer(headers, session_cookie_name(edge.settings.secure_cookies))
+        .map(|t| (token_hash(&t), t));
+    if let Err(wait) = edge.limits.api(
+        client.as_deref(),
+        token.as_ref().map(|(h, _)| h.as_str()),
+        tokio::time::Instant::now().into_std(),
+    ) {
+        return Err(rate_limited(wait));
+    }
+    if !origin_allowed(edge, headers) {
+        return Err(error_response(ErrorCode::Forbidden, "origin not allowed"));
+    }
+    Ok((client, token))
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn api(
     edge: Arc<Edge>,
@@ -361,20 +386,10 @@ async fn api(
     remote: Option<SocketAddr>,
     body: Bytes,
 ) -> Result<Response, Rejection> {
-    edge.metrics.inc(metrics::HTTP_REQUESTS_TOTAL, &[]);
-    let client = peer(&headers, remote);
-    let token_hash =
-        bearer(&headers, session_cookie_name(edge.settings.secure_cookies)).map(|t| token_hash(&t));
-    if let Err(wait) = edge.limits.api(
-        client.as_deref(),
-        token_hash.as_deref(),
-        tokio::time::Instant::now().into_std(),
-    ) {
-        return Ok(rate_limited(wait));
-    }
-    if !origin_allowed(&edge, &headers) {
-        return Ok(error_response(ErrorCode::Forbidden, "origin not allowed"));
-    }
+    let (client, token) = match admit(&edge, &headers, remote) {
+        Ok(admitted) => admitted,
+        Err(refused) => return Ok(refused),
+    };
     let query: HashMap<String, String> = serde_urlencoded_pairs(&query);
     let sub = path.as_str().trim_start_matches("/api/v1");
     let (mut request, ok) = match route(&method, sub, &query, &body) {
@@ -384,8 +399,8 @@ async fn api(
     if let Request::Login { device, .. } = &mut request {
         *device = device_label(&headers);
     }
-    let auth = match token_hash {
-        Some(token_hash) => Auth::Token { token_hash },
+    let auth = match token {
+        Some((token_hash, _)) => Auth::Token { token_hash },
         None if request.is_anonymous() => Auth::None,
         None => return Ok(error_response(ErrorCode::Unauthorized, "no session")),
     };
@@ -415,21 +430,10 @@ async fn current_session(
     headers: HeaderMap,
     remote: Option<SocketAddr>,
 ) -> Result<Response, Rejection> {
-    edge.metrics.inc(metrics::HTTP_REQUESTS_TOTAL, &[]);
-    let name = session_cookie_name(edge.settings.secure_cookies);
-    let client = peer(&headers, remote);
-    let token = bearer(&headers, name);
-    let hash = token.as_deref().map(token_hash);
-    if let Err(wait) = edge.limits.api(
-        client.as_deref(),
-        hash.as_deref(),
-        tokio::time::Instant::now().into_std(),
-    ) {
-        return Ok(rate_limited(wait));
-    }
-    if !origin_allowed(&edge, &headers) {
-        return Ok(error_response(ErrorCode::Forbidden, "origin not allowed"));
-    }
+    let (client, token) = match admit(&edge, &headers, remote) {
+        Ok(admitted) => admitted,
+        Err(refused) => return Ok(refused),
+    };
     let signed_out = |clear: bool| {
         let mut r = warp::reply::json(&topics::Response::SignedOut).into_response();
         if clear {
@@ -438,7 +442,7 @@ async fn current_session(
         }
         r
     };
-    let (Some(token), Some(token_hash)) = (token, hash) else {
+    let Some((token_hash, token)) = token else {
         return Ok(signed_out(false));
     };
     let auth = Auth::Token { token_hash };
@@ -447,7 +451,8 @@ async fn current_session(
             error: Some(ErrorCode::Unauthorized),
             ..
         }) => Ok(signed_out(
-            cookie(&headers, name).as_deref() == Some(token.as_str()),
+            cookie(&headers, session_cookie_name(edge.settings.secure_cookies)).as_deref()
+                == Some(token.as_str()),
         )),
         Ok(msg) => Ok(http_reply(&edge, msg, StatusCode::OK, true)),
         Err(e) => Ok(error_response(e.code, &e.message)),

@@ -81,8 +81,7 @@ pub async fn login(
         _ => return Err(refuse(ErrorCode::Unauthorized, BAD_CREDENTIALS)),
     };
     login_limits::succeeded(d, slots, user, &peer).await?;
-    let (token, sid) = sessions::create(d, user, &username).await?;
-    sessions::set_device(d, &sid, device).await?;
+    let (token, sid) = sessions::create(d, user, &username, device).await?;
     let g = grant(ctx, &sid, user, &username, Some(token.clone()));
     Ok(Outcome {
         response: Some(session_response(&g, token)),

@@ -74,41 +74,38 @@ fn parse(map: HashMap<String, String>) -> Option<SessionRecord> {
 }
 
 /// Create a session; returns (token, session id).
-pub async fn create(d: &Deps, user: Id, username: &str) -> Result<(String, String)> {
+/// A new session for `user`, opened from `device` (a label from the client's `User-Agent` by way
+/// of the edge; sanitised again here, and not stored when nothing is left of it).
+pub async fn create(
+    d: &Deps,
+    user: Id,
+    username: &str,
+    device: Option<&str>,
+) -> Result<(String, String)> {
     let token = new_token();
     let sid = new_session_id();
     let hash = hash_token(&token);
     let now = runtime::now_ms();
     let ttl = ttl_ms(&d.limits, now, now);
+    let mut fields = vec![
+        ("user_id", user.to_string()),
+        ("username", username.to_string()),
+        ("created_ms", now.to_string()),
+        ("last_seen_ms", now.to_string()),
+        ("token_hash", hash.clone()),
+    ];
+    if let Some(label) = device.and_then(topics::device::sanitize) {
+        fields.push(("device", label));
+    }
     let mut c = d.redis.get().await?;
     let _: () = redis::pipe()
-        .hset_multiple(
-            sess_key(d, &sid),
-            &[
-                ("user_id", user.to_string()),
-                ("username", username.to_string()),
-                ("created_ms", now.to_string()),
-                ("last_seen_ms", now.to_string()),
-                ("token_hash", hash.clone()),
-            ],
-        )
+        .hset_multiple(sess_key(d, &sid), &fields)
         .pexpire(sess_key(d, &sid), ttl as i64)
         .query_async(&mut c)
         .await?;
     let _: () = c.pset_ex(tok_key(d, &hash), &sid, ttl).await?;
     let _: () = c.sadd(user_key(d, user), &sid).await?;
     Ok((token, sid))
-}
-
-/// Record what a new session was opened from; the label is sanitised again here (it comes from
-/// the client's `User-Agent` by way of the edge) and nothing is stored when none is left.
-pub async fn set_device(d: &Deps, sid: &str, label: Option<&str>) -> Result<()> {
-    let Some(label) = label.and_then(topics::device::sanitize) else {
-        return Ok(());
-    };
-    let mut c = d.redis.get().await?;
-    let _: () = c.hset(sess_key(d, sid), "device", label).await?;
-    Ok(())
 }
 
 pub async fn load(d: &Deps, sid: &str) -> Result<Option<SessionRecord>> {
