@@ -99,5 +99,10 @@ pub fn dispatch(edge: &Edge, msg: EdgeMessage) {
                     .send(conn, Outbound::Close(frame.clone(), reason.clone()));
             }
         }
+        EdgeMessage::Batch { items } => {
+            for item in items {
+                dispatch(edge, item);
+            }
+        }
     }
 }

@@ -17,8 +17,8 @@
 use crate::redis::{redis, Keys};
 use crate::Result;
 use redis::AsyncCommands;
-use std::collections::HashMap;
-use topics::Id;
+use std::collections::{BTreeMap, HashMap};
+use topics::{Delivery, EdgeMessage, Id, Target};
 
 /// Width of the zero-padded user ids in `online:` sets (u64 max has 20 digits).
 pub const ID_WIDTH: usize = 20;
@@ -87,17 +87,148 @@ impl Registry {
         user: Id,
     ) -> Result<Vec<Conn>> {
         let all: HashMap<String, String> = con.hgetall(self.conns_key(user)).await?;
-        Ok(all
-            .into_iter()
-            .filter_map(|(field, sid)| {
-                let (edge, conn) = parse_conn_field(&field)?;
-                Some(Conn {
-                    edge,
-                    conn,
-                    session_id: sid,
-                })
+        Ok(conns_of(all))
+    }
+}
+
+/// Where some users can be reached now: the live edges (edge id → epoch) and the current
+/// connections of each user asked about.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reach {
+    pub live: HashMap<String, u64>,
+    pub conns: HashMap<Id, Vec<Conn>>,
+}
+
+impl Reach {
+    /// Every current connection of these users.
+    pub fn conns_of<'a>(&'a self, users: &'a [Id]) -> impl Iterator<Item = &'a Conn> + 'a {
+        users
+            .iter()
+            .flat_map(|u| self.conns.get(u).into_iter().flatten())
+    }
+}
+
+impl Registry {
+    /// The live edges and the connections of `users`, asked all at once: the cluster connection
+    /// is multiplexed, so the lookups travel together (one write per node) and the answer takes
+    /// one round trip. Connections of dead edges, or of an earlier process of a live edge, are
+    /// left out of the answer and removed from the registry (a second round trip, only when there
+    /// are some). Cluster pipelines cannot span slots, hence one command per key.
+    pub async fn reach<C: redis::aio::ConnectionLike + Clone + Send + Sync>(
+        &self,
+        con: &C,
+        users: &[Id],
+        now_ms: u64,
+    ) -> Result<Reach> {
+        let mut users = users.to_vec();
+        users.sort_unstable();
+        users.dedup();
+        let hgetall = |key: String| {
+            let mut con = con.clone();
+            async move { con.hgetall::<_, HashMap<String, String>>(key).await }
+        };
+        let (edges, per_user) = futures::future::join(
+            hgetall(self.edges_key()),
+            futures::future::join_all(users.iter().map(|u| hgetall(self.conns_key(*u)))),
+        )
+        .await;
+        let live = live_of(
+            edges?
+                .iter()
+                .filter_map(|(edge, v)| Some((edge.clone(), parse_edge_value(v)?))),
+            now_ms,
+            self.liveness_ms,
+        );
+        let mut reach = Reach {
+            live,
+            conns: HashMap::new(),
+        };
+        let mut stale = Vec::new();
+        for (u, fields) in users.iter().zip(per_user) {
+            let (current, gone): (Vec<Conn>, Vec<Conn>) = conns_of(fields?)
+                .into_iter()
+                .partition(|c| is_current(c, &reach.live));
+            if !gone.is_empty() {
+                let fields: Vec<String> =
+                    gone.iter().map(|c| conn_field(&c.edge, c.conn)).collect();
+                let mut con = con.clone();
+                let key = self.conns_key(*u);
+                stale.push(async move { con.hdel::<_, _, ()>(key, fields).await });
+            }
+            reach.conns.insert(*u, current);
+        }
+        for removed in futures::future::join_all(stale).await {
+            removed?;
+        }
+        Ok(reach)
+    }
+}
+
+fn conns_of(fields: HashMap<String, String>) -> Vec<Conn> {
+    fields
+        .into_iter()
+        .filter_map(|(field, sid)| {
+            let (edge, conn) = parse_conn_field(&field)?;
+            Some(Conn {
+                edge,
+                conn,
+                session_id: sid,
             })
-            .collect())
+        })
+        .collect()
+}
+
+/// Per edge, the record a delivery becomes, given the current connections of its users
+/// ([`Reach::conns_of`]) and the live edges (a broadcast goes to every live edge).
+pub fn plan<'a>(
+    d: &Delivery,
+    conns: impl Iterator<Item = &'a Conn>,
+    live: &HashMap<String, u64>,
+) -> BTreeMap<String, EdgeMessage> {
+    let mut out = BTreeMap::new();
+    if let Target::All = d.target {
+        for edge in live.keys() {
+            out.insert(
+                edge.clone(),
+                EdgeMessage::Broadcast {
+                    frame: d.frame.clone(),
+                },
+            );
+        }
+        return out;
+    }
+    let mut by_edge: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for c in conns.filter(|c| is_current(c, live)) {
+        if let Target::Sessions { session_ids, .. } = &d.target {
+            if !session_ids.contains(&c.session_id) {
+                continue;
+            }
+        }
+        by_edge.entry(c.edge.clone()).or_default().push(c.conn);
+    }
+    for (edge, conns) in by_edge {
+        let msg = match &d.close {
+            Some(reason) => EdgeMessage::Close {
+                conns,
+                frame: d.frame.clone(),
+                reason: reason.clone(),
+            },
+            None => EdgeMessage::Deliver {
+                conns,
+                frame: d.frame.clone(),
+            },
+        };
+        out.insert(edge, msg);
+    }
+    out
+}
+
+/// The users a delivery is for (none for a broadcast, which goes to every live edge).
+pub fn users_of(d: &Delivery) -> Vec<Id> {
+    match &d.target {
+        Target::Users { user_ids } => user_ids.clone(),
+        Target::Sessions { user_id, .. } => vec![*user_id],
+        Target::All => vec![],
     }
 }
 
@@ -199,5 +330,91 @@ mod tests {
             "earlier process of the same edge"
         );
         assert!(!is_current(&c("dead", 7), &live));
+    }
+
+    fn conn(edge: &str, epoch: u64, n: u64, sid: &str) -> Conn {
+        Conn {
+            edge: edge.into(),
+            conn: topics::bus::conn_id(epoch, n),
+            session_id: sid.into(),
+        }
+    }
+
+    #[test]
+    fn plans_per_edge_records_and_skips_stale_connections() {
+        let live: HashMap<String, u64> =
+            [("e0".to_string(), 1u64), ("e1".to_string(), 2u64)].into();
+        let conns = [
+            conn("e0", 1, 1, "s1"),
+            conn("e0", 1, 2, "s2"),
+            conn("e1", 2, 3, "s1"),
+            conn("e1", 1, 4, "s1"),
+            conn("dead", 1, 5, "s1"),
+        ];
+        let d = Delivery::new(
+            Target::Users {
+                user_ids: vec![Id(1)],
+            },
+            "f".into(),
+        );
+        let p = plan(&d, conns.iter(), &live);
+        assert_eq!(p.len(), 2);
+        assert_eq!(
+            p["e0"],
+            EdgeMessage::Deliver {
+                conns: vec![conns[0].conn, conns[1].conn],
+                frame: "f".into()
+            }
+        );
+        assert_eq!(
+            p["e1"],
+            EdgeMessage::Deliver {
+                conns: vec![conns[2].conn],
+                frame: "f".into()
+            },
+            "earlier epoch skipped"
+        );
+
+        let mut s = Delivery::new(
+            Target::Sessions {
+                user_id: Id(1),
+                session_ids: vec!["s2".into()],
+            },
+            "f".into(),
+        );
+        s.close = Some("bye".into());
+        let p = plan(&s, conns.iter(), &live);
+        assert_eq!(p.len(), 1);
+        assert_eq!(
+            p["e0"],
+            EdgeMessage::Close {
+                conns: vec![conns[1].conn],
+                frame: "f".into(),
+                reason: "bye".into()
+            }
+        );
+
+        let all = plan(&Delivery::new(Target::All, "b".into()), [].iter(), &live);
+        assert_eq!(all.len(), 2);
+        assert_eq!(all["e1"], EdgeMessage::Broadcast { frame: "b".into() });
+    }
+
+    #[test]
+    fn delivery_users() {
+        let to = |t| Delivery::new(t, "f".into());
+        assert_eq!(
+            users_of(&to(Target::Users {
+                user_ids: vec![Id(1), Id(2)]
+            })),
+            vec![Id(1), Id(2)]
+        );
+        assert_eq!(
+            users_of(&to(Target::Sessions {
+                user_id: Id(3),
+                session_ids: vec![]
+            })),
+            vec![Id(3)]
+        );
+        assert!(users_of(&to(Target::All)).is_empty());
     }
 }

@@ -136,6 +136,9 @@ pub enum EdgeMessage {
         frame: String,
         reason: String,
     },
+    /// Several of the above, applied in order: what one worker batch has for this edge (the
+    /// replies to its requests and every delivery to this edge's connections), in one record.
+    Batch { items: Vec<EdgeMessage> },
 }
 
 /// Who a delivery is for.

@@ -146,6 +146,10 @@ impl Shards {
 pub const MIGRATIONS: &[(u32, &str)] = &[
     (1, include_str!("../migrations/0001_init.sql")),
     (2, include_str!("../migrations/0002_exact_identifiers.sql")),
+    (
+        3,
+        include_str!("../migrations/0003_exact_client_msg_id.sql"),
+    ),
 ];
 
 /// Create the database if needed and apply pending migrations on every shard's primary (the

@@ -116,7 +116,7 @@ pub fn classify(e: Error) -> Failure {
 }
 
 impl Dispatcher {
-    async fn handle_record(&self, record: &Inbound) -> Result<(), Failure> {
+    pub async fn handle_record(&self, record: &Inbound) -> Result<(), Failure> {
         let env = if self.role == Role::Presence {
             match decode_versioned::<PresenceRecord>(&record.payload) {
                 Ok(PresenceRecord::Edge { edge_event, .. }) => {
@@ -161,8 +161,7 @@ impl Dispatcher {
                     metrics::REQUEST_ERRORS_TOTAL,
                     &[("kind", kind), ("code", err.code.as_str())],
                 );
-                let revoked =
-                    err.code == ErrorCode::Unauthorized && matches!(env.auth, Auth::Session { .. });
+                let revoked = revokes(&env, &err);
                 self.reply_error(&env, err, record).await?;
                 if revoked {
                     // The socket's session is gone: close it.
@@ -212,18 +211,7 @@ impl Dispatcher {
         // so they land after the reply: a request that closes its own socket (logout, account
         // deletion) is always answered before `session_revoked` and the close.
         if let Some(response) = outcome.response {
-            let msg = EdgeMessage::Reply {
-                conn: env.conn,
-                req: env.req,
-                frame: ServerFrame::Reply {
-                    rid: env.rid.clone(),
-                    data: response,
-                }
-                .to_json(),
-                error: None,
-                session: outcome.session,
-                clear_session: outcome.clear_session,
-            };
+            let msg = reply_message(env, response, outcome.session, outcome.clear_session);
             self.send_edge(env, &msg, record).await?;
         }
         let deliver_topic = self.deps.topics.deliver();
@@ -257,15 +245,7 @@ impl Dispatcher {
         err: ErrorBody,
         record: &Inbound,
     ) -> Result<(), Failure> {
-        let msg = EdgeMessage::Reply {
-            conn: env.conn,
-            req: env.req,
-            error: Some(err.code),
-            frame: ServerFrame::error(env.rid.clone(), err).to_json(),
-            session: None,
-            clear_session: false,
-        };
-        self.send_edge(env, &msg, record).await
+        self.send_edge(env, &error_message(env, err), record).await
     }
 
     async fn close_conn(
@@ -274,18 +254,62 @@ impl Dispatcher {
         reason: &str,
         record: &Inbound,
     ) -> Result<(), Failure> {
-        let msg = EdgeMessage::Close {
-            conns: vec![env.conn],
-            frame: ServerFrame::Event {
-                data: Event::SessionRevoked {
-                    reason: reason.into(),
-                },
-            }
-            .to_json(),
-            reason: reason.into(),
-        };
-        self.send_edge(env, &msg, record).await
+        self.send_edge(env, &close_message(env, reason), record)
+            .await
     }
+}
+
+/// The record that answers `env` with `response` on its edge.
+pub fn reply_message(
+    env: &Envelope,
+    response: Response,
+    session: Option<SessionGrant>,
+    clear_session: bool,
+) -> EdgeMessage {
+    EdgeMessage::Reply {
+        conn: env.conn,
+        req: env.req,
+        frame: ServerFrame::Reply {
+            rid: env.rid.clone(),
+            data: response,
+        }
+        .to_json(),
+        error: None,
+        session,
+        clear_session,
+    }
+}
+
+/// The record that answers `env` with an error frame.
+pub fn error_message(env: &Envelope, err: ErrorBody) -> EdgeMessage {
+    EdgeMessage::Reply {
+        conn: env.conn,
+        req: env.req,
+        error: Some(err.code),
+        frame: ServerFrame::error(env.rid.clone(), err).to_json(),
+        session: None,
+        clear_session: false,
+    }
+}
+
+/// The record that closes the socket `env` came from, its session being gone.
+pub fn close_message(env: &Envelope, reason: &str) -> EdgeMessage {
+    EdgeMessage::Close {
+        conns: vec![env.conn],
+        frame: ServerFrame::Event {
+            data: Event::SessionRevoked {
+                reason: reason.into(),
+            },
+        }
+        .to_json(),
+        reason: reason.into(),
+    }
+}
+
+/// Whether a refusal means the socket's session is gone (then the socket is closed after the
+/// error frame).
+pub fn revokes(env: &Envelope, err: &ErrorBody) -> bool {
+    err.code == ErrorCode::Unauthorized && matches!(env.auth, Auth::Session { .. })
 }
 
 /// Who sent the request. Anonymous requests need no session; the rest need a live one. A frame

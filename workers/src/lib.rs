@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod db;
 pub mod dispatch;
+pub mod dm_batch;
 pub mod dms;
 pub mod ids;
 pub mod invites;
@@ -162,10 +163,15 @@ pub async fn run(role: Role, settings: Settings, stop: CancellationToken) -> Res
             .subscribe(&[&topic])
             .map_err(runtime::Error::from)?;
     }
-    let handler = Arc::new(dispatch::Dispatcher {
+    let dispatcher = Arc::new(dispatch::Dispatcher {
         deps: deps.clone(),
         role,
     });
+    // Direct messages are handled in batches; every other role one record at a time.
+    let handler: Arc<dyn runtime::consume::BatchHandler> = match role {
+        Role::Dms => Arc::new(dm_batch::DmBatch { dispatcher }),
+        _ => Arc::new(runtime::consume::PerRecord(dispatcher)),
+    };
     let loop_settings = runtime::consume::LoopSettings {
         lanes: settings.limits.lanes,
         lane_capacity: 64,
@@ -173,7 +179,7 @@ pub async fn run(role: Role, settings: Settings, stop: CancellationToken) -> Res
         drain_timeout: std::time::Duration::from_secs(10),
         batch: runtime::consume::BatchSettings::default(),
     };
-    runtime::consume::run(
+    runtime::consume::run_batched(
         consumer,
         handler,
         deps.publisher.clone(),
