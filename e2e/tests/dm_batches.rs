@@ -1,0 +1,230 @@
+//! `dm.send`s handled in batches by worker-dms: one burst of sends from both members of two
+//! conversations, on two edges, with a retry, a refused send and a poison record among them,
+//! published straight to the request topic so that the worker reads them in a few polls.
+//! Sequence numbers stay gap-free and in the order of the partition, the retry is answered with
+//! the first message, the refusals store nothing, the poison record alone is dead-lettered, and
+//! each message costs at most three Kafka records: none go through the router's delivery topic,
+//! and the edges get one record per batch rather than one per message.
+
+mod common;
+
+use common::{befriend, open_dm, rpc};
+use e2e::client::Client;
+use e2e::spawn_app;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::FutureRecord;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::time::Duration;
+use topics::{Auth, Domain, Envelope, Event, Id, Request, WIRE_VERSION};
+
+/// Sum of the high watermarks of `topic`'s partitions (records ever written).
+fn written(c: &StreamConsumer, topic: &str) -> i64 {
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    md.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| {
+            c.fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+                .expect("watermarks")
+                .1
+        })
+        .sum()
+}
+
+fn send_env(edge: &str, req: u64, token: &str, conv: Id, cmid: &str, text: &str) -> Envelope {
+    Envelope {
+        v: WIRE_VERSION,
+        edge: edge.into(),
+        conn: 0,
+        req,
+        rid: None,
+        auth: Auth::Token {
+            token_hash: edge_ws::http::token_hash(token),
+        },
+        peer: None,
+        sent_at_ms: runtime::now_ms(),
+        request: Request::DmSend {
+            conversation_id: conv,
+            client_msg_id: cmid.into(),
+            text: text.into(),
+        },
+    }
+}
+
+/// `dm.message` events on `c` until `n` have arrived: (conversation, seq, client_msg_id, text).
+async fn messages(c: &mut Client, n: usize) -> Vec<(Id, u64, String, String)> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        match c.event(Duration::from_secs(20)).await {
+            Some(Event::DmMessage { message: m }) => {
+                got.push((m.conversation_id, m.seq, m.client_msg_id, m.text))
+            }
+            Some(_) => {}
+            None => panic!("only {} of {n} messages arrived: {got:?}", got.len()),
+        }
+    }
+    got
+}
+
+async fn history(app: &e2e::TestApp, token: &str, conv: Id) -> Vec<(u64, String)> {
+    let (s, b) = rpc(
+        app,
+        0,
+        token,
+        json!({"type": "dm.history", "conversation_id": conv, "limit": 100}),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    b["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m: &Value| {
+            (
+                m["seq"].as_u64().unwrap(),
+                m["client_msg_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_burst_of_sends_is_stored_gap_free_and_delivered_in_few_records() {
+    let app = spawn_app().await;
+    let (ann, _, ann_token) = app.user(0).await;
+    let (bob, _, bob_token) = app.user(1).await;
+    let (cat, _, cat_token) = app.user(0).await;
+    befriend(&app, (ann, &ann_token), (bob, &bob_token)).await;
+    befriend(&app, (ann, &ann_token), (cat, &cat_token)).await;
+    let ab = open_dm(&app, &ann_token, bob).await;
+    let ac = open_dm(&app, &ann_token, cat).await;
+    // Ann on edge 0, Bob on edge 1, Cat on edge 0: every message reaches two sockets.
+    let mut a = Client::connect(&app.ws_url(0), &ann_token).await;
+    let mut b = Client::connect(&app.ws_url(1), &bob_token).await;
+    let mut c = Client::connect(&app.ws_url(0), &cat_token).await;
+
+    let topics = app.kafka.topics();
+    let watcher: StreamConsumer =
+        runtime::kafka::consumer(&app.kafka, &e2e::unique("watch-"), false).expect("consumer");
+    let deliver_before = written(&watcher, &topics.deliver());
+    let edges_before =
+        written(&watcher, &topics.edge("edge-0")) + written(&watcher, &topics.edge("edge-1"));
+
+    // 30 sends in each conversation from both members, interleaved as two edges would publish
+    // them; `ab-7` is sent twice, one send is too long, and a poison record sits in the middle
+    // of the Ann–Bob partition.
+    let mut burst: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut req = 1000;
+    for i in 0..30 {
+        for (conv, edge, token, tag) in [
+            (ab, "edge-0", &ann_token, "ab"),
+            (ab, "edge-1", &bob_token, "ba"),
+            (ac, "edge-0", &ann_token, "ac"),
+            (ac, "edge-0", &cat_token, "ca"),
+        ] {
+            req += 1;
+            let cmid = format!("{tag}-{i}");
+            let env = send_env(edge, req, token, conv, &cmid, &cmid);
+            burst.push((env.key(), env.encode()));
+        }
+        if i == 10 {
+            let retry = send_env("edge-0", 1, &ann_token, ab, "ab-7", "ab-7 again");
+            burst.push((retry.key(), retry.encode()));
+            let long = send_env("edge-1", 2, &bob_token, ab, "too-long", &"x".repeat(5000));
+            burst.push((long.key(), long.encode()));
+            burst.push((
+                format!("c{ab}"),
+                b"{\"v\": 1, \"not\": \"an envelope\"".to_vec(),
+            ));
+        }
+    }
+    let producer = runtime::kafka::producer(&app.kafka).expect("producer");
+    let requests = topics.requests(Domain::Dms);
+    let sent = burst.iter().map(|(key, payload)| {
+        producer.send(
+            FutureRecord::to(&requests).key(key).payload(payload),
+            Duration::from_secs(10),
+        )
+    });
+    for r in futures::future::join_all(sent).await {
+        r.map_err(|(e, _)| e).expect("published");
+    }
+
+    // Every member's socket gets every message of its conversations in sequence order, numbered
+    // 1..=60 without a gap; each sender's messages in the order they were published. The retry
+    // is delivered again where it sat (at least once: clients keep one copy per seq).
+    let expect = |m: &[(Id, u64, String, String)], conv: Id| -> Vec<(u64, String)> {
+        let mut seen: Vec<(u64, String)> = Vec::new();
+        let mut again = Vec::new();
+        for x in m.iter().filter(|x| x.0 == conv) {
+            if seen.iter().any(|(seq, _)| *seq == x.1) {
+                again.push(x.2.clone());
+            } else {
+                seen.push((x.1, x.2.clone()));
+            }
+        }
+        let retried: &[&str] = if conv == ab { &["ab-7"] } else { &[] };
+        assert_eq!(again, retried, "delivered twice");
+        seen
+    };
+    let on_a = messages(&mut a, 121).await;
+    let on_b = messages(&mut b, 61).await;
+    let on_c = messages(&mut c, 60).await;
+    for (conv, seen) in [
+        (ab, expect(&on_a, ab)),
+        (ac, expect(&on_a, ac)),
+        (ab, expect(&on_b, ab)),
+        (ac, expect(&on_c, ac)),
+    ] {
+        let seqs: Vec<u64> = seen.iter().map(|x| x.0).collect();
+        assert_eq!(seqs, (1..=60).collect::<Vec<u64>>(), "conversation {conv}");
+        let mut last: HashMap<&str, usize> = HashMap::new();
+        for (_, cmid) in &seen {
+            let (tag, n) = cmid.split_once('-').unwrap();
+            let n: usize = n.parse().unwrap();
+            if let Some(prev) = last.insert(tag, n) {
+                assert!(n > prev, "{tag} out of order: {seen:?}");
+            }
+        }
+        assert_eq!(
+            history(&app, &ann_token, conv).await,
+            seen,
+            "stored as delivered"
+        );
+    }
+    assert!(
+        b.event(Duration::from_millis(300)).await.is_none(),
+        "nothing more: the refused send is not delivered"
+    );
+
+    let deliver_after = written(&watcher, &topics.deliver());
+    let edges_after =
+        written(&watcher, &topics.edge("edge-0")) + written(&watcher, &topics.edge("edge-1"));
+    assert_eq!(
+        deliver_after, deliver_before,
+        "no message went through the router"
+    );
+    let edge_records = edges_after - edges_before;
+    assert!(
+        edge_records <= 60,
+        "{edge_records} edge records for 120 messages (one per message and edge would be 360)"
+    );
+
+    // The retry got the first message back; the poison record went to the dead-letter topic.
+    let (s, body) = rpc(
+        &app,
+        0,
+        &ann_token,
+        json!({"type": "dm.send", "conversation_id": ab, "client_msg_id": "ab-7", "text": "?"}),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["duplicate"], true);
+    assert_eq!(body["message"]["text"], "ab-7");
+    let dead = written(&watcher, &topics.dead_letter());
+    assert_eq!(dead, 1, "the poison record alone is dead-lettered");
+    app.stop().await;
+}
