@@ -116,6 +116,21 @@ async fn put<S: Sink<Message> + Unpin>(socket: &mut S, msg: Message) -> bool {
     )
 }
 
+/// Write several frames and flush once: what queued for a socket while it was being written goes
+/// out in one write (one TLS record / TCP segment train instead of one per frame).
+async fn put_all<S: Sink<Message> + Unpin>(socket: &mut S, frames: Vec<Message>) -> bool {
+    let write = async {
+        for m in frames {
+            socket.feed(m).await?;
+        }
+        socket.flush().await
+    };
+    matches!(tokio::time::timeout(WRITE_TIMEOUT, write).await, Ok(Ok(())))
+}
+
+/// At most this many queued frames are written before one flush.
+const FRAMES_PER_FLUSH: usize = 64;
+
 enum Step {
     In(Option<Result<Message, WsError>>),
     Out(Option<Outbound>),
@@ -165,8 +180,13 @@ where
             reason: reason.to_string().into(),
         }))
     };
+    // An outbound item taken from the queue while gathering frames for one write, handled next.
+    let mut next_out: Option<Outbound> = None;
     loop {
-        let step = tokio::select! {
+        let step = if let Some(o) = next_out.take() {
+            Step::Out(Some(o))
+        } else {
+            tokio::select! {
             m = socket.next(), if !paused => Step::In(m),
             _ = &mut resume, if paused => Step::Resume,
             o = rx.recv() => Step::Out(o),
@@ -174,6 +194,7 @@ where
             _ = &mut idle_deadline => Step::Idle,
             _ = kill.cancelled() => Step::Kill,
             _ = stop.cancelled() => Step::Kill,
+            }
         };
         match step {
             Step::In(None) => return None,
@@ -243,7 +264,18 @@ where
                 }
             }
             Step::Out(Some(Outbound::Text(t))) => {
-                if !put(&mut socket, Message::text(t.to_string())).await {
+                let mut frames = vec![Message::text(t.to_string())];
+                while frames.len() < FRAMES_PER_FLUSH {
+                    match rx.try_recv() {
+                        Ok(Outbound::Text(t)) => frames.push(Message::text(t.to_string())),
+                        Ok(other) => {
+                            next_out = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if !put_all(&mut socket, frames).await {
                     return None;
                 }
             }
@@ -340,7 +372,7 @@ mod tests {
         /// Messages the edge has read from the socket.
         reads: Arc<AtomicUsize>,
         ended: tokio::task::JoinHandle<Option<u16>>,
-        _queue: mpsc::Sender<Outbound>,
+        queue: mpsc::Sender<Outbound>,
     }
 
     fn start(idle_timeout_ms: u64) -> Peer {
@@ -394,7 +426,7 @@ mod tests {
             flushes,
             reads,
             ended,
-            _queue: queue,
+            queue,
         }
     }
 
@@ -436,6 +468,34 @@ mod tests {
             at >= Duration::from_secs(65) && at < Duration::from_secs(66),
             "{at:?}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn queued_frames_go_out_with_one_flush_and_a_queued_close_still_comes_last() {
+        let mut p = start(60_000);
+        for t in ["a", "b", "c"] {
+            p.queue.send(Outbound::Text(t.into())).await.unwrap();
+        }
+        p.queue
+            .send(Outbound::Close("bye-frame".into(), "revoked".into()))
+            .await
+            .unwrap();
+        let mut texts = Vec::new();
+        let code = loop {
+            match p.out.next().await.expect("written") {
+                Message::Text(t) => texts.push(t.to_string()),
+                Message::Close(Some(f)) => break u16::from(f.code),
+                other => panic!("unexpected {other:?}"),
+            }
+        };
+        assert_eq!(texts, ["a", "b", "c", "bye-frame"]);
+        assert_eq!(code, close_code::REVOKED);
+        assert_eq!(
+            p.flushes.load(Ordering::Relaxed),
+            3,
+            "one flush for the three frames, then the close's frame and the close"
+        );
+        assert_eq!(p.ended.await.unwrap(), Some(close_code::REVOKED));
     }
 
     #[tokio::test(start_paused = true)]
