@@ -13,10 +13,11 @@ use e2e::client::Client;
 use e2e::spawn_app;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::FutureRecord;
+use rdkafka::Message as _;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::Duration;
-use topics::{Auth, Domain, Envelope, Event, Id, Request, WIRE_VERSION};
+use topics::{Auth, Domain, EdgeMessage, Envelope, ErrorCode, Event, Id, Request, WIRE_VERSION};
 
 /// Sum of the high watermarks of `topic`'s partitions (records ever written).
 fn written(c: &StreamConsumer, topic: &str) -> i64 {
@@ -91,6 +92,42 @@ async fn history(app: &e2e::TestApp, token: &str, conv: Id) -> Vec<(u64, String)
         .collect()
 }
 
+/// The replies (and closes) on both edges' topics, batches unpacked, until `n` have been read:
+/// (edge, record). Deliveries are left out.
+async fn edge_records(app: &e2e::TestApp, n: usize) -> Vec<(String, EdgeMessage)> {
+    let topics = app.kafka.topics();
+    let reader: StreamConsumer =
+        runtime::kafka::consumer(&app.kafka, &e2e::unique("edges-"), false).expect("consumer");
+    let names: HashMap<String, String> = ["edge-0", "edge-1"]
+        .map(|e| (topics.edge(e), e.to_string()))
+        .into();
+    let subscribed: Vec<&str> = names.keys().map(String::as_str).collect();
+    reader.subscribe(&subscribed).unwrap();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while out.len() < n {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let m = tokio::time::timeout(left, reader.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} answers: {out:?}", out.len()))
+            .expect("edge record");
+        let edge = names[m.topic()].clone();
+        let msg: EdgeMessage = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap();
+        let items = match msg {
+            EdgeMessage::Batch { items } => items,
+            one => vec![one],
+        };
+        for item in items {
+            match &item {
+                EdgeMessage::Reply { req, .. } if *req < 2000 => out.push((edge.clone(), item)),
+                EdgeMessage::Close { .. } => out.push((edge.clone(), item)),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
 #[tokio::test]
 async fn a_burst_of_sends_is_stored_gap_free_and_delivered_in_few_records() {
     let app = spawn_app().await;
@@ -132,9 +169,18 @@ async fn a_burst_of_sends_is_stored_gap_free_and_delivered_in_few_records() {
         }
         if i == 10 {
             let retry = send_env("edge-0", 1, &ann_token, ab, "ab-7", "ab-7 again");
-            burst.push((retry.key(), retry.encode()));
             let long = send_env("edge-1", 2, &bob_token, ab, "too-long", &"x".repeat(5000));
-            burst.push((long.key(), long.encode()));
+            let stranger = send_env("edge-0", 3, "no-such-token", ab, "s", "s");
+            let not_mine = send_env("edge-0", 4, &cat_token, ab, "c", "c");
+            let mut revoked = send_env("edge-0", 5, &ann_token, ab, "r", "r");
+            revoked.conn = 77;
+            revoked.auth = Auth::Session {
+                session_id: "gone".into(),
+                user_id: ann,
+            };
+            for env in [retry, long, stranger, not_mine, revoked] {
+                burst.push((env.key(), env.encode()));
+            }
             burst.push((
                 format!("c{ab}"),
                 b"{\"v\": 1, \"not\": \"an envelope\"".to_vec(),
@@ -207,10 +253,37 @@ async fn a_burst_of_sends_is_stored_gap_free_and_delivered_in_few_records() {
         deliver_after, deliver_before,
         "no message went through the router"
     );
-    let edge_records = edges_after - edges_before;
+    let written_to_edges = edges_after - edges_before;
     assert!(
-        edge_records <= 60,
-        "{edge_records} edge records for 120 messages (one per message and edge would be 360)"
+        written_to_edges <= 60,
+        "{written_to_edges} edge records for 120 messages (one per message and edge would be 360)"
+    );
+
+    // Every request of the burst was answered once, on its own edge: the refusals with their
+    // code, the revoked session's socket also closed.
+    let replies = edge_records(&app, 125 + 1).await;
+    let mut by_req: HashMap<(String, u64), Vec<&EdgeMessage>> = HashMap::new();
+    for (edge, m) in replies.iter() {
+        let req = match m {
+            EdgeMessage::Reply { req, .. } => *req,
+            EdgeMessage::Close { conns, .. } if conns[..] == [77] => 0,
+            other => panic!("unexpected record {other:?}"),
+        };
+        by_req.entry((edge.clone(), req)).or_default().push(m);
+    }
+    let error_of = |edge: &str, req: u64| match by_req[&(edge.to_string(), req)][..] {
+        [EdgeMessage::Reply { error, .. }] => *error,
+        ref other => panic!("{edge}/{req}: {other:?}"),
+    };
+    assert_eq!(by_req.len(), 126, "one answer per request");
+    assert_eq!(error_of("edge-0", 1), None, "the retry: a duplicate");
+    assert_eq!(error_of("edge-1", 2), Some(ErrorCode::PayloadTooLarge));
+    assert_eq!(error_of("edge-0", 3), Some(ErrorCode::Unauthorized));
+    assert_eq!(error_of("edge-0", 4), Some(ErrorCode::NotFound));
+    assert_eq!(error_of("edge-0", 5), Some(ErrorCode::Unauthorized));
+    assert!(
+        by_req.contains_key(&("edge-0".to_string(), 0)),
+        "the socket closed"
     );
 
     // The retry got the first message back; the poison record went to the dead-letter topic.

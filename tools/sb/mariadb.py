@@ -63,6 +63,9 @@ skip-name-resolve
 character-set-server = utf8mb4
 collation-server = utf8mb4_unicode_ci
 max_connections = 500
+# Workers keep up to 512 prepared statements per connection (batched statements differ by their
+# row count); the default server-wide cap of 16,382 could be reached by one busy worker-dms.
+max_prepared_stmt_count = 262144
 # replication (GTID)
 server_id = {server_id(shard, replica)}
 log_bin = mysql-bin

@@ -65,6 +65,9 @@ pub fn physical_of(map: &[usize], hash: u64) -> usize {
     map[(hash % map.len() as u64) as usize]
 }
 
+/// Prepared statements kept per connection.
+const STMT_CACHE: usize = 512;
+
 fn opts(s: &DatabaseSettings, addr: &str, db: Option<&str>) -> Result<Opts> {
     let (host, port) = addr
         .rsplit_once(':')
@@ -78,6 +81,10 @@ fn opts(s: &DatabaseSettings, addr: &str, db: Option<&str>) -> Result<Opts> {
         .pass(Some(s.password.expose_secret().to_string()))
         .db_name(db.map(str::to_string))
         .prefer_socket(false)
+        // Batched statements differ by their number of rows (up to a batch's 64 sends, five
+        // kinds): with the default cache of 32 per connection, about one execute in eight also
+        // paid a PREPARE and a CLOSE (measured under load).
+        .stmt_cache_size(STMT_CACHE)
         .pool_opts(
             PoolOpts::default()
                 .with_constraints(constraints)

@@ -23,7 +23,7 @@ use runtime::metrics;
 use runtime::registry::{plan, users_of};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-use topics::{validate, Domain, EdgeMessage, Envelope, ErrorBody, ErrorCode, Request, Response};
+use topics::{validate, EdgeMessage, Envelope, ErrorBody, ErrorCode, Id, Request, Response};
 
 /// The reason given to the sessions of a socket closed because its session is gone.
 const SESSION_GONE: &str = "session expired or revoked";
@@ -36,6 +36,29 @@ pub struct DmBatch {
 struct SendRecord<'a> {
     record: &'a Inbound,
     env: Envelope,
+    conv: Id,
+    client_msg_id: String,
+    text: String,
+}
+
+/// The record as a `dm.send` to batch, or `None` (anything else is handled on its own).
+fn as_send(record: &Inbound) -> Option<SendRecord<'_>> {
+    let env = Envelope::decode(&record.payload).ok()?;
+    let Request::DmSend {
+        conversation_id,
+        client_msg_id,
+        text,
+    } = &env.request
+    else {
+        return None;
+    };
+    Some(SendRecord {
+        record,
+        conv: *conversation_id,
+        client_msg_id: client_msg_id.clone(),
+        text: text.clone(),
+        env,
+    })
 }
 
 impl BatchHandler for DmBatch {
@@ -48,14 +71,9 @@ impl BatchHandler for DmBatch {
             let mut sends: Vec<(usize, SendRecord)> = Vec::new();
             let mut others: Vec<usize> = Vec::new();
             for (i, record) in records.iter().enumerate() {
-                match Envelope::decode(&record.payload) {
-                    Ok(env)
-                        if matches!(env.request, Request::DmSend { .. })
-                            && env.domain() == Domain::Dms =>
-                    {
-                        sends.push((i, SendRecord { record, env }))
-                    }
-                    _ => others.push(i),
+                match as_send(record) {
+                    Some(send) => sends.push((i, send)),
+                    None => others.push(i),
                 }
             }
             self.one_by_one(records, &others, &mut out).await;
@@ -117,40 +135,26 @@ impl DmBatch {
         let deps = &self.dispatcher.deps;
         let callers =
             futures::future::join_all(batch.iter().map(|s| authenticate(deps, &s.env))).await;
-        let mut owners = Vec::with_capacity(batch.len());
-        for caller in callers {
-            owners.push(match caller {
-                Ok(Some(c)) => Ok(c),
-                Ok(None) => Err(ErrorBody::new(ErrorCode::Unauthorized, "no session")),
+        let mut checked: Vec<Result<NewSend, ErrorBody>> = Vec::with_capacity(batch.len());
+        // Per send: what to store, or the refusal to answer.
+        for (s, caller) in batch.iter().zip(callers) {
+            let caller = match caller {
+                Ok(c) => c.ok_or_else(|| ErrorBody::new(ErrorCode::Unauthorized, "no session")),
                 Err(crate::Error::Reply(body)) => Err(body),
                 Err(e) => return Err(classify(e)),
-            });
-        }
-        // Per send: what to store, or the refusal to answer.
-        let checked: Vec<Result<NewSend, ErrorBody>> = batch
-            .iter()
-            .zip(&owners)
-            .map(|(s, owner)| {
-                let Request::DmSend {
-                    conversation_id,
-                    client_msg_id,
-                    text,
-                } = &s.env.request
-                else {
-                    unreachable!("only dm.send records are batched")
-                };
-                let caller = owner.as_ref().map_err(Clone::clone)?;
-                validate::text(text)?;
-                validate::client_msg_id(client_msg_id)?;
+            };
+            checked.push(caller.and_then(|caller| {
+                validate::text(&s.text)?;
+                validate::client_msg_id(&s.client_msg_id)?;
                 Ok(NewSend {
                     me: caller.user_id,
-                    username: &caller.username,
-                    conv: *conversation_id,
-                    client_msg_id,
-                    text,
+                    username: caller.username,
+                    conv: s.conv,
+                    client_msg_id: &s.client_msg_id,
+                    text: &s.text,
                 })
-            })
-            .collect();
+            }));
+        }
         let to_store: Vec<NewSend> = checked
             .iter()
             .filter_map(|c| c.as_ref().ok().cloned())

@@ -281,7 +281,7 @@ fn may_send(gate: Option<Option<String>>) -> Result<bool> {
 #[derive(Clone, Debug)]
 pub struct NewSend<'a> {
     pub me: Id,
-    pub username: &'a str,
+    pub username: String,
     pub conv: Id,
     pub client_msg_id: &'a str,
     pub text: &'a str,
@@ -516,7 +516,7 @@ async fn commit_shard(
             }
         };
         let mut names = HashMap::new();
-        names.insert(s.me, (s.username.to_string(), false));
+        names.insert(s.me, (s.username.clone(), false));
         let stored = Stored {
             message: to_message(s.conv, row, &names),
             duplicate,
@@ -569,7 +569,7 @@ pub async fn send(ctx: &Ctx<'_>, conv: Id, client_msg_id: &str, text: &str) -> R
     validate::client_msg_id(client_msg_id)?;
     let one = NewSend {
         me: caller.user_id,
-        username: &caller.username,
+        username: caller.username.clone(),
         conv,
         client_msg_id,
         text,

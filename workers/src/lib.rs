@@ -172,8 +172,12 @@ pub async fn run(role: Role, settings: Settings, stop: CancellationToken) -> Res
         Role::Dms => Arc::new(dm_batch::DmBatch { dispatcher }),
         _ => Arc::new(runtime::consume::PerRecord(dispatcher)),
     };
+    let lanes = match role {
+        Role::Dms => settings.limits.dm_lanes,
+        _ => settings.limits.lanes,
+    };
     let loop_settings = runtime::consume::LoopSettings {
-        lanes: settings.limits.lanes,
+        lanes,
         lane_capacity: 64,
         dead_letter_topic: deps.topics.dead_letter(),
         drain_timeout: std::time::Duration::from_secs(10),
