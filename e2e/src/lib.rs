@@ -169,6 +169,7 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
         replication_factor: stack.kafka.replication_factor,
         partitions: 2,
         message_timeout_ms: 5_000,
+        ..Default::default()
     };
     let redis = runtime::RedisSettings {
         nodes: stack.redis.nodes.clone(),

@@ -27,6 +27,7 @@ fn kafka() -> KafkaSettings {
         replication_factor: stack.kafka.replication_factor,
         partitions: 1,
         message_timeout_ms: 5_000,
+        ..Default::default()
     }
 }
 

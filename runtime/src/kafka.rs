@@ -20,12 +20,13 @@ fn base(s: &KafkaSettings) -> ClientConfig {
     c
 }
 
-/// An idempotent producer (acks=all). `linger.ms` is kept at 1 ms: chat traffic is latency-bound.
+/// An idempotent producer (acks=all), holding records `linger_ms` (1 ms by default: chat traffic
+/// is latency-bound) to send them together.
 pub fn producer(s: &KafkaSettings) -> Result<FutureProducer> {
     Ok(base(s)
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "1")
+        .set("linger.ms", s.linger_ms.to_string())
         .set("compression.type", "lz4")
         .set("message.timeout.ms", s.message_timeout_ms.to_string())
         .set("queue.buffering.max.messages", "100000")

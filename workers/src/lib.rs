@@ -172,16 +172,22 @@ pub async fn run(role: Role, settings: Settings, stop: CancellationToken) -> Res
         Role::Dms => Arc::new(dm_batch::DmBatch { dispatcher }),
         _ => Arc::new(runtime::consume::PerRecord(dispatcher)),
     };
-    let lanes = match role {
-        Role::Dms => settings.limits.dm_lanes,
-        _ => settings.limits.lanes,
+    let (lanes, batch) = match role {
+        Role::Dms => (
+            settings.limits.dm_lanes,
+            runtime::consume::BatchSettings {
+                max_records: settings.limits.dm_batch_records.max(1),
+                ..Default::default()
+            },
+        ),
+        _ => (settings.limits.lanes, Default::default()),
     };
     let loop_settings = runtime::consume::LoopSettings {
         lanes,
         lane_capacity: 64,
         dead_letter_topic: deps.topics.dead_letter(),
         drain_timeout: std::time::Duration::from_secs(10),
-        batch: runtime::consume::BatchSettings::default(),
+        batch,
     };
     runtime::consume::run_batched(
         consumer,

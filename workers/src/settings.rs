@@ -113,6 +113,9 @@ pub struct Limits {
     /// same load (one lane measured p99 45 ms at 1,000 msg/s against 182 ms with 16, at the
     /// same saturation; docs/benchmarks.md). Scale with processes and partitions instead.
     pub dm_lanes: usize,
+    /// At most this many records in one batch of worker-dms. With one lane the batch size caps
+    /// the rate: 64 drained ~5,000 msg/s, 256 drained 5,700–6,200 (docs/benchmarks.md).
+    pub dm_batch_records: usize,
 }
 
 impl Default for Limits {
@@ -130,6 +133,7 @@ impl Default for Limits {
             edge_liveness_ms: 10_000,
             lanes: 16,
             dm_lanes: 1,
+            dm_batch_records: 256,
         }
     }
 }
