@@ -110,14 +110,11 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Write one message, giving up on a client that does not read.
 async fn put<S: Sink<Message> + Unpin>(socket: &mut S, msg: Message) -> bool {
-    matches!(
-        tokio::time::timeout(WRITE_TIMEOUT, socket.send(msg)).await,
-        Ok(Ok(()))
-    )
+    put_all(socket, vec![msg]).await
 }
 
 /// Write several frames and flush once: what queued for a socket while it was being written goes
-/// out in one write (one TLS record / TCP segment train instead of one per frame).
+/// out with one flush (one write to the socket where there were one per frame).
 async fn put_all<S: Sink<Message> + Unpin>(socket: &mut S, frames: Vec<Message>) -> bool {
     let write = async {
         for m in frames {

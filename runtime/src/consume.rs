@@ -92,21 +92,28 @@ impl BatchHandler for PerRecord {
         &'a self,
         records: &'a [Inbound],
     ) -> BoxFuture<'a, Vec<Result<(), Failure>>> {
-        Box::pin(async move {
-            let mut out: Vec<Result<(), Failure>> = Vec::with_capacity(records.len());
-            let mut failed = false;
-            for record in records {
-                if failed {
-                    out.push(Err(Failure::Transient(NOT_ATTEMPTED.into())));
-                    continue;
-                }
-                let result = self.0.handle(record).await;
-                failed = matches!(result, Err(Failure::Transient(_)));
-                out.push(result);
-            }
-            out
-        })
+        Box::pin(in_order(self.0.as_ref(), records))
     }
+}
+
+/// `records` handed to a per-record `handler` one after the other, one outcome each; after a
+/// transient failure the rest are not attempted (answered transient, [`NOT_ATTEMPTED`]).
+pub async fn in_order<'a>(
+    handler: &dyn Handler,
+    records: impl IntoIterator<Item = &'a Inbound>,
+) -> Vec<Result<(), Failure>> {
+    let mut out = Vec::new();
+    let mut failed = false;
+    for record in records {
+        if failed {
+            out.push(Err(Failure::Transient(NOT_ATTEMPTED.into())));
+            continue;
+        }
+        let result = handler.handle(record).await;
+        failed = matches!(result, Err(Failure::Transient(_)));
+        out.push(result);
+    }
+    out
 }
 
 /// How a lane collects a batch. The first record is taken as soon as it is there; more are added

@@ -116,7 +116,7 @@ pub fn classify(e: Error) -> Failure {
 }
 
 impl Dispatcher {
-    pub async fn handle_record(&self, record: &Inbound) -> Result<(), Failure> {
+    async fn handle_record(&self, record: &Inbound) -> Result<(), Failure> {
         let env = if self.role == Role::Presence {
             match decode_versioned::<PresenceRecord>(&record.payload) {
                 Ok(PresenceRecord::Edge { edge_event, .. }) => {
@@ -165,8 +165,7 @@ impl Dispatcher {
                 self.reply_error(&env, err, record).await?;
                 if revoked {
                     // The socket's session is gone: close it.
-                    self.close_conn(&env, "session expired or revoked", record)
-                        .await?;
+                    self.send_edge(&env, &close_message(&env), record).await?;
                 }
                 Ok(())
             }
@@ -247,16 +246,6 @@ impl Dispatcher {
     ) -> Result<(), Failure> {
         self.send_edge(env, &error_message(env, err), record).await
     }
-
-    async fn close_conn(
-        &self,
-        env: &Envelope,
-        reason: &str,
-        record: &Inbound,
-    ) -> Result<(), Failure> {
-        self.send_edge(env, &close_message(env, reason), record)
-            .await
-    }
 }
 
 /// The record that answers `env` with `response` on its edge.
@@ -292,17 +281,20 @@ pub fn error_message(env: &Envelope, err: ErrorBody) -> EdgeMessage {
     }
 }
 
+/// Why a socket whose session is gone is closed.
+const SESSION_GONE: &str = "session expired or revoked";
+
 /// The record that closes the socket `env` came from, its session being gone.
-pub fn close_message(env: &Envelope, reason: &str) -> EdgeMessage {
+pub fn close_message(env: &Envelope) -> EdgeMessage {
     EdgeMessage::Close {
         conns: vec![env.conn],
         frame: ServerFrame::Event {
             data: Event::SessionRevoked {
-                reason: reason.into(),
+                reason: SESSION_GONE.into(),
             },
         }
         .to_json(),
-        reason: reason.into(),
+        reason: SESSION_GONE.into(),
     }
 }
 

@@ -1,13 +1,14 @@
 //! The direct-message worker's batch handler. The `dm.send`s of a batch are handled together:
 //! their sessions checked concurrently, their messages stored with one transaction per
-//! conversation shard ([`dms::send_many`]), their recipients' connections found in one pipelined
-//! registry lookup, and everything the batch has for one edge — the senders' replies and the
+//! conversation shard ([`dms::send_many`]), their recipients' connections found with one
+//! concurrent registry lookup, and everything the batch has for one edge — the senders' replies and the
 //! `dm.message` deliveries to both members' sockets — published as one record on that edge's
 //! topic. A message thus costs at most three Kafka records end to end (the request, and one
 //! record per edge it reaches, shared with the rest of the batch) instead of five, and the router
 //! is not on its path.
 //!
-//! Every other request of the batch is handled on its own by the [`Dispatcher`], in order.
+//! Every other request of the batch is handled on its own by the [`Dispatcher`], in order
+//! ([`in_order`], as for every other role).
 //! An infrastructure failure during the batched path retries the batch's sends (a stored message
 //! is found again by its client_msg_id, so nothing is stored twice); an error that retrying
 //! cannot fix sends them through the one-at-a-time path, where only the record at fault is
@@ -18,15 +19,12 @@ use crate::dispatch::{
 };
 use crate::dms::{self, NewSend};
 use futures::future::BoxFuture;
-use runtime::consume::{BatchHandler, Failure, Handler, Inbound, NOT_ATTEMPTED};
+use runtime::consume::{in_order, BatchHandler, Failure, Inbound};
 use runtime::metrics;
 use runtime::registry::{plan, users_of};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use topics::{validate, EdgeMessage, Envelope, ErrorBody, ErrorCode, Id, Request, Response};
-
-/// The reason given to the sessions of a socket closed because its session is gone.
-const SESSION_GONE: &str = "session expired or revoked";
+use topics::{validate, Delivery, EdgeMessage, Envelope, ErrorBody, ErrorCode, Id, Request};
 
 pub struct DmBatch {
     pub dispatcher: Arc<Dispatcher>,
@@ -68,75 +66,64 @@ impl BatchHandler for DmBatch {
     ) -> BoxFuture<'a, Vec<Result<(), Failure>>> {
         Box::pin(async move {
             let mut out: Vec<Option<Result<(), Failure>>> = records.iter().map(|_| None).collect();
-            let mut sends: Vec<(usize, SendRecord)> = Vec::new();
+            let mut send_at: Vec<usize> = Vec::new();
+            let mut sends: Vec<SendRecord> = Vec::new();
             let mut others: Vec<usize> = Vec::new();
             for (i, record) in records.iter().enumerate() {
                 match as_send(record) {
-                    Some(send) => sends.push((i, send)),
+                    Some(send) => {
+                        send_at.push(i);
+                        sends.push(send);
+                    }
                     None => others.push(i),
                 }
             }
-            self.one_by_one(records, &others, &mut out).await;
+            self.in_order(records, &others, &mut out).await;
             if !sends.is_empty() {
-                let batch: Vec<&SendRecord> = sends.iter().map(|(_, s)| s).collect();
-                match self.sends(&batch).await {
-                    Ok(()) => {
-                        for (i, _) in &sends {
-                            out[*i] = Some(Ok(()));
-                        }
-                    }
+                match self.sends(&sends).await {
+                    Ok(()) => send_at.iter().for_each(|&i| out[i] = Some(Ok(()))),
                     Err(Failure::Transient(reason)) => {
                         tracing::warn!(%reason, sends = sends.len(), "batch of sends failed; retrying");
-                        for (i, _) in &sends {
-                            out[*i] = Some(Err(Failure::Transient(reason.clone())));
+                        for &i in &send_at {
+                            out[i] = Some(Err(Failure::Transient(reason.clone())));
                         }
                     }
                     Err(Failure::Poison(reason)) => {
                         tracing::warn!(%reason, "batch of sends refused; handling them one by one");
-                        let idx: Vec<usize> = sends.iter().map(|(i, _)| *i).collect();
-                        self.one_by_one(records, &idx, &mut out).await;
+                        self.in_order(records, &send_at, &mut out).await;
                     }
                 }
             }
             out.into_iter()
-                .map(|o| o.unwrap_or_else(|| Err(Failure::Transient(NOT_ATTEMPTED.into()))))
+                .map(|o| o.expect("every record has an outcome"))
                 .collect()
         })
     }
 }
 
 impl DmBatch {
-    /// Records handled on their own, in order; after a transient failure, the later records of
-    /// the same key are not attempted (they are retried with it).
-    async fn one_by_one(
+    /// The records at `which` handled on their own, in order, by the dispatcher.
+    async fn in_order(
         &self,
         records: &[Inbound],
         which: &[usize],
         out: &mut [Option<Result<(), Failure>>],
     ) {
-        let mut failed: HashSet<Option<&[u8]>> = HashSet::new();
-        for &i in which {
-            let key = records[i].key.as_deref();
-            if failed.contains(&key) {
-                out[i] = Some(Err(Failure::Transient(NOT_ATTEMPTED.into())));
-                continue;
-            }
-            let result = self.dispatcher.handle(&records[i]).await;
-            if matches!(result, Err(Failure::Transient(_))) {
-                failed.insert(key);
-            }
+        let picked: Vec<&Inbound> = which.iter().map(|&i| &records[i]).collect();
+        let results = in_order(self.dispatcher.as_ref(), picked).await;
+        for (&i, result) in which.iter().zip(results) {
             out[i] = Some(result);
         }
     }
 
     /// Handle the batch's sends together; `Ok` once every effect is durable (messages committed,
     /// edge records acknowledged).
-    async fn sends(&self, batch: &[&SendRecord<'_>]) -> Result<(), Failure> {
+    async fn sends(&self, batch: &[SendRecord<'_>]) -> Result<(), Failure> {
         let deps = &self.dispatcher.deps;
         let callers =
             futures::future::join_all(batch.iter().map(|s| authenticate(deps, &s.env))).await;
-        let mut checked: Vec<Result<NewSend, ErrorBody>> = Vec::with_capacity(batch.len());
         // Per send: what to store, or the refusal to answer.
+        let mut checked: Vec<Result<NewSend, ErrorBody>> = Vec::with_capacity(batch.len());
         for (s, caller) in batch.iter().zip(callers) {
             let caller = match caller {
                 Ok(c) => c.ok_or_else(|| ErrorBody::new(ErrorCode::Unauthorized, "no session")),
@@ -163,35 +150,36 @@ impl DmBatch {
             .await
             .map_err(classify)?
             .into_iter();
-        // Per send, in order: the records for its own edge, and the deliveries.
-        let mut answers: Vec<(EdgeMessage, Option<EdgeMessage>)> = Vec::with_capacity(batch.len());
-        let mut deliveries = Vec::new();
+        // Per send, in order: the records for its own edge, and its deliveries.
+        let mut answers: Vec<(Vec<EdgeMessage>, Vec<Delivery>)> = Vec::with_capacity(batch.len());
         for (s, c) in batch.iter().zip(&checked) {
             let result = match c {
                 Ok(_) => stored.next().expect("one answer per stored send"),
                 Err(body) => Err(body.clone()),
             };
             let kind = s.env.request.kind();
-            match result {
+            answers.push(match result {
                 Ok(st) => {
                     deps.metrics
                         .inc(metrics::REQUESTS_HANDLED_TOTAL, &[("kind", kind)]);
-                    let mut outcome = dms::sent_outcome(st);
-                    let response = outcome.response.take().unwrap_or(Response::Ok);
-                    answers.push((reply_message(&s.env, response, None, false), None));
-                    deliveries.push((answers.len() - 1, outcome.deliveries));
+                    let (response, delivery) = dms::sent(st);
+                    (
+                        vec![reply_message(&s.env, response, None, false)],
+                        vec![delivery],
+                    )
                 }
                 Err(err) => {
                     deps.metrics.inc(
                         metrics::REQUEST_ERRORS_TOTAL,
                         &[("kind", kind), ("code", err.code.as_str())],
                     );
-                    let close = revokes(&s.env, &err).then(|| close_message(&s.env, SESSION_GONE));
-                    answers.push((error_message(&s.env, err), close));
+                    let close = revokes(&s.env, &err).then(|| close_message(&s.env));
+                    let own = std::iter::once(error_message(&s.env, err)).chain(close);
+                    (own.collect(), vec![])
                 }
-            }
+            });
         }
-        let users: Vec<topics::Id> = deliveries
+        let users: Vec<Id> = answers
             .iter()
             .flat_map(|(_, ds)| ds.iter().flat_map(users_of))
             .collect();
@@ -209,17 +197,12 @@ impl DmBatch {
                 .map_err(|e| Failure::Transient(e.to_string()))?
         };
         let mut per_edge: BTreeMap<String, Vec<EdgeMessage>> = BTreeMap::new();
-        let mut deliveries = deliveries.into_iter().peekable();
-        for (n, ((reply, close), s)) in answers.into_iter().zip(batch).enumerate() {
-            let items = per_edge.entry(s.env.edge.clone()).or_default();
-            items.push(reply);
-            items.extend(close);
-            while let Some((_, ds)) = deliveries.next_if(|(at, _)| *at == n) {
-                for d in &ds {
-                    let users = users_of(d);
-                    for (edge, msg) in plan(d, reach.conns_of(&users), &reach.live) {
-                        per_edge.entry(edge).or_default().push(msg);
-                    }
+        for ((own, deliveries), s) in answers.into_iter().zip(batch) {
+            per_edge.entry(s.env.edge.clone()).or_default().extend(own);
+            for d in &deliveries {
+                let users = users_of(d);
+                for (edge, msg) in plan(d, reach.conns_of(&users), &reach.live) {
+                    per_edge.entry(edge).or_default().push(msg);
                 }
             }
         }

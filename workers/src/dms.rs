@@ -13,9 +13,9 @@ use crate::{refuse, Result};
 use mysql_async::prelude::*;
 use mysql_async::TxOpts;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use topics::frames::{ConversationSummary, InviteState, Message, SyncedConversation};
-use topics::{validate, ErrorBody, ErrorCode, Event, Id, Response};
+use topics::{validate, Delivery, ErrorBody, ErrorCode, Event, Id, Response};
 
 /// `lo:hi` — the same key whoever opens the conversation.
 pub fn pair_key(a: Id, b: Id) -> String {
@@ -61,7 +61,7 @@ async fn member_of(d: &Deps, me: Id, conv: Id) -> Result<(Id, Id, u64)> {
         .await?;
     match row {
         Some((lo, hi, last)) if lo == me.0 || hi == me.0 => Ok((Id(lo), Id(hi), last)),
-        _ => Err(refuse(ErrorCode::NotFound, "no such conversation")),
+        _ => Err(not_found().into()),
     }
 }
 
@@ -116,7 +116,7 @@ pub async fn open(ctx: &Ctx<'_>, peer: Id) -> Result<Outcome> {
     }
     match invites::link(d, me, peer).await? {
         Some(l) if l.state == InviteState::Accepted => {}
-        _ => return Err(not_connected()),
+        _ => return Err(not_connected().into()),
     }
     let key = pair_key(me, peer);
     let mut c = d.db.by_key(&key).primary.get_conn().await?;
@@ -259,8 +259,8 @@ pub async fn history(
     .into())
 }
 
-fn not_connected() -> crate::Error {
-    refuse(
+fn not_connected() -> ErrorBody {
+    ErrorBody::new(
         ErrorCode::Forbidden,
         "you can only message your connections",
     )
@@ -270,9 +270,9 @@ fn not_connected() -> crate::Error {
 /// everywhere else); otherwise whether the link is accepted. A send that is not allowed may
 /// still be the retry of a message stored while we were connected: the caller returns that one
 /// and refuses only new messages.
-fn may_send(gate: Option<Option<String>>) -> Result<bool> {
+fn may_send(gate: Option<Option<String>>) -> std::result::Result<bool, ErrorBody> {
     match gate {
-        None => Err(refuse(ErrorCode::NotFound, "no such conversation")),
+        None => Err(not_found()),
         Some(state) => Ok(state.as_deref() == Some("accepted")),
     }
 }
@@ -376,7 +376,7 @@ pub async fn send_many(
                 .entry(d.db.by_id(sends[i].conv).index)
                 .or_default()
                 .push((i, connected)),
-            Err(e) => out[i] = Some(Err(reply_body(e))),
+            Err(e) => out[i] = Some(Err(e)),
         }
     }
     let commits = by_shard
@@ -393,11 +393,8 @@ pub async fn send_many(
         .collect())
 }
 
-fn reply_body(e: crate::Error) -> ErrorBody {
-    match e {
-        crate::Error::Reply(body) => body,
-        other => ErrorBody::new(ErrorCode::Internal, other.to_string()),
-    }
+fn not_found() -> ErrorBody {
+    ErrorBody::new(ErrorCode::NotFound, "no such conversation")
 }
 
 /// One shard's transaction of [`send_many`]: `items` are (index into `sends`, connected).
@@ -437,7 +434,8 @@ async fn commit_shard(
                 .is_some_and(|&(lo, hi, _)| lo == s.me || hi == s.me)
         })
         .collect();
-    let mut stored: HashMap<(u64, u64, &str), MsgRow> = HashMap::new();
+    // Keyed by (conversation, author, client_msg_id), which compares byte for byte.
+    let mut stored: HashMap<(u64, u64, String), MsgRow> = HashMap::new();
     if !members.is_empty() {
         let params: Vec<mysql_async::Value> = members
             .iter()
@@ -456,19 +454,13 @@ async fn commit_shard(
             )
             .await?;
         for (conv, seq, id, author, cmid, body, sent) in found {
-            // The id as the request spelled it: client_msg_id compares byte for byte.
-            if let Some(&i) = members.iter().find(|&&i| {
-                let s = &sends[i];
-                (s.conv.0, s.me.0, s.client_msg_id) == (conv, author, cmid.as_str())
-            }) {
-                let s = &sends[i];
-                stored.insert(
-                    (conv, author, s.client_msg_id),
-                    (seq, id, author, cmid, body, sent),
-                );
-            }
+            stored.insert(
+                (conv, author, cmid.clone()),
+                (seq, id, author, cmid, body, sent),
+            );
         }
     }
+    let members: HashSet<usize> = members.into_iter().collect();
     let mut out = Vec::with_capacity(items.len());
     let mut inserts: Vec<mysql_async::Value> = Vec::new();
     let mut new_rows = 0usize;
@@ -476,17 +468,14 @@ async fn commit_shard(
     for (i, connected) in items {
         let s = &sends[i];
         let Some(&(lo, hi, last_seq)) = last.get(&s.conv.0).filter(|_| members.contains(&i)) else {
-            out.push((
-                i,
-                Err(ErrorBody::new(ErrorCode::NotFound, "no such conversation")),
-            ));
+            out.push((i, Err(not_found())));
             continue;
         };
-        let key = (s.conv.0, s.me.0, s.client_msg_id);
+        let key = (s.conv.0, s.me.0, s.client_msg_id.to_string());
         let (row, duplicate) = match stored.get(&key) {
             Some(row) => (row.clone(), true),
             None if !connected => {
-                out.push((i, Err(reply_body(not_connected()))));
+                out.push((i, Err(not_connected())));
                 continue;
             }
             None => {
@@ -578,19 +567,18 @@ pub async fn send(ctx: &Ctx<'_>, conv: Id, client_msg_id: &str, text: &str) -> R
         .await?
         .pop()
         .expect("one answer per send")?;
-    Ok(sent_outcome(stored))
+    let (response, delivery) = sent(stored);
+    Ok(Outcome::from(response).deliver(delivery))
 }
 
-/// The reply to a stored send and its `dm.message` event to both members.
-pub fn sent_outcome(s: Stored) -> Outcome {
-    Outcome::from(Response::Sent {
+/// The reply to a stored send, and its `dm.message` event to both members.
+pub fn sent(s: Stored) -> (Response, Delivery) {
+    let reply = Response::Sent {
         message: s.message.clone(),
         duplicate: s.duplicate,
-    })
-    .deliver(event_to(
-        s.members.to_vec(),
-        Event::DmMessage { message: s.message },
-    ))
+    };
+    let event = event_to(s.members.to_vec(), Event::DmMessage { message: s.message });
+    (reply, event)
 }
 
 /// Mark messages up to `seq` read (never moves backwards).
@@ -656,10 +644,7 @@ mod tests {
 
     #[test]
     fn only_an_accepted_link_lets_a_member_send() {
-        let code = |e: crate::Error| match e {
-            crate::Error::Reply(b) => b.code,
-            other => panic!("not a refusal: {other}"),
-        };
+        let code = |e: ErrorBody| e.code;
         assert!(may_send(Some(Some("accepted".into()))).unwrap());
         for state in ["pending", "rejected"] {
             assert!(!may_send(Some(Some(state.into()))).unwrap());
