@@ -301,3 +301,36 @@ async fn a_burst_of_sends_is_stored_gap_free_and_delivered_in_few_records() {
     assert_eq!(dead, 1, "the poison record alone is dead-lettered");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn client_msg_ids_that_differ_only_in_case_or_trailing_space_are_two_messages() {
+    let app = spawn_app().await;
+    let (ann, _, ann_token) = app.user(0).await;
+    let (bob, _, bob_token) = app.user(1).await;
+    befriend(&app, (ann, &ann_token), (bob, &bob_token)).await;
+    let conv = open_dm(&app, &ann_token, bob).await;
+    for (cmid, seq, duplicate) in [
+        ("a1", 1, false),
+        ("A1", 2, false),
+        ("a1 ", 3, false),
+        ("a1", 1, true),
+    ] {
+        let (s, body) = rpc(
+            &app,
+            0,
+            &ann_token,
+            json!({"type": "dm.send", "conversation_id": conv, "client_msg_id": cmid, "text": cmid}),
+        )
+        .await;
+        assert_eq!(s, 200, "{body}");
+        assert_eq!(body["message"]["seq"], seq, "{cmid:?}: {body}");
+        assert_eq!(body["duplicate"], duplicate, "{cmid:?}: {body}");
+    }
+    let stored: Vec<String> = history(&app, &ann_token, conv)
+        .await
+        .into_iter()
+        .map(|(_, cmid)| cmid)
+        .collect();
+    assert_eq!(stored, ["a1", "A1", "a1 "]);
+    app.stop().await;
+}
