@@ -337,3 +337,50 @@ async fn failures_per_account_are_capped_per_hour_and_the_owner_keeps_a_share() 
 fn urlencode(s: &str) -> String {
     s.bytes().map(|b| format!("%{b:02X}")).collect()
 }
+
+/// Every bearer token needs "does the account still exist?" from a shard's primary. Checks made
+/// at once are answered together, one query per shard, each with its own answer: a live account,
+/// a deleted one, an id that never existed.
+#[tokio::test]
+async fn account_checks_made_at_once_share_one_query_per_shard() {
+    let app = spawn_app().await;
+    let (live, _, _) = app.user(0).await;
+    let (deleted, _, token) = app.user(0).await;
+    let (status, body) = app.http(0).delete("/api/v1/users/me", Some(&token)).await;
+    assert_eq!(status, 200, "{body}");
+    let never = topics::Id(7);
+
+    let shards = workers::db::Shards::connect(&app.database).unwrap();
+    let checks = workers::accounts::AccountChecks::new(&shards);
+    let asked: Vec<topics::Id> = [live, deleted, never].repeat(20);
+    let answers = futures::future::join_all(
+        asked
+            .iter()
+            .map(|&u| checks.exists(shards.by_id(u).index, u)),
+    )
+    .await;
+    for (u, a) in asked.iter().zip(answers) {
+        assert_eq!(a.unwrap(), *u == live, "account {u:?}");
+    }
+    let used: std::collections::BTreeSet<usize> =
+        asked.iter().map(|&u| shards.by_id(u).index).collect();
+    assert_eq!(
+        checks.queries(),
+        used.len() as u64,
+        "60 checks, one query per shard"
+    );
+
+    // Alone, a check is one query of its own.
+    assert!(checks.exists(shards.by_id(live).index, live).await.unwrap());
+    assert_eq!(checks.queries(), used.len() as u64 + 1);
+
+    // A shard that cannot be reached fails the checks waiting for it (retried with their records).
+    let mut down = app.database.clone();
+    down.shards.truncate(1);
+    down.shards[0].primary = "127.0.0.1:9".into();
+    let shards = workers::db::Shards::connect(&down).unwrap();
+    let checks = workers::accounts::AccountChecks::new(&shards);
+    let err = checks.exists(0, live).await.unwrap_err();
+    assert!(matches!(err, workers::Error::AccountCheck(_)), "{err}");
+    app.stop().await;
+}

@@ -25,6 +25,7 @@ pub struct Deps {
     pub keys: Keys,
     pub registry: Registry,
     pub db: crate::db::Shards,
+    pub accounts: crate::accounts::AccountChecks,
     pub ids: crate::ids::IdGen,
     pub limits: crate::Limits,
     pub metrics: Metrics,

@@ -4,6 +4,7 @@
 //! list, broadcasts). Handlers are plain `async fn`s of (request, context) → outcome; the Kafka
 //! loop around them lives in [`runtime::consume`].
 
+pub mod accounts;
 pub mod auth;
 pub mod db;
 pub mod dispatch;
@@ -36,8 +37,6 @@ pub enum Error {
     Db(#[from] mysql_async::Error),
     #[error("redis: {0}")]
     Redis(#[from] runtime::redis::redis::RedisError),
-    #[error("redis pool: {0}")]
-    RedisPool(#[from] runtime::redis::PoolError),
     #[error(transparent)]
     Publish(#[from] runtime::kafka::PublishError),
     #[error("configuration: {0}")]
@@ -47,6 +46,10 @@ pub enum Error {
     Reply(ErrorBody),
     #[error("password hashing: {0}")]
     Hash(String),
+    /// A shared account check failed ([`accounts::AccountChecks`]); retried like any database
+    /// error.
+    #[error("account check: {0}")]
+    AccountCheck(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -121,13 +124,15 @@ pub async fn deps(settings: &Settings, metrics: Metrics) -> Result<Arc<Deps>> {
             Err(e) => return Err(e),
         }
     };
+    let db = db::Shards::connect(&settings.database)?;
     Ok(Arc::new(Deps {
         publisher: Publisher::new(&settings.kafka, metrics.clone())?,
         registry: Registry {
             keys: keys.clone(),
             liveness_ms: settings.limits.edge_liveness_ms,
         },
-        db: db::Shards::connect(&settings.database)?,
+        accounts: accounts::AccountChecks::new(&db),
+        db,
         ids: ids::IdGen::new(node),
         limits: settings.limits.clone(),
         topics,

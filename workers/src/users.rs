@@ -112,9 +112,10 @@ async fn row(d: &Deps, user: Id, primary: bool) -> Result<Option<UserRow>> {
     .await?)
 }
 
-/// Does this account exist and is it not deleted (read from the primary)?
+/// Does this account exist and is it not deleted (read from the primary, together with the
+/// other checks waiting for that shard: [`crate::accounts`])?
 pub async fn exists(d: &Deps, user: Id) -> Result<bool> {
-    Ok(matches!(row(d, user, true).await?, Some((.., None))))
+    d.accounts.exists(d.db.by_id(user).index, user).await
 }
 
 /// (id, username, password hash) of a live account, by username.

@@ -1,0 +1,140 @@
+//! "Does this account still exist?", asked many times at once and answered with one query per
+//! shard. Every bearer token (each WebSocket handshake, each HTTP call) needs the answer from the
+//! primary, so a burst of handshakes used to cost one query each. Here the checks of one shard
+//! queue up while that shard's query runs, and the next query answers every one of them
+//! (`WHERE id IN (…)`): group commit, for reads. Alone, a check costs one query and waits for
+//! nothing; under load the queries grow with the load instead of their number.
+
+use crate::db::Shards;
+use crate::{Error, Result};
+use mysql_async::prelude::*;
+use std::collections::{BTreeSet, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
+use topics::Id;
+
+/// At most this many ids in one query; more waiting checks take several rounds.
+pub const MAX_IDS_PER_QUERY: usize = 512;
+
+/// The checks of every shard.
+pub struct AccountChecks {
+    shards: Vec<Arc<Queue>>,
+    queries: Arc<AtomicU64>,
+}
+
+/// One shard's waiting checks.
+struct Queue {
+    primary: mysql_async::Pool,
+    state: Mutex<State>,
+    queries: Arc<AtomicU64>,
+}
+
+#[derive(Default)]
+struct State {
+    /// A task is answering this queue; a new check just waits for it.
+    running: bool,
+    waiting: Vec<(u64, oneshot::Sender<Result<bool, String>>)>,
+}
+
+impl AccountChecks {
+    pub fn new(db: &Shards) -> Self {
+        let queries = Arc::new(AtomicU64::new(0));
+        AccountChecks {
+            shards: db
+                .all()
+                .iter()
+                .map(|s| {
+                    Arc::new(Queue {
+                        primary: s.primary.clone(),
+                        state: Mutex::default(),
+                        queries: queries.clone(),
+                    })
+                })
+                .collect(),
+            queries,
+        }
+    }
+
+    /// Is `user` (which lives on physical shard `shard`) an account that is not deleted? Read
+    /// from the primary. A failed query fails every check it was answering (transient: retried
+    /// with their records).
+    pub async fn exists(&self, shard: usize, user: Id) -> Result<bool> {
+        let queue = &self.shards[shard];
+        let (tx, rx) = oneshot::channel();
+        let start = {
+            let mut s = queue.lock();
+            s.waiting.push((user.0, tx));
+            !std::mem::replace(&mut s.running, true)
+        };
+        if start {
+            tokio::spawn(queue.clone().answer());
+        }
+        match rx.await {
+            Ok(answer) => answer.map_err(Error::AccountCheck),
+            Err(_) => Err(Error::AccountCheck("the check was dropped".into())),
+        }
+    }
+
+    /// Queries run so far, over every shard.
+    pub fn queries(&self) -> u64 {
+        self.queries.load(Ordering::Relaxed)
+    }
+}
+
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Answer waiting checks, a query at a time, until none waits.
+    async fn answer(self: Arc<Self>) {
+        let _guard = Running(&self);
+        loop {
+            let round: Vec<_> = {
+                let mut s = self.lock();
+                if s.waiting.is_empty() {
+                    s.running = false;
+                    return;
+                }
+                let n = s.waiting.len().min(MAX_IDS_PER_QUERY);
+                s.waiting.drain(..n).collect()
+            };
+            let ids: BTreeSet<u64> = round.iter().map(|(id, _)| *id).collect();
+            self.queries.fetch_add(1, Ordering::Relaxed);
+            let live = self.live(&ids).await.map_err(|e| e.to_string());
+            for (id, tx) in round {
+                // A caller that went away no longer needs its answer.
+                let _ = tx.send(live.as_ref().map(|l| l.contains(&id)).map_err(Clone::clone));
+            }
+        }
+    }
+
+    /// Which of `ids` are accounts that are not deleted. The ids are integers written into the
+    /// statement (text protocol): a prepared statement per list length would churn the
+    /// statement cache.
+    async fn live(&self, ids: &BTreeSet<u64>) -> Result<HashSet<u64>, mysql_async::Error> {
+        let list = ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+        let mut c = self.primary.get_conn().await?;
+        let found: Vec<u64> = c
+            .query(format!(
+                "SELECT id FROM users WHERE id IN ({list}) AND deleted_at_ms IS NULL"
+            ))
+            .await?;
+        Ok(found.into_iter().collect())
+    }
+}
+
+/// If answering panics, the queue must not stay "running" with nobody answering: its waiting
+/// checks fail (their senders are dropped) and the next check starts a new task.
+struct Running<'a>(&'a Queue);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut s = self.0.lock();
+            s.running = false;
+            s.waiting.clear();
+        }
+    }
+}
