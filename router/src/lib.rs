@@ -49,8 +49,6 @@ pub enum Error {
     Runtime(#[from] runtime::Error),
     #[error("redis: {0}")]
     Redis(#[from] runtime::redis::redis::RedisError),
-    #[error("redis pool: {0}")]
-    RedisPool(#[from] runtime::redis::PoolError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -71,7 +69,7 @@ impl Router {
         let users = users_of(d);
         let reach = self
             .registry
-            .reach(&*c, &users, runtime::now_ms())
+            .reach(&c, &users, runtime::now_ms())
             .await
             .map_err(|e| transient(e.into()))?;
         drop(c);

@@ -18,9 +18,7 @@ pub enum Error {
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("redis: {0}")]
-    Redis(#[from] deadpool_redis::redis::RedisError),
-    #[error("redis pool: {0}")]
-    RedisPool(#[from] deadpool_redis::PoolError),
+    Redis(#[from] ::redis::RedisError),
     #[error("configuration: {0}")]
     Config(String),
     #[error("contract: {0}")]

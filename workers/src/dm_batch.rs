@@ -192,7 +192,7 @@ impl DmBatch {
                 .await
                 .map_err(|e| Failure::Transient(e.to_string()))?;
             deps.registry
-                .reach(&*c, &users, runtime::now_ms())
+                .reach(&c, &users, runtime::now_ms())
                 .await
                 .map_err(|e| Failure::Transient(e.to_string()))?
         };
