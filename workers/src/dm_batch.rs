@@ -7,8 +7,8 @@
 //! record per edge it reaches, shared with the rest of the batch) instead of five, and the router
 //! is not on its path.
 //!
-//! Every other request of the batch is handled on its own by the [`Dispatcher`], in order
-//! ([`in_order`], as for every other role).
+//! Every other request of the batch is handled on its own by the [`Dispatcher`], each key's in
+//! order and the keys at once ([`by_key`], as for every other role).
 //! An infrastructure failure during the batched path retries the batch's sends (a stored message
 //! is found again by its client_msg_id, so nothing is stored twice); an error that retrying
 //! cannot fix sends them through the one-at-a-time path, where only the record at fault is
@@ -19,7 +19,7 @@ use crate::dispatch::{
 };
 use crate::dms::{self, NewSend};
 use futures::future::BoxFuture;
-use runtime::consume::{in_order, BatchHandler, Failure, Inbound};
+use runtime::consume::{by_key, BatchHandler, Failure, Inbound};
 use runtime::metrics;
 use runtime::registry::{plan, users_of};
 use std::collections::BTreeMap;
@@ -78,7 +78,7 @@ impl BatchHandler for DmBatch {
                     None => others.push(i),
                 }
             }
-            self.in_order(records, &others, &mut out).await;
+            self.one_by_one(records, &others, &mut out).await;
             if !sends.is_empty() {
                 match self.sends(&sends).await {
                     Ok(()) => send_at.iter().for_each(|&i| out[i] = Some(Ok(()))),
@@ -90,7 +90,7 @@ impl BatchHandler for DmBatch {
                     }
                     Err(Failure::Poison(reason)) => {
                         tracing::warn!(%reason, "batch of sends refused; handling them one by one");
-                        self.in_order(records, &send_at, &mut out).await;
+                        self.one_by_one(records, &send_at, &mut out).await;
                     }
                 }
             }
@@ -102,15 +102,16 @@ impl BatchHandler for DmBatch {
 }
 
 impl DmBatch {
-    /// The records at `which` handled on their own, in order, by the dispatcher.
-    async fn in_order(
+    /// The records at `which` handled on their own by the dispatcher: each key's in order, the
+    /// keys at once ([`by_key`]).
+    async fn one_by_one(
         &self,
         records: &[Inbound],
         which: &[usize],
         out: &mut [Option<Result<(), Failure>>],
     ) {
         let picked: Vec<&Inbound> = which.iter().map(|&i| &records[i]).collect();
-        let results = in_order(self.dispatcher.as_ref(), picked).await;
+        let results = by_key(self.dispatcher.as_ref(), picked).await;
         for (&i, result) in which.iter().zip(results) {
             out[i] = Some(result);
         }
