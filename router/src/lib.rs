@@ -7,7 +7,7 @@ use futures::future::BoxFuture;
 use runtime::consume::{Failure, Handler, Inbound};
 use runtime::kafka::Publisher;
 use runtime::metrics::{self, Metrics};
-use runtime::redis::{Keys, Pool};
+use runtime::redis::{Cluster, Keys};
 use runtime::registry::{plan, users_of, Registry};
 use runtime::{KafkaSettings, RedisSettings, ServiceSettings};
 use serde::{Deserialize, Serialize};
@@ -56,7 +56,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct Router {
     pub topics: Topics,
     pub publisher: Publisher,
-    pub redis: Pool,
+    pub redis: Cluster,
     pub registry: Registry,
     pub metrics: Metrics,
 }
@@ -111,7 +111,7 @@ pub async fn build(settings: &Settings, metrics: Metrics) -> Result<Arc<Router>>
     runtime::kafka::ensure_shared_topics(&settings.kafka).await?;
     Ok(Arc::new(Router {
         publisher: Publisher::new(&settings.kafka, metrics.clone())?,
-        redis: runtime::redis::pool(&settings.redis)?,
+        redis: runtime::redis::cluster(&settings.redis)?,
         registry: Registry {
             keys: Keys::new(settings.redis.key_prefix.clone()),
             liveness_ms: settings.router.edge_liveness_ms,

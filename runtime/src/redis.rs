@@ -15,12 +15,12 @@ pub use redis;
 /// connections, as before, sent a `PING` with every checkout and spread concurrent commands over
 /// 64 sockets per node, one write each.)
 #[derive(Clone)]
-pub struct Pool {
+pub struct Cluster {
     client: ClusterClient,
     conn: Arc<OnceCell<ClusterConnection>>,
 }
 
-impl Pool {
+impl Cluster {
     /// The shared connection, made on first use (a failed attempt is tried again by the next
     /// caller).
     pub async fn get(&self) -> Result<ClusterConnection, redis::RedisError> {
@@ -31,10 +31,11 @@ impl Pool {
     }
 }
 
-pub fn pool(s: &RedisSettings) -> Result<Pool> {
+/// The process' cluster handle; nothing connects until the first [`Cluster::get`].
+pub fn cluster(s: &RedisSettings) -> Result<Cluster> {
     let client = ClusterClient::new(s.nodes.clone())
         .map_err(|e| crate::Error::Config(format!("redis nodes: {e}")))?;
-    Ok(Pool {
+    Ok(Cluster {
         client,
         conn: Arc::default(),
     })

@@ -7,7 +7,7 @@ use futures::future::BoxFuture;
 use runtime::consume::{Failure, Handler, Inbound};
 use runtime::kafka::Publisher;
 use runtime::metrics::{self, Metrics};
-use runtime::redis::{Keys, Pool};
+use runtime::redis::{Cluster, Keys};
 use runtime::registry::Registry;
 use std::sync::Arc;
 use topics::bus::{decode_versioned, PresenceRecord};
@@ -21,7 +21,7 @@ use tracing::Instrument;
 pub struct Deps {
     pub topics: Topics,
     pub publisher: Publisher,
-    pub redis: Pool,
+    pub redis: Cluster,
     pub keys: Keys,
     pub registry: Registry,
     pub db: crate::db::Shards,

@@ -57,7 +57,7 @@ impl IdGen {
 /// Lease a node id in Redis: the first free one from a random start. Leases last 60 s and are
 /// renewed every 20 s by [`renew_node`].
 pub async fn lease_node(
-    redis: &runtime::redis::Pool,
+    redis: &runtime::redis::Cluster,
     keys: &runtime::redis::Keys,
 ) -> crate::Result<u64> {
     use rand::Rng;
@@ -84,7 +84,7 @@ pub async fn lease_node(
 
 /// Keep the node lease alive until `stop`, then release it.
 pub async fn renew_node(
-    redis: runtime::redis::Pool,
+    redis: runtime::redis::Cluster,
     keys: runtime::redis::Keys,
     node: u64,
     stop: tokio_util::sync::CancellationToken,

@@ -109,7 +109,7 @@ impl Role {
 pub async fn deps(settings: &Settings, metrics: Metrics) -> Result<Arc<Deps>> {
     let topics = settings.kafka.topics();
     runtime::kafka::ensure_shared_topics(&settings.kafka).await?;
-    let redis = runtime::redis::pool(&settings.redis)?;
+    let redis = runtime::redis::cluster(&settings.redis)?;
     let keys = Keys::new(settings.redis.key_prefix.clone());
     // Redis Cluster may be slow to accept the first connections (a loaded machine, a failover in
     // progress): retry for a minute before giving up.
