@@ -68,6 +68,9 @@ impl AccountChecks {
             !std::mem::replace(&mut s.running, true)
         };
         if start {
+            // Not tracked in a `JoinSet` (the house style's default): the task owns nothing but
+            // this queue's turn, ends as soon as no check waits, and hands its results to the
+            // waiting checks themselves; at shutdown it is dropped with them.
             tokio::spawn(queue.clone().answer());
         }
         match rx.await {
