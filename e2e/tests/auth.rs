@@ -351,7 +351,8 @@ async fn account_checks_made_at_once_share_one_query_per_shard() {
     let never = topics::Id(7);
 
     let shards = workers::db::Shards::connect(&app.database).unwrap();
-    let checks = workers::accounts::AccountChecks::new(&shards);
+    let metrics = runtime::metrics::Metrics::default();
+    let checks = workers::accounts::AccountChecks::new(&shards, &metrics);
     let asked: Vec<topics::Id> = [live, deleted, never].repeat(20);
     let answers = futures::future::join_all(
         asked
@@ -366,20 +367,29 @@ async fn account_checks_made_at_once_share_one_query_per_shard() {
         asked.iter().map(|&u| shards.by_id(u).index).collect();
     assert_eq!(
         checks.queries(),
-        used.len() as u64,
+        used.len() as i64,
         "60 checks, one query per shard"
     );
 
     // Alone, a check is one query of its own.
     assert!(checks.exists(shards.by_id(live).index, live).await.unwrap());
-    assert_eq!(checks.queries(), used.len() as u64 + 1);
+    assert_eq!(checks.queries(), used.len() as i64 + 1);
+    let shown = metrics.render();
+    assert!(shown.contains("sb_account_checks_total 61"), "{shown}");
+    assert!(
+        shown.contains(&format!(
+            "sb_account_check_queries_total {}",
+            used.len() + 1
+        )),
+        "{shown}"
+    );
 
     // A shard that cannot be reached fails the checks waiting for it (retried with their records).
     let mut down = app.database.clone();
     down.shards.truncate(1);
     down.shards[0].primary = "127.0.0.1:9".into();
     let shards = workers::db::Shards::connect(&down).unwrap();
-    let checks = workers::accounts::AccountChecks::new(&shards);
+    let checks = workers::accounts::AccountChecks::new(&shards, &metrics);
     let err = checks.exists(0, live).await.unwrap_err();
     assert!(matches!(err, workers::Error::AccountCheck(_)), "{err}");
     app.stop().await;

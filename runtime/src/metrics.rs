@@ -27,6 +27,10 @@ pub const REQUESTS_HANDLED_TOTAL: &str = "sb_requests_handled_total";
 pub const REQUEST_ERRORS_TOTAL: &str = "sb_request_errors_total";
 pub const DELIVERIES_ROUTED_TOTAL: &str = "sb_deliveries_routed_total";
 pub const MESSAGES_PERSISTED_TOTAL: &str = "sb_messages_persisted_total";
+/// Account checks of bearer tokens, and the queries that answered them (workers): the ratio is
+/// how many checks one query answers.
+pub const ACCOUNT_CHECKS_TOTAL: &str = "sb_account_checks_total";
+pub const ACCOUNT_CHECK_QUERIES_TOTAL: &str = "sb_account_check_queries_total";
 
 /// A process's metrics. Cloning shares the same values.
 #[derive(Clone, Default)]

@@ -8,8 +8,8 @@
 use crate::db::Shards;
 use crate::{Error, Result};
 use mysql_async::prelude::*;
+use runtime::metrics::{self, Metric, Metrics};
 use std::collections::{BTreeSet, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 use topics::Id;
@@ -20,14 +20,15 @@ pub const MAX_IDS_PER_QUERY: usize = 512;
 /// The checks of every shard.
 pub struct AccountChecks {
     shards: Vec<Arc<Queue>>,
-    queries: Arc<AtomicU64>,
+    checks: Arc<Metric>,
+    queries: Arc<Metric>,
 }
 
 /// One shard's waiting checks.
 struct Queue {
     primary: mysql_async::Pool,
     state: Mutex<State>,
-    queries: Arc<AtomicU64>,
+    queries: Arc<Metric>,
 }
 
 #[derive(Default)]
@@ -38,8 +39,9 @@ struct State {
 }
 
 impl AccountChecks {
-    pub fn new(db: &Shards) -> Self {
-        let queries = Arc::new(AtomicU64::new(0));
+    /// Counted in `metrics` as `sb_account_checks_total` and `sb_account_check_queries_total`.
+    pub fn new(db: &Shards, metrics: &Metrics) -> Self {
+        let queries = metrics.get(metrics::ACCOUNT_CHECK_QUERIES_TOTAL, &[]);
         AccountChecks {
             shards: db
                 .all()
@@ -52,6 +54,7 @@ impl AccountChecks {
                     })
                 })
                 .collect(),
+            checks: metrics.get(metrics::ACCOUNT_CHECKS_TOTAL, &[]),
             queries,
         }
     }
@@ -61,6 +64,7 @@ impl AccountChecks {
     /// with their records).
     pub async fn exists(&self, shard: usize, user: Id) -> Result<bool> {
         let queue = &self.shards[shard];
+        self.checks.inc();
         let (tx, rx) = oneshot::channel();
         let start = {
             let mut s = queue.lock();
@@ -80,8 +84,8 @@ impl AccountChecks {
     }
 
     /// Queries run so far, over every shard.
-    pub fn queries(&self) -> u64 {
-        self.queries.load(Ordering::Relaxed)
+    pub fn queries(&self) -> i64 {
+        self.queries.get()
     }
 }
 
@@ -104,7 +108,7 @@ impl Queue {
                 s.waiting.drain(..n).collect()
             };
             let ids: BTreeSet<u64> = round.iter().map(|(id, _)| *id).collect();
-            self.queries.fetch_add(1, Ordering::Relaxed);
+            self.queries.inc();
             let live = self.live(&ids).await.map_err(|e| e.to_string());
             for (id, tx) in round {
                 // A caller that went away no longer needs its answer.

@@ -131,7 +131,7 @@ pub async fn deps(settings: &Settings, metrics: Metrics) -> Result<Arc<Deps>> {
             keys: keys.clone(),
             liveness_ms: settings.limits.edge_liveness_ms,
         },
-        accounts: accounts::AccountChecks::new(&db),
+        accounts: accounts::AccountChecks::new(&db, &metrics),
         db,
         ids: ids::IdGen::new(node),
         limits: settings.limits.clone(),
