@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{befriend, open_dm, rpc};
+use common::{chat, rpc, Chat};
 use e2e::spawn_app;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::FutureRecord;
@@ -15,10 +15,13 @@ use topics::{Auth, Domain, Envelope, Request, WIRE_VERSION};
 #[tokio::test]
 async fn poison_records_are_dead_lettered_and_the_partition_keeps_flowing() {
     let app = spawn_app().await;
-    let (ann, _, ann_token) = app.user(0).await;
-    let (bob, _, bob_token) = app.user(1).await;
-    befriend(&app, (ann, &ann_token), (bob, &bob_token)).await;
-    let conv = open_dm(&app, &ann_token, bob).await;
+    let Chat {
+        ann,
+        ann_token,
+        bob_token,
+        conv,
+        ..
+    } = chat(&app).await;
     let (s, _) = rpc(
         &app,
         0,

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{befriend, open_dm, rpc};
+use common::{befriend, chat, open_dm, rpc, Chat};
 use e2e::client::Client;
 use e2e::spawn_app;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -305,10 +305,9 @@ async fn a_burst_of_sends_is_stored_gap_free_and_delivered_in_few_records() {
 #[tokio::test]
 async fn client_msg_ids_that_differ_only_in_case_or_trailing_space_are_two_messages() {
     let app = spawn_app().await;
-    let (ann, _, ann_token) = app.user(0).await;
-    let (bob, _, bob_token) = app.user(1).await;
-    befriend(&app, (ann, &ann_token), (bob, &bob_token)).await;
-    let conv = open_dm(&app, &ann_token, bob).await;
+    let Chat {
+        ann_token, conv, ..
+    } = chat(&app).await;
     for (cmid, seq, duplicate) in [
         ("a1", 1, false),
         ("A1", 2, false),

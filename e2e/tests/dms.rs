@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{befriend, eventually, id, invite_code, open_dm, rpc};
+use common::{befriend, chat, eventually, id, invite_code, open_dm, rpc, Chat};
 use e2e::client::{err, ok, Client};
 use e2e::spawn_app;
 use serde_json::{json, Value};
@@ -266,10 +266,13 @@ async fn the_list_shows_last_message_and_unread_count_and_reading_lowers_it() {
 #[tokio::test]
 async fn history_pages_by_sequence_number() {
     let app = spawn_app().await;
-    let (ann, _, ann_token) = app.user(0).await;
-    let (bob, _, bob_token) = app.user(1).await;
-    befriend(&app, (ann, &ann_token), (bob, &bob_token)).await;
-    let conv = open_dm(&app, &ann_token, bob).await;
+    let Chat {
+        ann_token,
+        bob,
+        bob_token,
+        conv,
+        ..
+    } = chat(&app).await;
     for i in 1..=5 {
         let token = if i % 2 == 0 { &bob_token } else { &ann_token };
         let (s, b) = rpc(
@@ -368,10 +371,12 @@ async fn history_pages_by_sequence_number() {
 #[tokio::test]
 async fn bad_sends_are_refused_and_store_nothing() {
     let app = spawn_app().await;
-    let (ann, _, ann_token) = app.user(0).await;
-    let (bob, _, bob_token) = app.user(1).await;
-    befriend(&app, (ann, &ann_token), (bob, &bob_token)).await;
-    let conv = open_dm(&app, &ann_token, bob).await;
+    let Chat {
+        ann_token,
+        bob_token,
+        conv,
+        ..
+    } = chat(&app).await;
     let mut a = Client::connect(&app.ws_url(0), &ann_token).await;
     let cases = [
         (send(conv, "e1", ""), ErrorCode::InvalidInput),
@@ -496,10 +501,14 @@ fn removed(from: Id) -> impl Fn(&Event) -> bool {
 #[tokio::test]
 async fn a_removed_contact_can_no_longer_send_but_both_keep_the_history() {
     let app = spawn_app().await;
-    let (ann, _, ann_token) = app.user(0).await;
-    let (bob, bob_name, bob_token) = app.user(1).await;
-    befriend(&app, (ann, &ann_token), (bob, &bob_token)).await;
-    let conv = open_dm(&app, &ann_token, bob).await;
+    let Chat {
+        ann,
+        ann_token,
+        bob,
+        bob_name,
+        bob_token,
+        conv,
+    } = chat(&app).await;
     let bob2 = app.http(0).login(&bob_name, common::PASSWORD).await;
     let mut a = Client::connect(&app.ws_url(0), &ann_token).await;
     let mut b0 = Client::connect(&app.ws_url(0), &bob2).await;

@@ -114,6 +114,32 @@ pub async fn befriend(app: &TestApp, a: (Id, &str), b: (Id, &str)) {
     assert_eq!(body["link"]["state"], "accepted");
 }
 
+/// Two users, signed up on edges 0 and 1, made connections, and the DM the first one opened.
+pub struct Chat {
+    pub ann: Id,
+    pub ann_token: String,
+    pub bob: Id,
+    pub bob_name: String,
+    pub bob_token: String,
+    pub conv: Id,
+}
+
+/// A [`Chat`]: two new users, befriended, with their conversation open.
+pub async fn chat(app: &TestApp) -> Chat {
+    let (ann, _, ann_token) = app.user(0).await;
+    let (bob, bob_name, bob_token) = app.user(1).await;
+    befriend(app, (ann, &ann_token), (bob, &bob_token)).await;
+    let conv = open_dm(app, &ann_token, bob).await;
+    Chat {
+        ann,
+        ann_token,
+        bob,
+        bob_name,
+        bob_token,
+        conv,
+    }
+}
+
 /// Open the DM between two connected users; its conversation id.
 pub async fn open_dm(app: &TestApp, a_token: &str, b: Id) -> Id {
     let (s, body) = rpc(app, 0, a_token, json!({"type": "dm.open", "user_id": b})).await;
