@@ -354,12 +354,7 @@ async fn account_checks_made_at_once_share_one_query_per_shard() {
     let metrics = runtime::metrics::Metrics::default();
     let checks = workers::accounts::AccountChecks::new(&shards, &metrics);
     let asked: Vec<topics::Id> = [live, deleted, never].repeat(20);
-    let answers = futures::future::join_all(
-        asked
-            .iter()
-            .map(|&u| checks.exists(shards.by_id(u).index, u)),
-    )
-    .await;
+    let answers = futures::future::join_all(asked.iter().map(|&u| checks.exists(u))).await;
     for (u, a) in asked.iter().zip(answers) {
         assert_eq!(a.unwrap(), *u == live, "account {u:?}");
     }
@@ -372,7 +367,7 @@ async fn account_checks_made_at_once_share_one_query_per_shard() {
     );
 
     // Alone, a check is one query of its own.
-    assert!(checks.exists(shards.by_id(live).index, live).await.unwrap());
+    assert!(checks.exists(live).await.unwrap());
     assert_eq!(checks.queries(), used.len() as i64 + 1);
     let shown = metrics.render();
     assert!(shown.contains("sb_account_checks_total 61"), "{shown}");
@@ -390,7 +385,7 @@ async fn account_checks_made_at_once_share_one_query_per_shard() {
     down.shards[0].primary = "127.0.0.1:9".into();
     let shards = workers::db::Shards::connect(&down).unwrap();
     let checks = workers::accounts::AccountChecks::new(&shards, &metrics);
-    let err = checks.exists(0, live).await.unwrap_err();
+    let err = checks.exists(live).await.unwrap_err();
     assert!(matches!(err, workers::Error::AccountCheck(_)), "{err}");
     app.stop().await;
 }

@@ -3,7 +3,7 @@
 //! primary, so a burst of handshakes used to cost one query each. Here the checks of one shard
 //! queue up while that shard's query runs, and the next query answers every one of them
 //! (`WHERE id IN (…)`): group commit, for reads. Alone, a check costs one query and waits for
-//! nothing; under load the queries grow with the load instead of their number.
+//! nothing; under load the queries grow in size, not in number.
 
 use crate::db::Shards;
 use crate::{Error, Result};
@@ -19,6 +19,7 @@ pub const MAX_IDS_PER_QUERY: usize = 512;
 
 /// The checks of every shard.
 pub struct AccountChecks {
+    db: Shards,
     shards: Vec<Arc<Queue>>,
     checks: Arc<Metric>,
     queries: Arc<Metric>,
@@ -43,6 +44,7 @@ impl AccountChecks {
     pub fn new(db: &Shards, metrics: &Metrics) -> Self {
         let queries = metrics.get(metrics::ACCOUNT_CHECK_QUERIES_TOTAL, &[]);
         AccountChecks {
+            db: db.clone(),
             shards: db
                 .all()
                 .iter()
@@ -59,11 +61,10 @@ impl AccountChecks {
         }
     }
 
-    /// Is `user` (which lives on physical shard `shard`) an account that is not deleted? Read
-    /// from the primary. A failed query fails every check it was answering (transient: retried
-    /// with their records).
-    pub async fn exists(&self, shard: usize, user: Id) -> Result<bool> {
-        let queue = &self.shards[shard];
+    /// Is `user` an account that is not deleted? Read from the primary of its shard. A failed
+    /// query fails every check it was answering (transient: retried with their records).
+    pub async fn exists(&self, user: Id) -> Result<bool> {
+        let queue = &self.shards[self.db.by_id(user).index];
         self.checks.inc();
         let (tx, rx) = oneshot::channel();
         let start = {

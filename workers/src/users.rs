@@ -115,7 +115,7 @@ async fn row(d: &Deps, user: Id, primary: bool) -> Result<Option<UserRow>> {
 /// Does this account exist and is it not deleted (read from the primary, together with the
 /// other checks waiting for that shard: [`crate::accounts`])?
 pub async fn exists(d: &Deps, user: Id) -> Result<bool> {
-    d.accounts.exists(d.db.by_id(user).index, user).await
+    d.accounts.exists(user).await
 }
 
 /// (id, username, password hash) of a live account, by username.
