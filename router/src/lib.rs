@@ -72,7 +72,6 @@ impl Router {
             .reach(&c, &users, runtime::now_ms())
             .await
             .map_err(|e| transient(e.into()))?;
-        drop(c);
         let records = plan(d, reach.conns_of(&users), &reach.live);
         let sends = records.iter().map(|(edge, msg)| {
             let payload = serde_json::to_vec(msg).expect("edge messages serialise");

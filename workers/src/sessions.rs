@@ -123,7 +123,6 @@ pub async fn resolve_token(d: &Deps, hash: &str) -> Result<Option<(String, Sessi
     }
     let mut c = d.redis.get().await?;
     let sid: Option<String> = c.get(tok_key(d, hash)).await?;
-    drop(c);
     let Some(sid) = sid else { return Ok(None) };
     Ok(load(d, &sid).await?.map(|r| (sid, r)))
 }
@@ -195,9 +194,7 @@ pub async fn refresh(
             Ok(Rotation::Rotated(token))
         }
         "reused" => {
-            drop(c);
             revoke(d, sid, rec).await?;
-            let mut c = d.redis.get().await?;
             for h in [Some(old.as_str()), presented].into_iter().flatten() {
                 let _: () = c.del(tok_key(d, h)).await?;
             }
@@ -220,7 +217,6 @@ pub async fn revoke(d: &Deps, sid: &str, rec: &SessionRecord) -> Result<()> {
 pub async fn list(d: &Deps, user: Id) -> Result<Vec<(String, SessionRecord)>> {
     let mut c = d.redis.get().await?;
     let ids: Vec<String> = c.smembers(user_key(d, user)).await?;
-    drop(c);
     let mut out = Vec::new();
     for sid in ids {
         match load(d, &sid).await? {
