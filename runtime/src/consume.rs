@@ -104,24 +104,24 @@ pub async fn by_key<'a>(
     handler: &dyn Handler,
     records: impl IntoIterator<Item = &'a Inbound>,
 ) -> Vec<Result<(), Failure>> {
-    let records: Vec<&Inbound> = records.into_iter().collect();
+    // Per key, in first-seen order: where its records stand in `records`, and the records.
     let mut group_of: HashMap<Option<&[u8]>, usize> = HashMap::new();
-    let mut groups: Vec<Vec<usize>> = Vec::new();
-    for (i, r) in records.iter().enumerate() {
+    let mut groups: Vec<(Vec<usize>, Vec<&Inbound>)> = Vec::new();
+    let mut n = 0;
+    for (i, r) in records.into_iter().enumerate() {
         let g = *group_of.entry(r.key.as_deref()).or_insert_with(|| {
-            groups.push(Vec::new());
+            groups.push(Default::default());
             groups.len() - 1
         });
-        groups[g].push(i);
+        groups[g].0.push(i);
+        groups[g].1.push(r);
+        n = i + 1;
     }
-    let keyed: Vec<Vec<&Inbound>> = groups
-        .iter()
-        .map(|g| g.iter().map(|&i| records[i]).collect())
-        .collect();
-    let results = futures::future::join_all(keyed.into_iter().map(|g| in_order(handler, g))).await;
-    let mut out: Vec<Option<Result<(), Failure>>> = records.iter().map(|_| None).collect();
-    for (g, results) in groups.iter().zip(results) {
-        for (&i, result) in g.iter().zip(results) {
+    let results =
+        futures::future::join_all(groups.iter().map(|(_, rs)| in_order(handler, rs.clone()))).await;
+    let mut out: Vec<Option<Result<(), Failure>>> = (0..n).map(|_| None).collect();
+    for ((at, _), results) in groups.iter().zip(results) {
+        for (&i, result) in at.iter().zip(results) {
             out[i] = Some(result);
         }
     }
