@@ -10,10 +10,10 @@ use tokio::sync::OnceCell;
 pub use redis;
 
 /// The one cluster connection of a process, shared by every task: redis-rs multiplexes it (one
-/// socket per node, requests of concurrent tasks written together and answered in order) and
+/// socket per node, requests of concurrent tasks in flight together and answered in order) and
 /// reconnects to a node it lost by itself. A checkout is a clone: no round trip. (A pool of 64
 /// connections, as before, sent a `PING` with every checkout and spread concurrent commands over
-/// 64 sockets per node, one write each.)
+/// up to 64 sockets per node.)
 #[derive(Clone)]
 pub struct Cluster {
     client: ClusterClient,

@@ -110,9 +110,10 @@ impl Reach {
 
 impl Registry {
     /// The live edges and the connections of `users`, asked all at once: the cluster connection
-    /// is multiplexed, so the lookups are in flight together instead of one after the other. Connections of dead edges, or of an earlier process of a live edge, are
-    /// left out of the answer and removed from the registry (a second round trip, only when there
-    /// are some). Cluster pipelines cannot span slots, hence one command per key.
+    /// is multiplexed, so the lookups are in flight together instead of one after the other.
+    /// Connections of dead edges, or of an earlier process of a live edge, are left out of the
+    /// answer and removed from the registry (a second round trip, only when there are some).
+    /// Cluster pipelines cannot span slots, hence one command per key.
     pub async fn reach<C: redis::aio::ConnectionLike + Clone + Send + Sync>(
         &self,
         con: &C,

@@ -81,7 +81,7 @@ fn opts(s: &DatabaseSettings, addr: &str, db: Option<&str>) -> Result<Opts> {
         .pass(Some(s.password.expose_secret().to_string()))
         .db_name(db.map(str::to_string))
         .prefer_socket(false)
-        // Batched statements differ by their number of rows (up to a batch's 64 sends, five
+        // Batched statements differ by their number of rows (up to a batch's 256 sends, five
         // kinds): with the default cache of 32 per connection, about one execute in eight also
         // paid a PREPARE and a CLOSE (measured under load).
         .stmt_cache_size(STMT_CACHE)
