@@ -193,7 +193,7 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
             redis: redis.clone(),
             database: database.clone(),
             service: runtime::ServiceSettings {
-                name: role.name().into(),
+                name: role.worker(),
                 health_listen: "127.0.0.1:0".into(),
             },
             limits: opts.limits.clone(),

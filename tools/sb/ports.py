@@ -12,6 +12,8 @@ Nothing else in tools/sb hard-codes a port number: ask a `Ports` object.
 
 from __future__ import annotations
 
+import os
+
 # The base table. Values are the ports used with --port-offset 0.
 BASE = {
     # Kafka: broker i (0-based) listens on kafka_client + 2*i, its controller on kafka_controller + 2*i.
@@ -42,7 +44,15 @@ REDIS_NODES = 6
 MARIADB_SHARDS = 2
 NGINX_INSTANCES = 2
 MAX_EDGES = 50  # keeps edge ports below the internal range, internal ones below the workers'
-WORKERS = ["auth", "users", "invites", "dms", "presence"]
+
+
+def _roles() -> list[str]:
+    """The worker roles, from roles.txt (kept equal to the Rust code's list by a workers test)."""
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "roles.txt")) as f:
+        return [line.strip() for line in f if line.strip() and not line.startswith("#")]
+
+
+WORKERS = _roles()
 
 
 class Ports:

@@ -1,6 +1,7 @@
 //! Records on Kafka: the envelope edges publish, what workers send the router and the edges, and
 //! the edges' own lifecycle events. All JSON, all carrying the wire version.
 
+use crate::kinds::KeyBy;
 use crate::{Domain, Error, ErrorCode, Id, Request, Result, WIRE_VERSION};
 use serde::{Deserialize, Serialize};
 
@@ -56,43 +57,19 @@ impl Envelope {
 
     /// The worker domain that handles this request.
     pub fn domain(&self) -> Domain {
-        match &self.request {
-            Request::Ping
-            | Request::Login { .. }
-            | Request::Verify
-            | Request::Refresh
-            | Request::SessionList
-            | Request::Logout { .. }
-            | Request::LogoutAll => Domain::Auth,
-            Request::UserCreate { .. }
-            | Request::Me
-            | Request::UserLookup { .. }
-            | Request::UserDelete => Domain::Users,
-            Request::InviteSend { .. }
-            | Request::InviteRespond { .. }
-            | Request::InviteList
-            | Request::ConnectionRemove { .. } => Domain::Invites,
-            Request::DmOpen { .. }
-            | Request::DmList
-            | Request::DmHistory { .. }
-            | Request::DmSend { .. }
-            | Request::DmRead { .. }
-            | Request::DmSync { .. } => Domain::Dms,
-            Request::OnlineList { .. } | Request::BroadcastSend { .. } => Domain::Presence,
-        }
+        self.request.spec().domain
     }
 
     /// Kafka key: messages of one conversation share the conversation id so they stay in order;
     /// everything else of one user stays in order by user; anonymous calls spread by request.
     pub fn key(&self) -> String {
-        match (&self.request, &self.auth) {
-            (
-                Request::DmSend {
-                    conversation_id, ..
-                },
-                _,
-            ) => format!("c{conversation_id}"),
-            (_, Auth::Session { user_id, .. }) => format!("u{user_id}"),
+        match (
+            self.request.spec().key,
+            self.request.conversation_id(),
+            &self.auth,
+        ) {
+            (KeyBy::Conversation, Some(c), _) => format!("c{c}"),
+            (_, _, Auth::Session { user_id, .. }) => format!("u{user_id}"),
             _ => format!("{}/{}", self.edge, self.req),
         }
     }

@@ -103,53 +103,6 @@ pub enum Request {
     DmSync { since: BTreeMap<Id, u64> },
 }
 
-impl Request {
-    /// The frame's `type`, for logs and metrics.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Request::Ping => "ping",
-            Request::UserCreate { .. } => "user.create",
-            Request::Login { .. } => "session.login",
-            Request::Verify => "session.verify",
-            Request::Refresh => "session.refresh",
-            Request::SessionList => "session.list",
-            Request::Logout { .. } => "session.logout",
-            Request::LogoutAll => "session.logout_all",
-            Request::Me => "user.me",
-            Request::UserLookup { .. } => "user.lookup",
-            Request::UserDelete => "user.delete",
-            Request::OnlineList { .. } => "online.list",
-            Request::BroadcastSend { .. } => "broadcast.send",
-            Request::InviteSend { .. } => "invite.send",
-            Request::InviteRespond { .. } => "invite.respond",
-            Request::InviteList => "invite.list",
-            Request::ConnectionRemove { .. } => "connection.remove",
-            Request::DmOpen { .. } => "dm.open",
-            Request::DmList => "dm.list",
-            Request::DmHistory { .. } => "dm.history",
-            Request::DmSend { .. } => "dm.send",
-            Request::DmRead { .. } => "dm.read",
-            Request::DmSync { .. } => "dm.sync",
-        }
-    }
-
-    /// Requests that need no session.
-    pub fn is_anonymous(&self) -> bool {
-        matches!(
-            self,
-            Request::Ping | Request::UserCreate { .. } | Request::Login { .. }
-        )
-    }
-
-    /// Requests an edge accepts from a WebSocket client (the rest are HTTP-only or internal).
-    pub fn allowed_over_ws(&self) -> bool {
-        !matches!(
-            self,
-            Request::UserCreate { .. } | Request::Login { .. } | Request::Verify
-        )
-    }
-}
-
 /// A public profile.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserProfile {
@@ -435,14 +388,6 @@ mod tests {
             salvage_rid(&format!(r#"{{"rid":"{}"}}"#, "x".repeat(65))),
             None
         );
-    }
-
-    #[test]
-    fn classifies_requests() {
-        assert!(Request::Ping.is_anonymous());
-        assert!(!Request::DmList.is_anonymous());
-        assert!(!Request::Verify.allowed_over_ws());
-        assert!(Request::DmList.allowed_over_ws());
     }
 
     #[test]

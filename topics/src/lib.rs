@@ -7,6 +7,7 @@ pub mod device;
 pub mod error;
 pub mod frames;
 pub mod id;
+pub mod kinds;
 pub mod names;
 pub mod validate;
 
@@ -14,6 +15,7 @@ pub use bus::{Auth, Delivery, EdgeEvent, EdgeMessage, Envelope, SessionGrant, Ta
 pub use error::{ErrorBody, ErrorCode};
 pub use frames::{ClientFrame, Event, Request, Response, ServerFrame};
 pub use id::Id;
+pub use kinds::{Kind, KINDS};
 pub use names::{Domain, Topics};
 
 /// Version of the envelope and frame wire format. Bumped on incompatible change; readers reject

@@ -33,6 +33,11 @@ impl Domain {
             Domain::Presence => "presence",
         }
     }
+
+    /// The worker role of this domain: its binary and consumer group, `worker-<domain>`.
+    pub fn worker(self) -> String {
+        format!("worker-{}", self.as_str())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,10 +1,30 @@
 //! Login, the handshake check, refresh, listing and ending sessions.
 
-use crate::dispatch::{Ctx, Outcome};
+use crate::context::{Ctx, Outcome};
 use crate::sessions::Rotation;
 use crate::{login_limits, refuse, sessions, Result};
 use topics::frames::SessionInfo;
-use topics::{Auth, Delivery, ErrorCode, Event, Response, ServerFrame, SessionGrant, Target};
+use topics::{
+    Auth, Delivery, ErrorCode, Event, Request, Response, ServerFrame, SessionGrant, Target,
+};
+
+/// The auth domain's requests.
+pub async fn handle(ctx: &Ctx<'_>) -> crate::Result<Outcome> {
+    match &ctx.env.request {
+        Request::Ping => Ok(Response::Pong.into()),
+        Request::Login {
+            username,
+            password,
+            device,
+        } => login(ctx, username, password, device.as_deref()).await,
+        Request::Verify => verify(ctx).await,
+        Request::Refresh => refresh(ctx).await,
+        Request::SessionList => list(ctx).await,
+        Request::Logout { session_id } => logout(ctx, session_id.as_deref()).await,
+        Request::LogoutAll => logout_all(ctx).await,
+        other => Err(crate::Error::Unrouted(other.kind())),
+    }
+}
 
 /// The one answer for every failed login, whatever the cause.
 pub const BAD_CREDENTIALS: &str = "invalid username or password";

@@ -2,96 +2,18 @@
 //! deliveries and the reply. What counts as a client error (a typed error frame, offset stored),
 //! a transient failure (retried) or a poison record (dead-lettered) is decided here, once.
 
+use crate::context::{Caller, Ctx, Deps, Outcome};
 use crate::{sessions, Error, Role};
 use futures::future::BoxFuture;
 use runtime::consume::{Failure, Handler, Inbound};
-use runtime::kafka::Publisher;
-use runtime::metrics::{self, Metrics};
-use runtime::redis::{Cluster, Keys};
-use runtime::registry::Registry;
+use runtime::metrics;
 use std::sync::Arc;
 use topics::bus::{decode_versioned, PresenceRecord};
 use topics::{
-    Auth, Delivery, EdgeMessage, Envelope, ErrorBody, ErrorCode, Event, Id, Request, Response,
-    ServerFrame, SessionGrant, Target, Topics,
+    Auth, Domain, EdgeMessage, Envelope, ErrorBody, ErrorCode, Event, Request, Response,
+    ServerFrame, SessionGrant,
 };
 use tracing::Instrument;
-
-/// What handlers need.
-pub struct Deps {
-    pub topics: Topics,
-    pub publisher: Publisher,
-    pub redis: Cluster,
-    pub keys: Keys,
-    pub registry: Registry,
-    pub db: crate::db::Shards,
-    pub accounts: crate::accounts::AccountChecks,
-    pub ids: crate::ids::IdGen,
-    pub limits: crate::Limits,
-    pub metrics: Metrics,
-}
-
-/// The authenticated sender of a request.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Caller {
-    pub user_id: Id,
-    pub username: String,
-    pub session_id: String,
-}
-
-/// One request being handled.
-pub struct Ctx<'a> {
-    pub env: &'a Envelope,
-    pub caller: Option<Caller>,
-    pub deps: &'a Deps,
-}
-
-impl Ctx<'_> {
-    /// The caller, for requests that need one (every request but ping, sign-up and login).
-    pub fn caller(&self) -> crate::Result<&Caller> {
-        self.caller
-            .as_ref()
-            .ok_or_else(|| crate::refuse(ErrorCode::Unauthorized, "no session"))
-    }
-
-    /// A key for idempotent retries of this very request.
-    pub fn request_key(&self) -> String {
-        format!("{}/{}", self.env.edge, self.env.req)
-    }
-}
-
-/// What a handled request produces.
-#[derive(Debug, Default)]
-pub struct Outcome {
-    pub response: Option<Response>,
-    pub session: Option<SessionGrant>,
-    pub clear_session: bool,
-    pub deliveries: Vec<Delivery>,
-}
-
-impl From<Response> for Outcome {
-    fn from(r: Response) -> Self {
-        Outcome {
-            response: Some(r),
-            ..Default::default()
-        }
-    }
-}
-
-impl Outcome {
-    pub fn deliver(mut self, d: Delivery) -> Self {
-        self.deliveries.push(d);
-        self
-    }
-}
-
-/// A delivery of one event to every device of these users.
-pub fn event_to(users: Vec<Id>, event: Event) -> Delivery {
-    Delivery::new(
-        Target::Users { user_ids: users },
-        ServerFrame::Event { data: event }.to_json(),
-    )
-}
 
 pub struct Dispatcher {
     pub deps: Arc<Deps>,
@@ -131,7 +53,7 @@ impl Dispatcher {
         } else {
             Envelope::decode(&record.payload).map_err(|e| Failure::Poison(e.to_string()))?
         };
-        if env.domain() != self.role.domain() {
+        if env.domain() != self.role {
             return Err(Failure::Poison(format!(
                 "{} does not belong on this topic",
                 env.request.kind()
@@ -351,59 +273,17 @@ pub async fn authenticate(deps: &Deps, env: &Envelope) -> crate::Result<Option<C
     }))
 }
 
-/// Call the handler of the request's kind.
+/// Call the handler of the request's domain, which calls the handler of its kind.
 pub async fn route(ctx: &Ctx<'_>) -> crate::Result<Outcome> {
     let req = &ctx.env.request;
     if !req.is_anonymous() {
         ctx.caller()?;
     }
-    match req {
-        Request::Ping => Ok(Response::Pong.into()),
-        Request::Login {
-            username,
-            password,
-            device,
-        } => crate::auth::login(ctx, username, password, device.as_deref()).await,
-        Request::Verify => crate::auth::verify(ctx).await,
-        Request::Refresh => crate::auth::refresh(ctx).await,
-        Request::SessionList => crate::auth::list(ctx).await,
-        Request::Logout { session_id } => crate::auth::logout(ctx, session_id.as_deref()).await,
-        Request::LogoutAll => crate::auth::logout_all(ctx).await,
-        Request::UserCreate { username, password } => {
-            crate::users::create(ctx, username, password).await
-        }
-        Request::Me => crate::users::me(ctx).await,
-        Request::UserLookup { username, user_id } => {
-            crate::users::lookup(ctx, username.as_deref(), *user_id).await
-        }
-        Request::UserDelete => crate::users::delete(ctx).await,
-        Request::InviteSend { code } => crate::invites::send(ctx, code).await,
-        Request::InviteRespond { user_id, accept } => {
-            crate::invites::respond(ctx, *user_id, *accept).await
-        }
-        Request::InviteList => crate::invites::list(ctx).await,
-        Request::ConnectionRemove { user_id } => crate::invites::remove(ctx, *user_id).await,
-        Request::DmOpen { user_id } => crate::dms::open(ctx, *user_id).await,
-        Request::DmList => crate::dms::list(ctx).await,
-        Request::DmHistory {
-            conversation_id,
-            before_seq,
-            after_seq,
-            limit,
-        } => crate::dms::history(ctx, *conversation_id, *before_seq, *after_seq, *limit).await,
-        Request::DmSend {
-            conversation_id,
-            client_msg_id,
-            text,
-        } => crate::dms::send(ctx, *conversation_id, client_msg_id, text).await,
-        Request::DmRead {
-            conversation_id,
-            seq,
-        } => crate::dms::read(ctx, *conversation_id, *seq).await,
-        Request::DmSync { since } => crate::dms::sync(ctx, since).await,
-        Request::OnlineList { cursor, limit } => {
-            crate::presence::online(ctx, cursor.as_deref(), *limit).await
-        }
-        Request::BroadcastSend { text } => crate::presence::broadcast(ctx, text).await,
+    match req.spec().domain {
+        Domain::Auth => crate::auth::handle(ctx).await,
+        Domain::Users => crate::users::handle(ctx).await,
+        Domain::Invites => crate::invites::handle(ctx).await,
+        Domain::Dms => crate::dms::handle(ctx).await,
+        Domain::Presence => crate::presence::handle(ctx).await,
     }
 }

@@ -5,8 +5,8 @@
 //! conversation row's lock; `(conversation, author, client_msg_id)` is unique, so a retried send
 //! returns the original message instead of storing a second one.
 
+use crate::context::{event_to, Ctx, Deps, Outcome};
 use crate::db::exec_drop;
-use crate::dispatch::{event_to, Ctx, Deps, Outcome};
 use crate::invites;
 use crate::users::{profiles, DELETED};
 use crate::{refuse, Result};
@@ -15,7 +15,32 @@ use mysql_async::TxOpts;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use topics::frames::{ConversationSummary, InviteState, Message, SyncedConversation};
-use topics::{validate, Delivery, ErrorBody, ErrorCode, Event, Id, Response};
+use topics::{validate, Delivery, ErrorBody, ErrorCode, Event, Id, Request, Response};
+
+/// The direct-message domain's requests (sends also come in batches: [`crate::dm_batch`]).
+pub async fn handle(ctx: &Ctx<'_>) -> crate::Result<Outcome> {
+    match &ctx.env.request {
+        Request::DmOpen { user_id } => open(ctx, *user_id).await,
+        Request::DmList => list(ctx).await,
+        Request::DmHistory {
+            conversation_id,
+            before_seq,
+            after_seq,
+            limit,
+        } => history(ctx, *conversation_id, *before_seq, *after_seq, *limit).await,
+        Request::DmSend {
+            conversation_id,
+            client_msg_id,
+            text,
+        } => send(ctx, *conversation_id, client_msg_id, text).await,
+        Request::DmRead {
+            conversation_id,
+            seq,
+        } => read(ctx, *conversation_id, *seq).await,
+        Request::DmSync { since } => sync(ctx, since).await,
+        other => Err(crate::Error::Unrouted(other.kind())),
+    }
+}
 
 /// `lo:hi` — the same key whoever opens the conversation.
 pub fn pair_key(a: Id, b: Id) -> String {

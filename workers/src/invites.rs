@@ -4,14 +4,25 @@
 //! written first, so a crash between the two writes leaves nothing the inviter can see, and the
 //! retry completes it.
 
-use crate::dispatch::{event_to, Ctx, Deps, Outcome};
+use crate::context::{event_to, Ctx, Deps, Outcome};
 use crate::users::normalise_code;
 use crate::{refuse, Result};
 use mysql_async::prelude::*;
 use topics::frames::{Direction, InviteState, Link};
-use topics::{ErrorCode, Event, Id, Response};
+use topics::{ErrorCode, Event, Id, Request, Response};
 
 type LinkRow = (u64, String, String, String, u64);
+
+/// The invites domain's requests.
+pub async fn handle(ctx: &Ctx<'_>) -> crate::Result<Outcome> {
+    match &ctx.env.request {
+        Request::InviteSend { code } => send(ctx, code).await,
+        Request::InviteRespond { user_id, accept } => respond(ctx, *user_id, *accept).await,
+        Request::InviteList => list(ctx).await,
+        Request::ConnectionRemove { user_id } => remove(ctx, *user_id).await,
+        other => Err(crate::Error::Unrouted(other.kind())),
+    }
+}
 
 fn state_of(s: &str) -> InviteState {
     match s {

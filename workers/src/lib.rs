@@ -6,6 +6,7 @@
 
 pub mod accounts;
 pub mod auth;
+pub mod context;
 pub mod db;
 pub mod dispatch;
 pub mod dm_batch;
@@ -18,7 +19,7 @@ pub mod sessions;
 pub mod settings;
 pub mod users;
 
-pub use dispatch::{Caller, Ctx, Deps, Outcome};
+pub use context::{Caller, Ctx, Deps, Outcome};
 pub use settings::{DatabaseSettings, Limits, Settings};
 
 use runtime::kafka::Publisher;
@@ -50,6 +51,10 @@ pub enum Error {
     /// error.
     #[error("account check: {0}")]
     AccountCheck(String),
+    /// A request reached a domain whose handler has no arm for its kind: the table in
+    /// `topics::kinds` names a domain that does not handle it (a programming error, poison).
+    #[error("{0} is not handled by its domain")]
+    Unrouted(&'static str),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -65,45 +70,8 @@ impl From<ErrorBody> for Error {
     }
 }
 
-/// The worker roles, one binary each.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    Auth,
-    Users,
-    Invites,
-    Dms,
-    Presence,
-}
-
-impl Role {
-    pub const ALL: [Role; 5] = [
-        Role::Auth,
-        Role::Users,
-        Role::Invites,
-        Role::Dms,
-        Role::Presence,
-    ];
-
-    pub fn domain(self) -> Domain {
-        match self {
-            Role::Auth => Domain::Auth,
-            Role::Users => Domain::Users,
-            Role::Invites => Domain::Invites,
-            Role::Dms => Domain::Dms,
-            Role::Presence => Domain::Presence,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Auth => "worker-auth",
-            Role::Users => "worker-users",
-            Role::Invites => "worker-invites",
-            Role::Dms => "worker-dms",
-            Role::Presence => "worker-presence",
-        }
-    }
-}
+/// The worker roles: one per domain, each its own binary (`worker-<domain>`) and consumer group.
+pub type Role = Domain;
 
 /// Build the dependencies every role shares: topics, producer, Redis Cluster, shards, ids.
 pub async fn deps(settings: &Settings, metrics: Metrics) -> Result<Arc<Deps>> {
@@ -151,7 +119,7 @@ pub async fn run(role: Role, settings: Settings, stop: CancellationToken) -> Res
         stop.clone(),
     )
     .await?;
-    tracing::info!(role = role.name(), %addr, "health endpoint up");
+    tracing::info!(role = %role.worker(), %addr, "health endpoint up");
     let deps = deps(&settings, metrics.clone()).await?;
     let renew = tokio::spawn(ids::renew_node(
         deps.redis.clone(),
@@ -159,8 +127,8 @@ pub async fn run(role: Role, settings: Settings, stop: CancellationToken) -> Res
         deps.ids.node(),
         stop.clone(),
     ));
-    let topic = deps.topics.requests(role.domain());
-    let group = deps.topics.group(role.name());
+    let topic = deps.topics.requests(role);
+    let group = deps.topics.group(&role.worker());
     let consumer = runtime::kafka::consumer(&settings.kafka, &group, false)?;
     {
         use rdkafka::consumer::Consumer;
@@ -206,7 +174,7 @@ pub async fn run(role: Role, settings: Settings, stop: CancellationToken) -> Res
     deps.publisher.flush(std::time::Duration::from_secs(5));
     let _ = renew.await;
     let _ = health.await;
-    tracing::info!(role = role.name(), "worker stopped");
+    tracing::info!(role = %role.worker(), "worker stopped");
     Ok(())
 }
 
@@ -214,9 +182,9 @@ pub async fn run(role: Role, settings: Settings, stop: CancellationToken) -> Res
 pub async fn main_for(role: Role) -> anyhow::Result<()> {
     let mut settings: Settings = runtime::settings::load_or_exit();
     if settings.service.name.is_empty() {
-        settings.service.name = role.name().to_string();
+        settings.service.name = role.worker();
     }
-    runtime::telemetry::init(role.name());
+    runtime::telemetry::init(&role.worker());
     let stop = runtime::shutdown::on_signal();
     match run(role, settings, stop).await {
         Err(e @ Error::Config(_)) => {
@@ -224,5 +192,27 @@ pub async fn main_for(role: Role) -> anyhow::Result<()> {
             std::process::exit(runtime::settings::EXIT_CONFIG);
         }
         other => Ok(other?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_launcher_lists_every_role() {
+        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../tools/sb/roles.txt");
+        let listed: Vec<String> = std::fs::read_to_string(file)
+            .unwrap()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(String::from)
+            .collect();
+        let roles: Vec<String> = Role::ALL.iter().map(|r| r.as_str().to_string()).collect();
+        assert_eq!(
+            listed, roles,
+            "tools/sb/roles.txt must list Domain::ALL in order, one per line"
+        );
     }
 }

@@ -14,7 +14,7 @@
 //! refused or the password is right: what stays in the windows are failures. The per-address
 //! limit on all attempts (`login_attempts_per_address_per_minute`) is separate (see `auth`).
 
-use crate::dispatch::Deps;
+use crate::context::Deps;
 use crate::settings::Limits;
 use crate::Result;
 use runtime::redis::redis::{self, AsyncCommands};

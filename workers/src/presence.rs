@@ -1,13 +1,24 @@
 //! Presence: the connection registry written from edge events, the online list (paginated with
 //! a cursor over every live edge), and broadcasts to everyone.
 
-use crate::dispatch::{Ctx, Deps, Outcome};
+use crate::context::{Ctx, Deps, Outcome};
 use crate::{refuse, sessions, Result};
 use runtime::redis::redis::{self, AsyncCommands};
 use runtime::registry::{conn_field, edge_value, pad, parse_edge_value};
 use std::collections::BTreeSet;
 use topics::frames::OnlineUser;
-use topics::{validate, Delivery, EdgeEvent, ErrorCode, Event, Id, Response, ServerFrame, Target};
+use topics::{
+    validate, Delivery, EdgeEvent, ErrorCode, Event, Id, Request, Response, ServerFrame, Target,
+};
+
+/// The presence domain's requests (edge events come through [`apply_edge_event`]).
+pub async fn handle(ctx: &Ctx<'_>) -> crate::Result<Outcome> {
+    match &ctx.env.request {
+        Request::OnlineList { cursor, limit } => online(ctx, cursor.as_deref(), *limit).await,
+        Request::BroadcastSend { text } => broadcast(ctx, text).await,
+        other => Err(crate::Error::Unrouted(other.kind())),
+    }
+}
 
 /// Add (`+1`) or remove (`-1`) one connection of a user on an edge process, atomically on the
 /// edge's slot and idempotently: the connection is counted only when it enters or leaves the

@@ -7,7 +7,7 @@
 //!   login's label), never past `created_ms` + `session_max_lifetime_s`;
 //! - `usess:{<user>}` → set of the user's session ids (cleaned lazily when listed).
 
-use crate::dispatch::Deps;
+use crate::context::Deps;
 use crate::Result;
 use base64::Engine;
 use rand::TryRngCore;

@@ -2,8 +2,8 @@
 //! of public profiles, and deletion (sessions revoked, sockets closed, links removed, history
 //! kept with the author shown as deleted).
 
+use crate::context::{Ctx, Deps, Outcome};
 use crate::db::{exec_drop, is_duplicate, rows};
-use crate::dispatch::{Ctx, Deps, Outcome};
 use crate::{refuse, sessions, Error, Result};
 use argon2::password_hash::{
     rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
@@ -12,7 +12,20 @@ use argon2::Argon2;
 use mysql_async::prelude::*;
 use std::collections::HashMap;
 use topics::frames::UserProfile;
-use topics::{validate, ErrorCode, Id, Response};
+use topics::{validate, ErrorCode, Id, Request, Response};
+
+/// The users domain's requests.
+pub async fn handle(ctx: &Ctx<'_>) -> crate::Result<Outcome> {
+    match &ctx.env.request {
+        Request::UserCreate { username, password } => create(ctx, username, password).await,
+        Request::Me => me(ctx).await,
+        Request::UserLookup { username, user_id } => {
+            lookup(ctx, username.as_deref(), *user_id).await
+        }
+        Request::UserDelete => delete(ctx).await,
+        other => Err(crate::Error::Unrouted(other.kind())),
+    }
+}
 
 /// Shown instead of a deleted author's name.
 pub const DELETED: &str = "[deleted]";
