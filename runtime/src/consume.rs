@@ -616,7 +616,9 @@ pub async fn process_batch(
                         metrics.inc(metrics::RECORDS_DEAD_LETTERED_TOTAL, &[]);
                         break;
                     }
-                    Err(e) => tracing::error!(error = %e, "dead-letter publish failed; retrying"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "dead-letter publish failed; retrying")
+                    }
                 }
                 if !back_off(&mut publish_backoff, stop).await {
                     return false;
@@ -714,7 +716,7 @@ pub async fn run_batched(
                 }
                 shared.finish(&batch, |t, p, upto| {
                     if let Err(e) = consumer.store_offset(t, p, upto) {
-                        tracing::debug!(error = %e, topic = %t, partition = p, "offset not stored (partition revoked?)");
+                        tracing::debug!(error = %crate::telemetry::Chain(&e), topic = %t, partition = p, "offset not stored (partition revoked?)");
                     }
                 });
             }
@@ -738,7 +740,7 @@ pub async fn run_batched(
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "consumer error");
+                    tracing::warn!(error = %crate::telemetry::Chain(&e), "consumer error");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
@@ -760,7 +762,7 @@ pub async fn run_batched(
     // Nothing finishes any more: closing the consumer revokes without waiting.
     shared.revoke_wait_ms.store(0, Ordering::Relaxed);
     if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-        tracing::debug!(error = %e, "final commit");
+        tracing::debug!(error = %crate::telemetry::Chain(&e), "final commit");
     }
 }
 

@@ -23,6 +23,27 @@ pub fn init_for_tests() {
         .try_init();
 }
 
+/// An error and every cause below it, for logs: `error = %Chain(&e)` writes
+/// `outer: cause: root cause`. A cause whose text its parent already shows (errors that format
+/// their source into their own message) is not repeated.
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut shown = self.0.to_string();
+        let mut next = self.0.source();
+        while let Some(cause) = next {
+            let text = cause.to_string();
+            if !shown.contains(&text) {
+                shown.push_str(": ");
+                shown.push_str(&text);
+            }
+            next = cause.source();
+        }
+        f.write_str(&shown)
+    }
+}
+
 /// Kafka header that carries the trace context.
 pub const TRACEPARENT: &str = "traceparent";
 
@@ -54,6 +75,34 @@ pub fn trace_id(traceparent: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        /// Shows its cause in its own message.
+        #[error("database: {0}")]
+        Shows(#[from] std::io::Error),
+        /// Hides its cause: only the chain shows it.
+        #[error("publish failed")]
+        Hides(#[source] Inner),
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("broker down")]
+    struct Inner(#[source] std::io::Error);
+
+    #[test]
+    fn a_chain_shows_every_cause_once() {
+        let io = || std::io::Error::other("connection refused");
+        assert_eq!(
+            Chain(&Outer::Hides(Inner(io()))).to_string(),
+            "publish failed: broker down: connection refused"
+        );
+        assert_eq!(
+            Chain(&Outer::Shows(io())).to_string(),
+            "database: connection refused"
+        );
+        assert_eq!(Chain(&io()).to_string(), "connection refused");
+    }
 
     #[test]
     fn traceparents_are_valid_and_unique() {

@@ -3,7 +3,7 @@
 //! a transient failure (retried) or a poison record (dead-lettered) is decided here, once.
 
 use crate::context::{Caller, Ctx, Deps, Outcome};
-use crate::{sessions, Error, Role};
+use crate::{mysql, sessions, Error, Role};
 use futures::future::BoxFuture;
 use runtime::consume::{Failure, Handler, Inbound};
 use runtime::metrics;
@@ -28,13 +28,12 @@ impl Handler for Dispatcher {
 
 /// How an infrastructure error is treated: server errors that retrying cannot fix are poison.
 pub fn classify(e: Error) -> Failure {
+    let reason = runtime::telemetry::Chain(&e).to_string();
     match &e {
-        Error::Db(mysql_async::Error::Server(s))
-            if !matches!(s.code, 1205 | 1213 | 1290 | 1836 | 1040 | 1927) =>
-        {
-            Failure::Poison(e.to_string())
+        Error::Db(mysql_async::Error::Server(s)) if !mysql::retry_may_fix(s.code) => {
+            Failure::Poison(reason)
         }
-        _ => Failure::Transient(e.to_string()),
+        _ => Failure::Transient(reason),
     }
 }
 
@@ -93,7 +92,7 @@ impl Dispatcher {
                 Ok(())
             }
             Err(e) => {
-                tracing::warn!(error = %e, kind, "request failed");
+                tracing::warn!(error = %runtime::telemetry::Chain(&e), kind, "request failed");
                 let f = classify(e);
                 if matches!(f, Failure::Poison(_)) {
                     self.reply_error(

@@ -106,7 +106,7 @@ pub async fn renew_node(
         }
         .await;
         if let Err(e) = renewed {
-            tracing::warn!(error = %e, node, "id node lease not renewed");
+            tracing::warn!(error = %runtime::telemetry::Chain(&e), node, "id node lease not renewed");
         }
     }
     if let Ok(mut con) = redis.get().await {

@@ -14,6 +14,7 @@ pub mod dms;
 pub mod ids;
 pub mod invites;
 pub mod login_limits;
+pub mod mysql;
 pub mod presence;
 pub mod sessions;
 pub mod settings;
@@ -86,7 +87,7 @@ pub async fn deps(settings: &Settings, metrics: Metrics) -> Result<Arc<Deps>> {
         match ids::lease_node(&redis, &keys).await {
             Ok(n) => break n,
             Err(e) if tokio::time::Instant::now() < deadline => {
-                tracing::warn!(error = %e, "redis not reachable yet; retrying");
+                tracing::warn!(error = %runtime::telemetry::Chain(&e), "redis not reachable yet; retrying");
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             }
             Err(e) => return Err(e),
