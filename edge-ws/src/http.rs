@@ -19,8 +19,9 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
+use topics::kinds;
 use topics::{
-    Auth, EdgeEvent, EdgeMessage, Envelope, ErrorBody, ErrorCode, Id, Request, ServerFrame,
+    Auth, EdgeEvent, EdgeMessage, Envelope, ErrorBody, ErrorCode, Request, ServerFrame,
     SessionGrant, SECURE_SESSION_COOKIE, SESSION_COOKIE, WIRE_VERSION, WS_AUTH_PROTOCOL_PREFIX,
     WS_PROTOCOL,
 };
@@ -230,125 +231,35 @@ pub fn http_reply(edge: &Edge, msg: EdgeMessage, ok: StatusCode, cookie_only: bo
 }
 
 /// Map an API call to a request. Pure: method, path below `/api/v1`, query and body in; the
-/// request and the success status out.
+/// request and the success status out. Dedicated endpoints come from the request-kind table
+/// ([`topics::kinds`]); `POST /rpc` takes any request allowed over WebSocket as one JSON frame.
 pub fn route(
     method: &Method,
     path: &str,
     query: &HashMap<String, String>,
     body: &[u8],
 ) -> Result<(Request, StatusCode), ErrorBody> {
-    let json_body = || -> Result<serde_json::Value, ErrorBody> {
-        serde_json::from_slice(body)
-            .map_err(|e| ErrorBody::new(ErrorCode::InvalidInput, format!("body must be JSON: {e}")))
-    };
-    let creds = || -> Result<(String, String), ErrorBody> {
-        let v = json_body()?;
-        match (
-            v.get("username").and_then(|u| u.as_str()),
-            v.get("password").and_then(|p| p.as_str()),
-        ) {
-            (Some(u), Some(p)) => Ok((u.to_string(), p.to_string())),
-            _ => Err(ErrorBody::new(
+    if method == Method::POST && path.trim_matches('/') == "rpc" {
+        let text = std::str::from_utf8(body)
+            .map_err(|_| ErrorBody::new(ErrorCode::InvalidInput, "body must be UTF-8"))?;
+        let frame = topics::frames::parse_client_frame(text)?;
+        if !frame.request.allowed_over_ws() {
+            return Err(ErrorBody::new(
                 ErrorCode::InvalidInput,
-                "username and password (strings) are required",
-            )),
+                "use the dedicated endpoint for this request",
+            ));
         }
-    };
-    let segs: Vec<&str> = path
-        .trim_matches('/')
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .collect();
-    let ok = StatusCode::OK;
-    let r = match (method.clone(), segs.as_slice()) {
-        (Method::POST, ["users"]) => {
-            let (username, password) = creds()?;
-            (
-                Request::UserCreate { username, password },
-                StatusCode::CREATED,
-            )
-        }
-        (Method::POST, ["sessions"]) => {
-            let (username, password) = creds()?;
-            (
-                Request::Login {
-                    username,
-                    password,
-                    device: None,
-                },
-                ok,
-            )
-        }
-        (Method::POST, ["sessions", "refresh"]) => (Request::Refresh, ok),
-        (Method::GET, ["sessions"]) => (Request::SessionList, ok),
-        (Method::DELETE, ["sessions"]) => (Request::LogoutAll, ok),
-        (Method::DELETE, ["sessions", "current"]) => (Request::Logout { session_id: None }, ok),
-        (Method::DELETE, ["sessions", id]) => (
-            Request::Logout {
-                session_id: Some(id.to_string()),
-            },
-            ok,
-        ),
-        (Method::GET, ["users", "me"]) => (Request::Me, ok),
-        (Method::DELETE, ["users", "me"]) => (Request::UserDelete, ok),
-        (Method::GET, ["users", id]) => {
-            let user_id: Id = id
-                .parse()
-                .map_err(|_| ErrorBody::new(ErrorCode::InvalidInput, "user id must be a number"))?;
-            (
-                Request::UserLookup {
-                    username: None,
-                    user_id: Some(user_id),
-                },
-                ok,
-            )
-        }
-        (Method::GET, ["users"]) => match query.get("username") {
-            Some(u) => (
-                Request::UserLookup {
-                    username: Some(u.clone()),
-                    user_id: None,
-                },
-                ok,
-            ),
-            None => {
-                return Err(ErrorBody::new(
-                    ErrorCode::InvalidInput,
-                    "?username= is required",
-                ))
-            }
-        },
-        (Method::GET, ["online"]) => {
-            let limit = match query.get("limit") {
-                Some(l) => Some(l.parse().map_err(|_| {
-                    ErrorBody::new(ErrorCode::InvalidInput, "limit must be a number")
-                })?),
-                None => None,
-            };
-            (
-                Request::OnlineList {
-                    cursor: query.get("cursor").cloned(),
-                    limit,
-                },
-                ok,
-            )
-        }
-        // Every WebSocket request is also reachable as one JSON frame over HTTP.
-        (Method::POST, ["rpc"]) => {
-            let text = std::str::from_utf8(body)
-                .map_err(|_| ErrorBody::new(ErrorCode::InvalidInput, "body must be UTF-8"))?;
-            let frame = topics::frames::parse_client_frame(text)?;
-            if !frame.request.allowed_over_ws() {
-                return Err(ErrorBody::new(
-                    ErrorCode::InvalidInput,
-                    "use the dedicated endpoint for this request",
-                ));
-            }
-            (frame.request, ok)
-        }
+        return Ok((frame.request, StatusCode::OK));
+    }
+    let method = match *method {
+        Method::GET => kinds::Method::Get,
+        Method::POST => kinds::Method::Post,
+        Method::DELETE => kinds::Method::Delete,
         _ => return Err(ErrorBody::new(ErrorCode::NotFound, "no such endpoint")),
     };
-    Ok(r)
+    let (request, status) = kinds::from_http(method, path, query, body)?;
+    let status = StatusCode::from_u16(status).expect("the kind table holds valid statuses");
+    Ok((request, status))
 }
 
 /// A call's client address and, when it presents one, its session token as (hash, token).
@@ -795,6 +706,7 @@ async fn linger<T: AsyncRead + AsyncWrite + Unpin>(io: &mut T) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use topics::Id;
 
     fn h(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut m = HeaderMap::new();
