@@ -454,3 +454,62 @@ async fn a_withdrawn_invite_is_told_live_to_the_invitee() {
     b.close().await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_rotated_invite_code_replaces_the_old_one() {
+    let app = spawn_app().await;
+    let (_, _, ann_token) = app.user(0).await;
+    let (bob, _, bob_token) = app.user(1).await;
+    let old = invite_code(&app, &bob_token).await;
+    let mut a = Client::connect(&app.ws_url(0), &ann_token).await;
+    let mut b = Client::connect(&app.ws_url(1), &bob_token).await;
+
+    // over WebSocket: a new code, shown by user.me from then on
+    let Response::User {
+        invite_code: Some(new),
+        user,
+    } = ok(b.request(json!({"type": "user.rotate_invite_code"})).await)
+    else {
+        panic!()
+    };
+    assert_eq!(user.user_id, bob);
+    assert_ne!(new, old);
+    assert_eq!(invite_code(&app, &bob_token).await, new);
+
+    // the old code names nobody; the new one invites Bob
+    assert_eq!(
+        err(a.request(json!({"type": "invite.send", "code": old})).await),
+        ErrorCode::NotFound
+    );
+    let Response::Link { link } = ok(a.request(json!({"type": "invite.send", "code": new})).await)
+    else {
+        panic!()
+    };
+    assert_eq!(link.user_id, bob);
+
+    // over HTTP, through its own route: the code Ann holds stops working too
+    let (status, body) = app
+        .http(1)
+        .post("/api/v1/users/me/invite_code", json!({}), Some(&bob_token))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let newer = body["invite_code"].as_str().unwrap().to_string();
+    assert_ne!(newer, new);
+    assert_eq!(invite_code(&app, &bob_token).await, newer);
+    let (_, _, carl_token) = app.user(0).await;
+    let mut c = Client::connect(&app.ws_url(0), &carl_token).await;
+    assert_eq!(
+        err(c.request(json!({"type": "invite.send", "code": new})).await),
+        ErrorCode::NotFound
+    );
+    ok(c.request(json!({"type": "invite.send", "code": newer}))
+        .await);
+
+    // without a session: refused, nothing rotated
+    let (status, _) = app
+        .http(1)
+        .post("/api/v1/users/me/invite_code", json!({}), None)
+        .await;
+    assert_eq!(status, 401);
+    assert_eq!(invite_code(&app, &bob_token).await, newer);
+}

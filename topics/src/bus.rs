@@ -297,6 +297,7 @@ mod tests {
             Just(Request::LogoutAll),
             Just(Request::Me),
             Just(Request::UserDelete),
+            Just(Request::InviteCodeRotate),
             Just(Request::InviteList),
             Just(Request::DmList),
             (s, s).prop_map(|(u, p)| Request::UserCreate {

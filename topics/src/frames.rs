@@ -59,6 +59,9 @@ pub enum Request {
     },
     #[serde(rename = "user.delete")]
     UserDelete,
+    /// Replace my invite code with a fresh one; the old one stops working (a code that leaked).
+    #[serde(rename = "user.rotate_invite_code")]
+    InviteCodeRotate,
     #[serde(rename = "online.list")]
     OnlineList {
         #[serde(default)]

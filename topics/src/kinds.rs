@@ -190,6 +190,8 @@ kinds! {
         Route::get("/users").query(&[Param::text("username").required()]),
     ];
     UserDelete => "user.delete", Users, Caller, Session, Any, [Route::delete("/users/me")];
+    InviteCodeRotate => "user.rotate_invite_code", Users, Caller, Session, Any,
+        [Route::post("/users/me/invite_code")];
     OnlineList => "online.list", Presence, Caller, Session, Any,
         [Route::get("/online").query(&[Param::text("cursor"), Param::number("limit")])];
     BroadcastSend => "broadcast.send", Presence, Caller, Session, Any, [];

@@ -2,6 +2,10 @@
 //! of public profiles, and deletion (sessions revoked, sockets closed, links removed, history
 //! kept with the author shown as deleted).
 
+mod rotate_invite_code;
+
+pub use rotate_invite_code::rotate_invite_code;
+
 use crate::context::{Ctx, Deps, Outcome};
 use crate::db::{exec_drop, is_duplicate, rows};
 use crate::{refuse, sessions, Error, Result};
@@ -23,6 +27,7 @@ pub async fn handle(ctx: &Ctx<'_>) -> crate::Result<Outcome> {
             lookup(ctx, username.as_deref(), *user_id).await
         }
         Request::UserDelete => delete(ctx).await,
+        Request::InviteCodeRotate => rotate_invite_code(ctx).await,
         other => Err(crate::Error::Unrouted(other.kind())),
     }
 }
