@@ -8,9 +8,10 @@ pub mod hub;
 pub mod inbox;
 pub mod limits;
 pub mod ratelimit;
+pub mod rpc;
 pub mod server;
-pub mod session;
 pub mod settings;
+pub mod ws;
 
 pub use settings::{EdgeSettings, Settings};
 
