@@ -108,7 +108,7 @@ pub(crate) async fn api(
     edge: Arc<Edge>,
     method: Method,
     path: warp::path::FullPath,
-    query: String,
+    query: HashMap<String, String>,
     headers: HeaderMap,
     remote: Option<SocketAddr>,
     body: Bytes,
@@ -117,7 +117,6 @@ pub(crate) async fn api(
         Ok(admitted) => admitted,
         Err(refused) => return Ok(refused),
     };
-    let query: HashMap<String, String> = serde_urlencoded_pairs(&query);
     let sub = path.as_str().trim_start_matches("/api/v1");
     let (mut request, ok) = match route(&method, sub, &query, &body) {
         Ok(r) => r,
@@ -178,40 +177,6 @@ pub(crate) async fn current_session(
     }
 }
 
-/// `a=1&b=x%20y` → map (percent-decoding; `+` is a space).
-pub fn serde_urlencoded_pairs(q: &str) -> HashMap<String, String> {
-    fn decode(s: &str) -> String {
-        let bytes = s.as_bytes();
-        let mut out = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        while i < bytes.len() {
-            match bytes[i] {
-                b'+' => out.push(b' '),
-                b'%' if i + 2 < bytes.len() => {
-                    let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
-                    match u8::from_str_radix(hex, 16) {
-                        Ok(b) => {
-                            out.push(b);
-                            i += 2;
-                        }
-                        Err(_) => out.push(b'%'),
-                    }
-                }
-                b => out.push(b),
-            }
-            i += 1;
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    }
-    q.split('&')
-        .filter(|kv| !kv.is_empty())
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (decode(k), decode(v))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,16 +186,5 @@ mod tests {
         let r = rate_limited(Duration::from_millis(1500));
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(r.headers()[header::RETRY_AFTER], "2");
-    }
-
-    #[test]
-    fn queries() {
-        let q = serde_urlencoded_pairs("username=a%20b&x=1+2&flag&bad=%zz&end=%4&u=%é");
-        assert_eq!(q["username"], "a b");
-        assert_eq!(q["x"], "1 2");
-        assert_eq!(q["flag"], "");
-        assert_eq!(q["bad"], "%zz");
-        assert_eq!(q["end"], "%4");
-        assert_eq!(q["u"], "%é");
     }
 }

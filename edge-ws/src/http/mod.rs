@@ -8,7 +8,7 @@ pub mod routes;
 
 pub use crate::rpc::call;
 pub use crate::ws::upgrade::{upgrade_key, ws_config};
-pub use api::{http_reply, serde_urlencoded_pairs, SESSION_MODE_HEADER};
+pub use api::{http_reply, SESSION_MODE_HEADER};
 pub use auth::{
     bearer, device_label, origin_allowed, peer, session_cookie_name, token_hash, ws_protocols,
 };
@@ -17,6 +17,7 @@ pub use routes::route;
 use crate::Edge;
 use bytes::Bytes;
 use serde_json::json;
+use std::collections::HashMap;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use topics::ErrorCode;
@@ -30,6 +31,14 @@ pub(crate) fn error_response(code: ErrorCode, message: &str) -> Response {
     *r.status_mut() =
         StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     r
+}
+
+/// The query string as a map, decoded by `serde_urlencoded` (warp's query filter): percent
+/// escapes decoded (one that is not two hex digits stays as it is), `+` is a space, a key without
+/// `=` maps to "", bytes that are not UTF-8 become U+FFFD, and of a repeated key the last value
+/// counts. No query string is an empty map.
+pub fn query() -> impl Filter<Extract = (HashMap<String, String>,), Error = Rejection> + Copy {
+    warp::query::<HashMap<String, String>>()
 }
 
 async fn recover(err: Rejection) -> Result<Response, Rejection> {
@@ -74,13 +83,12 @@ pub fn routes(
         .and(warp::header::headers_cloned())
         .and(crate::server::remote())
         .and_then(api::current_session);
-    let query = warp::query::raw().or(warp::any().map(String::new)).unify();
     let base = warp::path("api")
         .and(warp::path("v1"))
         .and(with_edge)
         .and(warp::method())
         .and(warp::path::full())
-        .and(query)
+        .and(query())
         .and(warp::header::headers_cloned())
         .and(crate::server::remote());
     let max = edge.settings.max_frame_bytes as u64;
@@ -127,6 +135,7 @@ pub fn routes(
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use super::*;
     use warp::http::{header, HeaderMap, HeaderValue};
 
     pub(crate) fn h(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -138,5 +147,39 @@ pub(crate) mod tests {
             );
         }
         m
+    }
+
+    async fn decoded(q: &str) -> HashMap<String, String> {
+        warp::test::request()
+            .path(&format!("/api/v1/users?{q}"))
+            .filter(&query())
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn queries_are_decoded() {
+        // the raw `é` of a URL as it arrives percent-encoded (`%%C3%A9`: a lone `%`, then `é`)
+        let q = decoded("username=a%20b&x=1+2&flag&bad=%zz&end=%4&u=%%C3%A9").await;
+        assert_eq!(q["username"], "a b");
+        assert_eq!(q["x"], "1 2");
+        assert_eq!(q["flag"], "");
+        assert_eq!(q["bad"], "%zz");
+        assert_eq!(q["end"], "%4");
+        assert_eq!(q["u"], "%é");
+        let q = decoded("bad=%ff%C3&k%2Bey=v%26w&&dup=1&dup=2&plus=%+1").await;
+        assert_eq!(q["bad"], "\u{FFFD}\u{FFFD}", "escapes that are not UTF-8");
+        assert_eq!(q["k+ey"], "v&w", "escaped separators are data");
+        assert_eq!(q["dup"], "2", "the last of repeated keys");
+        // `+1` is not two hex digits (the hand-written decoder took it for 0x01)
+        assert_eq!(q["plus"], "% 1");
+        assert_eq!(q.len(), 4, "empty pairs are skipped");
+        assert!(decoded("").await.is_empty());
+        let none = warp::test::request()
+            .path("/api/v1/users")
+            .filter(&query())
+            .await
+            .unwrap();
+        assert!(none.is_empty(), "no query string");
     }
 }
