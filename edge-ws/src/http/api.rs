@@ -104,7 +104,7 @@ fn admit(edge: &Edge, headers: &HeaderMap, remote: Option<SocketAddr>) -> Result
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(crate) async fn api(
+pub(crate) async fn handle(
     edge: Arc<Edge>,
     method: Method,
     path: warp::path::FullPath,

@@ -97,7 +97,7 @@ pub fn routes(
         .and(warp::post())
         .and(warp::body::content_length_limit(max))
         .and(warp::body::bytes())
-        .and_then(api::api);
+        .and_then(api::handle);
     // A POST with neither Content-Length nor Transfer-Encoding has an empty body (RFC 9112
     // §6.3), as `curl -X POST` and hyper-based clients send `/sessions/refresh`; chunked bodies
     // still need a length.
@@ -113,11 +113,11 @@ pub fn routes(
         .clone()
         .and(warp::post())
         .and(no_body)
-        .and_then(api::api);
+        .and_then(api::handle);
     let without_body = base
         .and(warp::get().or(warp::delete()).unify())
         .and(warp::any().map(Bytes::new))
-        .and_then(api::api);
+        .and_then(api::handle);
     health
         .or(ws)
         .unify()

@@ -1,22 +1,29 @@
 //! One WebSocket connection, generic over any `Stream + Sink` of messages so unit tests can drive
 //! it through channels. Reads frames (size limit, rate limit, parse), publishes them, writes what
 //! the hub queues, pings, and closes on idle, on revocation, on a full queue or at shutdown.
+//! [`run`] is a connection's whole life after the handshake: registered, driven, unregistered.
 
-use crate::hub::Outbound;
+use super::upgrade::ws_config;
+use crate::hub::{ConnHandle, Outbound};
+use crate::limits::Slot;
 use crate::ratelimit::TokenBucket;
 use crate::rpc::publish;
 use crate::Edge;
 use futures::{Sink, SinkExt, Stream, StreamExt};
+use hyper_util::rt::TokioIo;
 use runtime::metrics;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use topics::frames::{parse_client_frame, salvage_rid};
-use topics::{Auth, Envelope, ErrorBody, ErrorCode, Id, ServerFrame, WIRE_VERSION};
+use topics::{Auth, EdgeEvent, Envelope, ErrorBody, ErrorCode, Id, ServerFrame, WIRE_VERSION};
+use warp::hyper::upgrade::OnUpgrade;
 
 /// Close codes this edge uses (4000–4999 are the application's own).
 pub mod close_code {
@@ -295,6 +302,75 @@ where
             }
         }
     }
+}
+
+/// A WebSocket's life once the handshake is answered: wait for the upgrade, register the
+/// connection in the hub and with presence, run [`drive`] until it ends, then unregister it and
+/// give back its connection slots (held until here, however it ends).
+pub async fn run(
+    edge: Arc<Edge>,
+    ctx: ConnCtx,
+    on_upgrade: OnUpgrade,
+    slots: (Slot<Id>, Option<Slot<String>>),
+    stop: CancellationToken,
+) {
+    let upgraded = match on_upgrade.await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade did not complete");
+            return;
+        }
+    };
+    let config = ws_config(edge.settings.max_frame_bytes);
+    let mut socket =
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(edge.settings.outbound_queue);
+    let kill = CancellationToken::new();
+    edge.hub.register(
+        ctx.conn,
+        ConnHandle {
+            user_id: ctx.user_id,
+            session_id: ctx.session_id.clone(),
+            tx,
+            kill: kill.clone(),
+        },
+    );
+    edge.emit(EdgeEvent::Connected {
+        edge: edge.settings.id.clone(),
+        conn: ctx.conn,
+        user_id: ctx.user_id,
+        username: ctx.username.clone(),
+        session_id: ctx.session_id.clone(),
+    })
+    .await;
+    let closed_by_us = drive(edge.clone(), ctx.clone(), &mut socket, rx, kill, stop)
+        .await
+        .is_some();
+    edge.hub.unregister(ctx.conn);
+    drop(slots);
+    edge.emit(EdgeEvent::Disconnected {
+        edge: edge.settings.id.clone(),
+        conn: ctx.conn,
+        user_id: ctx.user_id,
+    })
+    .await;
+    if closed_by_us {
+        linger(socket.get_mut()).await;
+    }
+}
+
+/// After the edge sent a close frame: end our side (FIN) and read and drop what the client still
+/// sends, for at most 2 s, until it closes too. Closing a socket that has unread data (the rest of
+/// an oversized message, say) makes the kernel answer with a reset, and a proxy in between, nginx
+/// here, may then drop the close frame it was still relaying: the client would see the
+/// connection cut instead of the close code.
+async fn linger<T: AsyncRead + AsyncWrite + Unpin>(io: &mut T) {
+    let _ = io.shutdown().await;
+    let mut sink = [0u8; 512];
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while matches!(io.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 #[cfg(test)]

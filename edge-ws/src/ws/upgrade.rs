@@ -1,26 +1,21 @@
 //! The WebSocket handshake: check the upgrade, the origin, the edge's and the client's
-//! connection caps and the session, then answer 101 and run the connection on the upgraded
-//! socket.
+//! connection caps and the session, then answer 101 and start the connection's task
+//! ([`connection::run`]) on the upgraded socket.
 
 use super::connection::{self, ConnCtx};
 use crate::http::auth::{
     cookie, origin_allowed, peer, session_cookie_name, token_hash, ws_protocols,
 };
 use crate::http::error_response;
-use crate::hub::ConnHandle;
 use crate::rpc::call;
 use crate::Edge;
-use hyper_util::rt::TokioIo;
 use runtime::metrics;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
-use topics::{Auth, EdgeEvent, EdgeMessage, ErrorCode, Request, WS_PROTOCOL};
+use topics::{Auth, EdgeMessage, ErrorCode, Request, WS_PROTOCOL};
 use warp::http::{header, HeaderMap, HeaderValue, StatusCode};
 use warp::hyper::upgrade::OnUpgrade;
 use warp::reply::Response;
@@ -153,53 +148,8 @@ pub async fn upgrade(
         session_id: grant.session_id,
         peer,
     };
-    let e2 = edge.clone();
-    edge.connections.spawn(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::debug!(error = %e, "upgrade did not complete");
-                return;
-            }
-        };
-        let config = ws_config(e2.settings.max_frame_bytes);
-        let mut socket =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-                .await;
-        let (tx, rx) = tokio::sync::mpsc::channel(e2.settings.outbound_queue);
-        let kill = CancellationToken::new();
-        e2.hub.register(
-            ctx.conn,
-            ConnHandle {
-                user_id: ctx.user_id,
-                session_id: ctx.session_id.clone(),
-                tx,
-                kill: kill.clone(),
-            },
-        );
-        e2.emit(EdgeEvent::Connected {
-            edge: e2.settings.id.clone(),
-            conn: ctx.conn,
-            user_id: ctx.user_id,
-            username: ctx.username.clone(),
-            session_id: ctx.session_id.clone(),
-        })
-        .await;
-        let closed_by_us = connection::drive(e2.clone(), ctx.clone(), &mut socket, rx, kill, stop)
-            .await
-            .is_some();
-        e2.hub.unregister(ctx.conn);
-        drop(slots);
-        e2.emit(EdgeEvent::Disconnected {
-            edge: e2.settings.id.clone(),
-            conn: ctx.conn,
-            user_id: ctx.user_id,
-        })
-        .await;
-        if closed_by_us {
-            linger(socket.get_mut()).await;
-        }
-    });
+    edge.connections
+        .spawn(connection::run(edge.clone(), ctx, on_upgrade, slots, stop));
     let mut resp = Response::new(warp::hyper::body::Bytes::new().into());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();
@@ -220,20 +170,6 @@ pub async fn upgrade(
         );
     }
     Ok(resp)
-}
-
-/// After the edge sent a close frame: end our side (FIN) and read and drop what the client still
-/// sends, for at most 2 s, until it closes too. Closing a socket that has unread data (the rest of
-/// an oversized message, say) makes the kernel answer with a reset, and a proxy in between, nginx
-/// here, may then drop the close frame it was still relaying: the client would see the
-/// connection cut instead of the close code.
-async fn linger<T: AsyncRead + AsyncWrite + Unpin>(io: &mut T) {
-    let _ = io.shutdown().await;
-    let mut sink = [0u8; 512];
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while matches!(io.read(&mut sink).await, Ok(n) if n > 0) {}
-    })
-    .await;
 }
 
 #[cfg(test)]
