@@ -8,10 +8,11 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::Message;
 use runtime::metrics;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use topics::{EdgeMessage, Topics};
 
-pub fn subscribe(
+pub async fn subscribe(
     kafka: &runtime::KafkaSettings,
     topics: &Topics,
     edge_id: &str,
@@ -19,16 +20,26 @@ pub fn subscribe(
     // Assigned, not subscribed: no group rebalance to wait for, and reading starts exactly at
     // the end as it is now, so no answer published after this point can be missed.
     let group = topics.group(&format!("edge.{edge_id}"));
-    let consumer = runtime::kafka::consumer(kafka, &group, true)?;
+    let mut consumer: StreamConsumer = runtime::kafka::consumer(kafka, &group, true)?;
     let topic = topics.edge(edge_id);
     // A topic created a moment ago may not be known to every broker yet: retry for a while.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    // librdkafka's watermark query blocks its thread (up to 5 s a try), so it runs on a blocking
+    // thread, and the pause between tries is the runtime's: other tasks run meanwhile.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let high = loop {
-        match consumer.fetch_watermarks(&topic, 0, std::time::Duration::from_secs(5)) {
+        let t = topic.clone();
+        let (c, watermarks) = tokio::task::spawn_blocking(move || {
+            let w = consumer.fetch_watermarks(&t, 0, Duration::from_secs(5));
+            (consumer, w)
+        })
+        .await
+        .map_err(std::io::Error::from)?;
+        consumer = c;
+        match watermarks {
             Ok((_, high)) => break high,
-            Err(e) if std::time::Instant::now() < deadline => {
+            Err(e) if tokio::time::Instant::now() < deadline => {
                 tracing::debug!(error = %e, %topic, "edge topic not ready yet");
-                std::thread::sleep(std::time::Duration::from_millis(200));
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(e) => return Err(e.into()),
         }

@@ -8,9 +8,10 @@ pub mod hub;
 pub mod inbox;
 pub mod limits;
 pub mod ratelimit;
+pub mod rpc;
 pub mod server;
-pub mod session;
 pub mod settings;
+pub mod ws;
 
 pub use settings::{EdgeSettings, Settings};
 
@@ -101,7 +102,7 @@ impl Application {
             Some(runtime::kafka::REQUEST_RETENTION_MS),
         )
         .await?;
-        let consumer = inbox::subscribe(&kafka, &topics, &es.id)?;
+        let consumer = inbox::subscribe(&kafka, &topics, &es.id).await?;
         let metrics = Metrics::default();
         let publisher = Publisher::new(&kafka, metrics.clone())?;
         let listener = tokio::net::TcpListener::bind(addr)
@@ -199,7 +200,9 @@ impl Application {
         if tokio::time::timeout(grace, drain).await.is_err() {
             tasks.abort_all();
         }
-        edge.publisher.flush(std::time::Duration::from_secs(5));
+        edge.publisher
+            .flush(std::time::Duration::from_secs(5))
+            .await;
         tracing::info!(edge = %edge.settings.id, "edge stopped");
     }
 }

@@ -155,7 +155,10 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> Result<()> {
         stop,
     )
     .await;
-    router.publisher.flush(std::time::Duration::from_secs(5));
+    router
+        .publisher
+        .flush(std::time::Duration::from_secs(5))
+        .await;
     let _ = health.await;
     tracing::info!("router stopped");
     Ok(())

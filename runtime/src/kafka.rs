@@ -178,10 +178,15 @@ impl Publisher {
         }
     }
 
-    /// Wait for everything queued to be delivered (shutdown).
-    pub fn flush(&self, timeout: Duration) {
-        if let Err(e) = self.producer.flush(timeout) {
-            tracing::warn!(error = %e, "producer flush did not finish");
+    /// Wait for everything queued to be delivered (shutdown), at most `timeout`. librdkafka's
+    /// flush blocks its thread, so it runs on a blocking thread: the runtime's workers go on
+    /// with other tasks meanwhile.
+    pub async fn flush(&self, timeout: Duration) {
+        let producer = self.producer.clone();
+        match tokio::task::spawn_blocking(move || producer.flush(timeout)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "producer flush did not finish"),
+            Err(e) => tracing::warn!(error = %e, "producer flush did not finish"),
         }
     }
 }
@@ -200,6 +205,37 @@ pub fn kind_of(topic: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn a_flush_lets_other_tasks_run_while_it_waits() {
+        // Nothing listens on port 1: the record stays queued, so the flush waits its whole
+        // timeout (the record itself would time out only after `message_timeout_ms`, 5 s).
+        let s = KafkaSettings {
+            brokers: "127.0.0.1:1".into(),
+            ..Default::default()
+        };
+        let p = Publisher::new(&s, Metrics::default()).unwrap();
+        let mut send = Box::pin(p.send("t.x.v1", "k", b"v", None));
+        assert!(
+            futures::poll!(&mut send).is_pending(),
+            "queued, not delivered"
+        );
+        // The test runs on a current-thread runtime: a task spawned now runs only when this one
+        // yields. Blocking inside the flush, it would run only after the flush.
+        let flushing = Arc::new(AtomicBool::new(true));
+        let during = tokio::spawn({
+            let flushing = flushing.clone();
+            async move { flushing.load(Ordering::SeqCst) }
+        });
+        let timeout = Duration::from_millis(300);
+        let t0 = std::time::Instant::now();
+        p.flush(timeout).await;
+        flushing.store(false, Ordering::SeqCst);
+        assert!(t0.elapsed() >= timeout, "the flush waited for the record");
+        assert!(during.await.unwrap(), "another task ran during the flush");
+    }
 
     #[test]
     fn topic_kinds() {

@@ -172,7 +172,9 @@ pub async fn run(role: Role, settings: Settings, stop: CancellationToken) -> Res
         stop.clone(),
     )
     .await;
-    deps.publisher.flush(std::time::Duration::from_secs(5));
+    deps.publisher
+        .flush(std::time::Duration::from_secs(5))
+        .await;
     let _ = renew.await;
     let _ = health.await;
     tracing::info!(role = %role.worker(), "worker stopped");

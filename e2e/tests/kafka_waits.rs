@@ -1,0 +1,92 @@
+//! Waits on Kafka that librdkafka makes blocking (the edge's watermark query at start-up, the
+//! producer's flush at shutdown) against the real broker: they leave the async runtime free for
+//! other tasks, and keep doing what they did.
+
+use e2e::{stack, unique};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::Message;
+use runtime::kafka::{ensure_topics, Publisher, REQUEST_RETENTION_MS};
+use runtime::metrics::Metrics;
+use std::time::Duration;
+
+fn kafka() -> runtime::KafkaSettings {
+    let stack = stack();
+    runtime::KafkaSettings {
+        brokers: stack.kafka.brokers.clone(),
+        topic_prefix: unique("t"),
+        replication_factor: stack.kafka.replication_factor,
+        partitions: 1,
+        ..Default::default()
+    }
+}
+
+/// The edge subscribes to its own topic while another task of the same (current-thread) runtime
+/// is still creating it: the subscription waits for the topic without holding the thread, so
+/// the creation goes ahead and the edge reads what is published to its topic afterwards.
+#[tokio::test]
+async fn the_edge_waits_for_its_topic_without_holding_the_runtime() {
+    runtime::telemetry::init_for_tests();
+    let kafka = kafka();
+    let topics = kafka.topics();
+    let own = topics.edge("e1");
+    let (consumer, created) =
+        tokio::join!(edge_ws::inbox::subscribe(&kafka, &topics, "e1"), async {
+            ensure_topics(
+                &kafka,
+                std::slice::from_ref(&own),
+                1,
+                Some(REQUEST_RETENTION_MS),
+            )
+            .await
+        });
+    created.expect("topic created");
+    let consumer: StreamConsumer = consumer.expect("subscribed once the topic exists");
+    let publisher = Publisher::new(&kafka, Metrics::default()).unwrap();
+    publisher.send(&own, "k", b"hello", None).await.unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(10), consumer.recv())
+        .await
+        .expect("a record in time")
+        .unwrap();
+    assert_eq!(m.payload(), Some(&b"hello"[..]));
+}
+
+/// What was queued but not yet delivered is on the broker once the flush returns.
+#[tokio::test]
+async fn a_flush_delivers_what_is_queued() {
+    runtime::telemetry::init_for_tests();
+    let kafka = kafka();
+    let topic = format!("{}.flush.v1", kafka.topic_prefix);
+    ensure_topics(
+        &kafka,
+        std::slice::from_ref(&topic),
+        1,
+        Some(REQUEST_RETENTION_MS),
+    )
+    .await
+    .unwrap();
+    let publisher = Publisher::new(&kafka, Metrics::default()).unwrap();
+    let payloads: Vec<String> = (0..20).map(|i| i.to_string()).collect();
+    let mut sends = Vec::new();
+    for p in &payloads {
+        let mut send = Box::pin(publisher.send(&topic, "k", p.as_bytes(), None));
+        assert!(
+            futures::poll!(&mut send).is_pending(),
+            "queued, not delivered"
+        );
+        sends.push(send);
+    }
+    publisher.flush(Duration::from_secs(10)).await;
+    let reader: StreamConsumer =
+        runtime::kafka::consumer(&kafka, &format!("{}.reader", kafka.topic_prefix), false).unwrap();
+    let t = topic.clone();
+    let (_, high) = tokio::task::spawn_blocking(move || {
+        reader.fetch_watermarks(&t, 0, Duration::from_secs(10))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(high, 20, "every queued record is on the broker");
+    for send in sends {
+        send.await.expect("delivered");
+    }
+}

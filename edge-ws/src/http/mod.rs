@@ -1,0 +1,185 @@
+//! HTTP: the liveness answer (`/healthz`; `/metrics` is on the internal listener only), the
+//! authenticated WebSocket handshake ([`crate::ws`]), and the REST API ([`api`]). Every API
+//! call becomes an envelope answered by a worker through this edge's topic ([`crate::rpc`]).
+
+pub mod api;
+pub mod auth;
+pub mod routes;
+
+pub use crate::rpc::call;
+pub use crate::ws::upgrade::{upgrade_key, ws_config};
+pub use api::{http_reply, SESSION_MODE_HEADER};
+pub use auth::{
+    bearer, device_label, origin_allowed, peer, session_cookie_name, token_hash, ws_protocols,
+};
+pub use routes::route;
+
+use crate::Edge;
+use bytes::Bytes;
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use topics::ErrorCode;
+use warp::http::StatusCode;
+use warp::hyper::upgrade::OnUpgrade;
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+pub(crate) fn error_response(code: ErrorCode, message: &str) -> Response {
+    let mut r = warp::reply::json(&json!({"code": code, "message": message})).into_response();
+    *r.status_mut() =
+        StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r
+}
+
+/// The query string as a map, decoded by `serde_urlencoded` (warp's query filter): percent
+/// escapes decoded (one that is not two hex digits stays as it is), `+` is a space, a key without
+/// `=` maps to "", bytes that are not UTF-8 become U+FFFD, and of a repeated key the last value
+/// counts. No query string is an empty map.
+pub fn query() -> impl Filter<Extract = (HashMap<String, String>,), Error = Rejection> + Copy {
+    warp::query::<HashMap<String, String>>()
+}
+
+async fn recover(err: Rejection) -> Result<Response, Rejection> {
+    let (code, msg) = if err.is_not_found() {
+        (ErrorCode::NotFound, "no such endpoint")
+    } else if err.find::<warp::reject::PayloadTooLarge>().is_some() {
+        (ErrorCode::PayloadTooLarge, "body is larger than the limit")
+    } else if err.find::<warp::reject::LengthRequired>().is_some() {
+        (ErrorCode::InvalidInput, "content-length is required")
+    } else if err.find::<warp::reject::MethodNotAllowed>().is_some() {
+        (ErrorCode::NotFound, "no such endpoint for this method")
+    } else {
+        (ErrorCode::InvalidInput, "bad request")
+    };
+    Ok(error_response(code, msg))
+}
+
+/// Every route of the edge.
+pub fn routes(
+    edge: Arc<Edge>,
+    stop: CancellationToken,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let with_edge = {
+        let e = edge.clone();
+        warp::any().map(move || e.clone())
+    };
+    // liveness for nginx, discovery and `./sb status`; metrics are served on `internal_listen`
+    let health = warp::path!("healthz")
+        .and(warp::get())
+        .map(|| "ok".into_response());
+    let ws = warp::path!("ws")
+        .and(with_edge.clone())
+        .and(warp::get())
+        .and(warp::any().map(move || stop.clone()))
+        .and(warp::header::headers_cloned())
+        .and(crate::server::remote())
+        .and(warp::ext::optional::<OnUpgrade>())
+        .and_then(crate::ws::upgrade::upgrade);
+    let current = warp::path!("api" / "v1" / "sessions" / "current")
+        .and(warp::get())
+        .and(with_edge.clone())
+        .and(warp::header::headers_cloned())
+        .and(crate::server::remote())
+        .and_then(api::current_session);
+    let base = warp::path("api")
+        .and(warp::path("v1"))
+        .and(with_edge)
+        .and(warp::method())
+        .and(warp::path::full())
+        .and(query())
+        .and(warp::header::headers_cloned())
+        .and(crate::server::remote());
+    let max = edge.settings.max_frame_bytes as u64;
+    let with_body = base
+        .clone()
+        .and(warp::post())
+        .and(warp::body::content_length_limit(max))
+        .and(warp::body::bytes())
+        .and_then(api::handle);
+    // A POST with neither Content-Length nor Transfer-Encoding has an empty body (RFC 9112
+    // §6.3), as `curl -X POST` and hyper-based clients send `/sessions/refresh`; chunked bodies
+    // still need a length.
+    let no_body = warp::header::optional::<String>("content-length")
+        .and(warp::header::optional::<String>("transfer-encoding"))
+        .and_then(|len: Option<String>, te: Option<String>| async move {
+            match (len, te) {
+                (None, None) => Ok(Bytes::new()),
+                _ => Err(warp::reject::not_found()),
+            }
+        });
+    let empty_post = base
+        .clone()
+        .and(warp::post())
+        .and(no_body)
+        .and_then(api::handle);
+    let without_body = base
+        .and(warp::get().or(warp::delete()).unify())
+        .and(warp::any().map(Bytes::new))
+        .and_then(api::handle);
+    health
+        .or(ws)
+        .unify()
+        .or(current)
+        .unify()
+        .or(with_body)
+        .unify()
+        .or(empty_post)
+        .unify()
+        .or(without_body)
+        .unify()
+        .recover(recover)
+        .unify()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use warp::http::{header, HeaderMap, HeaderValue};
+
+    pub(crate) fn h(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(
+                header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        m
+    }
+
+    async fn decoded(q: &str) -> HashMap<String, String> {
+        warp::test::request()
+            .path(&format!("/api/v1/users?{q}"))
+            .filter(&query())
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn queries_are_decoded() {
+        // the raw `é` of a URL as it arrives percent-encoded (`%%C3%A9`: a lone `%`, then `é`)
+        let q = decoded("username=a%20b&x=1+2&flag&bad=%zz&end=%4&u=%%C3%A9").await;
+        assert_eq!(q["username"], "a b");
+        assert_eq!(q["x"], "1 2");
+        assert_eq!(q["flag"], "");
+        assert_eq!(q["bad"], "%zz");
+        assert_eq!(q["end"], "%4");
+        assert_eq!(q["u"], "%é");
+        let q = decoded("bad=%ff%C3&k%2Bey=v%26w&&dup=1&dup=2&plus=%+1").await;
+        assert_eq!(q["bad"], "\u{FFFD}\u{FFFD}", "escapes that are not UTF-8");
+        assert_eq!(q["k+ey"], "v&w", "escaped separators are data");
+        assert_eq!(q["dup"], "2", "the last of repeated keys");
+        // `+1` is not two hex digits (the hand-written decoder took it for 0x01)
+        assert_eq!(q["plus"], "% 1");
+        assert_eq!(q.len(), 4, "empty pairs are skipped");
+        assert!(decoded("").await.is_empty());
+        let none = warp::test::request()
+            .path("/api/v1/users")
+            .filter(&query())
+            .await
+            .unwrap();
+        assert!(none.is_empty(), "no query string");
+    }
+}

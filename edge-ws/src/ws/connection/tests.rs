@@ -1,0 +1,343 @@
+//! The connection loop driven through channels, on paused time.
+
+use super::*;
+use crate::hub::Hub;
+use crate::EdgeSettings;
+use futures::channel::mpsc as fmpsc;
+use runtime::kafka::Publisher;
+use runtime::metrics::Metrics;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+
+/// A socket made of channels: what the test sends comes out of `next()`, what the edge writes
+/// goes to `out`; flushes are counted (tungstenite writes its queued close reply on flush).
+struct Socket {
+    rx: fmpsc::UnboundedReceiver<Result<Message, WsError>>,
+    out: fmpsc::UnboundedSender<Message>,
+    flushes: Arc<AtomicUsize>,
+    reads: Arc<AtomicUsize>,
+}
+
+impl Stream for Socket {
+    type Item = Result<Message, WsError>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let p = Pin::new(&mut self.rx).poll_next(cx);
+        if let Poll::Ready(Some(_)) = p {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+        }
+        p
+    }
+}
+
+impl Sink<Message> for Socket {
+    type Error = WsError;
+    fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        Poll::Ready(Ok(()))
+    }
+    fn start_send(self: Pin<&mut Self>, m: Message) -> Result<(), WsError> {
+        let _ = self.out.unbounded_send(m);
+        Ok(())
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        Poll::Ready(Ok(()))
+    }
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+struct Peer {
+    tx: fmpsc::UnboundedSender<Result<Message, WsError>>,
+    out: fmpsc::UnboundedReceiver<Message>,
+    flushes: Arc<AtomicUsize>,
+    /// Messages the edge has read from the socket.
+    reads: Arc<AtomicUsize>,
+    ended: tokio::task::JoinHandle<Option<u16>>,
+    queue: mpsc::Sender<Outbound>,
+}
+
+fn start(idle_timeout_ms: u64) -> Peer {
+    start_with(EdgeSettings {
+        idle_timeout_ms,
+        ..Default::default()
+    })
+}
+
+fn start_with(settings: EdgeSettings) -> Peer {
+    let metrics = Metrics::default();
+    let edge = Arc::new(Edge {
+        limits: crate::limits::Limits::new(&settings),
+        settings,
+        topics: topics::Topics::new("t"),
+        publisher: Publisher::new(&runtime::KafkaSettings::default(), metrics.clone()).unwrap(),
+        hub: Hub::new(1, metrics.clone()),
+        metrics,
+        connections: tokio_util::task::TaskTracker::new(),
+        epoch: 1,
+    });
+    let (tx, rx) = fmpsc::unbounded();
+    let (out_tx, out) = fmpsc::unbounded();
+    let flushes = Arc::new(AtomicUsize::new(0));
+    let reads = Arc::new(AtomicUsize::new(0));
+    let socket = Socket {
+        rx,
+        out: out_tx,
+        flushes: flushes.clone(),
+        reads: reads.clone(),
+    };
+    let (queue, queued) = mpsc::channel(4);
+    let ctx = ConnCtx {
+        conn: 1,
+        user_id: Id(1),
+        username: "ann".into(),
+        session_id: "s".into(),
+        peer: None,
+    };
+    let ended = tokio::spawn(drive(
+        edge,
+        ctx,
+        socket,
+        queued,
+        CancellationToken::new(),
+        CancellationToken::new(),
+    ));
+    Peer {
+        tx,
+        out,
+        flushes,
+        reads,
+        ended,
+        queue,
+    }
+}
+
+/// Read what the edge writes until its close frame; (close code, pings seen).
+async fn until_close(out: &mut fmpsc::UnboundedReceiver<Message>) -> (u16, usize) {
+    let mut pings = 0;
+    while let Some(m) = out.next().await {
+        match m {
+            Message::Ping(_) => pings += 1,
+            Message::Close(Some(f)) => return (u16::from(f.code), pings),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    panic!("socket ended without a close frame")
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_sockets_close_exactly_at_the_idle_timeout_after_the_last_frame() {
+    // Silent from the start: closed at 60 s.
+    let mut p = start(60_000);
+    let t0 = tokio::time::Instant::now();
+    let (code, pings) = until_close(&mut p.out).await;
+    assert_eq!(code, close_code::IDLE);
+    assert_eq!(t0.elapsed().as_secs(), 60, "{:?}", t0.elapsed());
+    // pings at 20 s and 40 s, and maybe one at 60 s when that tick wins the race with the close
+    assert!((2..=3).contains(&pings), "{pings} pings");
+    assert_eq!(p.ended.await.unwrap(), Some(close_code::IDLE));
+
+    // One pong at +5 s: closed at 65 s, not at the next ping tick (80 s).
+    let mut p = start(60_000);
+    let t0 = tokio::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    p.tx.unbounded_send(Ok(Message::Pong(Default::default())))
+        .unwrap();
+    let (code, _) = until_close(&mut p.out).await;
+    assert_eq!(code, close_code::IDLE);
+    let at = t0.elapsed();
+    assert!(
+        at >= Duration::from_secs(65) && at < Duration::from_secs(66),
+        "{at:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn queued_frames_go_out_with_one_flush_and_a_queued_close_still_comes_last() {
+    let mut p = start(60_000);
+    for t in ["a", "b", "c"] {
+        p.queue.send(Outbound::Text(t.into())).await.unwrap();
+    }
+    p.queue
+        .send(Outbound::Close("bye-frame".into(), "revoked".into()))
+        .await
+        .unwrap();
+    let mut texts = Vec::new();
+    let code = loop {
+        match p.out.next().await.expect("written") {
+            Message::Text(t) => texts.push(t.to_string()),
+            Message::Close(Some(f)) => break u16::from(f.code),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(texts, ["a", "b", "c", "bye-frame"]);
+    assert_eq!(code, close_code::REVOKED);
+    assert_eq!(
+        p.flushes.load(Ordering::Relaxed),
+        3,
+        "one flush for the three frames, then the close's frame and the close"
+    );
+    assert_eq!(p.ended.await.unwrap(), Some(close_code::REVOKED));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_close_is_answered_before_the_socket_ends() {
+    let mut p = start(60_000);
+    let flushes_before = p.flushes.load(Ordering::Relaxed);
+    p.tx.unbounded_send(Ok(Message::Close(Some(CloseFrame {
+        code: CloseCode::from(4321),
+        reason: "bye".into(),
+    }))))
+    .unwrap();
+    assert_eq!(p.ended.await.unwrap(), Some(4321));
+    assert!(
+        p.flushes.load(Ordering::Relaxed) > flushes_before,
+        "the queued close reply was flushed"
+    );
+    drop(p.tx);
+    assert!(p.out.next().await.is_none(), "no frame of our own after it");
+}
+
+#[tokio::test(start_paused = true)]
+async fn text_that_is_not_utf8_closes_with_1007() {
+    let mut p = start(60_000);
+    p.tx.unbounded_send(Err(WsError::Utf8("invalid utf-8 sequence".into())))
+        .unwrap();
+    let (code, _) = until_close(&mut p.out).await;
+    assert_eq!(code, close_code::INVALID_PAYLOAD);
+    assert_eq!(p.ended.await.unwrap(), Some(close_code::INVALID_PAYLOAD));
+}
+
+/// Let the connection's task run until it waits (time is paused: nothing fires meanwhile).
+async fn settle() {
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+}
+
+fn limited(frames_per_second: u32, frame_burst: u32) -> Peer {
+    start_with(EdgeSettings {
+        frames_per_second,
+        frame_burst,
+        ..Default::default()
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn pings_and_pongs_over_the_frame_rate_stop_reading_until_a_token_is_back() {
+    let mut p = limited(2, 3);
+    for i in 0..20 {
+        let m = if i % 2 == 0 {
+            Message::Ping(Default::default())
+        } else {
+            Message::Pong(Default::default())
+        };
+        p.tx.unbounded_send(Ok(m)).unwrap();
+    }
+    settle().await;
+    // The burst of 3 emptied the bucket; then nothing is read.
+    assert_eq!(p.reads.load(Ordering::Relaxed), 3);
+    tokio::time::advance(Duration::from_millis(499)).await;
+    settle().await;
+    assert_eq!(
+        p.reads.load(Ordering::Relaxed),
+        3,
+        "still waiting for a token"
+    );
+    tokio::time::advance(Duration::from_millis(1)).await;
+    settle().await;
+    assert_eq!(
+        p.reads.load(Ordering::Relaxed),
+        4,
+        "one frame per 1/rate after that"
+    );
+    for _ in 0..4 {
+        tokio::time::advance(Duration::from_millis(500)).await;
+        settle().await;
+    }
+    assert_eq!(p.reads.load(Ordering::Relaxed), 8, "2 a second");
+    assert!(!p.ended.is_finished(), "the connection stays");
+    assert!(
+        p.out.try_recv().is_err(),
+        "no error frames for control frames"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn binary_frames_count_against_the_frame_rate() {
+    let mut p = limited(1, 2);
+    for _ in 0..4 {
+        p.tx.unbounded_send(Ok(Message::binary(vec![1u8, 2])))
+            .unwrap();
+    }
+    let mut codes = Vec::new();
+    for _ in 0..4 {
+        let Some(Message::Text(t)) = p.out.next().await else {
+            panic!("expected an error frame")
+        };
+        let ServerFrame::Error { code, .. } = serde_json::from_str(t.as_str()).unwrap() else {
+            panic!("expected an error frame: {t}")
+        };
+        codes.push(code);
+    }
+    assert_eq!(
+        codes,
+        [
+            ErrorCode::InvalidInput,
+            ErrorCode::InvalidInput,
+            ErrorCode::RateLimited,
+            ErrorCode::RateLimited
+        ]
+    );
+    assert_eq!(
+        p.reads.load(Ordering::Relaxed),
+        4,
+        "binary frames never pause reading"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_paused_socket_still_closes_at_the_idle_timeout() {
+    let mut p = start_with(EdgeSettings {
+        frames_per_second: 0,
+        frame_burst: 1,
+        idle_timeout_ms: 3_000,
+        ..Default::default()
+    });
+    for _ in 0..3 {
+        p.tx.unbounded_send(Ok(Message::Ping(Default::default())))
+            .unwrap();
+    }
+    let (code, _) = until_close(&mut p.out).await;
+    assert_eq!(code, close_code::IDLE);
+    assert_eq!(
+        p.reads.load(Ordering::Relaxed),
+        1,
+        "a rate of 0 never reads on"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_ping_after_text_emptied_the_bucket_pauses_reading_too() {
+    let mut p = limited(1, 2);
+    for _ in 0..2 {
+        p.tx.unbounded_send(Ok(Message::text("nope"))).unwrap();
+    }
+    for _ in 0..2 {
+        p.tx.unbounded_send(Ok(Message::Ping(Default::default())))
+            .unwrap();
+    }
+    for _ in 0..2 {
+        assert!(matches!(p.out.next().await, Some(Message::Text(_))));
+    }
+    settle().await;
+    assert_eq!(
+        p.reads.load(Ordering::Relaxed),
+        3,
+        "the first ping was over"
+    );
+    tokio::time::advance(Duration::from_secs(1)).await;
+    settle().await;
+    assert_eq!(p.reads.load(Ordering::Relaxed), 4);
+}
