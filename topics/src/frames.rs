@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 /// A client frame: an optional request id the reply echoes, and the request.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, ts_rs::TS))]
 pub struct ClientFrame {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<String>,
@@ -16,6 +17,7 @@ pub struct ClientFrame {
 
 /// Every request a client can make, over WebSocket or (mapped by the edge) over HTTP.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, ts_rs::TS), ts(optional_fields = nullable))]
 #[serde(tag = "type")]
 pub enum Request {
     #[serde(rename = "ping")]
@@ -152,6 +154,7 @@ impl Request {
 
 /// A public profile.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, ts_rs::TS))]
 pub struct UserProfile {
     pub user_id: Id,
     pub username: String,
@@ -159,6 +162,7 @@ pub struct UserProfile {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, ts_rs::TS))]
 pub struct SessionInfo {
     pub session_id: String,
     pub created_at_ms: u64,
@@ -172,6 +176,7 @@ pub struct SessionInfo {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, ts_rs::TS))]
 pub struct OnlineUser {
     pub user_id: Id,
     pub username: String,
@@ -179,6 +184,7 @@ pub struct OnlineUser {
 
 /// State of the link between me and another user.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, ts_rs::TS))]
 #[serde(rename_all = "snake_case")]
 pub enum InviteState {
     Pending,
@@ -187,6 +193,7 @@ pub enum InviteState {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, ts_rs::TS))]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
     Outgoing,
@@ -194,6 +201,7 @@ pub enum Direction {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, ts_rs::TS))]
 pub struct Link {
     pub user_id: Id,
     pub username: String,
@@ -203,6 +211,7 @@ pub struct Link {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, ts_rs::TS))]
 pub struct Message {
     pub conversation_id: Id,
     pub seq: u64,
@@ -217,6 +226,7 @@ pub struct Message {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, ts_rs::TS))]
 pub struct ConversationSummary {
     pub conversation_id: Id,
     pub peer_id: Id,
@@ -228,6 +238,7 @@ pub struct ConversationSummary {
 
 /// Successful replies, tagged by `kind`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, ts_rs::TS))]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Response {
     Pong,
@@ -284,6 +295,7 @@ pub enum Response {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, ts_rs::TS))]
 pub struct SyncedConversation {
     pub conversation_id: Id,
     pub messages: Vec<Message>,
@@ -292,6 +304,7 @@ pub struct SyncedConversation {
 
 /// Events pushed to clients without a request, tagged by `event`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, ts_rs::TS))]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// Someone invited me, or answered my invite (also to my other devices for my own answers).
@@ -314,6 +327,7 @@ pub enum Event {
 
 /// Everything the server writes to a WebSocket.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, ts_rs::TS))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
     Reply {

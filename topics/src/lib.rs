@@ -8,6 +8,8 @@ pub mod error;
 pub mod frames;
 pub mod id;
 pub mod names;
+#[cfg(feature = "schema")]
+pub mod schema;
 pub mod validate;
 
 pub use bus::{Auth, Delivery, EdgeEvent, EdgeMessage, Envelope, SessionGrant, Target};
