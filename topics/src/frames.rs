@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 /// A client frame: an optional request id the reply echoes, and the request.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, ts_rs::TS))]
 pub struct ClientFrame {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rid: Option<String>,
@@ -16,6 +17,7 @@ pub struct ClientFrame {
 
 /// Every request a client can make, over WebSocket or (mapped by the edge) over HTTP.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, ts_rs::TS), ts(optional_fields = nullable))]
 #[serde(tag = "type")]
 pub enum Request {
     #[serde(rename = "ping")]
@@ -108,6 +110,7 @@ pub enum Request {
 
 /// A public profile.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, ts_rs::TS))]
 pub struct UserProfile {
     pub user_id: Id,
     pub username: String,
@@ -115,6 +118,7 @@ pub struct UserProfile {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, ts_rs::TS))]
 pub struct SessionInfo {
     pub session_id: String,
     pub created_at_ms: u64,
@@ -128,6 +132,7 @@ pub struct SessionInfo {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, ts_rs::TS))]
 pub struct OnlineUser {
     pub user_id: Id,
     pub username: String,
@@ -135,6 +140,7 @@ pub struct OnlineUser {
 
 /// State of the link between me and another user.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, ts_rs::TS))]
 #[serde(rename_all = "snake_case")]
 pub enum InviteState {
     Pending,
@@ -143,6 +149,7 @@ pub enum InviteState {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, ts_rs::TS))]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
     Outgoing,
@@ -150,6 +157,7 @@ pub enum Direction {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, ts_rs::TS))]
 pub struct Link {
     pub user_id: Id,
     pub username: String,
@@ -159,6 +167,7 @@ pub struct Link {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, ts_rs::TS))]
 pub struct Message {
     pub conversation_id: Id,
     pub seq: u64,
@@ -173,6 +182,7 @@ pub struct Message {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, ts_rs::TS))]
 pub struct ConversationSummary {
     pub conversation_id: Id,
     pub peer_id: Id,
@@ -184,6 +194,7 @@ pub struct ConversationSummary {
 
 /// Successful replies, tagged by `kind`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, ts_rs::TS))]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Response {
     Pong,
@@ -240,6 +251,7 @@ pub enum Response {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, ts_rs::TS))]
 pub struct SyncedConversation {
     pub conversation_id: Id,
     pub messages: Vec<Message>,
@@ -248,6 +260,7 @@ pub struct SyncedConversation {
 
 /// Events pushed to clients without a request, tagged by `event`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, ts_rs::TS))]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// Someone invited me, or answered my invite (also to my other devices for my own answers).
@@ -270,6 +283,7 @@ pub enum Event {
 
 /// Everything the server writes to a WebSocket.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema, ts_rs::TS))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
     Reply {

@@ -5,7 +5,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::str::FromStr;
 
+/// A 64-bit id; on the wire a decimal string such as `"42"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[cfg_attr(feature = "schema", derive(ts_rs::TS), ts(type = "string"))]
 pub struct Id(pub u64);
 
 impl fmt::Display for Id {
@@ -32,6 +34,21 @@ impl<'de> Deserialize<'de> for Id {
         let s = String::deserialize(d)?;
         s.parse()
             .map_err(|_| serde::de::Error::custom("id must be a decimal string"))
+    }
+}
+
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for Id {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Id".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A 64-bit id; on the wire a decimal string such as \"42\".",
+            "type": "string",
+            "pattern": "^[0-9]{1,20}$"
+        })
     }
 }
 

@@ -9,6 +9,8 @@ pub mod frames;
 pub mod id;
 pub mod kinds;
 pub mod names;
+#[cfg(feature = "schema")]
+pub mod schema;
 pub mod validate;
 
 pub use bus::{Auth, Delivery, EdgeEvent, EdgeMessage, Envelope, SessionGrant, Target};

@@ -4,7 +4,7 @@
 // can catch up. A heartbeat finds sockets that died without a close.
 
 import { RequestError } from "./errors";
-import type { Reply, ServerEvent, ServerFrame } from "./types";
+import type { Reply, Request, ServerEvent, ServerFrame } from "./types";
 
 export type ConnStatus = "connecting" | "open" | "reconnecting" | "offline" | "stopped";
 
@@ -103,7 +103,7 @@ export class Connection {
     this.connect();
   }
 
-  request(frame: Record<string, unknown>, timeoutMs = this.opts.replyTimeoutMs): Promise<Reply> {
+  request(frame: Request, timeoutMs = this.opts.replyTimeoutMs): Promise<Reply> {
     const ws = this.ws;
     if (!ws || !this.isOpen()) {
       return Promise.reject(new RequestError("offline", "not connected; reconnecting…"));

@@ -14,11 +14,12 @@ import type {
   OnlineUser,
   Reply,
   ReplyOf,
+  Request,
   ServerEvent,
 } from "./types";
 
 export interface Transport {
-  request(frame: Record<string, unknown>, timeoutMs?: number): Promise<Reply>;
+  request(frame: Request, timeoutMs?: number): Promise<Reply>;
   isOpen(): boolean;
 }
 
@@ -122,12 +123,12 @@ export class ChatState {
   }
 
   private async ask<K extends Reply["kind"]>(
-    frame: Record<string, unknown>,
+    frame: Request,
     kind: K,
     timeoutMs?: number,
   ): Promise<ReplyOf<K>> {
     const r = await this.transport.request(frame, timeoutMs);
-    if (r.kind !== kind) throw new RequestError("bad_reply", `unexpected reply ${r.kind} to ${String(frame.type)}`);
+    if (r.kind !== kind) throw new RequestError("bad_reply", `unexpected reply ${r.kind} to ${frame.type}`);
     return r as ReplyOf<K>;
   }
 

@@ -31,7 +31,8 @@ function meOf(r: ReplyOf<"user">): Me {
   return {
     user_id: r.user.user_id,
     username: r.user.username,
-    invite_code: r.invite_code,
+    // never null on the wire (the server leaves it out instead); the type allows what serde reads
+    invite_code: r.invite_code ?? undefined,
     created_at_ms: r.user.created_at_ms,
   };
 }
