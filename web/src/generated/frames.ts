@@ -19,6 +19,7 @@ export type ClientFrame = { rid?: string | null, } & ({ "type": "ping" }
   | { "type": "user.me" }
   | { "type": "user.lookup", username?: string | null, user_id?: Id | null, }
   | { "type": "user.delete" }
+  | { "type": "user.rotate_invite_code" }
   | { "type": "online.list", cursor?: string | null, limit?: number | null, }
   | { "type": "broadcast.send", text: string, }
   | { "type": "invite.send", code: string, }
@@ -51,6 +52,7 @@ export type Request =
   | { "type": "user.me" }
   | { "type": "user.lookup", username?: string | null, user_id?: Id | null, }
   | { "type": "user.delete" }
+  | { "type": "user.rotate_invite_code" }
   | { "type": "online.list", cursor?: string | null, limit?: number | null, }
   | { "type": "broadcast.send", text: string, }
   | { "type": "invite.send", code: string, }
