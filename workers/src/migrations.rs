@@ -202,9 +202,9 @@ async fn adopt_legacy(c: &mut Conn, index: usize, migrations: &[Migration]) -> R
 fn refused(index: usize, e: &refinery::Error) -> Error {
     Error::Migration(match e.kind() {
         Kind::DivergentVersion(applied, now) => format!(
-            "shard {index}: migration {applied} was changed after it was applied (checksum {} \
-             recorded, {} now, or another name: {now}); restore its text and put the change in \
-             a new migration",
+            "shard {index}: migration {applied} was changed after it was applied (recorded: \
+             {applied} checksum {}; this build: {now} checksum {}); restore it and put the change \
+             in a new migration",
             applied.checksum(),
             now.checksum()
         ),
@@ -212,15 +212,9 @@ fn refused(index: usize, e: &refinery::Error) -> Error {
             "shard {index}: migration {m} is recorded as applied but this build does not have \
              it, or it was never applied while later ones were"
         ),
-        _ => {
-            let mut text = format!("shard {index}: {e}");
-            let mut source = std::error::Error::source(e);
-            while let Some(cause) = source {
-                text.push_str(&format!(": {cause}"));
-                source = cause.source();
-            }
-            text
-        }
+        // what refinery was doing, then the database's error
+        Kind::Connection(doing, cause) => format!("shard {index}: {doing}: {cause}"),
+        _ => format!("shard {index}: {e}"),
     })
 }
 

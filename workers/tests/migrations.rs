@@ -328,3 +328,44 @@ async fn a_partly_migrated_old_database_gets_only_what_it_lacks() {
     }
     db.drop().await;
 }
+
+#[tokio::test]
+async fn a_failing_migration_and_an_unknown_old_version_are_reported() {
+    let db = TestDb::new("failing");
+    let broken = [MIGRATIONS[0], (2, "broken", "THIS IS NOT SQL")];
+    let err = migrations::migrate_with(&db.settings, &broken, Duration::from_secs(5))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("migrations: shard 0: error applying migration V2__broken: Server error:")
+            && err.contains("SQL syntax")
+            && err.matches("SQL syntax").count() == 1,
+        "{err}"
+    );
+    // what came before the failing migration stays applied and recorded
+    let versions: Vec<u32> = db.history(0).await.into_iter().map(|r| r.0).collect();
+    assert_eq!(versions, [1]);
+    db.drop().await;
+
+    let db = TestDb::new("unknown");
+    db.legacy_migrate(3).await;
+    for i in 0..db.shards() {
+        let mut c = db.conn(i).await;
+        c.query_drop(format!(
+            "INSERT INTO `{}`.schema_migrations (version, applied_at_ms) VALUES (9, 0)",
+            db.settings.name
+        ))
+        .await
+        .unwrap();
+    }
+    let err = workers::db::migrate(&db.settings)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("schema_migrations records migration 9, which this build does not have"),
+        "{err}"
+    );
+    db.drop().await;
+}
