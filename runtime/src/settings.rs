@@ -112,30 +112,71 @@ pub fn load<T: DeserializeOwned + Serialize + Default>(file: Option<&Path>) -> R
         .map_err(|e| e.to_string())
 }
 
-/// The `--config PATH` argument of a binary's command line, if any.
-pub fn config_arg(args: impl IntoIterator<Item = String>) -> Result<Option<PathBuf>, String> {
-    let mut args = args.into_iter().skip(1);
-    let mut path = None;
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--config" | "-c" => {
-                path = Some(PathBuf::from(
-                    args.next().ok_or("--config needs a file path")?,
-                ))
-            }
-            other => return Err(format!("unknown argument {other:?} (usage: --config FILE)")),
-        }
-    }
-    Ok(path)
+/// The command line every Switchboard binary takes (one definition for all of them). The name
+/// shown by `--help` and `--version` is the running binary's.
+#[derive(Clone, Debug, PartialEq, Eq, clap::Parser)]
+#[command(
+    version,
+    about = "A Switchboard process. Settings: built-in defaults, then the TOML file given with \
+             --config, then SWITCHBOARD_<SECTION>__<KEY> environment variables.",
+    after_help = "Exit codes: 0 after --help or --version; 64 for an unknown argument or a \
+                  settings file or variable that does not load (before any port is bound)."
+)]
+pub struct Cli {
+    /// TOML settings file; unknown keys are refused and a missing file is an error.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
-/// Load settings for a binary, or print the error and exit 64.
+/// Why a binary stops before it starts: `--help`/`--version` (code 0, text for stdout) or a
+/// usage or settings error (code [`EXIT_CONFIG`], text for stderr).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Exit {
+    pub code: i32,
+    pub text: String,
+}
+
+/// Parse a command line (the first item is the binary's path) and load the settings it names.
+pub fn from_args<T, I>(args: I) -> Result<T, Exit>
+where
+    T: DeserializeOwned + Serialize + Default,
+    I: IntoIterator,
+    I::Item: Into<std::ffi::OsString> + Clone,
+{
+    use clap::{CommandFactory, FromArgMatches};
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    let name = args
+        .first()
+        .and_then(|a| Path::new(a).file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "switchboard".into());
+    let cli = Cli::command()
+        .name(name.clone())
+        .bin_name(name)
+        .try_get_matches_from(args)
+        .and_then(|m| Cli::from_arg_matches(&m))
+        .map_err(|e| Exit {
+            code: if e.use_stderr() { EXIT_CONFIG } else { 0 },
+            text: e.render().to_string(),
+        })?;
+    load::<T>(cli.config.as_deref()).map_err(|e| Exit {
+        code: EXIT_CONFIG,
+        text: format!("configuration error: {e}\n"),
+    })
+}
+
+/// Load settings for a binary from its command line; print help, version or the error and exit
+/// (0 for help and version, 64 for a bad argument or bad settings).
 pub fn load_or_exit<T: DeserializeOwned + Serialize + Default>() -> T {
-    match config_arg(std::env::args()).and_then(|p| load::<T>(p.as_deref())) {
+    match from_args(std::env::args_os()) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("configuration error: {e}");
-            std::process::exit(EXIT_CONFIG);
+        Err(Exit { code: 0, text }) => {
+            print!("{text}");
+            std::process::exit(0);
+        }
+        Err(Exit { code, text }) => {
+            eprint!("{text}");
+            std::process::exit(code);
         }
     }
 }
@@ -207,13 +248,82 @@ mod tests {
 
     #[test]
     fn parses_the_config_argument() {
-        let a = |v: &[&str]| config_arg(v.iter().map(|s| s.to_string()));
+        use clap::Parser;
+        let a = |v: &[&str]| Cli::try_parse_from(v).map(|c| c.config);
         assert_eq!(a(&["bin"]).unwrap(), None);
         assert_eq!(
             a(&["bin", "--config", "x.toml"]).unwrap(),
             Some(PathBuf::from("x.toml"))
         );
+        assert_eq!(a(&["bin", "-c", "y.toml"]).unwrap(), Some("y.toml".into()));
+        assert_eq!(
+            a(&["bin", "--config=z.toml"]).unwrap(),
+            Some("z.toml".into())
+        );
         assert!(a(&["bin", "--config"]).is_err());
         assert!(a(&["bin", "--nope"]).is_err());
+        assert!(a(&["bin", "extra"]).is_err());
+        let kind = |v: &[&str]| Cli::try_parse_from(v).unwrap_err().kind();
+        assert_eq!(
+            kind(&["bin", "--help"]),
+            clap::error::ErrorKind::DisplayHelp
+        );
+        assert_eq!(kind(&["bin", "-h"]), clap::error::ErrorKind::DisplayHelp);
+        assert_eq!(
+            kind(&["bin", "--version"]),
+            clap::error::ErrorKind::DisplayVersion
+        );
+        assert_eq!(kind(&["bin", "-V"]), clap::error::ErrorKind::DisplayVersion);
+        assert_eq!(
+            kind(&["bin", "--nope"]),
+            clap::error::ErrorKind::UnknownArgument
+        );
+    }
+
+    #[test]
+    fn help_and_version_exit_0_bad_arguments_and_settings_exit_64() {
+        let run = |v: &[&str]| from_args::<S, _>(v.iter().copied()).unwrap_err();
+        let help = run(&["/opt/sb/edge-ws", "--help"]);
+        assert_eq!(help.code, 0);
+        assert!(
+            help.text.contains("Usage: edge-ws [OPTIONS]"),
+            "{}",
+            help.text
+        );
+        assert!(help.text.contains("--config <FILE>"), "{}", help.text);
+        assert!(help.text.contains("Exit codes"), "{}", help.text);
+        let version = run(&["worker-dms", "--version"]);
+        assert_eq!(
+            version,
+            Exit {
+                code: 0,
+                text: format!("worker-dms {}\n", env!("CARGO_PKG_VERSION")),
+            }
+        );
+        let unknown = run(&["router", "--nope"]);
+        assert_eq!(unknown.code, EXIT_CONFIG);
+        assert!(
+            unknown.text.contains("unexpected argument '--nope'"),
+            "{}",
+            unknown.text
+        );
+        assert!(unknown.text.contains("Usage: router"), "{}", unknown.text);
+        assert_eq!(run(&["router", "--config"]).code, EXIT_CONFIG);
+        let missing = run(&["sb-migrate", "--config", "/nonexistent/x.toml"]);
+        assert_eq!(missing.code, EXIT_CONFIG);
+        assert!(missing
+            .text
+            .starts_with("configuration error: config file /nonexistent/x.toml does not exist"));
+        let f = write("bogus = 1\n");
+        let bad = run(&["sb-migrate", "-c", f.0.to_str().unwrap()]);
+        assert_eq!(bad.code, EXIT_CONFIG);
+        assert!(bad.text.contains("bogus"), "{}", bad.text);
+        let f = write("n = 7\n");
+        let ok: S = from_args(["x", "--config", f.0.to_str().unwrap()]).unwrap();
+        assert_eq!(ok.n, 7);
+        assert_eq!(
+            from_args::<S, _>(Vec::<String>::new()).unwrap(),
+            S::default()
+        );
     }
 }

@@ -88,7 +88,13 @@ def ensure_tools() -> str:
         probe = subprocess.run(["cargo", "llvm-cov", "--version"], capture_output=True, text=True)
         if probe.returncode != 0:
             raise SbError("cargo-llvm-cov still unavailable after cargo install")
-    return "ok (" + probe.stdout.strip() + ")"
+    machete = subprocess.run(["cargo", "machete", "--version"], capture_output=True, text=True)
+    if machete.returncode != 0:
+        run(["cargo", "install", "cargo-machete", "--locked"])
+        machete = subprocess.run(["cargo", "machete", "--version"], capture_output=True, text=True)
+        if machete.returncode != 0:
+            raise SbError("cargo-machete still unavailable after cargo install")
+    return f"ok ({probe.stdout.strip()}, cargo-machete {machete.stdout.strip()})"
 
 
 def coverage_env() -> dict:
@@ -243,8 +249,12 @@ def test(args) -> int:
         env = coverage_env()
 
     try:
-        r.step("system packages, llvm-22, cargo-llvm-cov", ensure_tools)
+        r.step("system packages, llvm-22, cargo-llvm-cov, cargo-machete", ensure_tools)
         r.step("cargo fmt --all -- --check", lambda: run(["cargo", "fmt", "--all", "--", "--check"]))
+        # a dependency declared in a package's Cargo.toml and not used fails the run (the
+        # workspace's own [workspace.dependencies] list is not checked)
+        r.step("cargo machete --skip-target-dir (unused dependencies)",
+               lambda: run(["cargo", "machete", "--skip-target-dir"]))
         r.step("cargo clippy --workspace --all-targets -- -D warnings",
                lambda: run(["cargo", "clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))
         r.step("coverage environment (cargo llvm-cov show-env)", set_env)

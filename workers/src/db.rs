@@ -1,5 +1,5 @@
 //! Sharded MariaDB: a logical-shard map over physical shards (each a primary and an optional
-//! replica), and the migration runner.
+//! replica). The migration runner is in [`crate::migrations`].
 
 use crate::settings::DatabaseSettings;
 use crate::{Error, Result};
@@ -8,6 +8,8 @@ use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts};
 use secrecy::ExposeSecret;
 use std::sync::Arc;
 use std::time::Duration;
+
+pub use crate::migrations::migrate;
 
 /// One physical shard.
 #[derive(Clone)]
@@ -68,7 +70,7 @@ pub fn physical_of(map: &[usize], hash: u64) -> usize {
 /// Prepared statements kept per connection.
 const STMT_CACHE: usize = 512;
 
-fn opts(s: &DatabaseSettings, addr: &str, db: Option<&str>) -> Result<Opts> {
+pub(crate) fn opts(s: &DatabaseSettings, addr: &str, db: Option<&str>) -> Result<Opts> {
     let (host, port) = addr
         .rsplit_once(':')
         .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
@@ -149,73 +151,6 @@ impl Shards {
     }
 }
 
-/// Schema migrations, applied in order, each once per shard.
-pub const MIGRATIONS: &[(u32, &str)] = &[
-    (1, include_str!("../migrations/0001_init.sql")),
-    (2, include_str!("../migrations/0002_exact_identifiers.sql")),
-    (
-        3,
-        include_str!("../migrations/0003_exact_client_msg_id.sql"),
-    ),
-];
-
-/// Create the database if needed and apply pending migrations on every shard's primary (the
-/// replicas receive them through replication).
-pub async fn migrate(s: &DatabaseSettings) -> Result<Vec<u32>> {
-    let mut applied = Vec::new();
-    for sh in &s.shards {
-        let server = Pool::new(opts(s, &sh.primary, None)?);
-        let mut c = server.get_conn().await?;
-        c.query_drop(format!(
-            "CREATE DATABASE IF NOT EXISTS `{}`",
-            s.name.replace('`', "")
-        ))
-        .await?;
-        c.query_drop(format!("USE `{}`", s.name.replace('`', "")))
-            .await?;
-        c.query_drop(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (version INT UNSIGNED NOT NULL PRIMARY KEY, applied_at_ms BIGINT UNSIGNED NOT NULL)",
-        )
-        .await?;
-        for (version, sql) in MIGRATIONS {
-            let done: Option<u32> = c
-                .exec_first(
-                    "SELECT version FROM schema_migrations WHERE version = ?",
-                    (version,),
-                )
-                .await?;
-            if done.is_some() {
-                continue;
-            }
-            for stmt in statements(sql) {
-                c.query_drop(stmt).await?;
-            }
-            c.exec_drop(
-                "INSERT INTO schema_migrations (version, applied_at_ms) VALUES (?, ?)",
-                (version, runtime::now_ms()),
-            )
-            .await?;
-            applied.push(*version);
-        }
-        drop(c);
-        server.disconnect().await?;
-    }
-    Ok(applied)
-}
-
-/// Split a migration file into statements (no `;` inside our statements; `--` comments dropped).
-pub fn statements(sql: &str) -> Vec<String> {
-    sql.lines()
-        .filter(|l| !l.trim_start().starts_with("--"))
-        .collect::<Vec<_>>()
-        .join("\n")
-        .split(';')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .collect()
-}
-
 /// One statement on a connection that goes back to the pool right after, so a handler never
 /// holds one connection while waiting for another of the same pool.
 pub async fn exec_drop<P>(pool: &Pool, sql: &str, params: P) -> Result<()>
@@ -239,7 +174,7 @@ where
 
 /// MariaDB's duplicate-key error.
 pub fn is_duplicate(e: &mysql_async::Error) -> bool {
-    matches!(e, mysql_async::Error::Server(s) if s.code == 1062)
+    matches!(e, mysql_async::Error::Server(s) if s.code == crate::mysql::ER_DUP_ENTRY)
 }
 
 #[cfg(test)]
@@ -255,13 +190,6 @@ mod tests {
         assert!(build_map(2, 2, Some(&[0, 2])).is_err());
         assert!(build_map(0, 2, None).is_err());
         assert!(build_map(2, 0, None).is_err());
-    }
-
-    #[test]
-    fn splits_migrations() {
-        let st = statements("-- c\nCREATE TABLE a (x INT);\n\nCREATE TABLE b (y INT);\n");
-        assert_eq!(st, vec!["CREATE TABLE a (x INT)", "CREATE TABLE b (y INT)"]);
-        assert_eq!(statements(MIGRATIONS[0].1).len(), 8);
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod dms;
 pub mod ids;
 pub mod invites;
 pub mod login_limits;
+pub mod migrations;
 pub mod mysql;
 pub mod presence;
 pub mod sessions;
@@ -43,6 +44,9 @@ pub enum Error {
     Publish(#[from] runtime::kafka::PublishError),
     #[error("configuration: {0}")]
     Config(String),
+    /// A migration run refused (changed or unknown migration, lock held by another runner).
+    #[error("migrations: {0}")]
+    Migration(String),
     /// A refusal the client is told about (typed error frame); nothing else went wrong.
     #[error("{}: {}", .0.code.as_str(), .0.message)]
     Reply(ErrorBody),
