@@ -38,7 +38,7 @@ pub async fn subscribe(
         match watermarks {
             Ok((_, high)) => break high,
             Err(e) if tokio::time::Instant::now() < deadline => {
-                tracing::debug!(error = %e, %topic, "edge topic not ready yet");
+                tracing::debug!(error = %runtime::telemetry::Chain(&e), %topic, "edge topic not ready yet");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(e) => return Err(e.into()),
@@ -62,12 +62,12 @@ pub async fn run(edge: Arc<Edge>, consumer: StreamConsumer, stop: CancellationTo
                 match serde_json::from_slice::<EdgeMessage>(payload) {
                     Ok(em) => dispatch(&edge, em),
                     Err(e) => {
-                        tracing::warn!(error = %e, offset = m.offset(), "undecodable edge record skipped")
+                        tracing::warn!(error = %runtime::telemetry::Chain(&e), offset = m.offset(), "undecodable edge record skipped")
                     }
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "edge consumer error");
+                tracing::warn!(error = %runtime::telemetry::Chain(&e), "edge consumer error");
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         }

@@ -64,7 +64,7 @@ impl Edge {
             .send(&topic, &event.key(), &event.encode(), None)
             .await
         {
-            tracing::warn!(error = %e, "edge event not published");
+            tracing::warn!(error = %runtime::telemetry::Chain(&e), "edge event not published");
         }
     }
 }

@@ -60,7 +60,7 @@ pub async fn publish(edge: &Edge, env: &Envelope) -> Result<(), ErrorBody> {
         .send(&topic, &env.key(), &env.encode(), Some(&tp))
         .await
         .map_err(|e| {
-            tracing::warn!(error = %e, "frame not published");
+            tracing::warn!(error = %runtime::telemetry::Chain(&e), "frame not published");
             ErrorBody::new(
                 ErrorCode::Unavailable,
                 "could not accept the request; retry",

@@ -155,7 +155,7 @@ pub async fn serve(
                 Ok(a) => a,
                 Err(e) => {
                     // out of descriptors, say: let some close before trying again
-                    tracing::warn!(error = %e, "accept failed");
+                    tracing::warn!(error = %runtime::telemetry::Chain(&e), "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -221,7 +221,7 @@ async fn connection<H>(
         }
     };
     if let Err(e) = result {
-        tracing::debug!(error = %e, %remote, "connection ended");
+        tracing::debug!(error = %runtime::telemetry::Chain(&e), %remote, "connection ended");
     }
 }
 

@@ -185,8 +185,12 @@ impl Publisher {
         let producer = self.producer.clone();
         match tokio::task::spawn_blocking(move || producer.flush(timeout)).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "producer flush did not finish"),
-            Err(e) => tracing::warn!(error = %e, "producer flush did not finish"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %crate::telemetry::Chain(&e), "producer flush did not finish")
+            }
+            Err(e) => {
+                tracing::warn!(error = %crate::telemetry::Chain(&e), "producer flush did not finish")
+            }
         }
     }
 }

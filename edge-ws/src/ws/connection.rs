@@ -188,7 +188,7 @@ where
         match step {
             Step::In(None) => return None,
             Step::In(Some(Err(e))) => {
-                tracing::debug!(error = %e, conn = ctx.conn, "socket read failed");
+                tracing::debug!(error = %runtime::telemetry::Chain(&e), conn = ctx.conn, "socket read failed");
                 let (code, why) = match e {
                     WsError::Capacity(_) => (close_code::TOO_BIG, "message too big"),
                     WsError::Utf8(_) => (close_code::INVALID_PAYLOAD, "text is not valid UTF-8"),
@@ -317,7 +317,7 @@ pub async fn run(
     let upgraded = match on_upgrade.await {
         Ok(u) => u,
         Err(e) => {
-            tracing::debug!(error = %e, "upgrade did not complete");
+            tracing::debug!(error = %runtime::telemetry::Chain(&e), "upgrade did not complete");
             return;
         }
     };
