@@ -553,6 +553,14 @@ export class ChatState {
     return this.linksWhere((l) => l.direction === "incoming" && l.state === "pending").length;
   }
 
+  /** A fresh invite code for me; the old one stops working. */
+  async rotateInviteCode(): Promise<string> {
+    const r = await this.ask({ type: "user.rotate_invite_code" }, "user");
+    this.me.invite_code = r.invite_code ?? undefined;
+    this.emit("me");
+    return this.me.invite_code ?? "";
+  }
+
   async invite(code: string): Promise<Link> {
     const r = await this.ask({ type: "invite.send", code: code.trim() }, "link");
     this.links.set(r.link.user_id, r.link);

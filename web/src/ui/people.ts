@@ -24,16 +24,27 @@ async function copyText(text: string, fallbackFrom: HTMLInputElement): Promise<b
 export function peopleView(ctx: AppCtx): View {
   const { state } = ctx;
   const subs = new Subs();
-  const code = state.me.invite_code ?? "";
-
   // --- my code
-  const codeBox = h("input", { id: "my-code", readonly: true, value: code, "aria-label": "Your invite code" });
+  const codeBox = h("input", { id: "my-code", readonly: true, value: state.me.invite_code ?? "", "aria-label": "Your invite code" });
   const copied = h("span", { class: "muted", role: "status" });
   const copyBtn = h("button", { type: "button", id: "copy-code" }, "Copy");
   copyBtn.addEventListener("click", async () => {
-    copied.textContent = (await copyText(code, codeBox)) ? "Copied" : "Select the code and copy it";
+    copied.textContent = (await copyText(codeBox.value, codeBox)) ? "Copied" : "Select the code and copy it";
     setTimeout(() => (copied.textContent = ""), 3000);
   });
+  const newCodeBtn = h("button", { type: "button", id: "new-code" }, "New code");
+  newCodeBtn.addEventListener("click", () =>
+    void confirmDialog({
+      title: "Get a new invite code?",
+      body: "Your current code stops working: anyone who has it can no longer invite you. People you are already connected with stay connected.",
+      confirmLabel: "New code",
+      action: async () => {
+        codeBox.value = await state.rotateInviteCode();
+        copied.textContent = "New code ready";
+        setTimeout(() => (copied.textContent = ""), 3000);
+      },
+    }),
+  );
 
   // --- invite by code
   const inviteInput = h("input", {
@@ -186,7 +197,7 @@ export function peopleView(ctx: AppCtx): View {
       { class: "card" },
       h("h3", null, "Your invite code"),
       h("p", { class: "muted" }, "Give it to someone you want to chat with; they invite you with it."),
-      h("div", { class: "row-form" }, codeBox, copyBtn),
+      h("div", { class: "row-form" }, codeBox, copyBtn, newCodeBtn),
       copied,
     ),
     h("section", { class: "card" }, h("h3", null, "Invite someone"), inviteForm, inviteMsg),
