@@ -3,6 +3,7 @@
 //! a transient failure (retried) or a poison record (dead-lettered) is decided here, once.
 
 use crate::context::{Caller, Ctx, Deps, Outcome};
+use crate::sessions::SessionRecord;
 use crate::{mysql, sessions, Error, Role};
 use futures::future::BoxFuture;
 use runtime::consume::{Failure, Handler, Inbound};
@@ -10,7 +11,7 @@ use runtime::metrics;
 use std::sync::Arc;
 use topics::bus::{decode_versioned, PresenceRecord};
 use topics::{
-    Auth, Domain, EdgeMessage, Envelope, ErrorBody, ErrorCode, Event, Request, Response,
+    Auth, Domain, EdgeMessage, Envelope, ErrorBody, ErrorCode, Event, Id, Request, Response,
     ServerFrame, SessionGrant,
 };
 use tracing::Instrument;
@@ -226,18 +227,99 @@ pub fn revokes(env: &Envelope, err: &ErrorBody) -> bool {
     err.code == ErrorCode::Unauthorized && matches!(env.auth, Auth::Session { .. })
 }
 
+/// What [`authenticate`] asks about sessions and accounts: Redis and MariaDB in the workers
+/// ([`Deps`]), a map in the unit tests.
+pub trait Identity: Send + Sync {
+    /// The session a bearer token (its hash) opens, with its id.
+    fn by_token<'a>(
+        &'a self,
+        token_hash: &'a str,
+    ) -> BoxFuture<'a, crate::Result<Option<(String, SessionRecord)>>>;
+    fn session<'a>(
+        &'a self,
+        session_id: &'a str,
+    ) -> BoxFuture<'a, crate::Result<Option<SessionRecord>>>;
+    /// Does the account exist and is it not deleted (asked of the shard's primary)?
+    fn account_exists(&self, user: Id) -> BoxFuture<'_, crate::Result<bool>>;
+    fn revoke<'a>(
+        &'a self,
+        session_id: &'a str,
+        rec: &'a SessionRecord,
+    ) -> BoxFuture<'a, crate::Result<()>>;
+}
+
+impl Identity for Deps {
+    fn by_token<'a>(
+        &'a self,
+        token_hash: &'a str,
+    ) -> BoxFuture<'a, crate::Result<Option<(String, SessionRecord)>>> {
+        Box::pin(sessions::resolve_token(self, token_hash))
+    }
+
+    fn session<'a>(
+        &'a self,
+        session_id: &'a str,
+    ) -> BoxFuture<'a, crate::Result<Option<SessionRecord>>> {
+        Box::pin(sessions::load(self, session_id))
+    }
+
+    fn account_exists(&self, user: Id) -> BoxFuture<'_, crate::Result<bool>> {
+        Box::pin(crate::users::exists(self, user))
+    }
+
+    fn revoke<'a>(
+        &'a self,
+        session_id: &'a str,
+        rec: &'a SessionRecord,
+    ) -> BoxFuture<'a, crate::Result<()>> {
+        Box::pin(sessions::revoke(self, session_id, rec))
+    }
+}
+
+impl<T: Identity + ?Sized> Identity for Arc<T> {
+    fn by_token<'a>(
+        &'a self,
+        token_hash: &'a str,
+    ) -> BoxFuture<'a, crate::Result<Option<(String, SessionRecord)>>> {
+        (**self).by_token(token_hash)
+    }
+
+    fn session<'a>(
+        &'a self,
+        session_id: &'a str,
+    ) -> BoxFuture<'a, crate::Result<Option<SessionRecord>>> {
+        (**self).session(session_id)
+    }
+
+    fn account_exists(&self, user: Id) -> BoxFuture<'_, crate::Result<bool>> {
+        (**self).account_exists(user)
+    }
+
+    fn revoke<'a>(
+        &'a self,
+        session_id: &'a str,
+        rec: &'a SessionRecord,
+    ) -> BoxFuture<'a, crate::Result<()>> {
+        (**self).revoke(session_id, rec)
+    }
+}
+
 /// Who sent the request. Anonymous requests need no session; the rest need a live one. A frame
 /// on an open socket always names its session: if that session is gone, even an anonymous
 /// request (a `ping`) is refused, so the socket is closed rather than kept alive by pings.
-pub async fn authenticate(deps: &Deps, env: &Envelope) -> crate::Result<Option<Caller>> {
+pub async fn authenticate<I: Identity + ?Sized>(
+    ids: &I,
+    env: &Envelope,
+) -> crate::Result<Option<Caller>> {
     let anonymous = env.request.is_anonymous() && !matches!(env.auth, Auth::Session { .. });
     let found = match &env.auth {
         Auth::None => None,
-        Auth::Token { token_hash } => sessions::resolve_token(deps, token_hash).await?,
+        Auth::Token { token_hash } => ids.by_token(token_hash).await?,
         Auth::Session {
             session_id,
             user_id,
-        } => sessions::load(deps, session_id)
+        } => ids
+            .session(session_id)
             .await?
             .filter(|s| s.user_id == *user_id)
             .map(|s| (session_id.clone(), s)),
@@ -257,9 +339,9 @@ pub async fn authenticate(deps: &Deps, env: &Envelope) -> crate::Result<Option<C
     // back in. Deleting twice stays possible, so a retried delete completes.
     if matches!(env.auth, Auth::Token { .. })
         && !matches!(env.request, Request::UserDelete)
-        && !crate::users::exists(deps, rec.user_id).await?
+        && !ids.account_exists(rec.user_id).await?
     {
-        sessions::revoke(deps, &session_id, &rec).await?;
+        ids.revoke(&session_id, &rec).await?;
         return Err(crate::refuse(
             ErrorCode::Unauthorized,
             "invalid or expired session",
@@ -284,5 +366,210 @@ pub async fn route(ctx: &Ctx<'_>) -> crate::Result<Outcome> {
         Domain::Invites => crate::invites::handle(ctx).await,
         Domain::Dms => crate::dms::handle(ctx).await,
         Domain::Presence => crate::presence::handle(ctx).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{HashMap, HashSet};
+    use std::sync::Mutex;
+    use topics::WIRE_VERSION;
+
+    /// Sessions and accounts in maps; revocations recorded.
+    #[derive(Default)]
+    struct Fake {
+        tokens: HashMap<String, String>,
+        sessions: HashMap<String, SessionRecord>,
+        accounts: HashSet<Id>,
+        revoked: Mutex<Vec<String>>,
+    }
+
+    impl Fake {
+        fn with_session(mut self, sid: &str, token_hash: &str, user: u64, live: bool) -> Self {
+            self.tokens.insert(token_hash.into(), sid.into());
+            self.sessions.insert(
+                sid.into(),
+                SessionRecord {
+                    user_id: Id(user),
+                    username: format!("user{user}"),
+                    created_ms: 1,
+                    last_seen_ms: 1,
+                    token_hash: token_hash.into(),
+                    device: None,
+                },
+            );
+            if live {
+                self.accounts.insert(Id(user));
+            }
+            self
+        }
+    }
+
+    impl Identity for Fake {
+        fn by_token<'a>(
+            &'a self,
+            token_hash: &'a str,
+        ) -> BoxFuture<'a, crate::Result<Option<(String, SessionRecord)>>> {
+            let found = self
+                .tokens
+                .get(token_hash)
+                .and_then(|sid| Some((sid.clone(), self.sessions.get(sid)?.clone())));
+            Box::pin(async move { Ok(found) })
+        }
+
+        fn session<'a>(
+            &'a self,
+            session_id: &'a str,
+        ) -> BoxFuture<'a, crate::Result<Option<SessionRecord>>> {
+            Box::pin(async move { Ok(self.sessions.get(session_id).cloned()) })
+        }
+
+        fn account_exists(&self, user: Id) -> BoxFuture<'_, crate::Result<bool>> {
+            Box::pin(async move { Ok(self.accounts.contains(&user)) })
+        }
+
+        fn revoke<'a>(
+            &'a self,
+            session_id: &'a str,
+            _rec: &'a SessionRecord,
+        ) -> BoxFuture<'a, crate::Result<()>> {
+            self.revoked.lock().unwrap().push(session_id.into());
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    fn env(request: Request, auth: Auth) -> Envelope {
+        Envelope {
+            v: WIRE_VERSION,
+            edge: "edge-0".into(),
+            conn: 1,
+            req: 2,
+            rid: None,
+            auth,
+            peer: None,
+            sent_at_ms: 0,
+            request,
+        }
+    }
+
+    fn token(hash: &str) -> Auth {
+        Auth::Token {
+            token_hash: hash.into(),
+        }
+    }
+
+    fn socket(sid: &str, user: u64) -> Auth {
+        Auth::Session {
+            session_id: sid.into(),
+            user_id: Id(user),
+        }
+    }
+
+    fn refused(r: crate::Result<Option<Caller>>) -> bool {
+        matches!(r, Err(Error::Reply(e)) if e.code == ErrorCode::Unauthorized)
+    }
+
+    #[tokio::test]
+    async fn anonymous_requests_need_no_session_and_the_rest_do() {
+        let ids = Fake::default();
+        assert_eq!(
+            authenticate(&ids, &env(Request::Ping, Auth::None))
+                .await
+                .unwrap(),
+            None
+        );
+        // an unknown token on an anonymous request is no caller, not a refusal
+        assert_eq!(
+            authenticate(&ids, &env(Request::Ping, token("nope")))
+                .await
+                .unwrap(),
+            None
+        );
+        assert!(refused(
+            authenticate(&ids, &env(Request::DmList, Auth::None)).await
+        ));
+        assert!(refused(
+            authenticate(&ids, &env(Request::DmList, token("nope"))).await
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_token_names_its_session_while_the_account_lives() {
+        let ids = Fake::default().with_session("s1", "h1", 7, true);
+        let caller = authenticate(&ids, &env(Request::Me, token("h1")))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            caller,
+            Caller {
+                user_id: Id(7),
+                username: "user7".into(),
+                session_id: "s1".into()
+            }
+        );
+        assert!(ids.revoked.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_token_of_a_deleted_account_is_revoked_and_refused_but_may_finish_a_delete() {
+        let ids = Fake::default().with_session("s1", "h1", 7, false);
+        assert!(refused(
+            authenticate(&ids, &env(Request::Me, token("h1"))).await
+        ));
+        assert_eq!(*ids.revoked.lock().unwrap(), vec!["s1".to_string()]);
+        // a retried delete completes
+        let caller = authenticate(&ids, &env(Request::UserDelete, token("h1")))
+            .await
+            .unwrap();
+        assert_eq!(caller.map(|c| c.user_id), Some(Id(7)));
+    }
+
+    #[tokio::test]
+    async fn a_socket_frame_needs_its_own_live_session_even_for_a_ping() {
+        let ids = Fake::default().with_session("s1", "h1", 7, false);
+        // the socket's session is enough (no account check per frame)
+        let caller = authenticate(&ids, &env(Request::DmList, socket("s1", 7)))
+            .await
+            .unwrap();
+        assert_eq!(caller.map(|c| c.session_id), Some("s1".into()));
+        // another user's session id, or a session that is gone: refused, pings included
+        assert!(refused(
+            authenticate(&ids, &env(Request::DmList, socket("s1", 8))).await
+        ));
+        assert!(refused(
+            authenticate(&ids, &env(Request::Ping, socket("gone", 7))).await
+        ));
+        assert!(ids.revoked.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_refusal_closes_a_socket_but_not_an_http_call() {
+        let unauthorized = ErrorBody::new(ErrorCode::Unauthorized, "x");
+        assert!(revokes(&env(Request::Ping, socket("s", 1)), &unauthorized));
+        assert!(!revokes(&env(Request::Ping, token("h")), &unauthorized));
+        let other = ErrorBody::new(ErrorCode::NotFound, "x");
+        assert!(!revokes(&env(Request::Ping, socket("s", 1)), &other));
+    }
+
+    #[test]
+    fn server_errors_retrying_cannot_fix_are_poison() {
+        let server = |code| {
+            Error::Db(mysql_async::Error::Server(mysql_async::ServerError {
+                code,
+                message: "m".into(),
+                state: "HY000".into(),
+            }))
+        };
+        assert!(matches!(
+            classify(server(mysql::ER_LOCK_DEADLOCK)),
+            Failure::Transient(_)
+        ));
+        assert!(matches!(classify(server(1064)), Failure::Poison(_)));
+        assert!(matches!(
+            classify(Error::Config("x".into())),
+            Failure::Transient(_)
+        ));
     }
 }
