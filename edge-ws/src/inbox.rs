@@ -2,11 +2,11 @@
 //! read from the latest offset — what was addressed to connections of an earlier process of
 //! this edge is of no use to anyone.
 
-use crate::hub::Outbound;
+use crate::hub::{Hub, Outbound};
 use crate::Edge;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::Message;
-use runtime::metrics;
+use runtime::metrics::{self, Metrics};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -60,7 +60,7 @@ pub async fn run(edge: Arc<Edge>, consumer: StreamConsumer, stop: CancellationTo
             Ok(m) => {
                 let payload = m.payload().unwrap_or_default();
                 match serde_json::from_slice::<EdgeMessage>(payload) {
-                    Ok(em) => dispatch(&edge, em),
+                    Ok(em) => dispatch(&edge.hub, &edge.metrics, em),
                     Err(e) => {
                         tracing::warn!(error = %runtime::telemetry::Chain(&e), offset = m.offset(), "undecodable edge record skipped")
                     }
@@ -74,31 +74,27 @@ pub async fn run(edge: Arc<Edge>, consumer: StreamConsumer, stop: CancellationTo
     }
 }
 
-/// Apply one record of the edge topic.
-pub fn dispatch(edge: &Edge, msg: EdgeMessage) {
+/// Apply one record of the edge topic to this edge's connections and waiting calls.
+pub fn dispatch(hub: &Hub, metrics: &Metrics, msg: EdgeMessage) {
+    let sent = |n: u64| metrics.get(metrics::WS_FRAMES_OUT_TOTAL, &[]).add(n);
     match msg {
         EdgeMessage::Reply { req, .. } => {
             // An HTTP call or a handshake may be waiting for it; otherwise it answers a frame.
-            if let Some(EdgeMessage::Reply { conn, frame, .. }) = edge.hub.answer(req, msg) {
-                if conn != 0 && edge.hub.send(conn, Outbound::Text(Arc::from(frame))) {
-                    edge.metrics.inc(metrics::WS_FRAMES_OUT_TOTAL, &[]);
+            if let Some(EdgeMessage::Reply { conn, frame, .. }) = hub.answer(req, msg) {
+                if conn != 0 && hub.send(conn, Outbound::Text(Arc::from(frame))) {
+                    sent(1);
                 }
             }
         }
         EdgeMessage::Deliver { conns, frame } => {
             let frame: Arc<str> = Arc::from(frame);
             for conn in conns {
-                if edge.hub.send(conn, Outbound::Text(frame.clone())) {
-                    edge.metrics.inc(metrics::WS_FRAMES_OUT_TOTAL, &[]);
+                if hub.send(conn, Outbound::Text(frame.clone())) {
+                    sent(1);
                 }
             }
         }
-        EdgeMessage::Broadcast { frame } => {
-            let n = edge.hub.broadcast(Arc::from(frame));
-            edge.metrics
-                .get(metrics::WS_FRAMES_OUT_TOTAL, &[])
-                .add(n as u64);
-        }
+        EdgeMessage::Broadcast { frame } => sent(hub.broadcast(Arc::from(frame)) as u64),
         EdgeMessage::Close {
             conns,
             frame,
@@ -106,14 +102,106 @@ pub fn dispatch(edge: &Edge, msg: EdgeMessage) {
         } => {
             let frame: Arc<str> = Arc::from(frame);
             for conn in conns {
-                edge.hub
-                    .send(conn, Outbound::Close(frame.clone(), reason.clone()));
+                hub.send(conn, Outbound::Close(frame.clone(), reason.clone()));
             }
         }
         EdgeMessage::Batch { items } => {
             for item in items {
-                dispatch(edge, item);
+                dispatch(hub, metrics, item);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::ConnHandle;
+    use tokio::sync::mpsc;
+    use topics::Id;
+
+    fn conn(hub: &Hub, id: u64) -> mpsc::Receiver<Outbound> {
+        let (tx, rx) = mpsc::channel(8);
+        hub.register(
+            id,
+            ConnHandle {
+                user_id: Id(1),
+                session_id: "s".into(),
+                tx,
+                kill: CancellationToken::new(),
+            },
+        );
+        rx
+    }
+
+    fn reply(conn: u64, req: u64, frame: &str) -> EdgeMessage {
+        EdgeMessage::Reply {
+            conn,
+            req,
+            frame: frame.into(),
+            error: None,
+            session: None,
+            clear_session: false,
+        }
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<Outbound>) -> Vec<Outbound> {
+        std::iter::from_fn(|| rx.try_recv().ok()).collect()
+    }
+
+    fn text(s: &str) -> Outbound {
+        Outbound::Text(Arc::from(s))
+    }
+
+    #[test]
+    fn records_reach_their_connections_in_order() {
+        let metrics = Metrics::default();
+        let hub = Hub::new(1, metrics.clone());
+        let (mut a, mut b) = (conn(&hub, 1), conn(&hub, 2));
+        dispatch(
+            &hub,
+            &metrics,
+            EdgeMessage::Batch {
+                items: vec![
+                    reply(1, 10, "r"),
+                    EdgeMessage::Deliver {
+                        conns: vec![1, 2, 99],
+                        frame: "d".into(),
+                    },
+                    EdgeMessage::Broadcast { frame: "b".into() },
+                    EdgeMessage::Close {
+                        conns: vec![2],
+                        frame: "bye".into(),
+                        reason: "revoked".into(),
+                    },
+                ],
+            },
+        );
+        assert_eq!(drain(&mut a), vec![text("r"), text("d"), text("b")]);
+        assert_eq!(
+            drain(&mut b),
+            vec![
+                text("d"),
+                text("b"),
+                Outbound::Close(Arc::from("bye"), "revoked".into())
+            ]
+        );
+        // the frames written: a reply, two deliveries (99 is gone), two broadcasts
+        assert_eq!(metrics.get(metrics::WS_FRAMES_OUT_TOTAL, &[]).get(), 5);
+    }
+
+    #[test]
+    fn a_reply_someone_waits_for_goes_to_them_not_to_a_socket() {
+        let metrics = Metrics::default();
+        let hub = Hub::new(1, metrics.clone());
+        let mut a = conn(&hub, 1);
+        let mut waiting = hub.expect(10).unwrap();
+        dispatch(&hub, &metrics, reply(1, 10, "answer"));
+        assert_eq!(waiting.try_recv().unwrap(), reply(1, 10, "answer"));
+        assert!(drain(&mut a).is_empty());
+        // an HTTP call's reply (conn 0) that nobody waits for any more is dropped
+        dispatch(&hub, &metrics, reply(0, 11, "late"));
+        assert!(drain(&mut a).is_empty());
+        assert_eq!(metrics.get(metrics::WS_FRAMES_OUT_TOTAL, &[]).get(), 0);
     }
 }
