@@ -5,6 +5,8 @@
 //! conversation row's lock; `(conversation, author, client_msg_id)` is unique, so a retried send
 //! returns the original message instead of storing a second one.
 
+pub mod batch;
+
 use crate::context::{event_to, Ctx, Deps, Outcome};
 use crate::db::exec_drop;
 use crate::invites;
@@ -17,7 +19,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use topics::frames::{ConversationSummary, InviteState, Message, SyncedConversation};
 use topics::{validate, Delivery, ErrorBody, ErrorCode, Event, Id, Request, Response};
 
-/// The direct-message domain's requests (sends also come in batches: [`crate::dm_batch`]).
+/// The direct-message domain's requests (sends also come in batches: [`batch`]).
 pub async fn handle(ctx: &Ctx<'_>) -> crate::Result<Outcome> {
     match &ctx.env.request {
         Request::DmOpen { user_id } => open(ctx, *user_id).await,
