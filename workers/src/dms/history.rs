@@ -1,6 +1,6 @@
 //! `dm.history`: one page of a conversation's messages.
 
-use super::{member_of, names, page, to_message};
+use super::{member_of, names, store};
 use crate::context::{Ctx, Outcome};
 use crate::{refuse, Result};
 use topics::{validate, ErrorCode, Id, Response};
@@ -21,11 +21,11 @@ pub async fn history(
         ));
     }
     let (lo, hi, _) = member_of(d, me, conv).await?;
-    let (rows, more) = page(d, conv, before, after, validate::page(limit, 50)).await?;
-    let names = names(d, &[lo, hi]).await?;
+    let (rows, more) = store::page(&d.db, conv, before, after, validate::page(limit, 50)).await?;
+    let names = names(&d.db, &[lo, hi]).await?;
     let messages = rows
         .into_iter()
-        .map(|r| to_message(conv, r, &names))
+        .map(|r| store::to_message(conv, r, &names))
         .collect();
     Ok(Response::History {
         conversation_id: conv,

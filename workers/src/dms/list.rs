@@ -1,29 +1,26 @@
-//! `dm.list`: the caller's conversations.
+//! `dm.list`: the caller's conversations, most recently active first.
 
-use super::summary;
+use super::{store, summaries};
 use crate::context::{Ctx, Outcome};
+use crate::db::Shards;
 use crate::Result;
-use mysql_async::prelude::*;
+use topics::frames::ConversationSummary;
 use topics::{Id, Response};
 
 /// My conversations, most recently active first, with last message and unread count.
 pub async fn list(ctx: &Ctx<'_>) -> Result<Outcome> {
-    let d = ctx.deps;
     let me = ctx.caller()?.user_id;
-    let mut c = d.db.by_id(me).primary.get_conn().await?;
-    let rows: Vec<(u64, u64)> = c
-        .exec(
-            "SELECT conversation_id, last_read_seq FROM memberships WHERE user_id = ? LIMIT 500",
-            (me.0,),
-        )
-        .await?;
-    drop(c);
-    let mut out = Vec::with_capacity(rows.len());
-    for (conv, last_read) in rows {
-        out.push(summary(d, me, Id(conv), last_read).await?);
-    }
+    let conversations = conversations(&ctx.deps.db, me).await?;
+    Ok(Response::Conversations { conversations }.into())
+}
+
+/// The conversations of `me` as `dm.list` shows them: one query for my memberships, then a
+/// fixed number per shard whatever their number ([`summaries`]).
+pub async fn conversations(db: &Shards, me: Id) -> Result<Vec<ConversationSummary>> {
+    let mine = store::memberships(db, me).await?;
+    let mut out = summaries(db, me, &mine).await?;
     out.sort_by_key(|s| {
         std::cmp::Reverse(s.last_message.as_ref().map(|m| m.sent_at_ms).unwrap_or(0))
     });
-    Ok(Response::Conversations { conversations: out }.into())
+    Ok(out)
 }

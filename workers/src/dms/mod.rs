@@ -11,16 +11,17 @@ pub mod list;
 pub mod open;
 pub mod read;
 pub mod send;
+pub mod store;
 pub mod sync;
 
 pub use send::{send_many, sent, NewSend, Stored};
 
 use crate::context::{Ctx, Deps, Outcome};
+use crate::db::Shards;
 use crate::users::{profiles, DELETED};
 use crate::Result;
-use mysql_async::prelude::*;
-use std::collections::HashMap;
-use topics::frames::{ConversationSummary, Message};
+use std::collections::{BTreeMap, HashMap};
+use topics::frames::ConversationSummary;
 use topics::{ErrorBody, ErrorCode, Id, Request};
 
 /// The direct-message domain's requests (sends also come in batches: [`batch`]).
@@ -54,44 +55,16 @@ pub fn pair_key(a: Id, b: Id) -> String {
     format!("{lo}:{hi}")
 }
 
-type MsgRow = (u64, u64, u64, String, String, u64);
-
-/// Names of the conversation's two members, `[deleted]` for deleted accounts.
-async fn names(d: &Deps, users: &[Id]) -> Result<HashMap<Id, (String, bool)>> {
-    profiles(d, users).await
-}
-
-fn to_message(conv: Id, r: MsgRow, names: &HashMap<Id, (String, bool)>) -> Message {
-    let (seq, id, author, client_msg_id, text, sent) = r;
-    let author = Id(author);
-    let (author_id, name) = match names.get(&author) {
-        Some((n, false)) => (Some(author), n.clone()),
-        _ => (None, DELETED.to_string()),
-    };
-    Message {
-        conversation_id: conv,
-        seq,
-        message_id: Id(id),
-        author_id,
-        author: name,
-        client_msg_id,
-        text,
-        sent_at_ms: sent,
-    }
+/// Names of these users, each with whether the account is deleted (shown as `[deleted]`).
+async fn names(db: &Shards, users: &[Id]) -> Result<HashMap<Id, (String, bool)>> {
+    profiles(db, users).await
 }
 
 /// (user_lo, user_hi, last_seq) of a conversation the caller is in; NotFound otherwise (a
 /// conversation one is not in is indistinguishable from one that does not exist).
 async fn member_of(d: &Deps, me: Id, conv: Id) -> Result<(Id, Id, u64)> {
-    let mut c = d.db.by_id(conv).primary.get_conn().await?;
-    let row: Option<(u64, u64, u64)> = c
-        .exec_first(
-            "SELECT user_lo, user_hi, last_seq FROM conversations WHERE id = ?",
-            (conv.0,),
-        )
-        .await?;
-    match row {
-        Some((lo, hi, last)) if lo == me.0 || hi == me.0 => Ok((Id(lo), Id(hi), last)),
+    match store::conversation(&d.db, conv).await? {
+        Some((lo, hi, last)) if lo == me || hi == me => Ok((lo, hi, last)),
         _ => Err(not_found().into()),
     }
 }
@@ -104,76 +77,63 @@ fn peer_of(me: Id, lo: Id, hi: Id) -> Id {
     }
 }
 
-async fn summary(d: &Deps, me: Id, conv: Id, last_read: u64) -> Result<ConversationSummary> {
-    let (lo, hi, last_seq) = member_of(d, me, conv).await?;
-    let peer = peer_of(me, lo, hi);
-    let names = names(d, &[lo, hi]).await?;
-    let mut c = d.db.by_id(conv).primary.get_conn().await?;
-    let last: Option<MsgRow> = c
-        .exec_first(
-            "SELECT seq, id, author_id, client_msg_id, body, sent_at_ms FROM messages WHERE conversation_id = ? AND seq = ?",
-            (conv.0, last_seq),
-        )
-        .await?;
-    let unread: u64 = c
-        .exec_first(
-            "SELECT COUNT(*) FROM (SELECT 1 FROM messages WHERE conversation_id = ? AND seq > ? AND author_id <> ? LIMIT 1000) t",
-            (conv.0, last_read, me.0),
-        )
-        .await?
-        .unwrap_or(0);
-    Ok(ConversationSummary {
-        conversation_id: conv,
-        peer_id: peer,
-        peer: match names.get(&peer) {
-            Some((n, false)) => n.clone(),
-            _ => DELETED.to_string(),
-        },
-        last_seq,
-        last_message: last.map(|r| to_message(conv, r, &names)),
-        unread,
-    })
-}
-
-/// One page of a conversation's messages, ascending. `after_seq`: the page after it;
-/// `before_seq`: the page before it (older history, read from the replica); neither: the latest.
-async fn page(
-    d: &Deps,
-    conv: Id,
-    before: Option<u64>,
-    after: Option<u64>,
-    limit: u32,
-) -> Result<(Vec<MsgRow>, bool)> {
-    let n = limit as u64 + 1;
-    let cols = "SELECT seq, id, author_id, client_msg_id, body, sent_at_ms FROM messages WHERE conversation_id = ?";
-    let shard = d.db.by_id(conv);
-    let mut rows: Vec<MsgRow> = match (before, after) {
-        (_, Some(a)) => {
-            let mut c = shard.primary.get_conn().await?;
-            c.exec(
-                format!("{cols} AND seq > ? ORDER BY seq ASC LIMIT ?"),
-                (conv.0, a, n),
-            )
-            .await?
-        }
-        (Some(b), None) => {
-            let mut c = shard.replica.get_conn().await?;
-            c.exec(
-                format!("{cols} AND seq < ? ORDER BY seq DESC LIMIT ?"),
-                (conv.0, b, n),
-            )
-            .await?
-        }
-        (None, None) => {
-            let mut c = shard.primary.get_conn().await?;
-            c.exec(format!("{cols} ORDER BY seq DESC LIMIT ?"), (conv.0, n))
-                .await?
-        }
-    };
-    let more = rows.len() as u64 == n;
-    rows.truncate(limit as usize);
-    rows.sort_by_key(|r| r.0);
-    Ok((rows, more))
+/// The summaries of these conversations of mine, given with my read position in each, in the
+/// order given: per conversation shard one query for the conversations with their last
+/// messages and one for the unread counts, then one query per shard of their members for the
+/// names. NotFound when I am not in one of them.
+pub async fn summaries(
+    db: &Shards,
+    me: Id,
+    mine: &[(Id, u64)],
+) -> Result<Vec<ConversationSummary>> {
+    let mut by_shard: BTreeMap<usize, Vec<(Id, u64)>> = BTreeMap::new();
+    for &(conv, last_read) in mine {
+        by_shard
+            .entry(db.by_id(conv).index)
+            .or_default()
+            .push((conv, last_read));
+    }
+    let per_shard = by_shard.into_values().map(|convs| async move {
+        let ids: Vec<Id> = convs.iter().map(|&(conv, _)| conv).collect();
+        let heads = store::heads(db, &ids).await?;
+        // Nothing follows my read position where it is at the last message.
+        let behind: Vec<(Id, u64)> = convs
+            .into_iter()
+            .filter(|(conv, read)| heads.get(conv).is_some_and(|h| h.last_seq > *read))
+            .collect();
+        let unread = store::unread(db, me, &behind).await?;
+        Ok::<_, crate::Error>((heads, unread))
+    });
+    let mut heads = HashMap::new();
+    let mut unread = HashMap::new();
+    for (h, u) in futures::future::try_join_all(per_shard).await? {
+        heads.extend(h);
+        unread.extend(u);
+    }
+    let mut members: Vec<Id> = heads.values().flat_map(|h| [h.lo, h.hi]).collect();
+    members.sort_unstable();
+    members.dedup();
+    let names = names(db, &members).await?;
+    mine.iter()
+        .map(|&(conv, _)| {
+            let h = heads
+                .get(&conv)
+                .filter(|h| h.lo == me || h.hi == me)
+                .ok_or_else(not_found)?;
+            let peer = peer_of(me, h.lo, h.hi);
+            Ok(ConversationSummary {
+                conversation_id: conv,
+                peer_id: peer,
+                peer: match names.get(&peer) {
+                    Some((n, false)) => n.clone(),
+                    _ => DELETED.to_string(),
+                },
+                last_seq: h.last_seq,
+                last_message: h.last.clone().map(|r| store::to_message(conv, r, &names)),
+                unread: unread.get(&conv).copied().unwrap_or(0),
+            })
+        })
+        .collect()
 }
 
 fn not_connected() -> ErrorBody {
@@ -197,16 +157,5 @@ mod tests {
         assert_eq!(pair_key(Id(1), Id(2)), "1:2");
         assert_eq!(peer_of(Id(1), Id(1), Id(2)), Id(2));
         assert_eq!(peer_of(Id(2), Id(1), Id(2)), Id(1));
-    }
-
-    #[test]
-    fn deleted_authors_are_shown_as_deleted() {
-        let mut names = HashMap::new();
-        names.insert(Id(1), ("ann".to_string(), false));
-        names.insert(Id(2), ("bob".to_string(), true));
-        let m = to_message(Id(9), (1, 10, 1, "c".into(), "hi".into(), 5), &names);
-        assert_eq!((m.author_id, m.author.as_str()), (Some(Id(1)), "ann"));
-        let m = to_message(Id(9), (2, 11, 2, "c".into(), "yo".into(), 6), &names);
-        assert_eq!((m.author_id, m.author.as_str()), (None, DELETED));
     }
 }

@@ -1,6 +1,6 @@
 //! `dm.sync`: what a reconnecting client missed.
 
-use super::{member_of, names, page, to_message};
+use super::{member_of, names, store};
 use crate::context::{Ctx, Outcome};
 use crate::{refuse, Result};
 use std::collections::BTreeMap;
@@ -28,13 +28,13 @@ pub async fn sync(ctx: &Ctx<'_>, since: &BTreeMap<Id, u64>) -> Result<Outcome> {
             });
             continue;
         }
-        let (rows, more) = page(d, conv, None, Some(seen), validate::PAGE_MAX).await?;
-        let names = names(d, &[lo, hi]).await?;
+        let (rows, more) = store::page(&d.db, conv, None, Some(seen), validate::PAGE_MAX).await?;
+        let names = names(&d.db, &[lo, hi]).await?;
         out.push(SyncedConversation {
             conversation_id: conv,
             messages: rows
                 .into_iter()
-                .map(|r| to_message(conv, r, &names))
+                .map(|r| store::to_message(conv, r, &names))
                 .collect(),
             more,
         });

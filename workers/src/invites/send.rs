@@ -63,7 +63,7 @@ pub async fn send(ctx: &Ctx<'_>, code: &str) -> Result<Outcome> {
             "too many pending invites; wait for answers",
         ));
     }
-    let profiles = crate::users::profiles(d, &[target]).await?;
+    let profiles = crate::users::profiles(&d.db, &[target]).await?;
     let target_name = match profiles.get(&target) {
         Some((name, false)) => name.clone(),
         _ => return Err(refuse(ErrorCode::NotFound, "unknown invite code")),

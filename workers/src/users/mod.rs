@@ -13,6 +13,7 @@ pub use invite_code::{new_invite_code, normalise_code};
 pub use password::{hash_password, verify_password};
 
 use crate::context::{Ctx, Deps, Outcome};
+use crate::db::Shards;
 use crate::Result;
 use mysql_async::prelude::*;
 use std::collections::HashMap;
@@ -87,14 +88,14 @@ async fn id_of(d: &Deps, username: &str, primary: bool) -> Result<Option<Id>> {
 }
 
 /// Public profiles of these users, deleted ones included (`deleted` true), from replicas.
-pub async fn profiles(d: &Deps, users: &[Id]) -> Result<HashMap<Id, (String, bool)>> {
+pub async fn profiles(db: &Shards, users: &[Id]) -> Result<HashMap<Id, (String, bool)>> {
     let mut by_shard: HashMap<usize, Vec<u64>> = HashMap::new();
     for u in users {
-        by_shard.entry(d.db.by_id(*u).index).or_default().push(u.0);
+        by_shard.entry(db.by_id(*u).index).or_default().push(u.0);
     }
     let mut out = HashMap::new();
     for (shard, ids) in by_shard {
-        let mut c = d.db.all()[shard].replica.get_conn().await?;
+        let mut c = db.all()[shard].replica.get_conn().await?;
         let list = ids
             .iter()
             .map(|i| i.to_string())
