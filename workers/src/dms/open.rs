@@ -17,7 +17,7 @@ pub async fn open(ctx: &Ctx<'_>, peer: Id) -> Result<Outcome> {
             "you cannot message yourself",
         ));
     }
-    match invites::link(d, me, peer).await? {
+    match invites::link(&d.db, me, peer).await? {
         Some(l) if l.state == InviteState::Accepted => {}
         _ => return Err(not_connected().into()),
     }

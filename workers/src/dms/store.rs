@@ -111,6 +111,16 @@ pub async fn mark_read(db: &Shards, me: Id, conv: Id, seq: u64) -> Result<()> {
     Ok(())
 }
 
+/// Delete all my memberships (the peers keep theirs, and the conversations stay).
+pub async fn delete_memberships(db: &Shards, me: Id) -> Result<()> {
+    exec_drop(
+        &db.by_id(me).primary,
+        "DELETE FROM memberships WHERE user_id = ?",
+        (me.0,),
+    )
+    .await
+}
+
 /// My conversations (at most 500) with my read position in each: (conversation, last_read_seq).
 pub async fn memberships(db: &Shards, me: Id) -> Result<Vec<(Id, u64)>> {
     let mut c = db.by_id(me).primary.get_conn().await?;

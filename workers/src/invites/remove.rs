@@ -1,9 +1,8 @@
 //! `connection.remove`: end a connection or withdraw an invite.
 
-use super::link;
+use super::store;
 use crate::context::{event_to, Ctx, Outcome};
 use crate::{refuse, Result};
-use mysql_async::prelude::*;
 use topics::{ErrorCode, Event, Id, Response};
 
 /// Remove a connection (or withdraw / forget an invite): both rows go; re-inviting is allowed.
@@ -13,22 +12,11 @@ use topics::{ErrorCode, Event, Id, Response};
 pub async fn remove(ctx: &Ctx<'_>, peer: Id) -> Result<Outcome> {
     let d = ctx.deps;
     let me = ctx.caller()?.user_id;
-    if link(d, me, peer).await?.is_none() {
+    if store::link(&d.db, me, peer).await?.is_none() {
         return Err(refuse(ErrorCode::NotFound, "no connection with this user"));
     }
-    let mut cp = d.db.by_id(peer).primary.get_conn().await?;
-    cp.exec_drop(
-        "DELETE FROM links WHERE user_id = ? AND peer_id = ?",
-        (peer.0, me.0),
-    )
-    .await?;
-    drop(cp);
-    let mut c = d.db.by_id(me).primary.get_conn().await?;
-    c.exec_drop(
-        "DELETE FROM links WHERE user_id = ? AND peer_id = ?",
-        (me.0, peer.0),
-    )
-    .await?;
+    store::delete_link(&d.db, peer, me).await?;
+    store::delete_link(&d.db, me, peer).await?;
     Ok(removed(me, peer))
 }
 

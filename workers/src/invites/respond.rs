@@ -1,6 +1,6 @@
 //! `invite.respond`: accept or reject a pending invite.
 
-use super::{both_sides, link, put};
+use super::{both_sides, store};
 use crate::context::{Ctx, Outcome};
 use crate::{refuse, Result};
 use topics::frames::{Direction, InviteState, Link};
@@ -15,7 +15,7 @@ pub async fn respond(ctx: &Ctx<'_>, from: Id, accept: bool) -> Result<Outcome> {
     } else {
         InviteState::Rejected
     };
-    let current = link(d, me.user_id, from).await?;
+    let current = store::link(&d.db, me.user_id, from).await?;
     let Some(l) = current.filter(|l| {
         l.direction == Direction::Incoming && (l.state == InviteState::Pending || l.state == state)
     }) else {
@@ -25,8 +25,8 @@ pub async fn respond(ctx: &Ctx<'_>, from: Id, accept: bool) -> Result<Outcome> {
         ));
     };
     let now = runtime::now_ms();
-    put(
-        d,
+    store::put(
+        &d.db,
         from,
         me.user_id,
         &me.username,
@@ -35,8 +35,8 @@ pub async fn respond(ctx: &Ctx<'_>, from: Id, accept: bool) -> Result<Outcome> {
         now,
     )
     .await?;
-    put(
-        d,
+    store::put(
+        &d.db,
         me.user_id,
         from,
         &l.username,

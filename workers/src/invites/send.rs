@@ -1,12 +1,11 @@
 //! `invite.send`: invite the owner of a personal code.
 
-use super::{both_sides, link, put};
+use super::{both_sides, store};
 use crate::context::{Ctx, Outcome};
-use crate::users::normalise_code;
+use crate::users::{self, normalise_code};
 use crate::{refuse, Result};
-use mysql_async::prelude::*;
 use topics::frames::{Direction, InviteState, Link};
-use topics::{ErrorCode, Id};
+use topics::ErrorCode;
 
 /// Invite the owner of `code`.
 pub async fn send(ctx: &Ctx<'_>, code: &str) -> Result<Outcome> {
@@ -16,12 +15,7 @@ pub async fn send(ctx: &Ctx<'_>, code: &str) -> Result<Outcome> {
     if code.is_empty() || code.len() > 16 || !code.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return Err(refuse(ErrorCode::InvalidInput, "invite code is malformed"));
     }
-    let target: Option<u64> = {
-        let mut c = d.db.by_key(&code).primary.get_conn().await?;
-        c.exec_first("SELECT user_id FROM invite_codes WHERE code = ?", (&code,))
-            .await?
-    };
-    let Some(target) = target.map(Id) else {
+    let Some(target) = users::store::code_owner(&d.db, &code).await? else {
         return Err(refuse(ErrorCode::NotFound, "unknown invite code"));
     };
     if target == me.user_id {
@@ -30,7 +24,7 @@ pub async fn send(ctx: &Ctx<'_>, code: &str) -> Result<Outcome> {
             "you cannot invite yourself",
         ));
     }
-    match link(d, me.user_id, target).await? {
+    match store::link(&d.db, me.user_id, target).await? {
         Some(l) if l.state == InviteState::Accepted => {
             return Err(refuse(ErrorCode::Conflict, "you are already connected"))
         }
@@ -45,32 +39,21 @@ pub async fn send(ctx: &Ctx<'_>, code: &str) -> Result<Outcome> {
         }
         _ => {}
     }
-    let pending: u64 = d
-        .db
-        .by_id(me.user_id)
-        .primary
-        .get_conn()
-        .await?
-        .exec_first(
-            "SELECT COUNT(*) FROM links WHERE user_id = ? AND direction = 'outgoing' AND state = 'pending'",
-            (me.user_id.0,),
-        )
-        .await?
-        .unwrap_or(0);
+    let pending = store::pending_outgoing(&d.db, me.user_id).await?;
     if pending >= d.limits.pending_invites_max {
         return Err(refuse(
             ErrorCode::RateLimited,
             "too many pending invites; wait for answers",
         ));
     }
-    let profiles = crate::users::profiles(&d.db, &[target]).await?;
+    let profiles = users::profiles(&d.db, &[target]).await?;
     let target_name = match profiles.get(&target) {
         Some((name, false)) => name.clone(),
         _ => return Err(refuse(ErrorCode::NotFound, "unknown invite code")),
     };
     let now = runtime::now_ms();
-    put(
-        d,
+    store::put(
+        &d.db,
         target,
         me.user_id,
         &me.username,
@@ -79,8 +62,8 @@ pub async fn send(ctx: &Ctx<'_>, code: &str) -> Result<Outcome> {
         now,
     )
     .await?;
-    put(
-        d,
+    store::put(
+        &d.db,
         me.user_id,
         target,
         &target_name,

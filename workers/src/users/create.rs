@@ -1,12 +1,10 @@
 //! `user.create`: sign up.
 
-use super::hash_password;
-use super::{new_invite_code, profile, row};
+use super::store::{self, Claim};
+use super::{hash_password, new_invite_code, profile};
 use crate::context::{Ctx, Outcome};
-use crate::db::is_duplicate;
 use crate::{refuse, sessions, Result};
-use mysql_async::prelude::*;
-use topics::{validate, ErrorCode, Id, Response};
+use topics::{validate, ErrorCode, Response};
 
 /// Sign up. Safe to retry: a redelivered request finds its own directory entry and completes.
 pub async fn create(ctx: &Ctx<'_>, username: &str, password: &str) -> Result<Outcome> {
@@ -27,52 +25,20 @@ pub async fn create(ctx: &Ctx<'_>, username: &str, password: &str) -> Result<Out
         ));
     }
     let key = ctx.request_key();
-    let user = {
-        let mut c = d.db.by_key(&name).primary.get_conn().await?;
-        let fresh = d.ids.next();
-        match c
-            .exec_drop(
-                "INSERT INTO usernames (username, user_id, request_key) VALUES (?, ?, ?)",
-                (&name, fresh.0, &key),
-            )
-            .await
-        {
-            Ok(()) => fresh,
-            Err(e) if is_duplicate(&e) => {
-                let (owner, k): (u64, String) = c
-                    .exec_first(
-                        "SELECT user_id, request_key FROM usernames WHERE username = ?",
-                        (&name,),
-                    )
-                    .await?
-                    .ok_or_else(|| refuse(ErrorCode::Unavailable, "retry"))?;
-                if k != key {
-                    return Err(refuse(ErrorCode::Conflict, "username is taken"));
-                }
-                Id(owner)
-            }
-            Err(e) => return Err(e.into()),
-        }
+    let fresh = d.ids.next();
+    let user = match store::claim_username(&d.db, &name, fresh, &key).await? {
+        Claim::Claimed => fresh,
+        Claim::Owned { owner, request_key } if request_key == key => owner,
+        Claim::Owned { .. } => return Err(refuse(ErrorCode::Conflict, "username is taken")),
+        Claim::Gone => return Err(refuse(ErrorCode::Unavailable, "retry")),
     };
     let hash = hash_password(password.to_string()).await?;
     let now = runtime::now_ms();
-    {
-        let mut c = d.db.by_id(user).primary.get_conn().await?;
-        c.exec_drop(
-            "INSERT IGNORE INTO users (id, username, password_hash, invite_code, created_at_ms) VALUES (?, ?, ?, ?, ?)",
-            (user.0, &name, &hash, new_invite_code(), now),
-        )
-        .await?;
-    }
-    let r = row(d, user, true)
+    store::add_user(&d.db, user, &name, &hash, &new_invite_code(), now).await?;
+    let r = store::row(&d.db, user, true)
         .await?
         .ok_or_else(|| refuse(ErrorCode::Unavailable, "retry"))?;
-    let mut cc = d.db.by_key(&r.3).primary.get_conn().await?;
-    cc.exec_drop(
-        "INSERT IGNORE INTO invite_codes (code, user_id) VALUES (?, ?)",
-        (&r.3, user.0),
-    )
-    .await?;
+    store::add_invite_code(&d.db, &r.3, user).await?;
     Ok(Response::User {
         user: profile(&r),
         invite_code: Some(r.3.clone()),

@@ -1,52 +1,28 @@
 //! `user.delete`: delete the caller's account.
 
-use super::row;
+use super::store;
 use crate::context::{Ctx, Outcome};
-use crate::db::{exec_drop, rows};
-use crate::{refuse, sessions, Result};
-use topics::{ErrorCode, Id, Response};
+use crate::{dms, invites, refuse, sessions, Result};
+use topics::{ErrorCode, Response};
 
 /// Delete my account. Each step is idempotent, and sessions go last, so a retry after a crash
 /// finishes the job.
 pub async fn delete(ctx: &Ctx<'_>) -> Result<Outcome> {
     let d = ctx.deps;
     let me = ctx.caller()?.user_id;
-    let Some(r) = row(d, me, true).await? else {
+    let Some(r) = store::row(&d.db, me, true).await? else {
         return Err(refuse(ErrorCode::NotFound, "no such user"));
     };
-    let mine = &d.db.by_id(me).primary;
-    exec_drop(
-        mine,
-        "UPDATE users SET deleted_at_ms = COALESCE(deleted_at_ms, ?), password_hash = '' WHERE id = ?",
-        (runtime::now_ms(), me.0),
-    )
-    .await?;
+    store::mark_deleted(&d.db, me, runtime::now_ms()).await?;
     // Free the username and the invite code.
-    exec_drop(
-        &d.db.by_key(&r.1).primary,
-        "DELETE FROM usernames WHERE username = ? AND user_id = ?",
-        (&r.1, me.0),
-    )
-    .await?;
-    exec_drop(
-        &d.db.by_key(&r.3).primary,
-        "DELETE FROM invite_codes WHERE code = ? AND user_id = ?",
-        (&r.3, me.0),
-    )
-    .await?;
+    store::free_username(&d.db, &r.1, me).await?;
+    store::free_invite_code(&d.db, &r.3, me).await?;
     // Links on both sides; my conversation memberships (the peers keep theirs and the history).
-    let peers: Vec<u64> =
-        rows(mine, "SELECT peer_id FROM links WHERE user_id = ?", (me.0,)).await?;
-    for p in &peers {
-        exec_drop(
-            &d.db.by_id(Id(*p)).primary,
-            "DELETE FROM links WHERE user_id = ? AND peer_id = ?",
-            (p, me.0),
-        )
-        .await?;
+    for peer in invites::store::peers(&d.db, me).await? {
+        invites::store::delete_link(&d.db, peer, me).await?;
     }
-    exec_drop(mine, "DELETE FROM links WHERE user_id = ?", (me.0,)).await?;
-    exec_drop(mine, "DELETE FROM memberships WHERE user_id = ?", (me.0,)).await?;
+    invites::store::delete_links(&d.db, me).await?;
+    dms::store::delete_memberships(&d.db, me).await?;
     let ids = sessions::revoke_all(d, me).await?;
     Ok(Outcome {
         response: Some(Response::Ok),

@@ -1,6 +1,6 @@
 //! `user.lookup`: a public profile by username or id.
 
-use super::{id_of, profile, row};
+use super::{profile, store};
 use crate::context::{Ctx, Outcome};
 use crate::{refuse, Result};
 use topics::{validate, ErrorCode, Id, Response};
@@ -11,7 +11,7 @@ pub async fn lookup(ctx: &Ctx<'_>, username: Option<&str>, user_id: Option<Id>) 
     let id = match (username, user_id) {
         // A name the sign-up rules refuse names nobody (and never reaches the directory).
         (Some(name), None) => match validate::username(name) {
-            Ok(name) => id_of(d, &name, false).await?,
+            Ok(name) => store::id_of(&d.db, &name, false).await?,
             Err(_) => None,
         },
         (None, Some(id)) => Some(id),
@@ -23,7 +23,7 @@ pub async fn lookup(ctx: &Ctx<'_>, username: Option<&str>, user_id: Option<Id>) 
         }
     };
     let found = match id {
-        Some(id) => row(d, id, false).await?,
+        Some(id) => store::row(&d.db, id, false).await?,
         None => None,
     };
     match found {
