@@ -481,4 +481,27 @@ mod tests {
         let m = to_message(Id(9), (2, 11, 2, "c".into(), "yo".into(), 6), &names);
         assert_eq!((m.author_id, m.author.as_str()), (None, DELETED));
     }
+
+    #[test]
+    fn a_head_has_a_last_message_only_when_the_join_found_one() {
+        let found = (
+            9,
+            1,
+            2,
+            3,
+            Some(3),
+            Some(30),
+            Some(2),
+            Some("c".into()),
+            Some("hi".into()),
+            Some(7),
+        );
+        let (conv, head) = to_head(found);
+        assert_eq!(conv, Id(9));
+        assert_eq!((head.lo, head.hi, head.last_seq), (Id(1), Id(2), 3));
+        assert_eq!(head.last, Some((3, 30, 2, "c".into(), "hi".into(), 7)));
+        let (_, head) = to_head((9, 1, 2, 0, None, None, None, None, None, None));
+        assert_eq!((head.last_seq, head.last), (0, None));
+        assert_eq!(id_list([5, 12, 7].into_iter()), "5, 12, 7");
+    }
 }
