@@ -670,3 +670,184 @@ async fn sends_racing_a_removal_are_stored_exactly_when_acknowledged() {
     assert_eq!(seqs(&body), expected, "{body}");
     app.stop().await;
 }
+
+/// `Com_select` of each session the shards' pools hold (one connection each): statements the
+/// worker code ran through them.
+async fn selects(shards: &workers::db::Shards, with_replicas: bool) -> u64 {
+    use mysql_async::prelude::Queryable;
+    let mut total = 0;
+    for shard in shards.all() {
+        let pools = if with_replicas {
+            vec![&shard.primary, &shard.replica]
+        } else {
+            vec![&shard.primary]
+        };
+        for pool in pools {
+            let mut c = pool.get_conn().await.unwrap();
+            let (_, n): (String, u64) = c
+                .query_first("SHOW SESSION STATUS LIKE 'Com_select'")
+                .await
+                .unwrap()
+                .unwrap();
+            total += n;
+        }
+    }
+    total
+}
+
+/// A list of 30 conversations: each with its peer (a deleted one shown as deleted), last message,
+/// last sequence number and unread count (messages of the peer after my read position), the most
+/// recently active first and those without messages last; answered with a fixed number of
+/// queries per shard, not a few per conversation.
+#[tokio::test]
+async fn a_long_list_is_answered_with_a_fixed_number_of_queries() {
+    let mut opts = e2e::Options::default();
+    opts.limits.signups_per_address_per_minute = 100;
+    opts.limits.login_attempts_per_address_per_minute = 100;
+    let app = e2e::spawn_app_with(opts).await;
+    let (me, my_name, my_token) = app.user(0).await;
+    const PEERS: usize = 30;
+    const GONE: usize = 7;
+    // Per conversation: the peer, its token, and what the list must show.
+    struct Expect {
+        conv: Id,
+        peer: Id,
+        peer_name: String,
+        peer_token: String,
+        last_seq: u64,
+        last: Option<(String, Id, u64)>,
+        unread: u64,
+    }
+    let mut expected = Vec::new();
+    for i in 0..PEERS {
+        let (peer, peer_name, peer_token) = app.user(i % 2).await;
+        // The invite's target is read from a replica, where a new account may not be yet.
+        let code = invite_code(&app, &peer_token).await;
+        eventually("the new account on the replica", || {
+            let (app, token, code) = (&app, &my_token, &code);
+            async move {
+                let frame = json!({"type": "invite.send", "code": code});
+                let (s, b) = rpc(app, 0, token, frame).await;
+                assert!(s == 200 || s == 404, "{b}");
+                (s == 200).then_some(())
+            }
+        })
+        .await;
+        let accept = json!({"type": "invite.respond", "user_id": me, "accept": true});
+        let (s, b) = rpc(&app, 1, &peer_token, accept).await;
+        assert_eq!(s, 200, "{b}");
+        let conv = open_dm(&app, &peer_token, me).await;
+        let mut e = Expect {
+            conv,
+            peer,
+            peer_name,
+            peer_token,
+            last_seq: 0,
+            last: None,
+            unread: 0,
+        };
+        let mut sent = |who: Id, body: &Value| {
+            let m = &body["message"];
+            e.last_seq = m["seq"].as_u64().unwrap();
+            let text = m["text"].as_str().unwrap().to_string();
+            e.last = Some((text, who, m["sent_at_ms"].as_u64().unwrap()));
+        };
+        // 0 to 3 messages from the peer; every fifth conversation answered by me.
+        for k in 0..i % 4 {
+            let frame = send(conv, &format!("p{k}"), &format!("from {i}: {k}"));
+            let (s, b) = rpc(&app, i % 2, &e.peer_token, frame).await;
+            assert_eq!(s, 200, "{b}");
+            sent(peer, &b);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        if i % 5 == 0 {
+            let (s, b) = rpc(&app, 0, &my_token, send(conv, "m", &format!("to {i}"))).await;
+            assert_eq!(s, 200, "{b}");
+            sent(me, &b);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        // Every third conversation read up to its first message.
+        let read_to = if i % 3 == 0 { 1 } else { 0 };
+        if read_to > 0 {
+            let read = json!({"type": "dm.read", "conversation_id": conv, "seq": read_to});
+            let (s, b) = rpc(&app, 0, &my_token, read).await;
+            assert_eq!(s, 200, "{b}");
+        }
+        e.unread = (i % 4) as u64 - ((i % 4) as u64).min(read_to);
+        expected.push(e);
+    }
+    let (s, b) = app
+        .http(0)
+        .delete("/api/v1/users/me", Some(&expected[GONE].peer_token))
+        .await;
+    assert_eq!(s, 200, "{b}");
+
+    let (s, b) = rpc(&app, 1, &my_token, json!({"type": "dm.list"})).await;
+    assert_eq!(s, 200, "{b}");
+    let listed: Vec<topics::frames::ConversationSummary> =
+        serde_json::from_value(b["conversations"].clone()).unwrap();
+    assert_eq!(listed.len(), PEERS);
+    for (i, e) in expected.iter().enumerate() {
+        let c = listed
+            .iter()
+            .find(|c| c.conversation_id == e.conv)
+            .unwrap_or_else(|| panic!("conversation {i} is missing"));
+        let gone = i == GONE;
+        let name = if gone {
+            "[deleted]"
+        } else {
+            e.peer_name.as_str()
+        };
+        assert_eq!(
+            (c.peer_id, c.peer.as_str(), c.last_seq, c.unread),
+            (e.peer, name, e.last_seq, e.unread),
+            "conversation {i}"
+        );
+        let last = c
+            .last_message
+            .as_ref()
+            .map(|m| (m.text.clone(), m.author_id, m.author.clone(), m.seq));
+        let want = e.last.as_ref().map(|(text, who, _)| {
+            let (id, author) = match who {
+                w if *w == me => (Some(me), my_name.clone()),
+                _ if gone => (None, "[deleted]".to_string()),
+                _ => (Some(e.peer), e.peer_name.clone()),
+            };
+            (text.clone(), id, author, e.last_seq)
+        });
+        assert_eq!(last, want, "conversation {i}");
+    }
+    // The most recently active first (every message was sent in its own millisecond), then
+    // those without messages.
+    let mut order: Vec<(u64, Id)> = expected
+        .iter()
+        .filter_map(|e| e.last.as_ref().map(|l| (l.2, e.conv)))
+        .collect();
+    order.sort_by_key(|o| std::cmp::Reverse(o.0));
+    let active: Vec<Id> = order.into_iter().map(|(_, c)| c).collect();
+    let shown: Vec<Id> = listed.iter().map(|c| c.conversation_id).collect();
+    assert_eq!(shown[..active.len()], active[..]);
+    assert!(listed[active.len()..]
+        .iter()
+        .all(|c| c.last_message.is_none()));
+
+    // The same list read through the worker's code on pools of one connection per server:
+    // a fixed number of SELECTs, whatever the number of conversations (memberships, then per
+    // shard the conversations with their last messages, the unread counts and the names).
+    let mut database = app.database.clone();
+    database.pool_max = 1;
+    let with_replicas = database.shards.iter().all(|s| s.replica.is_some());
+    let shards = workers::db::Shards::connect(&database).unwrap();
+    let before = selects(&shards, with_replicas).await;
+    let again = workers::dms::list::conversations(&shards, me)
+        .await
+        .unwrap();
+    let used = selects(&shards, with_replicas).await - before;
+    assert_eq!(again, listed);
+    let n = shards.all().len() as u64;
+    assert!(
+        (1..=1 + 3 * n).contains(&used),
+        "{used} SELECTs for {PEERS} conversations on {n} shards"
+    );
+    app.stop().await;
+}

@@ -9,7 +9,6 @@ pub mod auth;
 pub mod context;
 pub mod db;
 pub mod dispatch;
-pub mod dm_batch;
 pub mod dms;
 pub mod ids;
 pub mod invites;
@@ -147,7 +146,7 @@ pub async fn run(role: Role, settings: Settings, stop: CancellationToken) -> Res
     });
     // Direct messages are handled in batches; every other role one record at a time.
     let handler: Arc<dyn runtime::consume::BatchHandler> = match role {
-        Role::Dms => Arc::new(dm_batch::DmBatch { dispatcher }),
+        Role::Dms => Arc::new(dms::batch::DmBatch { dispatcher }),
         _ => Arc::new(runtime::consume::PerRecord(dispatcher)),
     };
     let (lanes, batch) = match role {

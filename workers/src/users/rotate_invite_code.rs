@@ -1,11 +1,9 @@
 //! `user.rotate_invite_code`: replace my invite code with a fresh one, so a code that leaked stops
 //! letting strangers invite me.
 
-use super::{new_invite_code, profile, row};
+use super::{new_invite_code, profile, store};
 use crate::context::{Ctx, Outcome};
-use crate::db::{exec_drop, is_duplicate};
-use crate::{refuse, Error, Result};
-use mysql_async::prelude::*;
+use crate::{refuse, Result};
 use topics::{ErrorCode, Response};
 
 /// The old code stops resolving first, then a fresh code is stored, then my row names it. Each
@@ -16,49 +14,24 @@ use topics::{ErrorCode, Response};
 pub async fn rotate_invite_code(ctx: &Ctx<'_>) -> Result<Outcome> {
     let d = ctx.deps;
     let me = ctx.caller()?.user_id;
-    let r = match row(d, me, true).await? {
+    let r = match store::row(&d.db, me, true).await? {
         Some(r) if r.5.is_none() => r,
         _ => return Err(refuse(ErrorCode::NotFound, "no such user")),
     };
     let old = &r.3;
-    exec_drop(
-        &d.db.by_key(old).primary,
-        "DELETE FROM invite_codes WHERE code = ? AND user_id = ?",
-        (old, me.0),
-    )
-    .await?;
+    store::free_invite_code(&d.db, old, me).await?;
     let code = loop {
         let code = new_invite_code();
-        match exec_drop(
-            &d.db.by_key(&code).primary,
-            "INSERT INTO invite_codes (code, user_id) VALUES (?, ?)",
-            (&code, me.0),
-        )
-        .await
-        {
-            Ok(()) => break code,
-            // Someone else's code: draw another.
-            Err(Error::Db(e)) if is_duplicate(&e) => continue,
-            Err(e) => return Err(e),
+        // A code that already names someone else: draw another.
+        if store::claim_invite_code(&d.db, &code, me).await? {
+            break code;
         }
     };
-    let mut c = d.db.by_id(me).primary.get_conn().await?;
-    c.exec_drop(
-        "UPDATE users SET invite_code = ? WHERE id = ? AND invite_code = ? AND deleted_at_ms IS NULL",
-        (&code, me.0, old),
-    )
-    .await?;
-    if c.affected_rows() == 0 {
+    if !store::replace_invite_code(&d.db, me, old, &code).await? {
         // Another rotation (an HTTP call of mine at the same moment) or a deletion came first:
         // my fresh code is not the one, and the answer is whatever my row says now.
-        drop(c);
-        exec_drop(
-            &d.db.by_key(&code).primary,
-            "DELETE FROM invite_codes WHERE code = ? AND user_id = ?",
-            (&code, me.0),
-        )
-        .await?;
-        return super::me(ctx).await;
+        store::free_invite_code(&d.db, &code, me).await?;
+        return super::me::me(ctx).await;
     }
     Ok(Response::User {
         user: profile(&r),

@@ -1,0 +1,138 @@
+//! `dm.send`: store a message once per client_msg_id and deliver it to both members, alone or
+//! as part of a batch ([`super::batch`]).
+
+use super::{not_found, store};
+use crate::context::{event_to, Ctx, Deps, Outcome};
+use crate::Result;
+use std::collections::BTreeMap;
+use topics::frames::Message;
+use topics::{validate, Delivery, ErrorBody, Event, Id, Response};
+
+/// Whether a new message may be stored: `not_found` when I am not in the conversation (as
+/// everywhere else); otherwise whether the link is accepted. A send that is not allowed may
+/// still be the retry of a message stored while we were connected: the caller returns that one
+/// and refuses only new messages.
+fn may_send(gate: Option<Option<String>>) -> std::result::Result<bool, ErrorBody> {
+    match gate {
+        None => Err(not_found()),
+        Some(state) => Ok(state.as_deref() == Some("accepted")),
+    }
+}
+
+/// One `dm.send` of a batch, its caller authenticated and its input validated.
+#[derive(Clone, Debug)]
+pub struct NewSend<'a> {
+    pub me: Id,
+    pub username: String,
+    pub conv: Id,
+    pub client_msg_id: &'a str,
+    pub text: &'a str,
+}
+
+/// A send that was stored now, or earlier (`duplicate`: a retry of the same client_msg_id).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stored {
+    pub message: Message,
+    pub duplicate: bool,
+    /// Both members, who get the `dm.message` event.
+    pub members: [Id; 2],
+}
+
+/// Store a batch of messages, each once per client_msg_id, and say per send what it became:
+/// [`Stored`] or the refusal the sender gets.
+///
+/// The sends of one conversation shard are committed in one transaction: the conversation rows
+/// locked in id order (`FOR UPDATE`, so concurrent batches on other workers queue rather than
+/// deadlock), one lookup of the client_msg_ids already stored, one multi-row INSERT, one UPDATE
+/// of every `last_seq`, one COMMIT. Sequence numbers follow the batch's order, which is the
+/// order of each conversation's partition; the lock makes them strictly increasing and gap-free
+/// whoever else writes the conversation. A retry in the same batch is answered with the message
+/// stored by the first.
+///
+/// Only between connections, like `dm.open`: after a `connection.remove` the conversation stays
+/// readable, but new messages are refused with `forbidden` until a new invite is accepted (a
+/// retry of a message stored before still returns it as a duplicate). The link is read before
+/// the conversation's transaction, from the sender's shard (the conversation usually lives on
+/// another one). A removal deletes the removed user's row first, so every send handled after
+/// that write is refused, and so is every send made after the removal's reply or its
+/// `connection_removed` event; only a send already past this check when the row goes can still
+/// be stored.
+pub async fn send_many(
+    d: &Deps,
+    sends: &[NewSend<'_>],
+) -> Result<Vec<std::result::Result<Stored, ErrorBody>>> {
+    let gates = store::send_gates(d, sends).await?;
+    let mut out: Vec<Option<std::result::Result<Stored, ErrorBody>>> = vec![None; sends.len()];
+    let mut by_shard: BTreeMap<usize, Vec<(usize, bool)>> = BTreeMap::new();
+    for (i, gate) in gates.into_iter().enumerate() {
+        match may_send(gate) {
+            Ok(connected) => by_shard
+                .entry(d.db.by_id(sends[i].conv).index)
+                .or_default()
+                .push((i, connected)),
+            Err(e) => out[i] = Some(Err(e)),
+        }
+    }
+    let commits = by_shard
+        .into_values()
+        .map(|items| store::commit_shard(d, sends, items));
+    for results in futures::future::try_join_all(commits).await? {
+        for (i, r) in results {
+            out[i] = Some(r);
+        }
+    }
+    Ok(out
+        .into_iter()
+        .map(|r| r.expect("every send has an answer"))
+        .collect())
+}
+
+/// `dm.send` on its own: a batch of one ([`send_many`]); acknowledged to the sender and
+/// delivered to every device of both members.
+pub async fn send(ctx: &Ctx<'_>, conv: Id, client_msg_id: &str, text: &str) -> Result<Outcome> {
+    let caller = ctx.caller()?;
+    validate::text(text)?;
+    validate::client_msg_id(client_msg_id)?;
+    let one = NewSend {
+        me: caller.user_id,
+        username: caller.username.clone(),
+        conv,
+        client_msg_id,
+        text,
+    };
+    let stored = send_many(ctx.deps, &[one])
+        .await?
+        .pop()
+        .expect("one answer per send")?;
+    let (response, delivery) = sent(stored);
+    Ok(Outcome::from(response).deliver(delivery))
+}
+
+/// The reply to a stored send, and its `dm.message` event to both members.
+pub fn sent(s: Stored) -> (Response, Delivery) {
+    let reply = Response::Sent {
+        message: s.message.clone(),
+        duplicate: s.duplicate,
+    };
+    let event = event_to(s.members.to_vec(), Event::DmMessage { message: s.message });
+    (reply, event)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dms::not_connected;
+    use topics::ErrorCode;
+
+    #[test]
+    fn only_an_accepted_link_lets_a_member_send() {
+        let code = |e: ErrorBody| e.code;
+        assert!(may_send(Some(Some("accepted".into()))).unwrap());
+        for state in ["pending", "rejected"] {
+            assert!(!may_send(Some(Some(state.into()))).unwrap());
+        }
+        assert!(!may_send(Some(None)).unwrap(), "no link at all");
+        assert_eq!(code(may_send(None).unwrap_err()), ErrorCode::NotFound);
+        assert_eq!(code(not_connected()), ErrorCode::Forbidden);
+    }
+}
