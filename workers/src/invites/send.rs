@@ -46,9 +46,10 @@ pub async fn send(ctx: &Ctx<'_>, code: &str) -> Result<Outcome> {
             "too many pending invites; wait for answers",
         ));
     }
-    let profiles = users::profiles(&d.db, &[target]).await?;
-    let target_name = match profiles.get(&target) {
-        Some((name, false)) => name.clone(),
+    // From the primary: the code's owner may have signed up a moment ago, and a replica may not
+    // have the account yet.
+    let target_name = match users::store::row(&d.db, target, true).await? {
+        Some(r) if r.5.is_none() => r.1,
         _ => return Err(refuse(ErrorCode::NotFound, "unknown invite code")),
     };
     let now = runtime::now_ms();
