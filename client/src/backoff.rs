@@ -18,7 +18,7 @@ pub struct Backoff {
 }
 
 impl Default for Backoff {
-    /// 250 ms, 500 ms, 1 s, … up to 10 s, ten tries (about 45 s in all), half jitter.
+    /// 250 ms, 500 ms, 1 s, … up to 10 s, ten tries (at most 46 s of waiting), half jitter.
     fn default() -> Self {
         Backoff {
             initial: Duration::from_millis(250),

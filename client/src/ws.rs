@@ -25,7 +25,8 @@ pub type Ws = WebSocketStream<TcpStream>;
 /// already queued unread.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum WhenFull {
-    /// The wait fails with [`Error::Backlog`]: nothing is lost without the caller knowing.
+    /// The wait fails with [`Error::Backlog`] (the event that did not fit is gone with it):
+    /// nothing is lost without the caller knowing.
     #[default]
     Fail,
     /// The event is dropped and counted ([`Socket::dropped_events`]), for callers that do not
