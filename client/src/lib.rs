@@ -16,14 +16,16 @@
 //! terminates it).
 
 mod backoff;
+mod connect;
 mod http;
 mod seqs;
-mod ws;
+mod socket;
 
 pub use backoff::{retry, Backoff};
+pub use connect::{ws_url, ConnectOptions, Connector};
 pub use http::{decode, Http, HttpBuilder, Session};
 pub use seqs::{Seqs, SyncPlan, SYNC_MAX_CONVERSATIONS};
-pub use ws::{ws_url, ConnectOptions, Connector, Read, Socket, WhenFull, Ws};
+pub use socket::{Read, Socket, WhenFull, Ws};
 
 /// The WebSocket library this client speaks through (for [`tungstenite::Message`] and
 /// [`tungstenite::protocol::WebSocketConfig`]).
