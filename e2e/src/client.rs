@@ -1,28 +1,21 @@
-//! A WebSocket client and an HTTP client speaking Switchboard's protocol, for tests.
+//! The tests' view of the Rust SDK (`client/`): the same calls, with a 20 s wait and panics
+//! instead of errors, and `serde_json::Value` bodies so tests can send and check exact JSON.
 
-use futures::{SinkExt, StreamExt};
-use serde_json::{json, Value};
-use std::collections::VecDeque;
+use serde_json::Value;
 use std::time::Duration;
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use topics::{Event, ServerFrame};
 
 pub const WAIT: Duration = Duration::from_secs(20);
 
 pub struct Http {
-    base: String,
-    client: reqwest::Client,
+    inner: client::Http,
 }
 
 impl Http {
     pub fn new(base: &str) -> Self {
         Http {
-            base: base.trim_end_matches('/').to_string(),
-            client: reqwest::Client::new(),
+            inner: client::Http::new(base),
         }
     }
 
@@ -30,54 +23,43 @@ impl Http {
     /// sees it as `$remote_addr` and forwards it as the client's address.
     pub fn from_address(base: &str, local: std::net::IpAddr) -> Self {
         Http {
-            base: base.trim_end_matches('/').to_string(),
-            client: reqwest::Client::builder()
+            inner: client::Http::builder(base)
                 .local_address(local)
                 .build()
                 .expect("http client"),
         }
     }
 
+    /// The SDK client underneath, for typed calls.
+    pub fn sdk(&self) -> &client::Http {
+        &self.inner
+    }
+
     async fn send(&self, rb: reqwest::RequestBuilder, token: Option<&str>) -> (u16, Value) {
-        let rb = match token {
-            Some(t) => rb.bearer_auth(t),
-            None => rb,
-        };
-        let resp = rb.send().await.expect("http request");
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap_or_default();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        self.inner.send_raw(rb, token).await.expect("http request")
     }
 
     pub async fn post(&self, path: &str, body: Value, token: Option<&str>) -> (u16, Value) {
-        self.send(
-            self.client.post(format!("{}{path}", self.base)).json(&body),
-            token,
-        )
-        .await
+        let rb = self.inner.request(reqwest::Method::POST, path).json(&body);
+        self.send(rb, token).await
     }
 
     pub async fn post_raw(&self, path: &str, body: Vec<u8>, token: Option<&str>) -> (u16, Value) {
-        self.send(
-            self.client
-                .post(format!("{}{path}", self.base))
-                .header("content-type", "application/json")
-                .body(body),
-            token,
-        )
-        .await
+        let rb = self
+            .inner
+            .request(reqwest::Method::POST, path)
+            .header("content-type", "application/json")
+            .body(body);
+        self.send(rb, token).await
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
-        self.send(self.client.get(format!("{}{path}", self.base)), token)
+        self.send(self.inner.request(reqwest::Method::GET, path), token)
             .await
     }
 
     pub async fn delete(&self, path: &str, token: Option<&str>) -> (u16, Value) {
-        self.send(self.client.delete(format!("{}{path}", self.base)), token)
+        self.send(self.inner.request(reqwest::Method::DELETE, path), token)
             .await
     }
 
@@ -86,7 +68,7 @@ impl Http {
         &self,
         rb: impl FnOnce(&reqwest::Client, String) -> reqwest::RequestBuilder,
     ) -> reqwest::Response {
-        rb(&self.client, self.base.clone())
+        rb(self.inner.reqwest(), self.inner.base().to_string())
             .send()
             .await
             .expect("http request")
@@ -94,66 +76,50 @@ impl Http {
 
     pub async fn login(&self, username: &str, password: &str) -> String {
         let mut attempt = 0;
-        let (s, b) = loop {
-            let (s, b) = self
-                .post(
-                    "/api/v1/sessions",
-                    json!({"username": username, "password": password}),
-                    None,
-                )
-                .await;
+        let r = loop {
+            let r = self.inner.log_in(username, password).await;
             // `unavailable` means "retry" (the edge gave up waiting on a busy worker).
             attempt += 1;
-            if s != 503 || attempt == 3 {
-                break (s, b);
+            let busy = matches!(
+                &r,
+                Err(client::Error::Api {
+                    status: Some(503),
+                    ..
+                })
+            );
+            if !busy || attempt == 3 {
+                break r;
             }
         };
-        assert_eq!(s, 200, "login failed: {b}");
-        b["token"].as_str().expect("token").to_string()
+        match r {
+            Ok(s) => s.token,
+            Err(e) => panic!("login failed: {e}"),
+        }
     }
 }
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
 pub struct Client {
-    ws: Ws,
+    inner: client::Socket,
     /// Which edge served the handshake (`x-switchboard-edge`).
     pub edge: String,
-    pending: VecDeque<ServerFrame>,
-    next_rid: u64,
 }
 
 /// Open a WebSocket with the token in the subprotocol; the HTTP status when refused.
 pub async fn connect(url: &str, token: Option<&str>, origin: Option<&str>) -> Result<Client, u16> {
-    let mut req = url.into_client_request().expect("ws url");
-    let protos = match token {
-        Some(t) => format!("switchboard.v1, auth.{t}"),
-        None => "switchboard.v1".to_string(),
+    let options = client::ConnectOptions {
+        token: token.map(str::to_string),
+        origin: origin.map(str::to_string),
+        connect_timeout: Some(WAIT),
+        reply_timeout: WAIT,
+        ..Default::default()
     };
-    req.headers_mut().insert(
-        "sec-websocket-protocol",
-        HeaderValue::from_str(&protos).unwrap(),
-    );
-    if let Some(o) = origin {
-        req.headers_mut()
-            .insert("origin", HeaderValue::from_str(o).unwrap());
-    }
-    match tokio_tungstenite::connect_async(req).await {
-        Ok((ws, resp)) => {
-            let edge = resp
-                .headers()
-                .get("x-switchboard-edge")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_string();
-            Ok(Client {
-                ws,
-                edge,
-                pending: VecDeque::new(),
-                next_rid: 0,
-            })
-        }
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+    let connector = client::Connector::new(url, options).expect("ws url");
+    match connector.connect().await {
+        Ok(inner) => Ok(Client {
+            edge: inner.edge().unwrap_or_default().to_string(),
+            inner,
+        }),
+        Err(client::Error::Refused { status, .. }) => Err(status),
         Err(e) => panic!("ws connect failed: {e}"),
     }
 }
@@ -165,36 +131,20 @@ impl Client {
             .expect("handshake accepted")
     }
 
-    pub async fn send_text(&mut self, text: String) {
-        self.ws.send(Message::text(text)).await.expect("ws send");
+    /// The SDK socket underneath, for typed requests.
+    pub fn sdk(&mut self) -> &mut client::Socket {
+        &mut self.inner
     }
 
-    async fn read(&mut self, within: Duration) -> Option<ServerFrame> {
-        // One deadline for the whole wait: pings arriving in between must not restart it.
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            match tokio::time::timeout_at(deadline, self.ws.next()).await {
-                Ok(Some(Ok(Message::Text(t)))) => {
-                    return Some(
-                        serde_json::from_str(&t)
-                            .unwrap_or_else(|e| panic!("bad server frame {t}: {e}")),
-                    )
-                }
-                Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) | Err(_) => {
-                    return None
-                }
-                Ok(Some(Ok(_))) => continue,
-            }
-        }
+    pub async fn send_text(&mut self, text: String) {
+        self.inner.send_text(text).await.expect("ws send");
     }
 
     /// Send a request (a `rid` is added) and wait for its reply or error, keeping events aside.
-    pub async fn request(&mut self, mut frame: Value) -> ServerFrame {
-        self.next_rid += 1;
-        let rid = format!("r{}", self.next_rid);
-        frame["rid"] = json!(rid);
-        self.send_text(frame.to_string()).await;
-        self.wait_reply_to(&rid, &frame.to_string()).await
+    pub async fn request(&mut self, frame: Value) -> ServerFrame {
+        let what = frame.to_string();
+        let rid = self.inner.send_json(frame).await.expect("ws send");
+        self.wait_reply_to(&rid, &what).await
     }
 
     pub async fn wait_reply(&mut self, rid: &str) -> ServerFrame {
@@ -202,38 +152,20 @@ impl Client {
     }
 
     async fn wait_reply_to(&mut self, rid: &str, what: &str) -> ServerFrame {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let f = self
-                .read(left)
-                .await
-                .unwrap_or_else(|| panic!("no reply to {rid} {what}"));
-            match &f {
-                ServerFrame::Reply { rid: Some(r), .. }
-                | ServerFrame::Error { rid: Some(r), .. }
-                    if r == rid =>
-                {
-                    return f
-                }
-                ServerFrame::Event { .. } => self.pending.push_back(f),
-                _ => {}
-            }
-        }
+        self.inner
+            .reply_within(rid, WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("no reply to {rid} {what}: {e}"))
     }
 
     /// The next event (already received or arriving within `within`).
     pub async fn event(&mut self, within: Duration) -> Option<Event> {
-        if let Some(ServerFrame::Event { data }) = self.pending.pop_front() {
-            return Some(data);
-        }
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.read(left).await? {
-                ServerFrame::Event { data } => return Some(data),
-                _ => continue,
+        match self.inner.next_event(within).await {
+            Ok(e) => e,
+            Err(client::Error::BadFrame { text, source }) => {
+                panic!("bad server frame {text}: {source}")
             }
+            Err(_) => None,
         }
     }
 
@@ -254,24 +186,19 @@ impl Client {
 
     /// Wait until the server closes the socket; its close code.
     pub async fn closed(&mut self) -> Option<u16> {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match tokio::time::timeout(left, self.ws.next()).await {
-                Ok(Some(Ok(Message::Close(c)))) => return c.map(|c| u16::from(c.code)),
-                Ok(Some(Ok(_))) => continue,
-                Ok(None) | Ok(Some(Err(_))) => return None,
-                Err(_) => panic!("socket was not closed"),
-            }
+        match self.inner.closed(WAIT).await {
+            Ok(code) => code,
+            Err(client::Error::Timeout) => panic!("socket was not closed"),
+            Err(_) => None,
         }
     }
 
     pub async fn send_raw(&mut self, m: Message) {
-        self.ws.send(m).await.expect("ws send");
+        self.inner.send_message(m).await.expect("ws send");
     }
 
-    pub async fn close(mut self) {
-        let _ = self.ws.close(None).await;
+    pub async fn close(self) {
+        self.inner.close().await;
     }
 }
 

@@ -10,26 +10,14 @@ use e2e::{spawn_app_with, Options, TestApp};
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::time::Duration;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 
 /// Try a WebSocket handshake through `url`: the socket, or the refusal's (status, JSON body).
 async fn try_connect(url: &str, token: &str) -> Result<Raw, (u16, Value)> {
-    let mut req = url.into_client_request().unwrap();
-    req.headers_mut().insert(
-        "sec-websocket-protocol",
-        HeaderValue::from_str(&format!("switchboard.v1, auth.{token}")).unwrap(),
-    );
-    match tokio_tungstenite::connect_async(req).await {
-        Ok((ws, _)) => Ok(Raw { ws }),
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-            let status = resp.status().as_u16();
-            let body = resp
-                .body()
-                .as_deref()
-                .map(|b| serde_json::from_slice(b).unwrap_or(Value::Null))
-                .unwrap_or(Value::Null);
+    match client::Socket::connect(url, token).await {
+        Ok(s) => Ok(Raw { ws: s.into_inner() }),
+        Err(client::Error::Refused { status, body }) => {
+            let body = body.map_or(Value::Null, |b| serde_json::to_value(b).unwrap());
             Err((status, body))
         }
         Err(e) => panic!("handshake failed: {e}"),

@@ -6,14 +6,13 @@ use crate::net::source_addr;
 use crate::{Error, Result};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
-use topics::Id;
+use topics::{Id, Response};
 
 /// A logged-in account.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,6 +168,15 @@ impl Accounts {
         Ok((sessions, st))
     }
 
+    /// The SDK's HTTP client of user `i`: its source address, its target.
+    fn http(&self, i: usize) -> client::Http {
+        let base = &self.targets[i % self.targets.len()];
+        client::Http::from_client(
+            &format!("http://{base}"),
+            self.clients[i % self.clients.len()].clone(),
+        )
+    }
+
     async fn one(
         &self,
         i: usize,
@@ -177,130 +185,108 @@ impl Accounts {
         stats: &Counters,
     ) -> Result<Session> {
         let name = self.username(i);
+        let http = self.http(i);
         if let Some(token) = cached {
-            if let Some(s) = self.me(i, &name, &token).await? {
+            if let Some(s) = self.me(&http, &name, &token).await? {
                 stats.reused.fetch_add(1, Ordering::Relaxed);
                 return Ok(s);
             }
         }
         let _permit = argon.acquire().await.expect("semaphore open");
-        let creds = json!({"username": name, "password": self.password});
-        let (status, body) = self
-            .call(
-                i,
-                reqwest::Method::POST,
-                "/api/v1/users",
-                Some(&creds),
-                None,
-            )
-            .await?;
-        match status {
-            201 => {
+        match retrying("POST /api/v1/users", || http.sign_up(&name, &self.password)).await? {
+            Ok(_) => {
                 stats.signed_up.fetch_add(1, Ordering::Relaxed);
             }
-            409 => {}
-            _ => return Err(Error::Setup(format!("sign-up of {name}: {status} {body}"))),
+            Err(client::Error::Api {
+                status: Some(409), ..
+            }) => {}
+            Err(e) => return Err(Error::Setup(format!("sign-up of {name}: {e}"))),
         }
-        let (status, body) = self
-            .call(
-                i,
-                reqwest::Method::POST,
-                "/api/v1/sessions",
-                Some(&creds),
-                None,
-            )
-            .await?;
-        let token = match (status, body["token"].as_str()) {
-            (200, Some(t)) => t.to_string(),
-            _ => {
+        let token = match retrying("POST /api/v1/sessions", || {
+            http.log_in(&name, &self.password)
+        })
+        .await?
+        {
+            Ok(s) => s.token,
+            Err(e) => {
                 return Err(Error::Setup(format!(
-                    "login of {name}: {status} {body} (a different --password from an earlier run?)"
+                    "login of {name}: {e} (a different --password from an earlier run?)"
                 )))
             }
         };
         stats.logged_in.fetch_add(1, Ordering::Relaxed);
-        self.me(i, &name, &token)
+        self.me(&http, &name, &token)
             .await?
             .ok_or_else(|| Error::Setup(format!("{name}: a fresh session was refused")))
     }
 
     /// The account behind `token`, or None when the session is not valid (any more).
-    async fn me(&self, i: usize, name: &str, token: &str) -> Result<Option<Session>> {
-        let (status, body) = self
-            .call(
-                i,
-                reqwest::Method::GET,
-                "/api/v1/users/me",
-                None,
-                Some(token),
-            )
-            .await?;
-        match status {
-            200 => {
-                let user_id: Id = serde_json::from_value(body["user"]["user_id"].clone())
-                    .map_err(|e| Error::Setup(format!("{name}: bad profile {body}: {e}")))?;
-                let invite_code = body["invite_code"].as_str().unwrap_or_default().to_string();
-                if body["user"]["username"].as_str() != Some(name) {
+    async fn me(&self, http: &client::Http, name: &str, token: &str) -> Result<Option<Session>> {
+        match retrying("GET /api/v1/users/me", || http.me(token)).await? {
+            Ok(Response::User { user, invite_code }) => {
+                if user.username != name {
                     return Ok(None);
                 }
                 Ok(Some(Session {
                     username: name.into(),
                     token: token.into(),
-                    user_id,
-                    invite_code,
+                    user_id: user.user_id,
+                    invite_code: invite_code.unwrap_or_default(),
                 }))
             }
-            401 | 404 => Ok(None),
-            _ => Err(Error::Setup(format!(
-                "{name}: GET /users/me answered {status} {body}"
+            Err(client::Error::Api {
+                status: Some(401 | 404),
+                ..
+            }) => Ok(None),
+            Ok(other) => Err(Error::Setup(format!(
+                "{name}: GET /users/me answered {other:?}"
             ))),
+            Err(e) => Err(Error::Setup(format!("{name}: GET /users/me answered {e}"))),
         }
     }
+}
 
-    /// One HTTP call from user `i`'s source address, retrying 429 / 502 / 503 for a while.
-    async fn call(
-        &self,
-        i: usize,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&Value>,
-        token: Option<&str>,
-    ) -> Result<(u16, Value)> {
-        let client = &self.clients[i % self.clients.len()];
-        let base = &self.targets[i % self.targets.len()];
-        let start = tokio::time::Instant::now();
-        let mut wait = Duration::from_millis(250);
-        loop {
-            let mut rb = client.request(method.clone(), format!("http://{base}{path}"));
-            if let Some(b) = body {
-                rb = rb.json(b);
-            }
-            if let Some(t) = token {
-                rb = rb.bearer_auth(t);
-            }
-            let result = rb.send().await;
-            let retry = match result {
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    if !matches!(status, 429 | 502 | 503) {
-                        let text = resp.text().await.unwrap_or_default();
-                        return Ok((
-                            status,
-                            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-                        ));
-                    }
-                    format!("{status}")
-                }
-                Err(e) => e.to_string(),
-            };
-            if start.elapsed() > RETRY_FOR {
-                return Err(Error::Setup(format!(
-                    "{method} {path}: still failing after {RETRY_FOR:?}: {retry}"
-                )));
-            }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_secs(5));
+/// Whether an HTTP call is worth repeating: a 429 / 502 / 503 answer, or no answer at all.
+fn busy(e: &client::Error) -> bool {
+    match e {
+        client::Error::Http(_) => true,
+        client::Error::Api {
+            status: Some(s), ..
         }
+        | client::Error::Unexpected { status: s, .. } => matches!(s, 429 | 502 | 503),
+        _ => false,
+    }
+}
+
+/// Run one HTTP call, repeating it while it is [`busy`] for up to [`RETRY_FOR`] (250 ms,
+/// doubling up to 5 s, between tries): its last outcome.
+async fn retrying<T, F, Fut>(what: &str, mut call: F) -> Result<client::Result<T>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = client::Result<T>>,
+{
+    let backoff = client::Backoff {
+        initial: Duration::from_millis(250),
+        max: Duration::from_secs(5),
+        attempts: None,
+        jitter: 0.0,
+    };
+    let start = tokio::time::Instant::now();
+    let mut n = 0;
+    loop {
+        let r = call().await;
+        match &r {
+            Err(e) if busy(e) => {
+                if start.elapsed() > RETRY_FOR {
+                    return Err(Error::Setup(format!(
+                        "{what}: still failing after {RETRY_FOR:?}: {e}"
+                    )));
+                }
+            }
+            _ => return Ok(r),
+        }
+        tokio::time::sleep(backoff.delay(n)).await;
+        n += 1;
     }
 }
 
@@ -309,4 +295,28 @@ struct Counters {
     reused: AtomicU64,
     signed_up: AtomicU64,
     logged_in: AtomicU64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeats_busy_answers_and_lost_calls_only() {
+        let api = |status| client::Error::Api {
+            status: Some(status),
+            error: topics::ErrorBody::new(topics::ErrorCode::Unavailable, "retry"),
+        };
+        assert!(busy(&api(503)));
+        assert!(busy(&api(429)));
+        assert!(!busy(&api(409)));
+        assert!(!busy(&api(401)));
+        let page = |status| client::Error::Unexpected {
+            status,
+            body: "<html>".into(),
+        };
+        assert!(busy(&page(502)));
+        assert!(!busy(&page(500)));
+        assert!(!busy(&client::Error::UnexpectedReply("ok".into())));
+    }
 }

@@ -6,16 +6,13 @@ use crate::backlog::{backlog, Peak, Scraper};
 use crate::cli::BroadcastArgs;
 use crate::conns::{broadcast_text, HoldPlan};
 use crate::hist::{Hist, Percentiles};
-use crate::net::{connect_ws, source_addr};
+use crate::net::{connect_socket, source_addr};
 use crate::report::{kv, memory, pct, Report, Rows};
 use crate::{fleet, procs, say, Error, Result, Setup};
-use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use tokio_tungstenite::tungstenite::Message;
-use topics::ServerFrame;
+use topics::{Request, ServerFrame};
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct BroadcastResult {
@@ -90,37 +87,26 @@ async fn send_all(
     interval: Duration,
     timeout: Duration,
 ) -> Result<Vec<Sent>> {
-    let mut ws = connect_ws(&target, &token, source_addr(0, 1), timeout)
+    let mut s = connect_socket(&target, &token, source_addr(0, 1), timeout)
         .await
-        .map_err(|e| Error::Setup(format!("broadcast sender could not connect: {e}")))?
-        .ws;
+        .map_err(|e| Error::Setup(format!("broadcast sender could not connect: {e}")))?;
     let mut out = Vec::new();
     let mut tick = tokio::time::interval(interval);
     for k in 0..count {
         tick.tick().await;
-        let rid = format!("b{k}");
-        let frame = json!({"type": "broadcast.send", "rid": rid, "text": broadcast_text(&run, k)});
         let t = Instant::now();
-        ws.send(Message::text(frame.to_string()))
+        let rid = s
+            .send(Request::BroadcastSend {
+                text: broadcast_text(&run, k),
+            })
             .await
             .map_err(|e| Error::Setup(format!("broadcast send: {e}")))?;
-        let answer = tokio::time::timeout(Duration::from_secs(10), async {
-            while let Some(Ok(m)) = ws.next().await {
-                let Message::Text(text) = m else { continue };
-                match serde_json::from_str::<ServerFrame>(&text) {
-                    Ok(ServerFrame::Reply { rid: Some(r), .. }) if r == rid => {
-                        return Ok(t.elapsed())
-                    }
-                    Ok(ServerFrame::Error {
-                        rid: Some(r), code, ..
-                    }) if r == rid => return Err(code.as_str().to_string()),
-                    _ => {}
-                }
-            }
-            Err("sender_socket_closed".to_string())
-        })
-        .await
-        .unwrap_or_else(|_| Err("no_answer".into()));
+        let answer = match s.reply_within(&rid, Duration::from_secs(10)).await {
+            Ok(ServerFrame::Error { code, .. }) => Err(code.as_str().to_string()),
+            Ok(_) => Ok(t.elapsed()),
+            Err(client::Error::Timeout) => Err("no_answer".to_string()),
+            Err(_) => Err("sender_socket_closed".to_string()),
+        };
         out.push(answer);
     }
     Ok(out)

@@ -9,12 +9,12 @@ use crate::backlog::{backlog, Peak, Scraper};
 use crate::cli::DmArgs;
 use crate::conns::unix_us;
 use crate::hist::{Hist, Percentiles};
-use crate::net::{connect_ws, source_addr, Ws};
+use crate::net::{connect_socket, source_addr, Ws};
 use crate::report::{kv, pct, Report, Rows};
 use crate::{procs, say, Error, Result, Setup};
 use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
-use topics::{Event, Id, Response, ServerFrame};
+use topics::{Event, Id, Request, Response, ServerFrame};
 
 /// The edge allows 50 frames/s per connection; stay below it with room for jitter.
 pub const MAX_PER_CONNECTION_RATE: f64 = 40.0;
@@ -189,32 +189,12 @@ struct Msg {
 }
 
 /// Send one request and wait for its answer, skipping events: the reply data or the error code.
-async fn request(ws: &mut Ws, rid: &str, mut frame: Value) -> Result<Response, String> {
-    frame["rid"] = json!(rid);
-    ws.send(Message::text(frame.to_string()))
-        .await
-        .map_err(|e| crate::net::reason(&e))?;
-    let wait = async {
-        while let Some(m) = ws.next().await {
-            let Ok(Message::Text(t)) = m else {
-                if let Err(e) = m {
-                    return Err(crate::net::reason(&e));
-                }
-                continue;
-            };
-            match serde_json::from_str::<ServerFrame>(&t) {
-                Ok(ServerFrame::Reply { rid: Some(r), data }) if r == rid => return Ok(data),
-                Ok(ServerFrame::Error {
-                    rid: Some(r), code, ..
-                }) if r == rid => return Err(code.as_str().to_string()),
-                _ => {}
-            }
-        }
-        Err("socket_closed".to_string())
-    };
-    tokio::time::timeout(Duration::from_secs(20), wait)
-        .await
-        .unwrap_or_else(|_| Err("no_answer".into()))
+async fn request(s: &mut client::Socket, request: Request) -> Result<Response, String> {
+    s.request(request).await.map_err(|e| match e {
+        client::Error::Closed { .. } => "socket_closed".to_string(),
+        client::Error::Timeout => "no_answer".to_string(),
+        e => crate::net::label(&e),
+    })
 }
 
 /// Connect both users, make them connected (invite → accept; both are no-ops on later runs)
@@ -230,11 +210,7 @@ async fn set_up(
         let token = s.token.clone();
         let src = source_addr(n, plan.source_addrs);
         let timeout = plan.connect_timeout;
-        async move {
-            connect_ws(&target, &token, src, timeout)
-                .await
-                .map(|o| o.ws)
-        }
+        async move { connect_socket(&target, &token, src, timeout).await }
     };
     let (wa, wb) = tokio::join!(connect(a, 2 * i), connect(b, 2 * i + 1));
     let mut wa = wa.map_err(|e| format!("connect_{e}"))?;
@@ -242,23 +218,20 @@ async fn set_up(
     // Both fail harmlessly (conflict) when an earlier run already connected the pair.
     let _ = request(
         &mut wa,
-        "s1",
-        json!({"type": "invite.send", "code": b.invite_code}),
+        Request::InviteSend {
+            code: b.invite_code.clone(),
+        },
     )
     .await;
     let _ = request(
         &mut wb,
-        "s2",
-        json!({"type": "invite.respond", "user_id": a.user_id, "accept": true}),
+        Request::InviteRespond {
+            user_id: a.user_id,
+            accept: true,
+        },
     )
     .await;
-    let conv = match request(
-        &mut wa,
-        "s3",
-        json!({"type": "dm.open", "user_id": b.user_id}),
-    )
-    .await
-    {
+    let conv = match request(&mut wa, Request::DmOpen { user_id: b.user_id }).await {
         Ok(Response::Conversation { conversation }) => conversation.conversation_id,
         Ok(other) => {
             return Err(format!("dm_open_unexpected_{other:?}")
@@ -268,8 +241,8 @@ async fn set_up(
         }
         Err(code) => return Err(format!("dm_open_{code}")),
     };
-    let side = |ws, user| Side {
-        ws,
+    let side = |s: client::Socket, user| Side {
+        ws: s.into_inner(),
         user,
         last_seq: 0,
         got: HashSet::new(),

@@ -1,5 +1,6 @@
-//! Sockets: the open-files limit, loopback source addresses, and the authenticated WebSocket
-//! handshake (token in the `Sec-WebSocket-Protocol` header, as browsers and SDKs send it).
+//! Sockets of the load generator: the open-files limit, loopback source addresses, the small
+//! WebSocket buffers, and the short failure labels of the report. The handshake itself (token
+//! in `Sec-WebSocket-Protocol`, as browsers and SDKs send it) is the Rust SDK's (`client/`).
 //!
 //! A client socket bound to `127.0.0.x:0` gets its own ephemeral port range (~28k ports), so
 //! spreading sockets over 127.0.0.2 ..= 127.0.0.50 lifts the ceiling to ~1.4M without
@@ -7,14 +8,10 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
-use tokio::net::{TcpSocket, TcpStream};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Error as WsError;
-use tokio_tungstenite::WebSocketStream;
 
-pub type Ws = WebSocketStream<TcpStream>;
+pub use client::Ws;
 
 /// Lift the soft open-files limit to the hard one; returns (soft, hard) after.
 pub fn raise_nofile() -> (u64, u64) {
@@ -58,6 +55,27 @@ pub fn io_reason(e: &std::io::Error) -> String {
     out
 }
 
+/// The label of an SDK error: how a connect failed (`bind_…` when the source address could not
+/// be bound), or the error code the server answered.
+pub fn label(e: &client::Error) -> String {
+    use client::Error as E;
+    match e {
+        E::Url { .. } => "bad_url".into(),
+        E::BadToken => "bad_token".into(),
+        E::Bind(io) => format!("bind_{}", io_reason(io)),
+        E::Connect(io) => io_reason(io),
+        E::Refused { status, .. } | E::Unexpected { status, .. } => format!("http_{status}"),
+        E::WebSocket(ws) => reason(ws),
+        E::Http(_) => "http_failed".into(),
+        E::Api { error, .. } => error.code.as_str().into(),
+        E::UnexpectedReply(_) => "unexpected_reply".into(),
+        E::BadFrame { .. } => "bad_frame".into(),
+        E::Timeout => "timeout".into(),
+        E::Closed { .. } => "closed".into(),
+        E::Backlog(_) => "backlog".into(),
+    }
+}
+
 /// What a successful handshake tells us.
 pub struct Opened {
     pub ws: Ws,
@@ -73,6 +91,30 @@ pub fn client_config() -> WebSocketConfig {
         .write_buffer_size(0)
 }
 
+/// An SDK socket to `target` (`host:port`) from `src` (if any), with the small buffers. It
+/// keeps no events while it waits for replies: the generator reads events itself.
+pub async fn connect_socket(
+    target: &str,
+    token: &str,
+    src: Option<IpAddr>,
+    timeout: Duration,
+) -> Result<client::Socket, String> {
+    let _: SocketAddr = target.parse().map_err(|_| "bad_target".to_string())?;
+    let options = client::ConnectOptions {
+        token: Some(token.to_string()),
+        local_addr: src,
+        config: Some(client_config()),
+        connect_timeout: Some(timeout),
+        reply_timeout: Duration::from_secs(20),
+        max_queued_events: 0,
+        when_full: client::WhenFull::DropNewest,
+        ..Default::default()
+    };
+    let connector =
+        client::Connector::new(&format!("ws://{target}/ws"), options).map_err(|e| label(&e))?;
+    connector.connect().await.map_err(|e| label(&e))
+}
+
 /// TCP connect from `src` (if any), then the WebSocket handshake with the session token.
 pub async fn connect_ws(
     target: &str,
@@ -80,37 +122,12 @@ pub async fn connect_ws(
     src: Option<IpAddr>,
     timeout: Duration,
 ) -> Result<Opened, String> {
-    let fut = async {
-        let dst: SocketAddr = target.parse().map_err(|_| "bad_target".to_string())?;
-        let sock = TcpSocket::new_v4().map_err(|e| io_reason(&e))?;
-        if let Some(ip) = src {
-            sock.bind(SocketAddr::new(ip, 0))
-                .map_err(|e| format!("bind_{}", io_reason(&e)))?;
-        }
-        let stream = sock.connect(dst).await.map_err(|e| io_reason(&e))?;
-        let _ = stream.set_nodelay(true);
-        let mut req = format!("ws://{target}/ws")
-            .into_client_request()
-            .map_err(|e| reason(&e))?;
-        let protos = HeaderValue::from_str(&format!("switchboard.v1, auth.{token}"))
-            .map_err(|_| "bad_token".to_string())?;
-        req.headers_mut().insert("sec-websocket-protocol", protos);
-        let (ws, resp) =
-            tokio_tungstenite::client_async_with_config(req, stream, Some(client_config()))
-                .await
-                .map_err(|e| reason(&e))?;
-        let edge = resp
-            .headers()
-            .get("x-switchboard-edge")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("unknown")
-            .to_string();
-        Ok(Opened { ws, edge })
-    };
-    match tokio::time::timeout(timeout, fut).await {
-        Ok(r) => r,
-        Err(_) => Err("timeout".into()),
-    }
+    let socket = connect_socket(target, token, src, timeout).await?;
+    let edge = socket.edge().unwrap_or("unknown").to_string();
+    Ok(Opened {
+        ws: socket.into_inner(),
+        edge,
+    })
 }
 
 #[cfg(test)]
@@ -131,6 +148,19 @@ mod tests {
         assert_eq!(io_reason(&e), "io_connection_refused");
         assert_eq!(reason(&WsError::Io(e)), "io_connection_refused");
         assert_eq!(reason(&WsError::ConnectionClosed), "closed");
+        let e = std::io::Error::from(std::io::ErrorKind::AddrNotAvailable);
+        assert_eq!(label(&client::Error::Bind(e)), "bind_io_addr_not_available");
+        let refused = client::Error::Refused {
+            status: 429,
+            body: None,
+        };
+        assert_eq!(label(&refused), "http_429");
+        let api = client::Error::Api {
+            status: None,
+            error: topics::ErrorBody::new(topics::ErrorCode::RateLimited, "slow down"),
+        };
+        assert_eq!(label(&api), "rate_limited");
+        assert_eq!(label(&client::Error::Timeout), "timeout");
     }
 
     #[test]

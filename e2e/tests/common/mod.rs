@@ -10,11 +10,7 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::future::Future;
 use std::time::Duration;
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use topics::frames::InviteState;
 use topics::{Event, Id, Response, ServerFrame};
 
@@ -201,8 +197,6 @@ pub async fn invite_event(c: &mut Client, peer: Id, state: InviteState) -> topic
     link
 }
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
 /// What a bare socket read.
 #[derive(Debug)]
 pub enum Read {
@@ -215,21 +209,17 @@ pub enum Read {
     Nothing,
 }
 
-/// A WebSocket without the `Client`'s conveniences.
+/// A WebSocket without the `Client`'s conveniences: the SDK's handshake, then the bare stream.
 pub struct Raw {
-    pub ws: Ws,
+    pub ws: client::Ws,
 }
 
 impl Raw {
     pub async fn connect(url: &str, token: &str) -> Raw {
-        let mut req = url.into_client_request().unwrap();
-        req.headers_mut().insert(
-            "sec-websocket-protocol",
-            HeaderValue::from_str(&format!("switchboard.v1, auth.{token}")).unwrap(),
-        );
-        let (ws, _) = tokio_tungstenite::connect_async(req)
+        let ws = client::Socket::connect(url, token)
             .await
-            .expect("handshake accepted");
+            .expect("handshake accepted")
+            .into_inner();
         Raw { ws }
     }
 
