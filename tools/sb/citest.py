@@ -80,21 +80,24 @@ def run(cmd: list[str], env: dict | None = None, cwd: str = REPO, capture: bool 
 # ---------------------------------------------------------------- steps
 
 
+def ensure_cargo_tool(subcommand: str, crate: str) -> str:
+    """The version line of `cargo <subcommand>`, installed with `cargo install --locked` if missing."""
+    def probe():
+        return subprocess.run(["cargo", subcommand, "--version"], capture_output=True, text=True)
+    found = probe()
+    if found.returncode != 0:
+        run(["cargo", "install", crate, "--locked"])
+        found = probe()
+        if found.returncode != 0:
+            raise SbError(f"{crate} still unavailable after cargo install")
+    return found.stdout.strip()
+
+
 def ensure_tools() -> str:
     ensure_packages(TEST_COMMANDS)
-    probe = subprocess.run(["cargo", "llvm-cov", "--version"], capture_output=True, text=True)
-    if probe.returncode != 0:
-        run(["cargo", "install", "cargo-llvm-cov", "--locked"])
-        probe = subprocess.run(["cargo", "llvm-cov", "--version"], capture_output=True, text=True)
-        if probe.returncode != 0:
-            raise SbError("cargo-llvm-cov still unavailable after cargo install")
-    machete = subprocess.run(["cargo", "machete", "--version"], capture_output=True, text=True)
-    if machete.returncode != 0:
-        run(["cargo", "install", "cargo-machete", "--locked"])
-        machete = subprocess.run(["cargo", "machete", "--version"], capture_output=True, text=True)
-        if machete.returncode != 0:
-            raise SbError("cargo-machete still unavailable after cargo install")
-    return f"ok ({probe.stdout.strip()}, cargo-machete {machete.stdout.strip()})"
+    llvm_cov = ensure_cargo_tool("llvm-cov", "cargo-llvm-cov")
+    machete = ensure_cargo_tool("machete", "cargo-machete")
+    return f"ok ({llvm_cov}, cargo-machete {machete})"
 
 
 def coverage_env() -> dict:

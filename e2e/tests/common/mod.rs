@@ -197,17 +197,8 @@ pub async fn invite_event(c: &mut Client, peer: Id, state: InviteState) -> topic
     link
 }
 
-/// What a bare socket read.
-#[derive(Debug)]
-pub enum Read {
-    Frame(ServerFrame),
-    /// A close frame, with its code.
-    Closed(Option<u16>),
-    /// The connection ended without a close frame (or with a transport error).
-    Eof,
-    /// Nothing arrived in time.
-    Nothing,
-}
+/// What a bare socket read (the SDK's own; a transport error reads as `Eof` here).
+pub use client::Read;
 
 /// A WebSocket without the `Client`'s conveniences: the SDK's handshake, then the bare stream.
 pub struct Raw {
