@@ -156,3 +156,27 @@ async fn metrics_are_not_served_through_the_public_nginx() {
         );
     }
 }
+
+/// Every edge the launcher started says it is ready on its internal listener (`/readyz`: Kafka
+/// answers), and, like `/metrics`, the public nginx does not serve it.
+#[tokio::test]
+async fn the_platform_edges_are_ready() {
+    let stack = e2e::stack();
+    assert!(!stack.edges.is_empty(), "{stack:?}");
+    for edge in &stack.edges {
+        let internal = edge
+            .metrics_addr
+            .as_ref()
+            .expect("stack.json names each edge's internal listener");
+        let r = reqwest::get(format!("http://{internal}/readyz"))
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{}", edge.id);
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["checks"]["kafka"], "ok", "{body}");
+    }
+    for n in &stack.nginx {
+        let r = reqwest::get(format!("http://{n}/readyz")).await.unwrap();
+        assert_eq!(r.status().as_u16(), 404, "nginx {n}");
+    }
+}

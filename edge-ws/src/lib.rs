@@ -23,7 +23,7 @@ use std::sync::Arc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use topics::{EdgeEvent, Topics};
-use warp::{Filter, Reply};
+use warp::Filter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -171,11 +171,19 @@ impl Application {
             edge.connections.clone(),
             stop.clone(),
         ));
+        // Ready while Kafka answers: an edge's only dependency (it reaches the rest through it).
+        let readiness = runtime::health::Readiness::new(stop.clone());
+        let kafka = edge.clone();
+        readiness.set(vec![(
+            "kafka",
+            runtime::health::check(move || {
+                let e = kafka.clone();
+                async move { e.publisher.reachable().await }
+            }),
+        )]);
         tasks.spawn(server::serve(
             internal,
-            runtime::health::routes(edge.metrics.clone())
-                .map(Reply::into_response)
-                .boxed(),
+            runtime::health::routes(edge.metrics.clone(), readiness).boxed(),
             limits,
             max_handshakes,
             edge.metrics.clone(),

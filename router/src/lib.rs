@@ -123,14 +123,36 @@ pub async fn build(settings: &Settings, metrics: Metrics) -> Result<Arc<Router>>
 /// Run until `stop`: consume the delivery topic, drain, flush.
 pub async fn run(settings: Settings, stop: CancellationToken) -> Result<()> {
     let metrics = Metrics::default();
+    let readiness = runtime::health::Readiness::new(stop.clone());
     let (addr, health) = runtime::health::serve(
         &settings.service.health_listen,
         metrics.clone(),
+        readiness.clone(),
         stop.clone(),
     )
     .await?;
     tracing::info!(%addr, "router health endpoint up");
     let router = build(&settings, metrics.clone()).await?;
+    {
+        use runtime::health::check;
+        let (k, r) = (router.clone(), router.clone());
+        readiness.set(vec![
+            (
+                "kafka",
+                check(move || {
+                    let d = k.clone();
+                    async move { d.publisher.reachable().await }
+                }),
+            ),
+            (
+                "redis",
+                check(move || {
+                    let d = r.clone();
+                    async move { d.redis.reachable().await }
+                }),
+            ),
+        ]);
+    }
     let consumer =
         runtime::kafka::consumer(&settings.kafka, &router.topics.group("router"), false)?;
     {

@@ -1,26 +1,133 @@
-//! `/healthz` and `/metrics` for workers and the router (edges serve them on their internal
-//! listener).
+//! `/healthz` (liveness), `/readyz` (readiness) and `/metrics` for workers and the router (edges
+//! serve them on their internal listener).
+//!
+//! Liveness says the process answers. Readiness says it can do its work: each dependency it
+//! needs (Kafka, Redis Cluster, the database shards) answered a cheap question within
+//! [`CHECK_TIMEOUT`]. A process is not ready while it is still starting (its checks are not
+//! registered yet) or once it is stopping.
 
 use crate::metrics::Metrics;
+use futures::future::BoxFuture;
 use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use warp::http::StatusCode;
 use warp::Filter;
 
-/// Routes shared by every process: `GET /healthz` (200 "ok") and `GET /metrics`.
+/// How long one readiness check may take before it counts as failed.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One dependency check: `Ok`, or why not.
+pub type Check = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// The named checks of a process.
+pub type Checks = Vec<(&'static str, Check)>;
+
+/// Wrap an async check.
+pub fn check<F, Fut>(f: F) -> Check
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
+{
+    Arc::new(move || Box::pin(f()))
+}
+
+/// What `/readyz` asks. Cheap to clone; the process registers its checks once its dependencies
+/// are built.
+#[derive(Clone)]
+pub struct Readiness {
+    checks: Arc<RwLock<Option<Checks>>>,
+    stop: CancellationToken,
+}
+
+impl Readiness {
+    /// Not ready until [`Readiness::set`]; not ready again once `stop` is cancelled.
+    pub fn new(stop: CancellationToken) -> Self {
+        Readiness {
+            checks: Arc::new(RwLock::new(None)),
+            stop,
+        }
+    }
+
+    /// The process is built: from now on it is ready while every check passes.
+    pub fn set(&self, checks: Checks) {
+        *self.checks.write().expect("readiness lock") = Some(checks);
+    }
+
+    /// Run every check at once: ready or not, and each check's answer (`"ok"` or the reason).
+    pub async fn report(&self) -> (bool, serde_json::Value) {
+        if self.stop.is_cancelled() {
+            return (
+                false,
+                serde_json::json!({"ready": false, "state": "stopping"}),
+            );
+        }
+        let Some(checks) = self.checks.read().expect("readiness lock").clone() else {
+            return (
+                false,
+                serde_json::json!({"ready": false, "state": "starting"}),
+            );
+        };
+        let answers = futures::future::join_all(checks.iter().map(|(name, c)| async move {
+            let answer = match tokio::time::timeout(CHECK_TIMEOUT, c()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(why)) => Err(why),
+                Err(_) => Err(format!("no answer within {CHECK_TIMEOUT:?}")),
+            };
+            (*name, answer)
+        }))
+        .await;
+        let ready = answers.iter().all(|(_, a)| a.is_ok());
+        let map: serde_json::Map<String, serde_json::Value> = answers
+            .into_iter()
+            .map(|(name, a)| {
+                (
+                    name.to_string(),
+                    a.err().unwrap_or_else(|| "ok".into()).into(),
+                )
+            })
+            .collect();
+        (
+            ready,
+            serde_json::json!({"ready": ready, "state": "running", "checks": map}),
+        )
+    }
+}
+
+/// Routes shared by every process: `GET /healthz` (200 "ok"), `GET /readyz` (200 or 503 with a
+/// JSON report) and `GET /metrics`.
 pub fn routes(
     metrics: Metrics,
-) -> impl Filter<Extract = (impl warp::Reply,), Error = warp::Rejection> + Clone {
-    let healthz = warp::path!("healthz").and(warp::get()).map(|| "ok");
+    readiness: Readiness,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
+    use warp::Reply;
+    let healthz = warp::path!("healthz")
+        .and(warp::get())
+        .map(|| "ok".into_response());
+    let readyz = warp::path!("readyz").and(warp::get()).then(move || {
+        let readiness = readiness.clone();
+        async move {
+            let (ready, report) = readiness.report().await;
+            let status = if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            warp::reply::with_status(warp::reply::json(&report), status).into_response()
+        }
+    });
     let m = warp::path!("metrics")
         .and(warp::get())
-        .map(move || metrics.render());
-    healthz.or(m)
+        .map(move || metrics.render().into_response());
+    healthz.or(readyz).unify().or(m).unify()
 }
 
 /// Serve the health routes on `addr` until `stop`; returns the bound address.
 pub async fn serve(
     addr: &str,
     metrics: Metrics,
+    readiness: Readiness,
     stop: CancellationToken,
 ) -> crate::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let addr: SocketAddr = addr
@@ -28,9 +135,76 @@ pub async fn serve(
         .map_err(|e| crate::Error::Config(format!("health_listen {addr:?}: {e}")))?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    let server = warp::serve(routes(metrics))
+    let server = warp::serve(routes(metrics, readiness))
         .incoming(listener)
         .graceful(async move { stop.cancelled().await })
         .run();
     Ok((bound, tokio::spawn(server)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn get(r: &Readiness, path: &str) -> (u16, String) {
+        let resp = warp::test::request()
+            .path(path)
+            .reply(&routes(Metrics::default(), r.clone()))
+            .await;
+        (
+            resp.status().as_u16(),
+            String::from_utf8_lossy(resp.body()).into_owned(),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ready_only_while_running_and_every_check_passes() {
+        let stop = CancellationToken::new();
+        let r = Readiness::new(stop.clone());
+        assert_eq!(get(&r, "/healthz").await, (200, "ok".into()));
+        let (status, body) = get(&r, "/readyz").await;
+        assert_eq!(status, 503);
+        assert!(body.contains(r#""state":"starting""#), "{body}");
+
+        r.set(vec![
+            ("kafka", check(|| async { Ok(()) })),
+            ("redis", check(|| async { Ok(()) })),
+        ]);
+        let (status, body) = get(&r, "/readyz").await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains(r#""kafka":"ok""#), "{body}");
+
+        r.set(vec![
+            ("kafka", check(|| async { Ok(()) })),
+            (
+                "mariadb",
+                check(|| async { Err("shard 1: refused".into()) }),
+            ),
+            (
+                "redis",
+                check(|| async {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    Ok(())
+                }),
+            ),
+        ]);
+        let (status, body) = get(&r, "/readyz").await;
+        assert_eq!(status, 503);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["checks"]["kafka"], "ok");
+        assert_eq!(v["checks"]["mariadb"], "shard 1: refused");
+        assert_eq!(v["checks"]["redis"], "no answer within 2s");
+
+        r.set(vec![("kafka", check(|| async { Ok(()) }))]);
+        assert_eq!(get(&r, "/readyz").await.0, 200);
+        stop.cancel();
+        let (status, body) = get(&r, "/readyz").await;
+        assert_eq!(status, 503);
+        assert!(body.contains(r#""state":"stopping""#), "{body}");
+        assert_eq!(
+            get(&r, "/healthz").await.0,
+            200,
+            "still alive while stopping"
+        );
+    }
 }

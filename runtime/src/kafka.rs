@@ -178,6 +178,20 @@ impl Publisher {
         }
     }
 
+    /// Readiness: the cluster answers a metadata request (on a blocking thread, like the flush).
+    pub async fn reachable(&self) -> Result<(), String> {
+        let producer = self.producer.clone();
+        let timeout = crate::health::CHECK_TIMEOUT;
+        match tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, timeout))
+            .await
+        {
+            Ok(Ok(m)) if !m.brokers().is_empty() => Ok(()),
+            Ok(Ok(_)) => Err("no broker in the cluster metadata".into()),
+            Ok(Err(e)) => Err(crate::telemetry::Chain(&e).to_string()),
+            Err(e) => Err(crate::telemetry::Chain(&e).to_string()),
+        }
+    }
+
     /// Wait for everything queued to be delivered (shutdown), at most `timeout`. librdkafka's
     /// flush blocks its thread, so it runs on a blocking thread: the runtime's workers go on
     /// with other tasks meanwhile.

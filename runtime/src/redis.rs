@@ -29,6 +29,16 @@ impl Cluster {
             .await
             .cloned()
     }
+
+    /// Readiness: the cluster answers a `PING`.
+    pub async fn reachable(&self) -> Result<(), String> {
+        let mut c = self.get().await.map_err(|e| e.to_string())?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut c)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// The process' cluster handle; nothing connects until the first [`Cluster::get`].

@@ -191,8 +191,11 @@ http {{
 {PROXY_COMMON}
         }}
 
-        # operator endpoint: scraped at each process' own address, never served to the public
+        # operator endpoints: asked at each process' own address, never served to the public
         location = /metrics {{
+            return 404;
+        }}
+        location = /readyz {{
             return 404;
         }}
     }}

@@ -127,6 +127,25 @@ impl Shards {
         })
     }
 
+    /// Readiness: every shard's primary answers `SELECT 1`.
+    pub async fn reachable(&self) -> std::result::Result<(), String> {
+        let answers = futures::future::join_all(self.shards.iter().map(|s| async move {
+            let mut c = s.primary.get_conn().await?;
+            c.query_drop("SELECT 1").await
+        }))
+        .await;
+        let failed: Vec<String> = answers
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, a)| a.err().map(|e| format!("shard {i}: {e}")))
+            .collect();
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed.join("; "))
+        }
+    }
+
     pub fn all(&self) -> &[Shard] {
         &self.shards
     }

@@ -114,17 +114,49 @@ pub async fn deps(settings: &Settings, metrics: Metrics) -> Result<Arc<Deps>> {
     }))
 }
 
+/// What a worker needs to do its work: Kafka, Redis Cluster and every shard's primary.
+pub fn readiness_checks(deps: &Arc<Deps>) -> runtime::health::Checks {
+    use runtime::health::check;
+    let (k, r, m) = (deps.clone(), deps.clone(), deps.clone());
+    vec![
+        (
+            "kafka",
+            check(move || {
+                let d = k.clone();
+                async move { d.publisher.reachable().await }
+            }),
+        ),
+        (
+            "redis",
+            check(move || {
+                let d = r.clone();
+                async move { d.redis.reachable().await }
+            }),
+        ),
+        (
+            "mariadb",
+            check(move || {
+                let d = m.clone();
+                async move { d.db.reachable().await }
+            }),
+        ),
+    ]
+}
+
 /// Run one role until `stop`: consume its topic, serve health, drain, flush.
 pub async fn run(role: Role, settings: Settings, stop: CancellationToken) -> Result<()> {
     let metrics = Metrics::default();
+    let readiness = runtime::health::Readiness::new(stop.clone());
     let (addr, health) = runtime::health::serve(
         &settings.service.health_listen,
         metrics.clone(),
+        readiness.clone(),
         stop.clone(),
     )
     .await?;
     tracing::info!(role = %role.worker(), %addr, "health endpoint up");
     let deps = deps(&settings, metrics.clone()).await?;
+    readiness.set(readiness_checks(&deps));
     let renew = tokio::spawn(ids::renew_node(
         deps.redis.clone(),
         deps.keys.clone(),
