@@ -210,6 +210,18 @@ impl Http {
             .await
     }
 
+    /// `POST /api/v1/users/me/invite_code`: a fresh invite code for me (the old one stops
+    /// working); answers my profile with the new code.
+    pub async fn rotate_invite_code(&self, token: &str) -> Result<Response> {
+        self.call::<()>(
+            Method::POST,
+            "/api/v1/users/me/invite_code",
+            None,
+            Some(token),
+        )
+        .await
+    }
+
     /// `GET /api/v1/users/{user_id}`: a public profile.
     pub async fn user(&self, token: &str, user_id: Id) -> Result<Response> {
         let path = format!("/api/v1/users/{user_id}");

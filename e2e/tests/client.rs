@@ -173,3 +173,85 @@ async fn a_dropped_socket_reconnects_and_syncs_exactly_what_it_missed() {
     b.close().await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn every_typed_http_call_reaches_its_endpoint() {
+    let app = spawn_app().await;
+    let base = format!("http://{}", app.nginx[0].addr);
+    let http = Http::builder(&base)
+        .user_agent("Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0")
+        .timeout(WAIT)
+        .pool_max_idle_per_host(2)
+        .local_address("127.0.0.1".parse().unwrap())
+        .build()
+        .unwrap();
+    assert_eq!(http.base(), base);
+    assert_eq!(
+        http.current_session(None).await.unwrap(),
+        Response::SignedOut
+    );
+    let (ann, code, token) = account(&http).await;
+    let Response::User { user, .. } = http.current_session(Some(&token)).await.unwrap() else {
+        panic!("a live token's current session is its user")
+    };
+    assert_eq!(user.user_id, ann);
+
+    // refresh rotates the token; the sessions list shows the device the login came from
+    let fresh = http.refresh(&token).await.unwrap();
+    assert_ne!(fresh.token, token);
+    let token = fresh.token;
+    let Response::Sessions { sessions } = http.sessions(&token).await.unwrap() else {
+        panic!("sessions")
+    };
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sessions[0].device.as_deref(), Some("Firefox on Linux"));
+
+    // profiles by name and by id, the online list, a new invite code
+    let Response::User { user, .. } = http.user_named(&token, &user.username).await.unwrap() else {
+        panic!("user by name")
+    };
+    assert_eq!(user.user_id, ann);
+    assert!(matches!(
+        http.user(&token, ann).await.unwrap(),
+        Response::User { .. }
+    ));
+    assert!(matches!(
+        http.online(&token, Some(10), None).await.unwrap(),
+        Response::Online { .. }
+    ));
+    let bad_cursor = http.online(&token, None, Some("x")).await.unwrap_err();
+    assert_eq!(
+        bad_cursor.api().map(|b| b.code),
+        Some(ErrorCode::InvalidInput)
+    );
+    let Response::User {
+        invite_code: Some(new_code),
+        ..
+    } = http.rotate_invite_code(&token).await.unwrap()
+    else {
+        panic!("a rotated code")
+    };
+    assert_ne!(new_code, code);
+
+    // logging out one session, this session, every session; then the account goes
+    let name = user.username.clone();
+    let second = http.log_in(&name, PASSWORD).await.unwrap();
+    assert_eq!(
+        http.log_out_session(&token, &second.session_id)
+            .await
+            .unwrap(),
+        Response::Ok
+    );
+    assert!(http.me(&second.token).await.is_err());
+    let third = http.log_in(&name, PASSWORD).await.unwrap();
+    assert_eq!(http.log_out(&third.token).await.unwrap(), Response::Ok);
+    assert_eq!(http.log_out_all(&token).await.unwrap(), Response::Ok);
+    assert!(http.me(&token).await.is_err());
+    let last = http.log_in(&name, PASSWORD).await.unwrap();
+    assert_eq!(
+        http.delete_account(&last.token).await.unwrap(),
+        Response::Ok
+    );
+    assert!(http.log_in(&name, PASSWORD).await.is_err());
+    app.stop().await;
+}

@@ -513,3 +513,49 @@ async fn a_rotated_invite_code_replaces_the_old_one() {
     assert_eq!(status, 401);
     assert_eq!(invite_code(&app, &bob_token).await, newer);
 }
+
+#[tokio::test]
+async fn rotations_at_the_same_moment_leave_one_code_that_works() {
+    let app = spawn_app().await;
+    let (bob, _, bob_token) = app.user(1).await;
+    let old = invite_code(&app, &bob_token).await;
+    // HTTP calls with a bearer token are keyed by request, so they may run side by side.
+    let calls = (0..8).map(|i| {
+        let http = app.http(i % 2);
+        let token = bob_token.clone();
+        async move {
+            http.post("/api/v1/users/me/invite_code", json!({}), Some(&token))
+                .await
+        }
+    });
+    let answers = futures::future::join_all(calls).await;
+    let current = invite_code(&app, &bob_token).await;
+    assert_ne!(current, old);
+    let (_, _, ann_token) = app.user(0).await;
+    let mut a = Client::connect(&app.ws_url(0), &ann_token).await;
+    // every code an answer showed is the current one or names nobody; the old one names nobody
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+        let shown = body["invite_code"].as_str().unwrap();
+        if shown != current {
+            assert_eq!(
+                err(a
+                    .request(json!({"type": "invite.send", "code": shown}))
+                    .await),
+                ErrorCode::NotFound,
+                "a code shown by a losing rotation still works"
+            );
+        }
+    }
+    assert_eq!(
+        err(a.request(json!({"type": "invite.send", "code": old})).await),
+        ErrorCode::NotFound
+    );
+    let Response::Link { link } = ok(a
+        .request(json!({"type": "invite.send", "code": current}))
+        .await)
+    else {
+        panic!()
+    };
+    assert_eq!(link.user_id, bob);
+}

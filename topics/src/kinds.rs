@@ -376,6 +376,47 @@ mod tests {
     }
 
     #[test]
+    fn routes_and_params_are_built_as_written() {
+        assert_eq!(
+            Route::post("/users").body().status(201),
+            Route {
+                method: Method::Post,
+                path: "/users",
+                status: 201,
+                body: true,
+                query: &[],
+            }
+        );
+        assert_eq!(Route::delete("/x").method, Method::Delete);
+        // built at run time (the table's rows are built at compile time)
+        let params: &'static [Param] = Box::leak(Box::new([
+            Param::number("limit"),
+            Param::text("c").required(),
+        ]));
+        let q = Route::get("/online").query(params);
+        assert_eq!((q.method, q.status, q.body), (Method::Get, 200, false));
+        assert_eq!(
+            q.query,
+            &[
+                Param {
+                    name: "limit",
+                    number: true,
+                    required: false
+                },
+                Param {
+                    name: "c",
+                    number: false,
+                    required: true
+                }
+            ]
+        );
+        // the table's own rows, as the edge reads them
+        let lookup = by_name("user.lookup").unwrap();
+        assert_eq!(lookup.http[1].query[0], Param::text("username").required());
+        assert_eq!(by_name("user.create").unwrap().http[0].status, 201);
+    }
+
+    #[test]
     fn routes_map_calls_to_requests() {
         let creds = br#"{"username":"ann","password":"pw123456!","type":"dm.list"}"#;
         let q = HashMap::new();
