@@ -24,6 +24,17 @@ pub struct Stack {
     pub nginx: Vec<String>,
     #[serde(default)]
     pub edges: Vec<EdgeStack>,
+    /// Every app process the launcher started and where it answers `/healthz`, `/readyz` and
+    /// `/metrics` (absent in stack files of older launchers and with `--infra-only`).
+    #[serde(default)]
+    pub services: Vec<ServiceStack>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct ServiceStack {
+    pub name: String,
+    pub kind: String,
+    pub health_addr: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]

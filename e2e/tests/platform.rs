@@ -157,23 +157,33 @@ async fn metrics_are_not_served_through_the_public_nginx() {
     }
 }
 
-/// Every edge the launcher started says it is ready on its internal listener (`/readyz`: Kafka
-/// answers), and, like `/metrics`, the public nginx does not serve it.
+/// Every process the launcher started says it is ready (`/readyz`, where it is scraped: an edge's
+/// internal listener, a worker's or the router's health port), with the checks of its kind, and,
+/// like `/metrics`, the public nginx does not serve it.
 #[tokio::test]
-async fn the_platform_edges_are_ready() {
+async fn every_platform_process_is_ready() {
     let stack = e2e::stack();
-    assert!(!stack.edges.is_empty(), "{stack:?}");
-    for edge in &stack.edges {
-        let internal = edge
-            .metrics_addr
-            .as_ref()
-            .expect("stack.json names each edge's internal listener");
-        let r = reqwest::get(format!("http://{internal}/readyz"))
+    let kinds: Vec<&str> = stack.services.iter().map(|s| s.kind.as_str()).collect();
+    for kind in ["edge", "worker", "router"] {
+        assert!(
+            kinds.contains(&kind),
+            "stack.json lists no {kind}: {stack:?}"
+        );
+    }
+    for service in &stack.services {
+        let r = reqwest::get(format!("http://{}/readyz", service.health_addr))
             .await
             .unwrap();
-        assert_eq!(r.status().as_u16(), 200, "{}", edge.id);
+        assert_eq!(r.status().as_u16(), 200, "{}", service.name);
         let body: serde_json::Value = r.json().await.unwrap();
-        assert_eq!(body["checks"]["kafka"], "ok", "{body}");
+        let checks: &[&str] = match service.kind.as_str() {
+            "edge" => &["kafka"],
+            "router" => &["kafka", "redis"],
+            _ => &["kafka", "redis", "mariadb"],
+        };
+        for c in checks {
+            assert_eq!(body["checks"][c], "ok", "{}: {body}", service.name);
+        }
     }
     for n in &stack.nginx {
         let r = reqwest::get(format!("http://{n}/readyz")).await.unwrap();

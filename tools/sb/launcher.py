@@ -285,7 +285,7 @@ def _check(state: State, c: dict) -> dict:
     elif kind == "discovery":
         ok = alive(c.get("pid"), c.get("starttime"))
     else:
-        ok = services.healthy(c)
+        ok = services.healthy(c) and services.ready(c)
     row = {"name": c["name"], "kind": kind, "role": role, "addr": c["addr"], "pid": c["pid"], "healthy": bool(ok)}
     if kind in ("edge", "worker", "router"):
         row["metrics_addr"] = services.metrics_addr(c)

@@ -165,7 +165,11 @@ def stack(ctx, edges: list[dict]) -> dict:
 def write_stack(ctx) -> None:
     edges = [{"id": c["role"], "addr": c["addr"], "metrics_addr": metrics_addr(c)}
              for c in ctx.state.components if c["kind"] == "edge"]
-    write_atomic(ctx.state.stack_file, json.dumps(stack(ctx, edges), indent=2) + "\n")
+    out = stack(ctx, edges)
+    # where each app process answers /healthz, /readyz and /metrics (operators, probes, tests)
+    out["services"] = [{"name": c["name"], "kind": c["kind"], "health_addr": metrics_addr(c)}
+                       for c in ctx.state.components if c["kind"] in ("edge", "worker", "router")]
+    write_atomic(ctx.state.stack_file, json.dumps(out, indent=2) + "\n")
 
 
 # ---------------------------------------------------------------- processes
@@ -204,6 +208,13 @@ def healthy(comp: dict) -> bool:
     return all(http_status(f"http://{a}/healthz") == 200 for a in dict.fromkeys([comp["addr"], metrics_addr(comp)]))
 
 
+def ready(comp: dict) -> bool:
+    """/readyz answers 200: the process is built and its dependencies answer. A binary that has
+    no /readyz (404: a build from before it existed, e.g. an older tree being benchmarked) counts
+    as ready once healthy."""
+    return http_status(f"http://{metrics_addr(comp)}/readyz", timeout=3.0) in (200, 404)
+
+
 def start_and_wait(ctx, timeout: float = 60.0) -> None:
     skipped, started = [], []
     for sp in _specs(ctx):
@@ -230,7 +241,12 @@ def start_and_wait(ctx, timeout: float = 60.0) -> None:
             state = "exited" if not alive(comp["pid"], comp["starttime"]) else "no 200 from /healthz"
             raise SbError(f"{comp['name']} not healthy ({state}) at http://{comp['addr']}/healthz; "
                           f"log {comp['log']}:\n{tail(comp['log'])}")
-        line(comp["name"], f"healthy at http://{comp['addr']}/healthz (pid {comp['pid']})", True)
+        ok = wait_until(lambda c=comp: ready(c), timeout, 0.2,
+                        lambda c=comp: not alive(c["pid"], c["starttime"]))
+        if not ok:
+            raise SbError(f"{comp['name']} not ready at http://{metrics_addr(comp)}/readyz; "
+                          f"log {comp['log']}:\n{tail(comp['log'])}")
+        line(comp["name"], f"ready at http://{metrics_addr(comp)}/readyz (pid {comp['pid']})", True)
     for sp in _specs(ctx):
         if sp["name"] in skipped:
             line(sp["name"], f"skipped: no {sp['bin']} binary in {ctx.bin_dir}")
