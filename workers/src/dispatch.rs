@@ -34,6 +34,8 @@ pub fn classify(e: Error) -> Failure {
         Error::Db(mysql_async::Error::Server(s)) if !mysql::retry_may_fix(s.code) => {
             Failure::Poison(reason)
         }
+        // A kind its domain has no arm for: no retry can route it.
+        Error::Unrouted(_) => Failure::Poison(reason),
         _ => Failure::Transient(reason),
     }
 }
@@ -570,6 +572,10 @@ mod tests {
         assert!(matches!(
             classify(Error::Config("x".into())),
             Failure::Transient(_)
+        ));
+        assert!(matches!(
+            classify(Error::Unrouted("dm.send")),
+            Failure::Poison(_)
         ));
     }
 }
