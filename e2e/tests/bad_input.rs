@@ -47,6 +47,15 @@ async fn malformed_frames_get_typed_errors_and_the_socket_keeps_working() {
             json!({"rid": "w4", "type": "dm.open", "user_id": "not-a-number"}).to_string(),
             Some("w4"),
         ),
+        // Ids have one spelling: no sign, no leading zero.
+        (
+            json!({"rid": "w5", "type": "dm.open", "user_id": "+42"}).to_string(),
+            Some("w5"),
+        ),
+        (
+            json!({"rid": "w6", "type": "dm.history", "conversation_id": "042"}).to_string(),
+            Some("w6"),
+        ),
         // Missing fields.
         (json!({"rid": "m1", "type": "dm.send"}).to_string(), Some("m1")),
         (
@@ -216,6 +225,20 @@ async fn bad_http_requests_get_typed_errors() {
         )
         .await;
     assert_eq!(s, 400, "internal requests are not callable");
+
+    // A path id in another spelling than the canonical one names nobody: refused, not looked up.
+    for path in [
+        "/api/v1/users/+7",
+        "/api/v1/users/007",
+        "/api/v1/users/%2B7",
+    ] {
+        let (s, b) = h.get(path, Some(&token)).await;
+        assert_eq!(
+            (s, code(&b).as_str()),
+            (400, "invalid_input"),
+            "{path}: {b}"
+        );
+    }
 
     // Unknown endpoints and methods.
     for path in [

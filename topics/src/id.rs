@@ -16,10 +16,23 @@ impl fmt::Display for Id {
     }
 }
 
+/// Why a text is not an id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("an id is a decimal number below 2^64 with no sign, spaces or leading zeros")]
+pub struct InvalidId;
+
 impl FromStr for Id {
-    type Err = std::num::ParseIntError;
+    type Err = InvalidId;
+    /// Only the canonical form, the one [`Id`]'s `Display` writes: one id has one spelling, so
+    /// `"+42"` or `"042"` never stands for 42.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        s.parse().map(Id)
+        let canonical = !s.is_empty()
+            && s.bytes().all(|b| b.is_ascii_digit())
+            && (s == "0" || !s.starts_with('0'));
+        if !canonical {
+            return Err(InvalidId);
+        }
+        s.parse().map(Id).map_err(|_| InvalidId)
     }
 }
 
@@ -47,7 +60,7 @@ impl schemars::JsonSchema for Id {
         schemars::json_schema!({
             "description": "A 64-bit id; on the wire a decimal string such as \"42\".",
             "type": "string",
-            "pattern": "^[0-9]{1,20}$"
+            "pattern": "^(0|[1-9][0-9]{0,19})$"
         })
     }
 }
@@ -71,5 +84,26 @@ mod tests {
         assert!(serde_json::from_str::<Id>("12").is_err());
         assert!(serde_json::from_str::<Id>("\"x1\"").is_err());
         assert_eq!("42".parse::<Id>().unwrap(), Id(42));
+    }
+
+    #[test]
+    fn only_the_canonical_spelling_is_an_id() {
+        assert_eq!("0".parse::<Id>(), Ok(Id(0)));
+        assert_eq!("18446744073709551615".parse::<Id>(), Ok(Id(u64::MAX)));
+        for bad in [
+            "",
+            "+42",
+            "-1",
+            "042",
+            "00",
+            " 42",
+            "42 ",
+            "4_2",
+            "18446744073709551616",
+        ] {
+            assert_eq!(bad.parse::<Id>(), Err(InvalidId), "{bad:?}");
+            let json = format!("\"{bad}\"");
+            assert!(serde_json::from_str::<Id>(&json).is_err(), "{bad:?}");
+        }
     }
 }
