@@ -63,7 +63,7 @@ impl Dispatcher {
         }
         let span = tracing::info_span!("request", kind = env.request.kind(), edge = %env.edge, trace_id = record.traceparent.as_deref().and_then(runtime::telemetry::trace_id).unwrap_or(""));
         let result = async {
-            let caller = authenticate(&self.deps, &env).await?;
+            let caller = authenticate(&*self.deps, &env).await?;
             route(&Ctx {
                 env: &env,
                 caller,
@@ -275,34 +275,6 @@ impl Identity for Deps {
         rec: &'a SessionRecord,
     ) -> BoxFuture<'a, crate::Result<()>> {
         Box::pin(sessions::revoke(self, session_id, rec))
-    }
-}
-
-impl<T: Identity + ?Sized> Identity for Arc<T> {
-    fn by_token<'a>(
-        &'a self,
-        token_hash: &'a str,
-    ) -> BoxFuture<'a, crate::Result<Option<(String, SessionRecord)>>> {
-        (**self).by_token(token_hash)
-    }
-
-    fn session<'a>(
-        &'a self,
-        session_id: &'a str,
-    ) -> BoxFuture<'a, crate::Result<Option<SessionRecord>>> {
-        (**self).session(session_id)
-    }
-
-    fn account_exists(&self, user: Id) -> BoxFuture<'_, crate::Result<bool>> {
-        (**self).account_exists(user)
-    }
-
-    fn revoke<'a>(
-        &'a self,
-        session_id: &'a str,
-        rec: &'a SessionRecord,
-    ) -> BoxFuture<'a, crate::Result<()>> {
-        (**self).revoke(session_id, rec)
     }
 }
 

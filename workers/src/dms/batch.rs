@@ -122,7 +122,7 @@ impl DmBatch {
     async fn sends(&self, batch: &[SendRecord<'_>]) -> Result<(), Failure> {
         let deps = &self.dispatcher.deps;
         let callers =
-            futures::future::join_all(batch.iter().map(|s| authenticate(deps, &s.env))).await;
+            futures::future::join_all(batch.iter().map(|s| authenticate(&**deps, &s.env))).await;
         // Per send: what to store, or the refusal to answer.
         let mut checked: Vec<Result<NewSend, ErrorBody>> = Vec::with_capacity(batch.len());
         for (s, caller) in batch.iter().zip(callers) {
