@@ -173,14 +173,7 @@ impl Application {
         ));
         // Ready while Kafka answers: an edge's only dependency (it reaches the rest through it).
         let readiness = runtime::health::Readiness::new(stop.clone());
-        let kafka = edge.clone();
-        readiness.set(vec![(
-            "kafka",
-            runtime::health::check(move || {
-                let e = kafka.clone();
-                async move { e.publisher.reachable().await }
-            }),
-        )]);
+        readiness.set(vec![runtime::health::kafka(&edge.publisher)]);
         tasks.spawn(server::serve(
             internal,
             runtime::health::routes(edge.metrics.clone(), readiness).boxed(),

@@ -133,26 +133,10 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> Result<()> {
     .await?;
     tracing::info!(%addr, "router health endpoint up");
     let router = build(&settings, metrics.clone()).await?;
-    {
-        use runtime::health::check;
-        let (k, r) = (router.clone(), router.clone());
-        readiness.set(vec![
-            (
-                "kafka",
-                check(move || {
-                    let d = k.clone();
-                    async move { d.publisher.reachable().await }
-                }),
-            ),
-            (
-                "redis",
-                check(move || {
-                    let d = r.clone();
-                    async move { d.redis.reachable().await }
-                }),
-            ),
-        ]);
-    }
+    readiness.set(vec![
+        runtime::health::kafka(&router.publisher),
+        runtime::health::redis(&router.redis),
+    ]);
     let consumer =
         runtime::kafka::consumer(&settings.kafka, &router.topics.group("router"), false)?;
     {

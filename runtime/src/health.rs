@@ -33,6 +33,30 @@ where
     Arc::new(move || Box::pin(f()))
 }
 
+/// The Kafka check every process has: the cluster answers a metadata request.
+pub fn kafka(publisher: &crate::kafka::Publisher) -> (&'static str, Check) {
+    let p = publisher.clone();
+    (
+        "kafka",
+        check(move || {
+            let p = p.clone();
+            async move { p.reachable().await }
+        }),
+    )
+}
+
+/// The Redis Cluster check: the cluster answers a `PING`.
+pub fn redis(cluster: &crate::redis::Cluster) -> (&'static str, Check) {
+    let c = cluster.clone();
+    (
+        "redis",
+        check(move || {
+            let c = c.clone();
+            async move { c.reachable().await }
+        }),
+    )
+}
+
 /// What `/readyz` asks. Cheap to clone; the process registers its checks once its dependencies
 /// are built.
 #[derive(Clone)]

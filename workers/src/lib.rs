@@ -115,29 +115,16 @@ pub async fn deps(settings: &Settings, metrics: Metrics) -> Result<Arc<Deps>> {
 }
 
 /// What a worker needs to do its work: Kafka, Redis Cluster and every shard's primary.
-pub fn readiness_checks(deps: &Arc<Deps>) -> runtime::health::Checks {
-    use runtime::health::check;
-    let (k, r, m) = (deps.clone(), deps.clone(), deps.clone());
+pub fn readiness_checks(deps: &Deps) -> runtime::health::Checks {
+    let db = deps.db.clone();
     vec![
-        (
-            "kafka",
-            check(move || {
-                let d = k.clone();
-                async move { d.publisher.reachable().await }
-            }),
-        ),
-        (
-            "redis",
-            check(move || {
-                let d = r.clone();
-                async move { d.redis.reachable().await }
-            }),
-        ),
+        runtime::health::kafka(&deps.publisher),
+        runtime::health::redis(&deps.redis),
         (
             "mariadb",
-            check(move || {
-                let d = m.clone();
-                async move { d.db.reachable().await }
+            runtime::health::check(move || {
+                let db = db.clone();
+                async move { db.reachable().await }
             }),
         ),
     ]
