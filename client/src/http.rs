@@ -230,14 +230,12 @@ impl Http {
 
     /// `GET /api/v1/users?username=NAME`: a public profile by name.
     pub async fn user_named(&self, token: &str, username: &str) -> Result<Response> {
-        let resp = self
-            .request(Method::GET, "/api/v1/users")
-            .query(&[("username", username)])
-            .bearer_auth(token)
-            .send()
-            .await?;
-        let status = resp.status().as_u16();
-        decode(status, &resp.bytes().await?)
+        self.get_query(
+            "/api/v1/users",
+            &[("username", username.to_string())],
+            token,
+        )
+        .await
     }
 
     /// `GET /api/v1/online`: a page of the online list.
@@ -254,9 +252,19 @@ impl Http {
         if let Some(c) = cursor {
             q.push(("cursor", c.to_string()));
         }
+        self.get_query("/api/v1/online", &q, token).await
+    }
+
+    /// A `GET` with a query string, decoded like every other answer.
+    async fn get_query(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        token: &str,
+    ) -> Result<Response> {
         let resp = self
-            .request(Method::GET, "/api/v1/online")
-            .query(&q)
+            .request(Method::GET, path)
+            .query(query)
             .bearer_auth(token)
             .send()
             .await?;
