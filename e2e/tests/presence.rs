@@ -199,3 +199,169 @@ async fn a_redelivered_connected_event_is_counted_once() {
     );
     app.stop().await;
 }
+
+/// The handshake check (`session.verify`) puts the connection in the registry itself. A
+/// handshake its edge gave up on (`abandoned`: the check did not answer in time) is never left
+/// there: not when the mark comes first, not when the check did, and not when the check waited
+/// in Kafka too long.
+#[tokio::test]
+async fn a_handshake_its_edge_abandoned_is_never_registered() {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::Message;
+    use runtime::redis::redis::AsyncCommands;
+    use topics::{Auth, EdgeEvent, EdgeMessage, Envelope, Request, WIRE_VERSION};
+    let app = spawn_app().await;
+    let (_, _, token) = app.user(0).await;
+    let mut viewer = Client::connect(&app.ws_url(0), &token).await;
+    let (ghost, _, ghost_token) = app.user(1).await;
+    // An edge process that exists only through its records: its topic, its events.
+    let (edge, epoch) = ("edge-8".to_string(), 91);
+    let topics = app.kafka.topics();
+    runtime::kafka::ensure_topics(&app.kafka, &[topics.edge(&edge)], 1, None)
+        .await
+        .expect("edge topic");
+    let replies: StreamConsumer =
+        runtime::kafka::consumer(&app.kafka, &e2e::unique("edge-8-"), false).expect("consumer");
+    replies.subscribe(&[&topics.edge(&edge)]).unwrap();
+    let producer = runtime::kafka::producer(&app.kafka).expect("producer");
+    let started = EdgeEvent::Started {
+        edge: edge.clone(),
+        epoch,
+    };
+    publish(&app, &producer, started).await;
+    let heartbeat = EdgeEvent::Heartbeat {
+        edge: edge.clone(),
+        epoch,
+        connections: 1,
+    };
+    let redis = runtime::redis::cluster(&app.redis).expect("redis");
+    let registry = runtime::registry::Registry {
+        keys: runtime::redis::Keys::new(app.redis.key_prefix.clone()),
+        liveness_ms: 10_000,
+    };
+    let listed = |conn: u64| {
+        let (redis, key, field) = (
+            &redis,
+            registry.conns_key(ghost),
+            runtime::registry::conn_field(&edge, conn),
+        );
+        async move {
+            let mut c = redis.get().await.expect("redis");
+            let v: Option<String> = c.hget(key, field).await.expect("hget");
+            v.is_some()
+        }
+    };
+    // A handshake check as edge-8 publishes it, and its answer.
+    let check = |conn: u64, req: u64, age_ms: u64| {
+        let env = Envelope {
+            v: WIRE_VERSION,
+            edge: edge.clone(),
+            conn,
+            req,
+            rid: None,
+            auth: Auth::Token {
+                token_hash: edge_ws::http::token_hash(&ghost_token),
+            },
+            peer: None,
+            sent_at_ms: runtime::now_ms() - age_ms,
+            request: Request::Verify,
+        };
+        let (producer, replies, topic) =
+            (&producer, &replies, topics.requests(topics::Domain::Auth));
+        async move {
+            producer
+                .send(
+                    FutureRecord::to(&topic)
+                        .key(&env.key())
+                        .payload(&env.encode()),
+                    Duration::from_secs(10),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .expect("check published");
+            loop {
+                let m = tokio::time::timeout(Duration::from_secs(30), replies.recv())
+                    .await
+                    .expect("an answer to the check")
+                    .expect("edge record");
+                let msg: EdgeMessage = serde_json::from_slice(m.payload().unwrap()).unwrap();
+                if let EdgeMessage::Reply {
+                    req: r,
+                    error,
+                    session,
+                    ..
+                } = msg
+                {
+                    if r == req {
+                        return (error, session.map(|s| s.user_id));
+                    }
+                }
+            }
+        }
+    };
+
+    // Marked first: the check that comes after it is refused, and registers nothing.
+    let first = topics::bus::conn_id(epoch, 1);
+    publish(
+        &app,
+        &producer,
+        EdgeEvent::Abandoned {
+            edge: edge.clone(),
+            conn: first,
+        },
+    )
+    .await;
+    let mark = registry.abandoned_key(&edge, first);
+    eventually("the abandon applied", || {
+        let (redis, mark) = (&redis, mark.clone());
+        async move {
+            let mut c = redis.get().await.expect("redis");
+            let ttl: i64 = c.ttl(mark).await.expect("ttl");
+            (ttl > 0).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(
+        check(first, 1, 0).await,
+        (Some(ErrorCode::Unavailable), None)
+    );
+    assert!(
+        !listed(first).await,
+        "an abandoned connection is not listed"
+    );
+
+    // Checked first: the connection is registered (online, listed), then the mark takes it out.
+    let second = topics::bus::conn_id(epoch, 2);
+    assert_eq!(check(second, 2, 0).await, (None, Some(ghost)));
+    assert!(listed(second).await);
+    publish(&app, &producer, heartbeat.clone()).await;
+    online_until(&mut viewer, "the ghost online", |ids| ids.contains(&ghost)).await;
+    publish(
+        &app,
+        &producer,
+        EdgeEvent::Abandoned {
+            edge: edge.clone(),
+            conn: second,
+        },
+    )
+    .await;
+    publish(&app, &producer, heartbeat.clone()).await;
+    online_until(&mut viewer, "the ghost offline once abandoned", |ids| {
+        !ids.contains(&ghost)
+    })
+    .await;
+    eventually("the abandoned connection unlisted", || async {
+        (!listed(second).await).then_some(())
+    })
+    .await;
+
+    // A check that waited in Kafka longer than any edge waits is refused, and registers nothing.
+    let late = topics::bus::conn_id(epoch, 3);
+    let age = workers::presence::edge_events::VERIFY_MAX_AGE_MS + 1_000;
+    assert_eq!(
+        check(late, 3, age).await,
+        (Some(ErrorCode::Unavailable), None)
+    );
+    assert!(!listed(late).await);
+    app.stop().await;
+}

@@ -12,6 +12,8 @@
 //!   connections, registered in parallel with its `started` event, are never wiped by it.
 //!   `members:{<edge>}:<epoch>` — hash: connection id → user id, the connections counted there,
 //!   so that counting stays idempotent (one Lua script on the edge's slot).
+//! - `abandoned:{<edge>}:<conn>` — a marker, expiring, on a handshake its edge gave up on before
+//!   the check answered: the check may still be on its way, and must not register it.
 //! - `unames` — hash: user id → username, for the online list.
 
 use crate::redis::{redis, Keys};
@@ -60,6 +62,11 @@ impl Registry {
     pub fn members_key(&self, edge: &str, epoch: u64) -> String {
         let tag = topics::bus::epoch_tag(epoch);
         self.keys.key(format!("members:{{{edge}}}:{tag}"))
+    }
+    /// Set for a while when an edge gave up on a handshake (`abandoned`): a verification still
+    /// in flight for that connection must not register it.
+    pub fn abandoned_key(&self, edge: &str, conn: u64) -> String {
+        self.keys.key(format!("abandoned:{{{edge}}}:{conn}"))
     }
     pub fn unames_key(&self) -> String {
         self.keys.key("unames")

@@ -166,8 +166,9 @@ impl Delivery {
     }
 }
 
-/// What an edge tells the presence workers about itself and its connections. Keyed by edge id,
-/// so the events of one edge are applied in order.
+/// What an edge tells the presence workers about itself and its connections. Keyed by edge id
+/// (`started`, `heartbeat`) or by connection (the others), so the events of one edge, and those
+/// of one connection, are applied in order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum EdgeEvent {
@@ -178,6 +179,9 @@ pub enum EdgeEvent {
         epoch: u64,
         connections: u64,
     },
+    /// A connection opened. Edges no longer send it: the handshake check (`session.verify`)
+    /// registers the connection before the edge answers the upgrade. Still applied, for edges of
+    /// an earlier release during a rolling upgrade.
     Connected {
         edge: String,
         conn: u64,
@@ -185,11 +189,16 @@ pub enum EdgeEvent {
         username: String,
         session_id: String,
     },
+    /// A connection whose handshake check succeeded has ended: closed, or never opened (the
+    /// upgrade failed, or a per-user cap refused it after the check).
     Disconnected {
         edge: String,
         conn: u64,
         user_id: Id,
     },
+    /// The edge gave up on a handshake before its check answered (a timeout, a failed publish):
+    /// the check may still register the connection, so it is marked, and taken out if it is in.
+    Abandoned { edge: String, conn: u64 },
 }
 
 /// Record of the presence topic: either an edge event or a client request envelope.
@@ -206,7 +215,8 @@ impl EdgeEvent {
             EdgeEvent::Started { edge, .. }
             | EdgeEvent::Heartbeat { edge, .. }
             | EdgeEvent::Connected { edge, .. }
-            | EdgeEvent::Disconnected { edge, .. } => edge,
+            | EdgeEvent::Disconnected { edge, .. }
+            | EdgeEvent::Abandoned { edge, .. } => edge,
         }
     }
 
@@ -244,7 +254,8 @@ impl EdgeEvent {
         match self {
             EdgeEvent::Started { edge, .. } | EdgeEvent::Heartbeat { edge, .. } => edge.clone(),
             EdgeEvent::Connected { edge, conn, .. }
-            | EdgeEvent::Disconnected { edge, conn, .. } => conn_key(edge, *conn),
+            | EdgeEvent::Disconnected { edge, conn, .. }
+            | EdgeEvent::Abandoned { edge, conn } => conn_key(edge, *conn),
         }
     }
 }
@@ -390,6 +401,7 @@ mod tests {
             let gone = EdgeEvent::Disconnected { edge: edge.clone(), conn, user_id };
             prop_assert_eq!(connected.key(), format!("edge-1/{conn}"));
             prop_assert_eq!(gone.key(), connected.key());
+            prop_assert_eq!(EdgeEvent::Abandoned { edge: edge.clone(), conn }.key(), connected.key());
             prop_assert_eq!(EdgeEvent::Started { edge: edge.clone(), epoch: conn }.key(), "edge-1");
             prop_assert_eq!(EdgeEvent::Heartbeat { edge, epoch: conn, connections: u }.key(), "edge-1");
         }
@@ -401,6 +413,7 @@ mod tests {
                 EdgeEvent::Heartbeat { edge: "e".into(), epoch: 1, connections: conn },
                 EdgeEvent::Connected { edge: "e".into(), conn, user_id: Id(u), username: "n".into(), session_id: "s".into() },
                 EdgeEvent::Disconnected { edge: "e".into(), conn, user_id: Id(u) },
+                EdgeEvent::Abandoned { edge: "e".into(), conn },
             ] {
                 let rec: PresenceRecord = decode_versioned(&ev.encode()).unwrap();
                 prop_assert_eq!(rec, PresenceRecord::Edge { v: WIRE_VERSION, edge_event: ev.clone() });

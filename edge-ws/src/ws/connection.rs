@@ -4,7 +4,7 @@
 //! [`run`] is a connection's whole life after the handshake: registered, driven, unregistered.
 
 use super::upgrade::ws_config;
-use crate::hub::{ConnHandle, Outbound};
+use crate::hub::Outbound;
 use crate::limits::Slot;
 use crate::ratelimit::TokenBucket;
 use crate::rpc::publish;
@@ -304,48 +304,36 @@ where
     }
 }
 
-/// A WebSocket's life once the handshake is answered: wait for the upgrade, register the
-/// connection in the hub and with presence, run [`drive`] until it ends, then unregister it and
-/// give back its connection slots (held until here, however it ends).
+/// A WebSocket's life once the handshake is answered: wait for the upgrade, run [`drive`] on
+/// the queue the handshake registered in the hub, then unregister the connection (from the hub
+/// and, through presence, from the registry) and give back its connection slots (held until
+/// here, however it ends). The handshake check registered it; nothing is announced here.
 pub async fn run(
     edge: Arc<Edge>,
     ctx: ConnCtx,
     on_upgrade: OnUpgrade,
+    (rx, kill): (mpsc::Receiver<Outbound>, CancellationToken),
     slots: (Slot<Id>, Option<Slot<String>>),
     stop: CancellationToken,
 ) {
-    let upgraded = match on_upgrade.await {
-        Ok(u) => u,
+    let mut socket = match on_upgrade.await {
+        Ok(u) => {
+            let config = ws_config(edge.settings.max_frame_bytes);
+            Some(
+                WebSocketStream::from_raw_socket(TokioIo::new(u), Role::Server, Some(config)).await,
+            )
+        }
         Err(e) => {
             tracing::debug!(error = %runtime::telemetry::Chain(&e), "upgrade did not complete");
-            return;
+            None
         }
     };
-    let config = ws_config(edge.settings.max_frame_bytes);
-    let mut socket =
-        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-    let (tx, rx) = tokio::sync::mpsc::channel(edge.settings.outbound_queue);
-    let kill = CancellationToken::new();
-    edge.hub.register(
-        ctx.conn,
-        ConnHandle {
-            user_id: ctx.user_id,
-            session_id: ctx.session_id.clone(),
-            tx,
-            kill: kill.clone(),
-        },
-    );
-    edge.emit(EdgeEvent::Connected {
-        edge: edge.settings.id.clone(),
-        conn: ctx.conn,
-        user_id: ctx.user_id,
-        username: ctx.username.clone(),
-        session_id: ctx.session_id.clone(),
-    })
-    .await;
-    let closed_by_us = drive(edge.clone(), ctx.clone(), &mut socket, rx, kill, stop)
-        .await
-        .is_some();
+    let closed_by_us = match &mut socket {
+        Some(socket) => drive(edge.clone(), ctx.clone(), socket, rx, kill, stop)
+            .await
+            .is_some(),
+        None => false,
+    };
     edge.hub.unregister(ctx.conn);
     drop(slots);
     edge.emit(EdgeEvent::Disconnected {
@@ -354,7 +342,7 @@ pub async fn run(
         user_id: ctx.user_id,
     })
     .await;
-    if closed_by_us {
+    if let (true, Some(socket)) = (closed_by_us, &mut socket) {
         linger(socket.get_mut()).await;
     }
 }

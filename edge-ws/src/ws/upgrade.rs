@@ -1,5 +1,6 @@
 //! The WebSocket handshake: check the upgrade, the origin, the edge's and the client's
-//! connection caps and the session, then answer 101 and start the connection's task
+//! connection caps and the session (the check also puts the connection in the registry), then
+//! register the connection in the hub, answer 101 and start the connection's task
 //! ([`connection::run`]) on the upgraded socket.
 
 use super::connection::{self, ConnCtx};
@@ -7,15 +8,17 @@ use crate::http::auth::{
     cookie, origin_allowed, peer, session_cookie_name, token_hash, ws_protocols,
 };
 use crate::http::error_response;
+use crate::hub::ConnHandle;
 use crate::rpc::call;
 use crate::Edge;
 use runtime::metrics;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
-use topics::{Auth, EdgeMessage, ErrorCode, Request, WS_PROTOCOL};
+use topics::{Auth, EdgeEvent, EdgeMessage, ErrorCode, Request, WS_PROTOCOL};
 use warp::http::{header, HeaderMap, HeaderValue, StatusCode};
 use warp::hyper::upgrade::OnUpgrade;
 use warp::reply::Response;
@@ -125,13 +128,29 @@ pub async fn upgrade(
             error: Some(code), ..
         }) if code != ErrorCode::Unauthorized => return refuse(code, "session check failed"),
         Ok(_) => return refuse(ErrorCode::Unauthorized, "invalid or expired session"),
-        Err(e) => return refuse(e.code, &e.message),
+        Err(e) => {
+            // The check may still be on its way and register the connection: mark it abandoned.
+            edge.emit(EdgeEvent::Abandoned {
+                edge: edge.settings.id.clone(),
+                conn,
+            })
+            .await;
+            return refuse(e.code, &e.message);
+        }
     };
+    // From here the connection is in the registry (the check put it there): every way out
+    // takes it back out, here or when the connection's task ends.
     let Some(user_slot) = edge
         .limits
         .user_conns
         .acquire(grant.user_id, edge.settings.max_connections_per_user)
     else {
+        edge.emit(EdgeEvent::Disconnected {
+            edge: edge.settings.id.clone(),
+            conn,
+            user_id: grant.user_id,
+        })
+        .await;
         return refuse(
             ErrorCode::RateLimited,
             &format!(
@@ -148,8 +167,27 @@ pub async fn upgrade(
         session_id: grant.session_id,
         peer,
     };
-    edge.connections
-        .spawn(connection::run(edge.clone(), ctx, on_upgrade, slots, stop));
+    // In the hub before the answer goes out: what is delivered to the connection from now on
+    // waits in its queue until the socket is open.
+    let (tx, rx) = mpsc::channel(edge.settings.outbound_queue);
+    let kill = CancellationToken::new();
+    edge.hub.register(
+        conn,
+        ConnHandle {
+            user_id: ctx.user_id,
+            session_id: ctx.session_id.clone(),
+            tx,
+            kill: kill.clone(),
+        },
+    );
+    edge.connections.spawn(connection::run(
+        edge.clone(),
+        ctx,
+        on_upgrade,
+        (rx, kill),
+        slots,
+        stop,
+    ));
     let mut resp = Response::new(warp::hyper::body::Bytes::new().into());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();

@@ -1,57 +1,153 @@
-//! Edge events (started, heartbeat, connected, disconnected) written to the connection registry.
+//! Edge events (started, heartbeat, connected, disconnected, abandoned) written to the connection
+//! registry, and [`register`], which the handshake check (`session.verify`, worker-auth) calls so
+//! that a connection is in the registry before its edge answers the upgrade.
 
 use crate::context::Deps;
 use crate::Result;
 use runtime::redis::redis::{self, AsyncCommands};
-use runtime::registry::{conn_field, edge_value, pad, parse_edge_value};
+use runtime::registry::{conn_field, edge_value, parse_edge_value};
+use std::sync::LazyLock;
 use topics::{EdgeEvent, Id};
 
-/// Add (`+1`) or remove (`-1`) one connection of a user on an edge process, atomically on the
-/// edge's slot and idempotently: the connection is counted only when it enters or leaves the
-/// process' member hash, so a redelivered event, or one retried after a failure half-way through
-/// its other writes, changes nothing twice. The user is in the online set while the count is
-/// positive. Returns the user's new count, or -1 when nothing changed.
-const COUNT_SCRIPT: &str = r"
+/// How long the registry remembers a handshake its edge gave up on (`abandoned`): a verification
+/// still in flight for it is refused registration for this long. A verification older than
+/// [`VERIFY_MAX_AGE_MS`] is refused by its age instead, so the two cover every delay.
+pub const ABANDONED_TTL_S: u64 = 600;
+
+/// A handshake check that waited this long in Kafka is refused: its edge stopped waiting long ago
+/// (the edge's `request_timeout_ms` is seconds), and an `abandoned` marker for it may have expired.
+pub const VERIFY_MAX_AGE_MS: u64 = ABANDONED_TTL_S * 1000 / 2;
+
+/// Count one connection of a user in (`ARGV[3]` = 1) or out (-1) of its edge process' member
+/// hash, atomically on the edge's slot and idempotently: the connection is counted only when it
+/// enters or leaves the member hash, so a redelivered event, or one retried after a failure half
+/// way through its other writes, changes nothing twice. The user is in the online set (ids
+/// zero-padded to [`runtime::registry::ID_WIDTH`], 20) while the count is positive.
+///
+/// `KEYS[4]` marks an abandoned handshake: a connection is never counted in while it is set, and
+/// `ARGV[3]` = 0 (abandon) sets it for `ARGV[4]` seconds and counts the connection out if it was
+/// in, whoever its user. Returns the user's new count, -1 when nothing changed, -2 when an
+/// abandoned connection was refused; an abandon returns the user id it counted out, or "".
+static COUNT_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local user = ARGV[2]
+local delta = tonumber(ARGV[3])
 local changed
-if ARGV[4] == '1' then
-  changed = redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+if delta == 1 then
+  if redis.call('EXISTS', KEYS[4]) == 1 then
+    return -2
+  end
+  changed = redis.call('HSETNX', KEYS[1], ARGV[1], user)
+elseif delta == 0 then
+  redis.call('SET', KEYS[4], '1', 'EX', ARGV[4])
+  user = redis.call('HGET', KEYS[1], ARGV[1])
+  if not user then
+    return ''
+  end
+  changed = redis.call('HDEL', KEYS[1], ARGV[1])
 else
   changed = redis.call('HDEL', KEYS[1], ARGV[1])
 end
 if changed == 0 then
   return -1
 end
-local n = redis.call('HINCRBY', KEYS[2], ARGV[2], ARGV[4])
+local n = redis.call('HINCRBY', KEYS[2], user, delta == 1 and 1 or -1)
+local padded = string.rep('0', 20 - string.len(user)) .. user
 if n <= 0 then
-  redis.call('HDEL', KEYS[2], ARGV[2])
-  redis.call('ZREM', KEYS[3], ARGV[3])
+  redis.call('HDEL', KEYS[2], user)
+  redis.call('ZREM', KEYS[3], padded)
 else
-  redis.call('ZADD', KEYS[3], 0, ARGV[3])
+  redis.call('ZADD', KEYS[3], 0, padded)
+end
+if delta == 0 then
+  return user
 end
 return n
-";
+",
+    )
+});
 
-/// Count one connection in (`delta` 1) or out (-1) of its edge process' online set.
-async fn count<C: redis::aio::ConnectionLike + Send>(
+/// The count script for one connection: `delta` 1 (in), -1 (out) or 0 (abandoned, user unknown).
+fn count_script(
     d: &Deps,
-    c: &mut C,
+    edge: &str,
+    conn: u64,
+    user_id: Option<Id>,
+    delta: i8,
+) -> redis::ScriptInvocation<'static> {
+    let r = &d.registry;
+    let epoch = topics::bus::conn_epoch(conn);
+    let mut s = COUNT_SCRIPT.prepare_invoke();
+    s.key(r.members_key(edge, epoch))
+        .key(r.count_key(edge, epoch))
+        .key(r.online_key(edge, epoch))
+        .key(r.abandoned_key(edge, conn))
+        .arg(conn)
+        .arg(user_id.map(|u| u.to_string()).unwrap_or_default())
+        .arg(delta)
+        .arg(ABANDONED_TTL_S);
+    s
+}
+
+/// Put one connection in the registry: the user's connection list, the username, and the count
+/// on its edge process. Idempotent. Returns false, with nothing left behind, when its edge has
+/// abandoned the handshake.
+///
+/// The user's list is written before the count and taken back when the count refuses: an
+/// `abandoned` event counts the connection out and then removes it from the list, so whichever
+/// of the two runs first, no entry outlives both.
+pub async fn register(
+    d: &Deps,
     edge: &str,
     conn: u64,
     user_id: Id,
-    delta: i8,
-) -> redis::RedisResult<()> {
+    username: &str,
+    session_id: &str,
+) -> Result<bool> {
     let r = &d.registry;
-    let epoch = topics::bus::conn_epoch(conn);
-    let _: i64 = redis::Script::new(COUNT_SCRIPT)
-        .key(r.members_key(edge, epoch))
-        .key(r.count_key(edge, epoch))
-        .key(r.online_key(edge, epoch))
-        .arg(conn)
-        .arg(user_id.to_string())
-        .arg(pad(user_id))
-        .arg(delta)
-        .invoke_async(c)
+    let c = d.redis.get().await?;
+    let (mut a, mut b, mut k) = (c.clone(), c.clone(), c);
+    let field = conn_field(edge, conn);
+    let uid = user_id.to_string();
+    // Idempotent and independent: both at once on the multiplexed connection.
+    let ((), ()) = futures::future::try_join(
+        a.hset(r.conns_key(user_id), &field, session_id),
+        b.hset(r.unames_key(), &uid, username),
+    )
+    .await?;
+    let n: i64 = count_script(d, edge, conn, Some(user_id), 1)
+        .invoke_async(&mut k)
         .await?;
+    if n == -2 {
+        let _: () = a.hdel(r.conns_key(user_id), &field).await?;
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// Take one connection out of the registry (idempotent).
+async fn unregister(d: &Deps, edge: &str, conn: u64, user_id: Id) -> Result<()> {
+    let r = &d.registry;
+    let mut c = d.redis.get().await?;
+    let _: i64 = count_script(d, edge, conn, Some(user_id), -1)
+        .invoke_async(&mut c)
+        .await?;
+    let _: () = c.hdel(r.conns_key(user_id), conn_field(edge, conn)).await?;
+    Ok(())
+}
+
+/// A handshake its edge gave up on before learning the user: mark it so that a verification
+/// still in flight cannot register it, and take it out if one already did.
+async fn abandon(d: &Deps, edge: &str, conn: u64) -> Result<()> {
+    let r = &d.registry;
+    let mut c = d.redis.get().await?;
+    let user: String = count_script(d, edge, conn, None, 0)
+        .invoke_async(&mut c)
+        .await?;
+    if let Ok(u) = user.parse::<u64>() {
+        let _: () = c.hdel(r.conns_key(Id(u)), conn_field(edge, conn)).await?;
+    }
     Ok(())
 }
 
@@ -90,32 +186,15 @@ pub async fn apply_edge_event(d: &Deps, ev: EdgeEvent) -> Result<()> {
             username,
             session_id,
         } => {
-            // Every write is idempotent (a redelivered or retried event changes nothing twice)
-            // and independent of the others, so the three go out at once on the multiplexed
-            // connection: one round trip.
-            let (mut a, mut b, mut k) = (c.clone(), c.clone(), c.clone());
-            let field = conn_field(&edge, conn);
-            let uid = user_id.to_string();
-            let ((), (), ()) = futures::future::try_join3(
-                a.hset(r.conns_key(user_id), &field, &session_id),
-                b.hset(r.unames_key(), &uid, &username),
-                count(d, &mut k, &edge, conn, user_id, 1),
-            )
-            .await?;
+            // Sent by edges older than the handshake's own registration (a rolling upgrade).
+            register(d, &edge, conn, user_id, &username, &session_id).await?;
         }
         EdgeEvent::Disconnected {
             edge,
             conn,
             user_id,
-        } => {
-            let (mut a, mut k) = (c.clone(), c.clone());
-            let field = conn_field(&edge, conn);
-            let ((), ()) = futures::future::try_join(
-                a.hdel(r.conns_key(user_id), &field),
-                count(d, &mut k, &edge, conn, user_id, -1),
-            )
-            .await?;
-        }
+        } => unregister(d, &edge, conn, user_id).await?,
+        EdgeEvent::Abandoned { edge, conn } => abandon(d, &edge, conn).await?,
     }
     Ok(())
 }
