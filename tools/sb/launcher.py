@@ -221,6 +221,9 @@ def _print_connect(state: State, ctx: Ctx) -> None:
 def _preflight(ctx: Ctx) -> None:
     """Every port we are about to listen on must be free (or held by our own running component)."""
     ours = {c["port"] for c in ctx.state.components if alive(c.get("pid"), c.get("starttime"))}
+    # an edge's internal listener (/metrics, /readyz) is ours too
+    ours |= {int(c["metrics_addr"].rsplit(":", 1)[1]) for c in ctx.state.components
+             if c.get("metrics_addr") and alive(c.get("pid"), c.get("starttime"))}
     # controller / bus ports of running components are ours too
     for c in ctx.state.components:
         if alive(c.get("pid"), c.get("starttime")):
