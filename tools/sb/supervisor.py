@@ -40,6 +40,10 @@ BACKOFF_CAP = 5.0
 # restarts in a row whose process exited within STABLE_AFTER before the supervisor gives up
 CRASH_LOOP_RESTARTS = 5
 SUPERVISED = ("edge", "worker", "router", "nginx", "discovery")
+# An edge's epoch is the second it started (edge-ws: `now_ms() / 1000`), and a new epoch is what
+# retires its predecessor's registry entries: an edge is never started again within this long
+# after its predecessor started, so the two never share an epoch.
+EDGE_EPOCH_GAP = 1.1
 
 
 def delay_before(crashes: int) -> float:
@@ -192,6 +196,8 @@ class Supervisor:
             self.say(f"{what}: crash loop ({CRASH_LOOP_RESTARTS} restarts in a row each exited within "
                      f"{STABLE_AFTER:.0f}s); giving up on it -- `./sb up` starts it again")
             return None
+        if c.get("kind") == "edge":
+            delay = max(delay, EDGE_EPOCH_GAP - ran)
         self.pending[name] = ((c.get("pid"), c.get("starttime")), now + delay)
         self.say(f"{what}; restart {c.get('restarts', 0) + 1} " + ("now" if delay == 0 else f"in {delay:.1f}s"))
         return self.pending[name]

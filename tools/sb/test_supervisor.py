@@ -172,7 +172,7 @@ class SupervisorTest(unittest.TestCase):
         r.at(0.5)
         self.assertEqual(len(r.procs.spawned), 1)
         for n, delay in enumerate([0.5, 1.0, 2.0, 4.0], start=2):
-            r.kill("edge-1", 0.2)
+            r.kill("edge-1", 2.0)
             r.at(0.0)  # the exit is seen; the restart waits
             self.assertEqual(len(r.procs.spawned), n - 1)
             r.at(delay - 0.01)
@@ -180,13 +180,25 @@ class SupervisorTest(unittest.TestCase):
             r.at(0.01)
             self.assertEqual(len(r.procs.spawned), n, f"restart {n} after {delay}s")
         self.assertEqual(r.state.get("edge-1")["restarts"], 5)
-        r.kill("edge-1", 0.2)
+        r.kill("edge-1", 2.0)
         r.at(0.5)
         e = r.state.get("edge-1")
         self.assertTrue(e["gave_up"])
         self.assertTrue(any("crash loop" in m and "giving up" in m for m in r.said), r.said)
         r.at(60.0)
         self.assertEqual(len(r.procs.spawned), 5, "given up: never started again")
+
+    def test_an_edge_never_starts_within_the_second_its_predecessor_started(self):
+        # its epoch is its start second: a restart 0.3 s after the last start would reuse it
+        r = Rig(("edge-0", "edge"), ("worker-dms", "worker"))
+        r.kill("edge-0", 0.3)
+        r.kill("worker-dms", 0.3)
+        r.at(0.0)
+        self.assertEqual(r.procs.spawned, ["worker-dms"], "a worker: at once")
+        r.at(sup.EDGE_EPOCH_GAP - 0.3 - 0.01)
+        self.assertEqual(r.procs.spawned, ["worker-dms"])
+        r.at(0.01)
+        self.assertEqual(r.procs.spawned, ["worker-dms", "edge-0"])
 
     def test_nothing_happens_while_an_sb_command_holds_the_lock(self):
         r = Rig(("router", "router"))
