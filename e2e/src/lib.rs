@@ -62,11 +62,17 @@ pub struct EdgeStack {
     pub metrics_addr: Option<String>,
 }
 
+/// Where the stack file is: `SB_STACK_FILE`, default `.sb/stack.json`. The launcher's
+/// `state.json` (every process' PID) is beside it.
+pub fn stack_path() -> PathBuf {
+    std::env::var("SB_STACK_FILE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.sb/stack.json"))
+}
+
 /// The stack `./sb up` (or `./sb test`) started.
 pub fn stack() -> Stack {
-    let path = std::env::var("SB_STACK_FILE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.sb/stack.json"));
+    let path = stack_path();
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
         panic!(
             "no running stack at {} ({e}): start one with `./sb up` or run `./sb test`",

@@ -16,6 +16,7 @@ import mariadb
 import nginx
 import redis
 import services
+import supervisor
 import web
 from ports import MAX_EDGES, NGINX_INSTANCES, Ports
 from state import REPO, State
@@ -27,7 +28,7 @@ class Ctx:
     """Everything a component module needs for one invocation."""
 
     def __init__(self, state: State, ports: Ports, kafka_brokers: int, edges: int, infra_only: bool,
-                 bin_dir: str, release: bool, limits: str = "default"):
+                 bin_dir: str, release: bool, limits: str = "default", workers: dict[str, int] | None = None):
         self.repo = REPO
         self.state = state
         self.ports = ports
@@ -37,6 +38,7 @@ class Ctx:
         self.bin_dir = bin_dir
         self.release = release
         self.limits = limits  # a key of services.LIMIT_PROFILES
+        self.workers = workers or {}  # processes per worker role (`--workers`; a missing role: 1)
         self.infra_env = dict(os.environ)
         self.app_env = dict(os.environ)
         self.app_env.setdefault("RUST_LOG", "info")
@@ -76,15 +78,17 @@ def up(args) -> int:
     state.lock()
     state.load()
     bin_dir = os.path.abspath(args.bin_dir) if args.bin_dir else default_bin_dir(args.release)
-    ctx = Ctx(state, ports, args.kafka_brokers, args.edges, args.infra_only, bin_dir, args.release, args.limits)
+    workers = services.parse_workers(args.workers)
+    ctx = Ctx(state, ports, args.kafka_brokers, args.edges, args.infra_only, bin_dir, args.release, args.limits,
+              workers)
 
     # --- already running? -----------------------------------------------------------------
     running_before = state.any_running()
     if running_before:
         old = state.layout
         for key, new in (("port_offset", args.port_offset), ("kafka_brokers", args.kafka_brokers),
-                         ("edges", args.edges), ("limits", args.limits)):
-            if key in old and old[key] != new and not (key == "edges" and args.infra_only):
+                         ("edges", args.edges), ("limits", args.limits), ("workers", workers)):
+            if key in old and old[key] != new and not (key in ("edges", "workers") and args.infra_only):
                 raise SbError(f"a platform is running from {_rel(state.dir)} with {key}={old[key]} "
                               f"(asked for {new}); run `./sb down` first")
         dead = [c["name"] for c in state.components if not alive(c.get("pid"), c.get("starttime"))]
@@ -110,7 +114,7 @@ def up(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     state.data["layout"] = {"port_offset": args.port_offset, "kafka_brokers": args.kafka_brokers,
-                            "edges": args.edges, "limits": args.limits,
+                            "edges": args.edges, "limits": args.limits, "workers": workers,
                             "infra_only": args.infra_only and (not running_before
                                                                or state.layout.get("infra_only", True)),
                             "bin_dir": bin_dir}
@@ -118,6 +122,8 @@ def up(args) -> int:
     state.save()
     info(f"Switchboard up: state {_rel(state.dir)}, port offset {args.port_offset}, "
          f"{args.kafka_brokers} Kafka broker(s), " + ("infra only" if args.infra_only else f"{args.edges} edge(s)")
+         + ("" if args.infra_only or set(workers.values()) == {1}
+            else ", worker processes " + ",".join(f"{w}={n}" for w, n in workers.items()))
          + ("" if args.limits == "default" else f", {args.limits} limits"))
 
     try:
@@ -144,6 +150,7 @@ def up(args) -> int:
         nginx.start_and_wait(ctx)
         if not args.infra_only:
             _start_discovery(ctx)
+            _start_supervisor(ctx)
         services.write_stack(ctx)
     except (SbError, KeyboardInterrupt) as e:
         if isinstance(e, KeyboardInterrupt):
@@ -169,10 +176,26 @@ def _start_discovery(ctx: Ctx) -> None:
         line("discovery", "already running", True)
         return
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "discovery.py")
-    pid, stt = spawn([sys.executable, script, ctx.state.dir], ctx.state.log("discovery"))
+    argv, log = [sys.executable, script, ctx.state.dir], ctx.state.log("discovery")
+    pid, stt = spawn(argv, log)
     ctx.state.put({"name": "discovery", "kind": "discovery", "role": "nginx-upstreams", "addr": "-", "port": 0,
-                   "pid": pid, "starttime": stt, "group": "app", "log": ctx.state.log("discovery")})
+                   "pid": pid, "starttime": stt, "group": "app", "log": log, "argv": argv, "out": log})
     line("discovery", "nginx upstreams follow the live edges (checked every second)", True)
+
+
+def _start_supervisor(ctx: Ctx) -> None:
+    """The loop that starts crashed platform processes again (tools/sb/supervisor.py). It inherits
+    the environment the app processes got, so a restarted one runs exactly as the first."""
+    if ctx.state.running("supervisor"):
+        line("supervisor", "already running", True)
+        return
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "supervisor.py")
+    log = ctx.state.log("supervisor")
+    pid, stt = spawn([sys.executable, "-B", script, ctx.state.dir], log, env=ctx.app_env)
+    ctx.state.put({"name": "supervisor", "kind": "supervisor", "role": "restarts", "addr": "-", "port": 0,
+                   "pid": pid, "starttime": stt, "group": "supervisor", "log": log})
+    line("supervisor", "restarts crashed edges, workers, router, nginx, discovery (backoff up to "
+         f"{supervisor.BACKOFF_CAP:.0f}s; gives up on a crash loop)", True)
 
 
 def _state_flag(args) -> str:
@@ -198,6 +221,9 @@ def _print_connect(state: State, ctx: Ctx) -> None:
 def _preflight(ctx: Ctx) -> None:
     """Every port we are about to listen on must be free (or held by our own running component)."""
     ours = {c["port"] for c in ctx.state.components if alive(c.get("pid"), c.get("starttime"))}
+    # an edge's internal listener (/metrics, /readyz) is ours too
+    ours |= {int(c["metrics_addr"].rsplit(":", 1)[1]) for c in ctx.state.components
+             if c.get("metrics_addr") and alive(c.get("pid"), c.get("starttime"))}
     # controller / bus ports of running components are ours too
     for c in ctx.state.components:
         if alive(c.get("pid"), c.get("starttime")):
@@ -206,7 +232,8 @@ def _preflight(ctx: Ctx) -> None:
             if c["kind"] == "redis":
                 ours.add(c["port"] + (ctx.ports.redis_bus(0) - ctx.ports.redis(0)))
     busy = []
-    for group, plist in ctx.ports.all_listening(ctx.kafka_brokers, ctx.edges, not ctx.infra_only).items():
+    for group, plist in ctx.ports.all_listening(ctx.kafka_brokers, ctx.edges, not ctx.infra_only,
+                                                ctx.workers).items():
         for p in plist:
             if p not in ours and not port_free(p):
                 busy.append(f"{group} port {p}: {port_owner(p)}")
@@ -225,7 +252,10 @@ def _cargo_build(release: bool) -> None:
 
 # ---------------------------------------------------------------- down
 
-STOP_ORDER = [("app", 15.0), ("nginx", 10.0), ("mariadb", 60.0), ("redis", 30.0), ("kafka", 60.0)]
+# The supervisor first, so that nothing it watches is started again while it is being stopped
+# (it also never acts while `down` holds the state dir's lock).
+STOP_ORDER = [("supervisor", 10.0), ("app", 15.0), ("nginx", 10.0), ("mariadb", 60.0), ("redis", 30.0),
+              ("kafka", 60.0)]
 
 
 def down(args) -> int:
@@ -282,17 +312,21 @@ def _check(state: State, c: dict) -> dict:
         ok = mariadb.healthy(c)
     elif kind == "nginx":
         ok = nginx.healthy(c, any(x["kind"] == "edge" for x in state.components))
-    elif kind == "discovery":
+    elif kind in ("discovery", "supervisor"):
         ok = alive(c.get("pid"), c.get("starttime"))
     else:
         ok = services.healthy(c) and services.ready(c)
     row = {"name": c["name"], "kind": kind, "role": role, "addr": c["addr"], "pid": c["pid"], "healthy": bool(ok)}
     if kind in ("edge", "worker", "router"):
         row["metrics_addr"] = services.metrics_addr(c)
+    if kind in supervisor.SUPERVISED:
+        # restarts by the supervisor since `./sb up` started this process; gave_up: a crash loop
+        row["restarts"] = int(c.get("restarts", 0))
+        row["gave_up"] = bool(c.get("gave_up"))
     return row
 
 
-KIND_ORDER = ["kafka", "redis", "mariadb", "edge", "worker", "router", "nginx", "discovery"]
+KIND_ORDER = ["kafka", "redis", "mariadb", "edge", "worker", "router", "nginx", "discovery", "supervisor"]
 
 
 def collect(state: State) -> list[dict]:
@@ -303,13 +337,18 @@ def collect(state: State) -> list[dict]:
 
 def status_table(state: State, rows: list[dict] | None = None) -> bool:
     rows = collect(state) if rows is None else rows
-    hdr = ("NAME", "KIND", "ROLE", "ADDR", "METRICS", "PID", "HEALTHY")
+    hdr = ("NAME", "KIND", "ROLE", "ADDR", "METRICS", "PID", "RESTARTS", "HEALTHY")
     table = [hdr] + [(r["name"], r["kind"], r["role"], r["addr"], r.get("metrics_addr", "-"), str(r["pid"]),
-                      "yes" if r["healthy"] else "NO")
+                      str(r["restarts"]) if "restarts" in r else "-",
+                      "NO (crash loop)" if r.get("gave_up") else "yes" if r["healthy"] else "NO")
                      for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(hdr))]
     for row in table:
         info("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    looping = [r["name"] for r in rows if r.get("gave_up")]
+    if looping:
+        info(f"the supervisor gave up on {', '.join(looping)} (crash loop; see {_rel(state.log('supervisor'))}); "
+             "`./sb up` starts it again")
     return all(r["healthy"] for r in rows)
 
 

@@ -267,9 +267,11 @@ def start_and_wait(ctx, timeout: float = 30.0) -> None:
         if t.returncode != 0:
             raise SbError(f"{name(i)}: bad nginx config:\n{t.stderr}")
         log = os.path.join(p, "logs", "error.log")
-        pid, stt = spawn([exe, *_nginx_args(ctx, i)], ctx.state.log(name(i)) + ".out", env=ctx.infra_env, cwd=p)
+        argv, out = [exe, *_nginx_args(ctx, i)], ctx.state.log(name(i)) + ".out"
+        pid, stt = spawn(argv, out, env=ctx.infra_env, cwd=p)
         ctx.state.put({"name": name(i), "kind": "nginx", "role": "proxy", "addr": addr(port), "port": port,
-                       "pid": pid, "starttime": stt, "group": "nginx", "log": log, "prefix": p})
+                       "pid": pid, "starttime": stt, "group": "nginx", "log": log, "prefix": p,
+                       "argv": argv, "cwd": p, "out": out})
     if running:
         reload(ctx)  # edges may have changed since they started
     for i in range(NGINX_INSTANCES):

@@ -31,7 +31,8 @@ BASE = {
     "edge_first": 18100,
     # ... and serves /metrics (and /healthz) to operators on edge_internal_first + i.
     "edge_internal_first": 18150,
-    # worker k health endpoint on worker_health_first + k (order of WORKERS).
+    # worker role k (order of WORKERS), process j of that role (`--workers`): health endpoint on
+    # worker_health_first + k + j * len(WORKERS), so process 0 of each role keeps 18200..18204.
     "worker_health_first": 18200,
     # router health endpoint.
     "router_health": 18250,
@@ -53,6 +54,8 @@ def _roles() -> list[str]:
 
 
 WORKERS = _roles()
+# processes per worker role (`--workers`): their health ports stay below the router's
+MAX_WORKERS_PER_ROLE = (BASE["router_health"] - BASE["worker_health_first"]) // len(WORKERS)
 
 
 class Ports:
@@ -90,15 +93,19 @@ class Ports:
     def edge_internal(self, i: int) -> int:
         return self._p["edge_internal_first"] + i
 
-    def worker_health(self, worker: str) -> int:
-        return self._p["worker_health_first"] + WORKERS.index(worker)
+    def worker_health(self, worker: str, instance: int = 0) -> int:
+        if not 0 <= instance < MAX_WORKERS_PER_ROLE:
+            raise ValueError(f"worker process {instance} of {worker} out of range (0..{MAX_WORKERS_PER_ROLE - 1})")
+        return self._p["worker_health_first"] + WORKERS.index(worker) + instance * len(WORKERS)
 
     def router_health(self) -> int:
         return self._p["router_health"]
 
     # --- everything, for pre-flight "is this port free" checks -----------
-    def all_listening(self, kafka_brokers: int, edges: int, apps: bool) -> dict[str, list[int]]:
-        """Component group -> every port that group will listen on."""
+    def all_listening(self, kafka_brokers: int, edges: int, apps: bool,
+                      workers: dict[str, int] | None = None) -> dict[str, list[int]]:
+        """Component group -> every port that group will listen on (`workers`: processes per
+        role, default one each)."""
         out = {
             "kafka": [p for i in range(kafka_brokers) for p in (self.kafka_client(i), self.kafka_controller(i))],
             "redis": [p for i in range(REDIS_NODES) for p in (self.redis(i), self.redis_bus(i))],
@@ -107,7 +114,8 @@ class Ports:
         }
         if apps:
             out["edges"] = [self.edge(i) for i in range(edges)] + [self.edge_internal(i) for i in range(edges)]
-            out["workers"] = [self.worker_health(w) for w in WORKERS] + [self.router_health()]
+            out["workers"] = [self.worker_health(w, j) for w in WORKERS for j in range((workers or {}).get(w, 1))]
+            out["workers"].append(self.router_health())
         return out
 
 

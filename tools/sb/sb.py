@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """sb -- the Switchboard local launcher. Python 3.11 standard library only.
 
-    ./sb up [--edges N] [--kafka-brokers 1|3] [--infra-only] [--bin-dir DIR] [--release] [--limits default|bench]
+    ./sb up [--edges N] [--workers N|ROLE=N,...] [--kafka-brokers 1|3] [--infra-only] [--bin-dir DIR] [--release]
+            [--limits default|bench]
     ./sb down [--purge]
     ./sb status [--json]
     ./sb test [--test-threads N] [-- ARGS for the test harness]
@@ -33,6 +34,9 @@ def parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", parents=[common], help="start Kafka, Redis Cluster, MariaDB, Switchboard, nginx")
     up.add_argument("--edges", type=int, default=2, help="number of edge-ws processes (default 2)")
+    up.add_argument("--workers", default="1", metavar="N|ROLE=N,...",
+                    help="processes per worker role, in one consumer group: N for every role, or e.g. "
+                         "dms=2,auth=2 (the others 1), or 2,presence=1 (default 1)")
     up.add_argument("--kafka-brokers", type=int, default=1, choices=[1, 3])
     up.add_argument("--infra-only", action="store_true", help="Kafka, Redis, MariaDB, nginx only")
     up.add_argument("--bin-dir", help="where the Switchboard binaries are (skips cargo build)")

@@ -7,7 +7,7 @@ import os
 
 import kafka
 from mariadb import DB_NAME, DB_PASSWORD, DB_USER
-from ports import MARIADB_SHARDS, NGINX_INSTANCES, REDIS_NODES, WORKERS, addr
+from ports import MARIADB_SHARDS, MAX_WORKERS_PER_ROLE, NGINX_INSTANCES, REDIS_NODES, WORKERS, addr
 from state import write_atomic
 from util import SbError, alive, http_status, line, spawn, tail, wait_until
 
@@ -52,8 +52,39 @@ def edge_id(i: int) -> str:
     return f"edge-{i}"
 
 
+def worker_name(role: str, instance: int) -> str:
+    """Process `instance` of a worker role: worker-dms, worker-dms-1, worker-dms-2, ..."""
+    return f"worker-{role}" if instance == 0 else f"worker-{role}-{instance}"
+
+
+def worker_processes(ctx) -> list[tuple[str, str, int]]:
+    """(name, role, instance) of every worker process, role by role."""
+    return [(worker_name(w, j), w, j) for w in WORKERS for j in range(ctx.workers.get(w, 1))]
+
+
+def parse_workers(spec: str) -> dict[str, int]:
+    """`--workers`: "N" (every role), "dms=2,auth=3" (the others one), or both ("2,dms=3").
+    Every role in the result; each count 1..MAX_WORKERS_PER_ROLE."""
+    default, counts = 1, {}
+    for part in [p.strip() for p in spec.split(",")]:
+        role, sep, n = part.rpartition("=")
+        if sep and role.strip() not in WORKERS:
+            raise SbError(f"--workers: unknown role {role.strip()!r} (roles: {', '.join(WORKERS)})")
+        try:
+            k = int(n)
+        except ValueError:
+            raise SbError(f"--workers: {part!r} is not N or ROLE=N") from None
+        if not 1 <= k <= MAX_WORKERS_PER_ROLE:
+            raise SbError(f"--workers: {part!r}: processes per role must be 1..{MAX_WORKERS_PER_ROLE}")
+        if sep:
+            counts[role.strip()] = k
+        else:
+            default = k
+    return {w: counts.get(w, default) for w in WORKERS}
+
+
 def app_names(ctx) -> list[str]:
-    return [edge_id(i) for i in range(ctx.edges)] + [f"worker-{w}" for w in WORKERS] + ["router"]
+    return [edge_id(i) for i in range(ctx.edges)] + [n for n, _, _ in worker_processes(ctx)] + ["router"]
 
 
 # ---------------------------------------------------------------- config files
@@ -144,9 +175,9 @@ def write_configs(ctx) -> None:
     conf = ctx.state.conf_dir
     for i in range(ctx.edges):
         write_atomic(os.path.join(conf, f"{edge_id(i)}.toml"), hdr + edge_toml(ctx, i))
-    for w in WORKERS:
-        write_atomic(os.path.join(conf, f"worker-{w}.toml"),
-                     hdr + service_toml(ctx, f"worker-{w}", ctx.ports.worker_health(w), True))
+    for name, w, j in worker_processes(ctx):
+        write_atomic(os.path.join(conf, f"{name}.toml"),
+                     hdr + service_toml(ctx, name, ctx.ports.worker_health(w, j), True))
     write_atomic(os.path.join(conf, "router.toml"), hdr + service_toml(ctx, "router", ctx.ports.router_health(), False))
     write_atomic(os.path.join(conf, "migrate.toml"), hdr + _database_section(ctx))
 
@@ -183,16 +214,20 @@ def _specs(ctx) -> list[dict]:
     for i in range(ctx.edges):
         out.append({"name": edge_id(i), "kind": "edge", "role": edge_id(i), "bin": "edge-ws",
                     "port": ctx.ports.edge(i), "metrics_port": ctx.ports.edge_internal(i)})
-    for w in WORKERS:
-        out.append({"name": f"worker-{w}", "kind": "worker", "role": w, "bin": f"worker-{w}",
-                    "port": ctx.ports.worker_health(w)})
+    for name, w, j in worker_processes(ctx):
+        out.append({"name": name, "kind": "worker", "role": w, "bin": f"worker-{w}",
+                    "port": ctx.ports.worker_health(w, j)})
     out.append({"name": "router", "kind": "router", "role": "router", "bin": "router", "port": ctx.ports.router_health()})
     return out
 
 
 def binary_of(name: str) -> str:
-    """Binary that runs app component `name` (edge-3 -> edge-ws, worker-dms -> worker-dms)."""
-    return "edge-ws" if name.startswith("edge-") else name
+    """Binary that runs app component `name` (edge-3 -> edge-ws, worker-dms and worker-dms-2 ->
+    worker-dms)."""
+    if name.startswith("edge-"):
+        return "edge-ws"
+    base, _, n = name.rpartition("-")
+    return base if name.startswith("worker-") and n.isdigit() else name
 
 
 def metrics_addr(comp: dict) -> str:
@@ -229,7 +264,9 @@ def start_and_wait(ctx, timeout: float = 60.0) -> None:
         pid, stt = spawn(argv, log, env=ctx.app_env, cwd=ctx.repo)
         comp = {"name": sp["name"], "kind": sp["kind"], "role": sp["role"], "addr": addr(sp["port"]),
                 "metrics_addr": addr(sp.get("metrics_port", sp["port"])), "port": sp["port"],
-                "pid": pid, "starttime": stt, "group": "app", "log": log, "bin": exe}
+                "pid": pid, "starttime": stt, "group": "app", "log": log, "bin": exe,
+                # how the supervisor starts it again (tools/sb/supervisor.py)
+                "argv": argv, "cwd": ctx.repo, "out": log}
         ctx.state.put(comp)
         started.append(comp)
     ctx.state.data["skipped"] = skipped

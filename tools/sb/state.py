@@ -6,6 +6,7 @@ import fcntl
 import json
 import os
 import tempfile
+import time
 
 from ports import Ports
 from util import SbError, alive
@@ -56,14 +57,32 @@ class State:
     def log(self, name: str) -> str:
         return os.path.join(self.logs_dir, f"{name}.log")
 
-    # --- lock: one sb up/down at a time per state dir ----------------------
-    def lock(self) -> None:
+    # --- lock: one sb up/down (or one supervisor restart) at a time per state dir
+    def try_lock(self) -> bool:
+        """Take the state dir's lock if it is free; the supervisor holds it for a few
+        milliseconds while it records a restart."""
         os.makedirs(self.dir, exist_ok=True)
-        self._lock_fd = open(self.path(".lock"), "w")
+        fd = open(self.path(".lock"), "w")
         try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise SbError(f"another ./sb command is working on {self.dir}; wait for it to finish") from None
+            fd.close()
+            return False
+        self._lock_fd = fd
+        return True
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            self._lock_fd.close()  # closing the file releases the flock
+            self._lock_fd = None
+
+    def lock(self, wait: float = 5.0) -> None:
+        """For `up` and `down`: waits out a supervisor's short hold, not another command."""
+        deadline = time.monotonic() + wait
+        while not self.try_lock():
+            if time.monotonic() >= deadline:
+                raise SbError(f"another ./sb command is working on {self.dir}; wait for it to finish")
+            time.sleep(0.05)
 
     # --- persisted data ----------------------------------------------------
     def load(self) -> bool:
