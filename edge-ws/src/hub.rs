@@ -5,8 +5,9 @@
 use runtime::metrics::{self, Metrics};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 use topics::{EdgeMessage, Id};
 
@@ -17,10 +18,14 @@ pub const MAX_PENDING: usize = 10_000;
 
 /// What a connection's task writes to its socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Frames are WebSocket text payloads shared by reference: a frame for many connections (a
+/// broadcast, a delivery to several devices) is one buffer, and writing it to a socket copies it
+/// into no new string.
 pub enum Outbound {
-    Text(Arc<str>),
+    Text(Utf8Bytes),
     /// Write the frame, then close with this reason.
-    Close(Arc<str>, String),
+    Close(Utf8Bytes, String),
 }
 
 #[derive(Clone)]
@@ -110,13 +115,13 @@ impl Hub {
         }
     }
 
-    /// Queue a frame for every connection; returns how many took it.
-    pub fn broadcast(&self, frame: Arc<str>) -> usize {
+    /// Queue a frame for every connection; returns how many took it. Each shard is walked under
+    /// its lock (a queue is offered the frame without waiting), with nothing copied per connection.
+    pub fn broadcast(&self, frame: Utf8Bytes) -> usize {
         let mut n = 0;
         for shard in &self.conns {
-            let handles: Vec<ConnHandle> = shard.lock().expect("hub").values().cloned().collect();
-            for h in handles {
-                if self.offer(&h, Outbound::Text(frame.clone())) {
+            for h in shard.lock().expect("hub").values() {
+                if self.offer(h, Outbound::Text(frame.clone())) {
                     n += 1;
                 }
             }
@@ -128,8 +133,10 @@ impl Hub {
     pub fn close_all(&self, reason: &str) {
         for shard in &self.conns {
             for h in shard.lock().expect("hub").values() {
-                let _ =
-                    h.tx.try_send(Outbound::Close(Arc::from(""), reason.to_string()));
+                let _ = h.tx.try_send(Outbound::Close(
+                    Utf8Bytes::from_static(""),
+                    reason.to_string(),
+                ));
                 h.kill.cancel();
             }
         }

@@ -9,6 +9,7 @@ use rdkafka::Message;
 use runtime::metrics::{self, Metrics};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 use topics::{EdgeMessage, Topics};
 
@@ -81,26 +82,26 @@ pub fn dispatch(hub: &Hub, metrics: &Metrics, msg: EdgeMessage) {
         EdgeMessage::Reply { req, .. } => {
             // An HTTP call or a handshake may be waiting for it; otherwise it answers a frame.
             if let Some(EdgeMessage::Reply { conn, frame, .. }) = hub.answer(req, msg) {
-                if conn != 0 && hub.send(conn, Outbound::Text(Arc::from(frame))) {
+                if conn != 0 && hub.send(conn, Outbound::Text(frame.into())) {
                     sent(1);
                 }
             }
         }
         EdgeMessage::Deliver { conns, frame } => {
-            let frame: Arc<str> = Arc::from(frame);
+            let frame = Utf8Bytes::from(frame);
             for conn in conns {
                 if hub.send(conn, Outbound::Text(frame.clone())) {
                     sent(1);
                 }
             }
         }
-        EdgeMessage::Broadcast { frame } => sent(hub.broadcast(Arc::from(frame)) as u64),
+        EdgeMessage::Broadcast { frame } => sent(hub.broadcast(frame.into()) as u64),
         EdgeMessage::Close {
             conns,
             frame,
             reason,
         } => {
-            let frame: Arc<str> = Arc::from(frame);
+            let frame = Utf8Bytes::from(frame);
             for conn in conns {
                 hub.send(conn, Outbound::Close(frame.clone(), reason.clone()));
             }
@@ -150,7 +151,7 @@ mod tests {
     }
 
     fn text(s: &str) -> Outbound {
-        Outbound::Text(Arc::from(s))
+        Outbound::Text(s.into())
     }
 
     #[test]
@@ -183,7 +184,7 @@ mod tests {
             vec![
                 text("d"),
                 text("b"),
-                Outbound::Close(Arc::from("bye"), "revoked".into())
+                Outbound::Close("bye".into(), "revoked".into())
             ]
         );
         // the frames written: a reply, two deliveries (99 is gone), two broadcasts

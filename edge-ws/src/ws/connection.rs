@@ -253,10 +253,10 @@ where
                 }
             }
             Step::Out(Some(Outbound::Text(t))) => {
-                let mut frames = vec![Message::text(t.to_string())];
+                let mut frames = vec![Message::Text(t)];
                 while frames.len() < FRAMES_PER_FLUSH {
                     match rx.try_recv() {
-                        Ok(Outbound::Text(t)) => frames.push(Message::text(t.to_string())),
+                        Ok(Outbound::Text(t)) => frames.push(Message::Text(t)),
                         Ok(other) => {
                             next_out = Some(other);
                             break;
@@ -270,7 +270,7 @@ where
             }
             Step::Out(Some(Outbound::Close(frame, reason))) => {
                 if !frame.is_empty() {
-                    let _ = put(&mut socket, Message::text(frame.to_string())).await;
+                    let _ = put(&mut socket, Message::Text(frame)).await;
                 }
                 let code = if reason.contains("shutting down") {
                     close_code::GOING_AWAY
