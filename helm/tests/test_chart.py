@@ -363,6 +363,30 @@ class Rendered(unittest.TestCase):
                              for f in rule.get("from", [{}])]
                     self.assertTrue(froms and all(f for f in froms), (name, "edges reachable from anywhere"))
 
+    def test_hooks_use_only_what_exists_when_they_run(self):
+        """A pre-install hook runs before the release's own objects are created: everything its
+        pod refers to must be a hook of the same events with a lower weight, or not the chart's."""
+        for name, objs in self.all.items():
+            rendered = {(o["kind"], o["metadata"]["name"]): o for o in objs}
+            jobs = [o for o in objs if o["kind"] == "Job"]
+            self.assertTrue(jobs, name)
+            for job in jobs:
+                ann = job["metadata"]["annotations"]
+                self.assertEqual(ann["helm.sh/hook"], "pre-install,pre-upgrade")
+                spec = pod_spec(job)
+                refs = [("ServiceAccount", spec.get("serviceAccountName", "default"))]
+                refs += [("ConfigMap", v["configMap"]["name"]) for v in spec.get("volumes", []) if "configMap" in v]
+                refs += [("Secret", v["secret"]["secretName"]) for v in spec.get("volumes", []) if "secret" in v]
+                refs += [("Secret", e["valueFrom"]["secretKeyRef"]["name"]) for c in spec["containers"]
+                         for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})]
+                for ref in refs:
+                    obj = rendered.get(ref)
+                    if obj is None:
+                        continue  # not the chart's: the user's Secret, the namespace's default account
+                    oa = obj["metadata"].get("annotations", {})
+                    self.assertEqual(oa.get("helm.sh/hook"), ann["helm.sh/hook"], (name, ref, "is not a hook"))
+                    self.assertLess(int(oa["helm.sh/hook-weight"]), int(ann["helm.sh/hook-weight"]), (name, ref))
+
     def test_kube_versions_are_inside_the_chart_range(self):
         with open(os.path.join(CHART, "Chart.yaml")) as f:
             chart = f.read()

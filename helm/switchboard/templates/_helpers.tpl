@@ -64,7 +64,13 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 off: Kubernetes would otherwise inject `<SERVICE>_PORT`-style variables, and with a release named
 `switchboard` those start with `SWITCHBOARD_`, which the binaries' settings refuse as unknown keys. */}}
 {{- define "sb.podCommon" -}}
-serviceAccountName: {{ include "sb.serviceAccountName" . }}
+{{- include "sb.podCommonWith" (dict "root" . "serviceAccount" (include "sb.serviceAccountName" .)) }}
+{{- end -}}
+
+{{- define "sb.podCommonWith" -}}
+{{- $sa := .serviceAccount -}}
+{{- with .root -}}
+serviceAccountName: {{ $sa }}
 automountServiceAccountToken: false
 enableServiceLinks: false
 securityContext:
@@ -83,6 +89,7 @@ tolerations:
 {{- end }}
 {{- with .Values.podDefaults.priorityClassName }}
 priorityClassName: {{ . }}
+{{- end }}
 {{- end }}
 {{- end -}}
 
