@@ -442,6 +442,10 @@ class BadValues(unittest.TestCase):
         self.refused('podDefaults: {extraEnv: [{name: SWITCHBOARD_LIMITS__LANES, value: "2"}]}\n',
                      "at '/podDefaults/extraEnv/0/name'")
 
+    def test_a_password_the_environment_would_not_read_as_a_string_is_refused(self):
+        for pw in ("123456", "true", "[abc]", '"quoted"', "{a=1}", "-5"):
+            self.refused(f"database: {{password: {json.dumps(pw)}}}\n", "at '/database/password'")
+
     def test_an_ingress_without_hosts_is_refused(self):
         self.refused("ingress: {enabled: true}\n", "at '/ingress/hosts'")
 
