@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -291,6 +292,93 @@ def property_tests(tools: dict[str, str], out_dir: str) -> None:
     sys.stderr.write(r.stderr[-8000:] if r.returncode else "".join(r.stderr.splitlines(True)[-3:]))
     if r.returncode != 0:
         raise SbError("chart property tests failed (helm/tests)")
+
+
+def _pod_env(container: dict) -> dict[str, str]:
+    """A container's environment as the kubelet would make it, with stand-ins for what only a
+    cluster has: the pod index label is 0, a Secret's value a password or a Redis list."""
+    env: dict[str, str] = {}
+    for e in container.get("env", []):
+        if "value" in e:
+            env[e["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), e["value"])
+        elif "fieldRef" in e.get("valueFrom", {}):
+            env[e["name"]] = "0"
+        elif "secretKeyRef" in e.get("valueFrom", {}):
+            env[e["name"]] = '["redis://127.0.0.1:1"]' if e["name"] == "SWITCHBOARD_REDIS__NODES" else "Stand-in-Password"
+    return env
+
+
+def binaries_accept(bin_dir: str, base_env: dict | None = None, grace: float = 5.0) -> str:
+    """Start every app container of every rendered value set (first pinned Kubernetes version)
+    as the chart would — its binary, its config file, its environment — with Kafka and every
+    listener pointed at loopback, and fail if one refuses its settings (exit 64, `configuration
+    error`). One that is still running after `grace` seconds, or stops for another reason (no
+    Kafka, no database), took its settings; it is then stopped."""
+    tools = build_tools()[0]
+    rendered = os.path.join(CACHE, "rendered")
+    files = sorted(f for f in os.listdir(rendered) if f.endswith(f"-{KUBE_VERSIONS[0]}.yaml")) if os.path.isdir(rendered) else []
+    if not files:
+        raise SbError("no rendered chart in .sb-tools/rendered: run the chart step first")
+    procs, refused = [], []
+    with tempfile.TemporaryDirectory() as d:
+        for f in files:
+            with open(os.path.join(rendered, f), "rb") as fh:
+                objs = json.loads(subprocess.run([tools["yaml2json"]], input=fh.read(), capture_output=True, check=True).stdout)
+            conf_dir = os.path.join(d, f[:-len(".yaml")])
+            os.makedirs(conf_dir)
+            for o in objs:
+                if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-config"):
+                    for name, text in o["data"].items():
+                        with open(os.path.join(conf_dir, name), "w") as out:
+                            out.write(text)
+            for o in objs:
+                if o["kind"] not in ("Deployment", "StatefulSet", "Job"):
+                    continue
+                for c in o["spec"]["template"]["spec"]["containers"]:
+                    exe = os.path.join(bin_dir, c["name"])
+                    if c["name"] == "nginx":
+                        continue
+                    if not os.access(exe, os.X_OK):
+                        raise SbError(f"no {c['name']} binary in {bin_dir}")
+                    args = [a.replace("/etc/switchboard/", conf_dir + "/") for a in c.get("args", [])]
+                    # the caller's environment (coverage profiles of an instrumented build go where
+                    # its LLVM_PROFILE_FILE says), without SWITCHBOARD_ variables of its own
+                    env = {k: v for k, v in (base_env or os.environ).items() if not k.startswith("SWITCHBOARD_")}
+                    env.update(_pod_env(c))
+                    env.update({"SWITCHBOARD_EDGE__LISTEN": "127.0.0.1:0", "SWITCHBOARD_EDGE__INTERNAL_LISTEN": "127.0.0.1:0"}
+                               if c["name"] == "edge-ws" else {})
+                    env.update({"SWITCHBOARD_SERVICE__HEALTH_LISTEN": "127.0.0.1:0"}
+                               if c["name"].startswith("worker-") or c["name"] == "router" else {})
+                    if c["name"] != "sb-migrate":
+                        env["SWITCHBOARD_KAFKA__BROKERS"] = "127.0.0.1:1"
+                    log = open(os.path.join(d, f"{f}-{o['metadata']['name']}.log"), "w+")
+                    procs.append((f, c["name"], subprocess.Popen([exe, *args], env=env, cwd=d, stdout=log, stderr=log), log))
+        deadline = time.monotonic() + grace
+        for f, name, p, log in procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for f, name, p, log in procs:
+            if p.poll() is None:
+                p.terminate()
+        # a process still retrying Kafka may not act on SIGTERM soon; it has shown what matters
+        deadline = time.monotonic() + 5.0
+        for f, name, p, log in procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for f, name, p, log in procs:
+            log.seek(0)
+            text = log.read()
+            log.close()
+            if p.returncode == 64 or "configuration error" in text:
+                refused.append(f"{f}: {name} exited {p.returncode}:\n{text[-1500:]}")
+    if refused:
+        raise SbError("a binary refused the settings the chart gives it:\n" + "\n".join(refused))
+    return f"ok ({len(procs)} processes of {len(files)} renders took their settings)"
 
 
 def check(write: bool = False) -> str:

@@ -267,6 +267,8 @@ def test(args) -> int:
         r.step("coverage environment (cargo llvm-cov show-env)", set_env)
         r.step("cargo build --workspace --all-targets (instrumented)",
                lambda: run(["cargo", "build", "--workspace", "--all-targets"], env=env))
+        r.step("the binaries take the settings the chart renders",
+               lambda: chartcheck.binaries_accept(coverage_bin_dir(env), base_env=env))
         r.step(f"sb up (state {os.path.relpath(state_dir, REPO)}, port offset {offset})", up)
         r.step(" ".join(cargo_test), lambda: run(cargo_test, env=dict(env, SB_STACK_FILE=stack_file)))
         r.step("browser tests (web/)", lambda: browser_tests(dict(env, SB_STACK_FILE=stack_file)))

@@ -5,7 +5,7 @@
     ./sb down [--purge]
     ./sb status [--json]
     ./sb test [--test-threads N] [-- ARGS for the test harness]
-    ./sb chart [--write-docs]
+    ./sb chart [--write-docs] [--bin-dir DIR]
 
 Common options: --state-dir DIR (default .sb/, or .sb-<offset>/), --port-offset N (default 0).
 """
@@ -56,6 +56,8 @@ def parser() -> argparse.ArgumentParser:
                                       "strict schema validation, values reference, property tests")
     ch.add_argument("--write-docs", action="store_true",
                     help="first rewrite helm/switchboard/README.md from values.yaml (helm-docs)")
+    ch.add_argument("--bin-dir", help="also start every app binary from DIR with the settings the chart "
+                                      "renders and fail if one refuses them (exit 64)")
     return p
 
 
@@ -65,6 +67,8 @@ def main(argv: list[str]) -> int:
         import chartcheck
         try:
             print(chartcheck.check(write=args.write_docs))
+            if args.bin_dir:
+                print(chartcheck.binaries_accept(os.path.abspath(args.bin_dir)))
         except SbError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
