@@ -1,6 +1,6 @@
 module switchboard/tools/chart-tools
 
-go 1.26.8
+go 1.26.0
 
 tool (
 	github.com/norwoodj/helm-docs/cmd/helm-docs

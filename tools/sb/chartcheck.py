@@ -74,8 +74,15 @@ def _run(cmd: list[str], cwd: str = REPO, env: dict | None = None, quiet: bool =
 def _go() -> str:
     go = which("go")
     if not go:
-        raise SbError("the chart checks build their tools with Go (>= 1.24, `tool` directives): go not found")
+        raise SbError("the chart checks build their tools with Go (>= 1.26, tools/chart-tools/go.mod): go not found")
     return go
+
+
+def _go_env() -> dict:
+    """Modules only from a module proxy (the configured one, `direct` and `off` dropped; else
+    proxy.golang.org), checked against go.sum / sum.golang.org; no toolchain download."""
+    proxies = [p for p in os.environ.get("GOPROXY", "").replace("|", ",").split(",") if p and p not in ("direct", "off")]
+    return dict(os.environ, GOPROXY=",".join(proxies) or "https://proxy.golang.org", GOTOOLCHAIN="local")
 
 
 def build_tools() -> tuple[dict[str, str], str]:
@@ -89,7 +96,8 @@ def build_tools() -> tuple[dict[str, str], str]:
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     t = time.monotonic()
-    _run([_go(), "build", "-trimpath", "-o", tmp + os.sep, *TOOLS.values()], cwd=TOOLS_MOD)
+    _run([_go(), "build", "-mod=readonly", "-trimpath", "-o", tmp + os.sep, *TOOLS.values()], cwd=TOOLS_MOD,
+         env=_go_env())
     for old in os.listdir(CACHE):
         if old.startswith("bin-") and old != os.path.basename(tmp):
             shutil.rmtree(os.path.join(CACHE, old), ignore_errors=True)
@@ -100,7 +108,7 @@ def build_tools() -> tuple[dict[str, str], str]:
 def _module_dir(path: str, version: str) -> str:
     """Source of a module from the Go module proxy (go mod download, checked against sum.golang.org)."""
     with tempfile.TemporaryDirectory() as d:  # outside any module: nothing is added to a go.mod
-        out = _run([_go(), "mod", "download", "-json", f"{path}@{version}"], cwd=d)
+        out = _run([_go(), "mod", "download", "-json", f"{path}@{version}"], cwd=d, env=_go_env())
     return json.loads(out)["Dir"]
 
 
