@@ -9,7 +9,8 @@ first run, all tools from the Go module proxy, pinned by tools/chart-tools/go.su
 3. `helm lint --strict` and `helm template` of every value set in helm/switchboard/ci/ for every
    pinned version, each rendered object validated by kubeconform -strict against those schemas
    (unknown fields and duplicate keys are errors, a kind without a schema is an error);
-4. the property tests of the rendered output (helm/tests/, unittest);
+4. the property tests of the rendered output and the front's nginx run against a stand-in DNS
+   server (helm/tests/, unittest);
 5. the values reference (helm/switchboard/README.md) is what helm-docs writes from values.yaml.
 """
 
