@@ -184,7 +184,7 @@ class Rendered(unittest.TestCase):
         with tempfile.TemporaryDirectory() as d:
             # no cluster DNS here: the resolver becomes an address; /tmp paths and ports stay
             conf = re.sub(r"resolver \S+", "resolver 127.0.0.1", conf)
-            conf = conf.replace("/tmp/", d + "/")
+            conf = re.sub(r"listen (\d+)", r"listen 127.0.0.1:\1", conf).replace("/tmp/", d + "/")
             path = os.path.join(d, "nginx.conf")
             with open(path, "w") as f:
                 f.write(conf)
