@@ -317,7 +317,7 @@ def _pod_env(container: dict) -> dict[str, str]:
     return env
 
 
-def binaries_accept(bin_dir: str, base_env: dict | None = None, grace: float = 5.0) -> str:
+def binaries_accept(bin_dir: str, base_env: dict | None = None, grace: float = 3.0) -> str:
     """Start every app container of every rendered value set (first pinned Kubernetes version)
     as the chart would — its binary, its config file, its environment — with Kafka and every
     listener pointed at loopback, and fail if one refuses its settings (exit 64, `configuration
@@ -372,7 +372,7 @@ def binaries_accept(bin_dir: str, base_env: dict | None = None, grace: float = 5
             if p.poll() is None:
                 p.terminate()
         # a process still retrying Kafka may not act on SIGTERM soon; it has shown what matters
-        deadline = time.monotonic() + 5.0
+        deadline = time.monotonic() + 3.0
         for f, name, p, log in procs:
             try:
                 p.wait(timeout=max(0.1, deadline - time.monotonic()))
