@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 
+import chartcheck
 import web
 from state import REPO
 from util import SYSTEM_COMMANDS, SbError, ensure_packages, info, warn, which
@@ -266,9 +267,14 @@ def test(args) -> int:
                lambda: run(["cargo", "machete", "--skip-target-dir"]))
         r.step("cargo clippy --workspace --all-targets -- -D warnings",
                lambda: run(["cargo", "clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))
+        # the Helm chart: lint, render 3+ value sets per pinned Kubernetes version, validate every
+        # object strictly against the API schemas, values reference current, property tests
+        r.step("helm chart (lint, kubeconform -strict, helm-docs, helm/tests)", lambda: chartcheck.check())
         r.step("coverage environment (cargo llvm-cov show-env)", set_env)
         r.step("cargo build --workspace --all-targets (instrumented)",
                lambda: run(["cargo", "build", "--workspace", "--all-targets"], env=env))
+        r.step("the binaries take the settings the chart renders",
+               lambda: chartcheck.binaries_accept(coverage_bin_dir(env), base_env=env))
         r.step(f"sb up (state {os.path.relpath(state_dir, REPO)}, port offset {offset})", up)
         r.step(" ".join(cargo_test), lambda: run(cargo_test, env=dict(env, SB_STACK_FILE=stack_file)))
         r.step("browser tests (web/)", lambda: browser_tests(dict(env, SB_STACK_FILE=stack_file)))

@@ -6,6 +6,7 @@
     ./sb down [--purge]
     ./sb status [--json]
     ./sb test [--test-threads N] [-- ARGS for the test harness]
+    ./sb chart [--write-docs] [--bin-dir DIR]
 
 Common options: --state-dir DIR (default .sb/, or .sb-<offset>/), --port-offset N (default 0).
 """
@@ -54,11 +55,28 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("test", parents=[common], help="what CI runs: lint, build, platform, tests, coverage")
     t.add_argument("--test-threads", type=int, default=None, help="passed to the test harness")
     t.add_argument("test_args", nargs="*", help="extra args after `--`, passed to the test harness")
+
+    ch = sub.add_parser("chart", help="the Helm chart's checks alone (a step of `sb test`): lint, render, "
+                                      "strict schema validation, values reference, property tests")
+    ch.add_argument("--write-docs", action="store_true",
+                    help="first rewrite helm/switchboard/README.md from values.yaml (helm-docs)")
+    ch.add_argument("--bin-dir", help="also start every app binary from DIR with the settings the chart "
+                                      "renders and fail if one refuses them (exit 64)")
     return p
 
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
+    if args.cmd == "chart":
+        import chartcheck
+        try:
+            print(chartcheck.check(write=args.write_docs))
+            if args.bin_dir:
+                print(chartcheck.binaries_accept(os.path.abspath(args.bin_dir)))
+        except SbError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        return 0
     args.state_dir_given = args.state_dir is not None
     if args.port_offset is None:
         args.port_offset = 1000 if args.cmd == "test" else 0
