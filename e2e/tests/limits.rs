@@ -54,7 +54,7 @@ async fn connections_per_user_are_capped_and_a_closed_socket_frees_its_slot() {
     let mut opts = Options::default();
     opts.edge.max_connections_per_user = 3;
     let app = spawn_app_with(opts).await;
-    let (_, _, token) = app.user(0).await;
+    let (user, _, token) = app.user(0).await;
     let (_, _, other) = app.user(0).await;
     let url = app.ws_url(0);
     let mut held = Vec::new();
@@ -79,6 +79,12 @@ async fn connections_per_user_are_capped_and_a_closed_socket_frees_its_slot() {
     for (i, ws) in held.iter_mut().enumerate() {
         ws.still_works(&format!("w{i}")).await;
     }
+    // The handshake check registered each refused connection before the cap refused it: the
+    // edge took every one back out, so the registry lists the three held sockets only.
+    common::eventually("only the held sockets registered", || async {
+        (common::registered(&app, user).await == 3).then_some(())
+    })
+    .await;
     app.stop().await;
 }
 

@@ -234,11 +234,7 @@ async fn a_handshake_its_edge_abandoned_is_never_registered() {
         epoch,
         connections: 1,
     };
-    let redis = runtime::redis::cluster(&app.redis).expect("redis");
-    let registry = runtime::registry::Registry {
-        keys: runtime::redis::Keys::new(app.redis.key_prefix.clone()),
-        liveness_ms: 10_000,
-    };
+    let (redis, registry) = common::registry(&app);
     let listed = |conn: u64| {
         let (redis, key, field) = (
             &redis,

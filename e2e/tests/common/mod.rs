@@ -40,6 +40,24 @@ where
     }
 }
 
+/// The app's connection registry in Redis, as its workers see it: the cluster and the key names.
+pub fn registry(app: &TestApp) -> (runtime::redis::Cluster, runtime::registry::Registry) {
+    let redis = runtime::redis::cluster(&app.redis).expect("redis");
+    let registry = runtime::registry::Registry {
+        keys: runtime::redis::Keys::new(app.redis.key_prefix.clone()),
+        liveness_ms: 10_000,
+    };
+    (redis, registry)
+}
+
+/// How many connections of `user` the registry lists.
+pub async fn registered(app: &TestApp, user: Id) -> usize {
+    use runtime::redis::redis::AsyncCommands;
+    let (redis, registry) = registry(app);
+    let mut c = redis.get().await.expect("redis");
+    c.hlen(registry.conns_key(user)).await.expect("hlen")
+}
+
 /// Rate limits count in fixed one-minute windows: start a counting test well inside a window
 /// so that it cannot straddle two.
 pub async fn inside_one_minute_window(needed: Duration) {
