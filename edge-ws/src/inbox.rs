@@ -6,7 +6,7 @@ use crate::hub::{Hub, Outbound};
 use crate::Edge;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::Message;
-use runtime::metrics::{self, Metrics};
+use runtime::metrics::Metrics;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -76,7 +76,9 @@ pub async fn run(edge: Arc<Edge>, consumer: StreamConsumer, stop: CancellationTo
 
 /// Apply one record of the edge topic to this edge's connections and waiting calls.
 pub fn dispatch(hub: &Hub, metrics: &Metrics, msg: EdgeMessage) {
-    let sent = |n: u64| metrics.get(metrics::WS_FRAMES_OUT_TOTAL, &[]).add(n);
+    let sent = |n: u64| {
+        metrics.ws_frames_out.inc_by(n);
+    };
     match msg {
         EdgeMessage::Reply { req, .. } => {
             // An HTTP call or a handshake may be waiting for it; otherwise it answers a frame.
@@ -187,7 +189,7 @@ mod tests {
             ]
         );
         // the frames written: a reply, two deliveries (99 is gone), two broadcasts
-        assert_eq!(metrics.get(metrics::WS_FRAMES_OUT_TOTAL, &[]).get(), 5);
+        assert_eq!(metrics.ws_frames_out.get(), 5);
     }
 
     #[test]
@@ -202,6 +204,6 @@ mod tests {
         // an HTTP call's reply (conn 0) that nobody waits for any more is dropped
         dispatch(&hub, &metrics, reply(0, 11, "late"));
         assert!(drain(&mut a).is_empty());
-        assert_eq!(metrics.get(metrics::WS_FRAMES_OUT_TOTAL, &[]).get(), 0);
+        assert_eq!(metrics.ws_frames_out.get(), 0);
     }
 }

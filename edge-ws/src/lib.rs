@@ -103,7 +103,7 @@ impl Application {
         )
         .await?;
         let consumer = inbox::subscribe(&kafka, &topics, &es.id).await?;
-        let metrics = Metrics::default();
+        let metrics = Metrics::new(runtime::metrics::Role::Edge);
         let publisher = Publisher::new(&kafka, metrics.clone())?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
