@@ -222,6 +222,7 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
                 health_listen: addr.to_string(),
             },
             limits: opts.limits.clone(),
+            log: Default::default(),
         };
         let s = stop.clone();
         tasks.spawn(async move { workers::run(role, settings, s).await.expect("worker runs") });
@@ -239,6 +240,7 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
             edge_liveness_ms: opts.limits.edge_liveness_ms,
             lanes: 4,
         },
+        log: Default::default(),
     };
     let s = stop.clone();
     tasks.spawn(async move { router::run(rs, s).await.expect("router runs") });
@@ -254,6 +256,7 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
         let app = edge_ws::Application::build(edge_ws::Settings {
             kafka: kafka.clone(),
             edge: es,
+            log: Default::default(),
         })
         .await
         .expect("edge builds");

@@ -80,7 +80,9 @@ pub struct Application {
 impl Application {
     /// Create topics, subscribe to this edge's topic and bind the listener.
     pub async fn build(settings: Settings) -> Result<Self> {
-        let Settings { kafka, edge: es } = settings;
+        let Settings {
+            kafka, edge: es, ..
+        } = settings;
         if !topics::names::valid_edge_id(&es.id) {
             return Err(Error::EdgeId(es.id));
         }

@@ -24,6 +24,8 @@ pub struct Settings {
     pub service: ServiceSettings,
     #[serde(default)]
     pub router: RouterSettings,
+    #[serde(default)]
+    pub log: runtime::LogSettings,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -210,7 +210,7 @@ pub async fn main_for(role: Role) -> anyhow::Result<()> {
     if settings.service.name.is_empty() {
         settings.service.name = role.worker();
     }
-    runtime::telemetry::init(&role.worker());
+    runtime::telemetry::init(&role.worker(), &settings.log);
     let stop = runtime::shutdown::on_signal();
     match run(role, settings, stop).await {
         Err(e @ Error::Config(_)) => {
