@@ -79,6 +79,14 @@ async fn one_dm_shows_in_the_histograms_of_the_edge_and_the_worker() {
         "edges run no consumer loop"
     );
 
+    // Bob's edge queued the new message to his socket: its age since the commit.
+    let (_, peer) = scrape(app.internal[1]).await;
+    assert_eq!(
+        sample(&peer, "sb_dm_delivery_duration_seconds_count"),
+        Some(1.0),
+        "{peer}"
+    );
+
     // The dms worker: its handler time, the shard's transaction, its batch, its publishes.
     let dms = app.health["worker-dms"];
     let (_, worker) = scrape(dms).await;

@@ -256,6 +256,7 @@ pub struct Inner {
     pub http_requests: Counter,
     pub http_connections_closed: ByLabel<Counter>,
     pub edge_request_seconds: ByLabel<Histogram>,
+    pub dm_delivery_seconds: Histogram,
     // workers
     pub requests_handled: ByLabel<Counter>,
     pub request_errors: ByKindCode,
@@ -382,7 +383,14 @@ impl Metrics {
             ByLabel::new("kind", kinds.clone(), latency as Ctor<Histogram>, |_, _| {
                 edge
             });
+        let dm_delivery_seconds = latency();
         if edge {
+            r.register_with_unit(
+                "sb_dm_delivery_duration",
+                "Time from a direct message's commit (the worker's clock, ms) to its event being queued for a recipient's socket (the edge's clock)",
+                Unit::Seconds,
+                dm_delivery_seconds.clone(),
+            );
             r.register(
                 "sb_ws_connections",
                 "Open WebSocket connections",
@@ -511,6 +519,7 @@ impl Metrics {
             http_requests,
             http_connections_closed,
             edge_request_seconds,
+            dm_delivery_seconds,
             requests_handled,
             request_errors,
             handler_seconds,
@@ -672,6 +681,7 @@ mod tests {
             ("sb_http_requests", "counter"),
             ("sb_http_connections_closed", "counter"),
             ("sb_edge_request_duration_seconds", "histogram"),
+            ("sb_dm_delivery_duration_seconds", "histogram"),
             ("sb_requests_handled", "counter"),
             ("sb_request_errors", "counter"),
             ("sb_request_handler_duration_seconds", "histogram"),
@@ -714,6 +724,7 @@ mod tests {
             "sb_edge_request_duration_seconds_count{kind=\"ping\"}",
             "sb_request_handler_duration_seconds_count{kind=\"session.login\"}",
             "sb_kafka_produce_duration_seconds_count",
+            "sb_dm_delivery_duration_seconds_count",
             "sb_consumer_batch_records_count",
         ] {
             assert_eq!(value(&text, series), Some(0.0), "{series}: {text}");
