@@ -279,6 +279,17 @@ mod tests {
         assert!(during.await.unwrap(), "another task ran during the flush");
     }
 
+    #[tokio::test]
+    async fn a_loop_consumer_knows_its_group_for_the_lag_labels() {
+        let s = KafkaSettings {
+            brokers: "127.0.0.1:1".into(),
+            ..Default::default()
+        };
+        use rdkafka::consumer::Consumer;
+        let c = loop_consumer(&s, "sb.worker-dms", false).unwrap();
+        assert_eq!(c.context().group, "sb.worker-dms");
+    }
+
     #[test]
     fn topic_kinds() {
         assert_eq!(kind_of("sb.edge.edge-0.v1"), "edge");
