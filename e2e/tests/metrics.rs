@@ -72,6 +72,9 @@ async fn one_dm_shows_in_the_histograms_of_the_edge_and_the_worker() {
     );
     assert!(total(&edge, "sb_kafka_produce_duration_seconds_count") >= 1.0);
     assert!(sample(&edge, "sb_ws_connections").unwrap() >= 1.0);
+    // read from the hub at scrape time; ann's queue was drained when her reply was written
+    assert!(sample(&edge, "sb_ws_outbound_queued").is_some(), "{edge}");
+    assert!(sample(&edge, "sb_ws_outbound_queue_max").is_some());
     assert!(sample(&edge, "process_resident_memory_bytes").unwrap() > 0.0);
     assert!(edge.contains("switchboard_build_info{version=\""));
     assert!(

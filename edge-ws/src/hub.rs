@@ -97,6 +97,19 @@ impl Hub {
         self.len() == 0
     }
 
+    /// Frames waiting in the outbound queues: (all of them, the fullest queue's).
+    pub fn queued(&self) -> (usize, usize) {
+        let (mut sum, mut max) = (0, 0);
+        for shard in &self.conns {
+            for h in shard.lock().expect("hub").values() {
+                let n = h.tx.max_capacity() - h.tx.capacity();
+                sum += n;
+                max = max.max(n);
+            }
+        }
+        (sum, max)
+    }
+
     /// Queue a frame for one connection. Unknown connections (closed, or of an earlier process)
     /// are ignored; a full queue disconnects the slow client.
     pub fn send(&self, conn: u64, msg: Outbound) -> bool {
@@ -229,7 +242,9 @@ mod tests {
         hub.register(id, h);
         assert_eq!(hub.len(), 1);
         assert!(hub.send(id, Outbound::Text("a".into())));
+        assert_eq!(hub.queued(), (1, 1));
         assert_eq!(rx.try_recv().unwrap(), Outbound::Text("a".into()));
+        assert_eq!(hub.queued(), (0, 0));
         assert_eq!(hub.broadcast("b".into()), 1);
         assert!(
             !hub.send(id, Outbound::Text("c".into())),

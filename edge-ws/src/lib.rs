@@ -124,6 +124,15 @@ impl Application {
             connections: tokio_util::task::TaskTracker::new(),
             epoch,
         });
+        // the outbound queues' depth, read when scraped (weak: the metrics live in the edge)
+        let weak = Arc::downgrade(&edge);
+        edge.metrics.on_scrape(move || {
+            if let Some(edge) = weak.upgrade() {
+                let (sum, max) = edge.hub.queued();
+                edge.metrics.ws_outbound_queued.set(sum as i64);
+                edge.metrics.ws_outbound_queue_max.set(max as i64);
+            }
+        });
         Ok(Application {
             edge,
             listener,

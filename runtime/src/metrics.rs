@@ -17,7 +17,7 @@ pub use prometheus_client::metrics::gauge::Gauge;
 pub use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 use topics::kinds::KINDS;
 use topics::{Domain, ErrorCode};
@@ -234,6 +234,8 @@ impl Default for Metrics {
 /// The series; see docs/operations.md for what each means.
 pub struct Inner {
     registry: Registry,
+    /// Run before each rendering: sets the gauges read from the process's state at scrape time.
+    refresh: OnceLock<Box<dyn Fn() + Send + Sync>>,
     // every producer
     pub records_published: ByLabel<Counter>,
     pub publish_failures: Counter,
@@ -257,6 +259,8 @@ pub struct Inner {
     pub http_connections_closed: ByLabel<Counter>,
     pub edge_request_seconds: ByLabel<Histogram>,
     pub dm_delivery_seconds: Histogram,
+    pub ws_outbound_queued: Gauge,
+    pub ws_outbound_queue_max: Gauge,
     // workers
     pub requests_handled: ByLabel<Counter>,
     pub request_errors: ByKindCode,
@@ -384,7 +388,19 @@ impl Metrics {
                 edge
             });
         let dm_delivery_seconds = latency();
+        let ws_outbound_queued = Gauge::default();
+        let ws_outbound_queue_max = Gauge::default();
         if edge {
+            r.register(
+                "sb_ws_outbound_queued",
+                "Frames waiting in the WebSocket connections' outbound queues, summed (at scrape time)",
+                ws_outbound_queued.clone(),
+            );
+            r.register(
+                "sb_ws_outbound_queue_max",
+                "Frames waiting in the fullest outbound queue (at scrape time)",
+                ws_outbound_queue_max.clone(),
+            );
             r.register_with_unit(
                 "sb_dm_delivery_duration",
                 "Time from a direct message's commit (the worker's clock, ms) to its event being queued for a recipient's socket (the edge's clock)",
@@ -500,6 +516,7 @@ impl Metrics {
 
         Metrics(Arc::new(Inner {
             registry: reg,
+            refresh: OnceLock::new(),
             records_published,
             publish_failures,
             produce_seconds,
@@ -520,6 +537,8 @@ impl Metrics {
             http_connections_closed,
             edge_request_seconds,
             dm_delivery_seconds,
+            ws_outbound_queued,
+            ws_outbound_queue_max,
             requests_handled,
             request_errors,
             handler_seconds,
@@ -545,8 +564,17 @@ impl Metrics {
             .get_or_create_owned(&vec![("shard", shard.to_string())])
     }
 
+    /// Run `f` before each rendering, to set gauges from state read at scrape time (the first
+    /// one set stays). `f` must not hold what holds these metrics (a cycle): take a `Weak`.
+    pub fn on_scrape(&self, f: impl Fn() + Send + Sync + 'static) {
+        let _ = self.refresh.set(Box::new(f));
+    }
+
     /// The OpenMetrics text exposition, ending in `# EOF`.
     pub fn render(&self) -> String {
+        if let Some(f) = self.refresh.get() {
+            f();
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
@@ -682,6 +710,8 @@ mod tests {
             ("sb_http_connections_closed", "counter"),
             ("sb_edge_request_duration_seconds", "histogram"),
             ("sb_dm_delivery_duration_seconds", "histogram"),
+            ("sb_ws_outbound_queued", "gauge"),
+            ("sb_ws_outbound_queue_max", "gauge"),
             ("sb_requests_handled", "counter"),
             ("sb_request_errors", "counter"),
             ("sb_request_handler_duration_seconds", "histogram"),
@@ -707,6 +737,8 @@ mod tests {
             "sb_consumer_batches_total{bound=\"wait\"}",
             "sb_publish_failures_total",
             "sb_ws_connections",
+            "sb_ws_outbound_queued",
+            "sb_ws_outbound_queue_max",
             "sb_ws_connections_opened_total",
             "sb_ws_handshakes_refused_total{reason=\"unauthorized\"}",
             "sb_ws_frames_in_total",
@@ -840,6 +872,19 @@ mod tests {
             Some(1.0)
         );
         assert!(text.contains("# UNIT sb_edge_request_duration_seconds seconds"));
+
+        // gauges read at scrape time
+        let n = Arc::new(std::sync::atomic::AtomicI64::new(4));
+        let weak = Arc::downgrade(&n);
+        let g = m.ws_outbound_queued.clone();
+        m.on_scrape(move || {
+            if let Some(n) = weak.upgrade() {
+                g.set(n.load(std::sync::atomic::Ordering::Relaxed));
+            }
+        });
+        assert_eq!(value(&m.render(), "sb_ws_outbound_queued"), Some(4.0));
+        n.store(9, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(value(&m.render(), "sb_ws_outbound_queued"), Some(9.0));
     }
 
     #[test]
