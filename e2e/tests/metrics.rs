@@ -121,6 +121,13 @@ async fn one_dm_shows_in_the_histograms_of_the_edge_and_the_worker() {
         assert!(sample(&worker, &series).is_some(), "{series}: {worker}");
     }
     assert!(total(&worker, "sb_consumer_batch_records_count") >= 2.0);
+    assert!(sample(&worker, "sb_consumer_records_in_flight").is_some());
+    // (the reply can reach the edge a moment before the worker marks its batch finished)
+    eventually("nothing in flight in worker-dms", || async {
+        let (_, text) = scrape(dms).await;
+        (sample(&text, "sb_consumer_records_in_flight") == Some(0.0)).then_some(())
+    })
+    .await;
     assert!(total(&worker, "sb_kafka_produce_duration_seconds_count") >= 1.0);
     assert_eq!(sample(&worker, "sb_messages_persisted_total"), Some(1.0));
     assert!(!worker.contains("sb_ws_"), "a worker has no sockets");

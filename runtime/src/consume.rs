@@ -707,6 +707,14 @@ pub async fn run_batched(
     let consumer = Arc::new(consumer);
     let shared = consumer.context().shared.clone();
     let _ = shared.lag.set(metrics.consumer_lag.clone());
+    // what waits in the lanes or is being handled, read when scraped (weak: the consumer's
+    // context owns `shared`)
+    let in_flight = (Arc::downgrade(&shared), metrics.consumer_in_flight.clone());
+    metrics.on_scrape(move || {
+        if let Some(s) = in_flight.0.upgrade() {
+            in_flight.1.set(s.in_flight() as i64);
+        }
+    });
     shared.revoke_wait_ms.store(
         settings.drain_timeout.as_millis().max(1) as u64,
         Ordering::Relaxed,

@@ -247,6 +247,7 @@ pub struct Inner {
     pub consumer_batches: ByLabel<Counter>,
     pub consumer_batch_records: Histogram,
     pub consumer_lag: Family<Labels, Gauge>,
+    pub consumer_in_flight: Gauge,
     // edges
     pub ws_connections: Gauge,
     pub ws_connections_opened: Counter,
@@ -330,7 +331,13 @@ impl Metrics {
             });
         let consumer_batch_records = batch_sizes();
         let consumer_lag: Family<Labels, Gauge> = Family::default();
+        let consumer_in_flight = Gauge::default();
         if consumes {
+            r.register(
+                "sb_consumer_records_in_flight",
+                "Records handed to the consumer loop's lanes and not finished yet: queued in a lane or being handled (at scrape time)",
+                consumer_in_flight.clone(),
+            );
             r.register(
                 "sb_records_consumed",
                 "Records the consumer loop finished, by topic kind",
@@ -526,6 +533,7 @@ impl Metrics {
             consumer_batches,
             consumer_batch_records,
             consumer_lag,
+            consumer_in_flight,
             ws_connections,
             ws_connections_opened,
             ws_handshakes_refused,
@@ -697,6 +705,7 @@ mod tests {
             ("sb_records_retried", "counter"),
             ("sb_consumer_batches", "counter"),
             ("sb_consumer_batch_records", "histogram"),
+            ("sb_consumer_records_in_flight", "gauge"),
             ("sb_publish_failures", "counter"),
             ("sb_kafka_produce_duration_seconds", "histogram"),
             ("sb_ws_connections", "gauge"),
@@ -735,6 +744,7 @@ mod tests {
             "sb_records_dead_lettered_total",
             "sb_records_retried_total",
             "sb_consumer_batches_total{bound=\"wait\"}",
+            "sb_consumer_records_in_flight",
             "sb_publish_failures_total",
             "sb_ws_connections",
             "sb_ws_outbound_queued",
