@@ -116,6 +116,9 @@ pub struct TestApp {
     pub edges: Vec<SocketAddr>,
     /// Each edge's internal listener (`/metrics`, `/healthz`).
     pub internal: Vec<SocketAddr>,
+    /// Where each worker (by role, e.g. `worker-dms`) and the router (`router`) serve `/metrics`,
+    /// `/healthz` and `/readyz`.
+    pub health: std::collections::BTreeMap<String, SocketAddr>,
     pub stack: Stack,
     pub kafka: runtime::KafkaSettings,
     pub database: DatabaseSettings,
@@ -171,6 +174,14 @@ impl TestApp {
     }
 }
 
+/// A loopback address with a port free a moment ago, for a process that reports no bound
+/// address back (workers and the router log theirs).
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(Options::default()).await
 }
@@ -204,31 +215,38 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
     workers::db::migrate(&database).await.expect("migrations");
     let stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
+    let mut health = std::collections::BTreeMap::new();
     for role in workers::Role::ALL {
+        let addr = free_addr();
+        health.insert(role.worker(), addr);
         let settings = workers::Settings {
             kafka: kafka.clone(),
             redis: redis.clone(),
             database: database.clone(),
             service: runtime::ServiceSettings {
                 name: role.worker(),
-                health_listen: "127.0.0.1:0".into(),
+                health_listen: addr.to_string(),
             },
             limits: opts.limits.clone(),
+            log: Default::default(),
         };
         let s = stop.clone();
         tasks.spawn(async move { workers::run(role, settings, s).await.expect("worker runs") });
     }
+    let addr = free_addr();
+    health.insert("router".into(), addr);
     let rs = router::Settings {
         kafka: kafka.clone(),
         redis: redis.clone(),
         service: runtime::ServiceSettings {
             name: "router".into(),
-            health_listen: "127.0.0.1:0".into(),
+            health_listen: addr.to_string(),
         },
         router: router::RouterSettings {
             edge_liveness_ms: opts.limits.edge_liveness_ms,
             lanes: 4,
         },
+        log: Default::default(),
     };
     let s = stop.clone();
     tasks.spawn(async move { router::run(rs, s).await.expect("router runs") });
@@ -244,6 +262,7 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
         let app = edge_ws::Application::build(edge_ws::Settings {
             kafka: kafka.clone(),
             edge: es,
+            log: Default::default(),
         })
         .await
         .expect("edge builds");
@@ -263,6 +282,7 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
         nginx,
         edges,
         internal,
+        health,
         stack,
         kafka,
         database,

@@ -49,6 +49,7 @@ fn worker_settings(app: &TestApp, health: &str) -> workers::Settings {
             health_listen: health.into(),
         },
         limits: Default::default(),
+        log: Default::default(),
     }
 }
 
@@ -80,6 +81,7 @@ async fn every_kind_of_process_is_ready_when_its_dependencies_answer() {
             health_listen: router.clone(),
         },
         router: Default::default(),
+        log: Default::default(),
     };
     let s = stop.clone();
     tasks.spawn(async move { router::run(rs, s).await.unwrap() });

@@ -2,11 +2,13 @@
 //! bounded outbound queue; a client too slow to drain it is disconnected rather than allowed to
 //! grow memory (policy: when full, drop the connection).
 
-use runtime::metrics::{self, Metrics};
+use runtime::metrics::Metrics;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 use topics::{EdgeMessage, Id};
@@ -15,6 +17,11 @@ const SHARDS: usize = 16;
 /// Requests (HTTP calls, handshakes) waiting for a worker's answer at once; past it new ones
 /// are refused with `unavailable` instead of growing the map.
 pub const MAX_PENDING: usize = 10_000;
+/// Requests timed at once per shard (for `sb_edge_request_duration_seconds`): past it, and once
+/// entries older than [`STALE`] (answers that never came) are swept, a request is not timed.
+pub const MAX_TIMED: usize = 4_096;
+/// A request unanswered this long is no longer timed.
+pub const STALE: Duration = Duration::from_secs(60);
 
 /// What a connection's task writes to its socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +51,8 @@ pub struct Hub {
     next: AtomicU64,
     conns: Vec<Mutex<HashMap<u64, ConnHandle>>>,
     pending: Mutex<HashMap<u64, Pending>>,
+    /// Requests published and not answered yet: when, and their kind (`Request::kind_index`).
+    timed: Vec<Mutex<HashMap<u64, (Instant, usize)>>>,
     metrics: Metrics,
 }
 
@@ -54,6 +63,7 @@ impl Hub {
             next: AtomicU64::new(1),
             conns: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             pending: Mutex::new(HashMap::new()),
+            timed: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             metrics,
         }
     }
@@ -69,14 +79,14 @@ impl Hub {
 
     pub fn register(&self, conn: u64, handle: ConnHandle) {
         self.shard(conn).lock().expect("hub").insert(conn, handle);
-        self.metrics.get(metrics::WS_CONNECTIONS, &[]).gauge_add(1);
-        self.metrics.inc(metrics::WS_CONNECTIONS_OPENED_TOTAL, &[]);
+        self.metrics.ws_connections.inc();
+        self.metrics.ws_connections_opened.inc();
     }
 
     pub fn unregister(&self, conn: u64) -> Option<ConnHandle> {
         let h = self.shard(conn).lock().expect("hub").remove(&conn);
         if h.is_some() {
-            self.metrics.get(metrics::WS_CONNECTIONS, &[]).gauge_add(-1);
+            self.metrics.ws_connections.dec();
         }
         h
     }
@@ -90,6 +100,19 @@ impl Hub {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Frames waiting in the outbound queues: (all of them, the fullest queue's).
+    pub fn queued(&self) -> (usize, usize) {
+        let (mut sum, mut max) = (0, 0);
+        for shard in &self.conns {
+            for h in shard.lock().expect("hub").values() {
+                let n = h.tx.max_capacity() - h.tx.capacity();
+                sum += n;
+                max = max.max(n);
+            }
+        }
+        (sum, max)
     }
 
     /// Queue a frame for one connection. Unknown connections (closed, or of an earlier process)
@@ -106,8 +129,7 @@ impl Hub {
         match h.tx.try_send(msg) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.metrics
-                    .inc(metrics::WS_SLOW_CLIENTS_DISCONNECTED_TOTAL, &[]);
+                self.metrics.ws_slow_clients_disconnected.inc();
                 h.kill.cancel();
                 false
             }
@@ -158,8 +180,40 @@ impl Hub {
         self.pending.lock().expect("hub").remove(&req);
     }
 
+    /// Request `req` of kind `kind` (`Request::kind_index`) is being published now: its answer
+    /// ends the time `sb_edge_request_duration_seconds` shows.
+    pub fn published(&self, req: u64, kind: usize) {
+        let now = Instant::now();
+        let mut timed = self.timed[(req as usize) % SHARDS].lock().expect("hub");
+        if timed.len() >= MAX_TIMED {
+            timed.retain(|_, (at, _)| now.duration_since(*at) < STALE);
+            if timed.len() >= MAX_TIMED {
+                return;
+            }
+        }
+        timed.insert(req, (now, kind));
+    }
+
+    /// Request `req` was not published after all: no answer will come.
+    pub fn unpublished(&self, req: u64) {
+        self.timed[(req as usize) % SHARDS]
+            .lock()
+            .expect("hub")
+            .remove(&req);
+    }
+
     /// Hand an answer to whoever waits for `req`; gives it back when nobody does.
     pub fn answer(&self, req: u64, msg: EdgeMessage) -> Option<EdgeMessage> {
+        let published = self.timed[(req as usize) % SHARDS]
+            .lock()
+            .expect("hub")
+            .remove(&req);
+        if let Some((at, kind)) = published {
+            self.metrics
+                .edge_request_seconds
+                .at(kind)
+                .observe(at.elapsed().as_secs_f64());
+        }
         let waiter = self.pending.lock().expect("hub").remove(&req);
         match waiter {
             Some(tx) => tx.send(msg).err(),
@@ -195,7 +249,9 @@ mod tests {
         hub.register(id, h);
         assert_eq!(hub.len(), 1);
         assert!(hub.send(id, Outbound::Text("a".into())));
+        assert_eq!(hub.queued(), (1, 1));
         assert_eq!(rx.try_recv().unwrap(), Outbound::Text("a".into()));
+        assert_eq!(hub.queued(), (0, 0));
         assert_eq!(hub.broadcast("b".into()), 1);
         assert!(
             !hub.send(id, Outbound::Text("c".into())),
@@ -237,5 +293,49 @@ mod tests {
             .collect();
         assert!(held.iter().all(Option::is_some));
         assert!(hub.expect(1).is_none(), "the map is bounded");
+    }
+
+    fn timed(m: &Metrics, what: &str) -> f64 {
+        let series = format!("sb_edge_request_duration_seconds_{what}{{kind=\"ping\"}}");
+        runtime::metrics::sample(&m.render(), &series).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn times_each_request_from_publish_to_answer() {
+        let m = Metrics::new(runtime::metrics::Role::Edge);
+        let hub = Hub::new(1, m.clone());
+        let send = topics::Request::Ping.kind_index();
+        let msg = EdgeMessage::Broadcast { frame: "f".into() };
+        hub.published(1, send);
+        hub.published(2, send);
+        tokio::time::advance(Duration::from_millis(3)).await;
+        assert!(hub.answer(1, msg.clone()).is_some());
+        hub.unpublished(2);
+        assert!(hub.answer(2, msg.clone()).is_some());
+        assert!(hub.answer(1, msg.clone()).is_some(), "a second answer");
+        assert_eq!(timed(&m, "count"), 1.0, "one request answered once");
+        assert!((timed(&m, "sum") - 0.003).abs() < 1e-6);
+        let text = m.render();
+        assert!(
+            text.contains("sb_edge_request_duration_seconds_bucket{le=\"0.0025\",kind=\"ping\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sb_edge_request_duration_seconds_bucket{le=\"0.005\",kind=\"ping\"} 1")
+        );
+
+        // Bounded: a full shard drops what is stale, else times no more.
+        let shard = |i: u64| i * SHARDS as u64; // every id in shard 0
+        for i in 0..MAX_TIMED as u64 {
+            hub.published(shard(i + 10), send);
+        }
+        hub.published(shard(99_999), send);
+        assert_eq!(hub.timed[0].lock().unwrap().len(), MAX_TIMED, "not timed");
+        tokio::time::advance(STALE).await;
+        hub.published(shard(99_999), send);
+        assert_eq!(hub.timed[0].lock().unwrap().len(), 1, "stale ones swept");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(hub.answer(shard(99_999), msg).is_some());
+        assert_eq!(timed(&m, "count"), 2.0);
     }
 }

@@ -6,7 +6,7 @@ use crate::hub::{Hub, Outbound};
 use crate::Edge;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::Message;
-use runtime::metrics::{self, Metrics};
+use runtime::metrics::Metrics;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -77,7 +77,9 @@ pub async fn run(edge: Arc<Edge>, consumer: StreamConsumer, stop: CancellationTo
 
 /// Apply one record of the edge topic to this edge's connections and waiting calls.
 pub fn dispatch(hub: &Hub, metrics: &Metrics, msg: EdgeMessage) {
-    let sent = |n: u64| metrics.get(metrics::WS_FRAMES_OUT_TOTAL, &[]).add(n);
+    let sent = |n: u64| {
+        metrics.ws_frames_out.inc_by(n);
+    };
     match msg {
         EdgeMessage::Reply { req, .. } => {
             // An HTTP call or a handshake may be waiting for it; otherwise it answers a frame.
@@ -87,11 +89,21 @@ pub fn dispatch(hub: &Hub, metrics: &Metrics, msg: EdgeMessage) {
                 }
             }
         }
-        EdgeMessage::Deliver { conns, frame } => {
+        EdgeMessage::Deliver {
+            conns,
+            frame,
+            persisted_at_ms,
+        } => {
             let frame = Utf8Bytes::from(frame);
+            // a new direct message: from its commit (the worker's clock) to its socket's queue
+            let age =
+                persisted_at_ms.map(|at| runtime::now_ms().saturating_sub(at) as f64 / 1000.0);
             for conn in conns {
                 if hub.send(conn, Outbound::Text(frame.clone())) {
                     sent(1);
+                    if let Some(age) = age {
+                        metrics.dm_delivery_seconds.observe(age);
+                    }
                 }
             }
         }
@@ -168,6 +180,7 @@ mod tests {
                     EdgeMessage::Deliver {
                         conns: vec![1, 2, 99],
                         frame: "d".into(),
+                        persisted_at_ms: None,
                     },
                     EdgeMessage::Broadcast { frame: "b".into() },
                     EdgeMessage::Close {
@@ -188,7 +201,39 @@ mod tests {
             ]
         );
         // the frames written: a reply, two deliveries (99 is gone), two broadcasts
-        assert_eq!(metrics.get(metrics::WS_FRAMES_OUT_TOTAL, &[]).get(), 5);
+        assert_eq!(metrics.ws_frames_out.get(), 5);
+    }
+
+    #[test]
+    fn a_new_message_is_timed_from_its_commit_to_each_socket_queue() {
+        let metrics = Metrics::new(runtime::metrics::Role::Edge);
+        let hub = Hub::new(1, metrics.clone());
+        let (_a, _b) = (conn(&hub, 1), conn(&hub, 2));
+        let deliver = |persisted_at_ms| EdgeMessage::Deliver {
+            conns: vec![1, 2, 99],
+            frame: "d".into(),
+            persisted_at_ms,
+        };
+        dispatch(&hub, &metrics, deliver(None));
+        let count = |m: &Metrics| {
+            runtime::metrics::sample(&m.render(), "sb_dm_delivery_duration_seconds_count")
+        };
+        assert_eq!(count(&metrics), Some(0.0), "not a new message");
+        dispatch(&hub, &metrics, deliver(Some(runtime::now_ms() - 3)));
+        assert_eq!(count(&metrics), Some(2.0), "one per socket reached");
+        let text = metrics.render();
+        let first = runtime::metrics::sample(
+            &text,
+            "sb_dm_delivery_duration_seconds_bucket{le=\"0.0025\"}",
+        );
+        assert_eq!(first, Some(0.0), "3 ms or more: {text}");
+        // a clock ahead of this edge's counts as no time, not a negative one
+        dispatch(&hub, &metrics, deliver(Some(runtime::now_ms() + 60_000)));
+        let zero = runtime::metrics::sample(
+            &metrics.render(),
+            "sb_dm_delivery_duration_seconds_bucket{le=\"0.0005\"}",
+        );
+        assert_eq!(zero, Some(2.0));
     }
 
     #[test]
@@ -203,6 +248,6 @@ mod tests {
         // an HTTP call's reply (conn 0) that nobody waits for any more is dropped
         dispatch(&hub, &metrics, reply(0, 11, "late"));
         assert!(drain(&mut a).is_empty());
-        assert_eq!(metrics.get(metrics::WS_FRAMES_OUT_TOTAL, &[]).get(), 0);
+        assert_eq!(metrics.ws_frames_out.get(), 0);
     }
 }

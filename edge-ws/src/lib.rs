@@ -80,7 +80,9 @@ pub struct Application {
 impl Application {
     /// Create topics, subscribe to this edge's topic and bind the listener.
     pub async fn build(settings: Settings) -> Result<Self> {
-        let Settings { kafka, edge: es } = settings;
+        let Settings {
+            kafka, edge: es, ..
+        } = settings;
         if !topics::names::valid_edge_id(&es.id) {
             return Err(Error::EdgeId(es.id));
         }
@@ -103,7 +105,7 @@ impl Application {
         )
         .await?;
         let consumer = inbox::subscribe(&kafka, &topics, &es.id).await?;
-        let metrics = Metrics::default();
+        let metrics = Metrics::new(runtime::metrics::Role::Edge);
         let publisher = Publisher::new(&kafka, metrics.clone())?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -121,6 +123,15 @@ impl Application {
             metrics,
             connections: tokio_util::task::TaskTracker::new(),
             epoch,
+        });
+        // the outbound queues' depth, read when scraped (weak: the metrics live in the edge)
+        let weak = Arc::downgrade(&edge);
+        edge.metrics.on_scrape(move || {
+            if let Some(edge) = weak.upgrade() {
+                let (sum, max) = edge.hub.queued();
+                edge.metrics.ws_outbound_queued.set(sum as i64);
+                edge.metrics.ws_outbound_queue_max.set(max as i64);
+            }
         });
         Ok(Application {
             edge,

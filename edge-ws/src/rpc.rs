@@ -56,10 +56,13 @@ pub async fn call(
 pub async fn publish(edge: &Edge, env: &Envelope) -> Result<(), ErrorBody> {
     let topic = edge.topics.requests(env.domain());
     let tp = runtime::telemetry::new_traceparent();
+    // timed from before the publish: the answer may come before the broker's acknowledgement
+    edge.hub.published(env.req, env.request.kind_index());
     edge.publisher
         .send(&topic, &env.key(), &env.encode(), Some(&tp))
         .await
         .map_err(|e| {
+            edge.hub.unpublished(env.req);
             tracing::warn!(error = %runtime::telemetry::Chain(&e), "frame not published");
             ErrorBody::new(
                 ErrorCode::Unavailable,

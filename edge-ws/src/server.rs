@@ -20,7 +20,7 @@ mod clock;
 
 pub use clock::{Clock, Watched};
 
-use runtime::metrics::{self, Metrics};
+use runtime::metrics::Metrics;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -110,10 +110,7 @@ where
                 Ok(Ok(resp)) => resp,
                 Ok(Err(never)) => match never {},
                 Err(_) => {
-                    metrics.inc(
-                        metrics::HTTP_CONNECTIONS_CLOSED_TOTAL,
-                        &[("reason", REQUEST_TIMEOUT)],
-                    );
+                    metrics.http_connections_closed.get(REQUEST_TIMEOUT).inc();
                     too_slow()
                 }
             };
@@ -162,10 +159,7 @@ pub async fn serve(
             },
         };
         let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-            metrics.inc(
-                metrics::HTTP_CONNECTIONS_CLOSED_TOTAL,
-                &[("reason", HANDSHAKES_FULL)],
-            );
+            metrics.http_connections_closed.get(HANDSHAKES_FULL).inc();
             // one non-blocking write into an empty send buffer; then closed
             let _ = stream.try_write(BUSY);
             continue;

@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 pub struct Settings {
     pub kafka: KafkaSettings,
     pub edge: EdgeSettings,
+    #[serde(default)]
+    pub log: runtime::LogSettings,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -6,7 +6,7 @@
 use futures::future::BoxFuture;
 use runtime::consume::{Failure, Handler, Inbound};
 use runtime::kafka::Publisher;
-use runtime::metrics::{self, Metrics};
+use runtime::metrics::Metrics;
 use runtime::redis::{Cluster, Keys};
 use runtime::registry::{plan, users_of, Registry};
 use runtime::{KafkaSettings, RedisSettings, ServiceSettings};
@@ -24,6 +24,8 @@ pub struct Settings {
     pub service: ServiceSettings,
     #[serde(default)]
     pub router: RouterSettings,
+    #[serde(default)]
+    pub log: runtime::LogSettings,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -85,9 +87,7 @@ impl Router {
         for sent in futures::future::join_all(sends).await {
             sent.map_err(|e| Failure::Transient(e.to_string()))?;
         }
-        self.metrics
-            .get(metrics::DELIVERIES_ROUTED_TOTAL, &[])
-            .add(records.len() as u64);
+        self.metrics.deliveries_routed.inc_by(records.len() as u64);
         Ok(records.len())
     }
 }
@@ -122,7 +122,7 @@ pub async fn build(settings: &Settings, metrics: Metrics) -> Result<Arc<Router>>
 
 /// Run until `stop`: consume the delivery topic, drain, flush.
 pub async fn run(settings: Settings, stop: CancellationToken) -> Result<()> {
-    let metrics = Metrics::default();
+    let metrics = Metrics::new(runtime::metrics::Role::Router);
     let readiness = runtime::health::Readiness::new(stop.clone());
     let (addr, health) = runtime::health::serve(
         &settings.service.health_listen,
@@ -138,7 +138,7 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> Result<()> {
         runtime::health::redis(&router.redis),
     ]);
     let consumer =
-        runtime::kafka::consumer(&settings.kafka, &router.topics.group("router"), false)?;
+        runtime::kafka::loop_consumer(&settings.kafka, &router.topics.group("router"), false)?;
     {
         use rdkafka::consumer::Consumer;
         consumer

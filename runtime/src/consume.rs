@@ -9,18 +9,21 @@
 //! offsets stored, so the next owner neither skips nor repeats them.
 
 use crate::kafka::Publisher;
-use crate::metrics::{self, Metrics};
+use crate::metrics::{Labels, Metrics};
 use futures::future::BoxFuture;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::message::{Headers, Message};
+use rdkafka::statistics::Statistics;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -255,6 +258,8 @@ pub struct Shared {
     /// How long a revocation waits for the records in flight on the revoked partitions, in ms;
     /// 0 outside [`run`] (nothing is consuming, or the loop has stopped).
     revoke_wait_ms: AtomicU64,
+    /// `sb_consumer_lag`, once [`run_batched`] runs (statistics before that are dropped).
+    lag: OnceLock<Family<Labels, Gauge>>,
 }
 
 impl Shared {
@@ -352,9 +357,42 @@ impl Shared {
 #[derive(Clone, Default)]
 pub struct LoopContext {
     pub shared: Arc<Shared>,
+    /// The consumer group, the `group` label of `sb_consumer_lag`.
+    pub group: String,
 }
 
-impl ClientContext for LoopContext {}
+impl ClientContext for LoopContext {
+    /// librdkafka's statistics (every `statistics.interval.ms`, on its own thread): the lag of
+    /// each assigned partition.
+    fn stats(&self, statistics: Statistics) {
+        if let Some(lag) = self.shared.lag.get() {
+            record_lag(lag, &self.group, &statistics);
+        }
+    }
+}
+
+/// Set `sb_consumer_lag{group,topic,partition}` from one statistics report: every partition
+/// with a known lag; the series of a partition whose lag is unknown (not assigned, or no
+/// offset yet) are removed rather than left at a stale value.
+pub fn record_lag(lag: &Family<Labels, Gauge>, group: &str, statistics: &Statistics) {
+    for (name, topic) in &statistics.topics {
+        for (partition, p) in &topic.partitions {
+            if *partition < 0 {
+                continue; // librdkafka's internal "unassigned" partition
+            }
+            let labels = vec![
+                ("group", group.to_string()),
+                ("topic", name.clone()),
+                ("partition", partition.to_string()),
+            ];
+            if p.consumer_lag >= 0 {
+                lag.get_or_create(&labels).set(p.consumer_lag);
+            } else {
+                lag.remove(&labels);
+            }
+        }
+    }
+}
 
 impl ConsumerContext for LoopContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -613,7 +651,7 @@ pub async fn process_batch(
             loop {
                 match dlq.dead_letter(record, &reason).await {
                     Ok(()) => {
-                        metrics.inc(metrics::RECORDS_DEAD_LETTERED_TOTAL, &[]);
+                        metrics.records_dead_lettered.inc();
                         break;
                     }
                     Err(e) => {
@@ -628,9 +666,7 @@ pub async fn process_batch(
         if retry.is_empty() {
             return true;
         }
-        metrics
-            .get(metrics::RECORDS_RETRIED_TOTAL, &[])
-            .add(retry.len() as u64);
+        metrics.records_retried.inc_by(retry.len() as u64);
         pending = retry;
         if !back_off(&mut backoff, stop).await {
             return false;
@@ -670,6 +706,15 @@ pub async fn run_batched(
 ) {
     let consumer = Arc::new(consumer);
     let shared = consumer.context().shared.clone();
+    let _ = shared.lag.set(metrics.consumer_lag.clone());
+    // what waits in the lanes or is being handled, read when scraped (weak: the consumer's
+    // context owns `shared`)
+    let in_flight = (Arc::downgrade(&shared), metrics.consumer_in_flight.clone());
+    metrics.on_scrape(move || {
+        if let Some(s) = in_flight.0.upgrade() {
+            in_flight.1.set(s.in_flight() as i64);
+        }
+    });
     shared.revoke_wait_ms.store(
         settings.drain_timeout.as_millis().max(1) as u64,
         Ordering::Relaxed,
@@ -692,10 +737,8 @@ pub async fn run_batched(
         let stop = stop.clone();
         tasks.spawn(async move {
             while let Some((batch, bound)) = collector.next().await {
-                metrics.inc(
-                    metrics::CONSUMER_BATCHES_TOTAL,
-                    &[("bound", bound.as_str())],
-                );
+                metrics.consumer_batches.get(bound.as_str()).inc();
+                metrics.consumer_batch_records.observe(batch.len() as f64);
                 if !process_batch(handler.as_ref(), &batch, dlq.as_ref(), &metrics, &stop).await
                 {
                     // Interrupted by shutdown: the rest of this lane stays unfinished too (a
@@ -709,9 +752,7 @@ pub async fn run_batched(
                         .iter()
                         .take_while(|r| r.topic == batch[i].topic)
                         .count();
-                    metrics
-                        .get(metrics::RECORDS_CONSUMED_TOTAL, &[("topic_kind", kind)])
-                        .add(n as u64);
+                    metrics.records_consumed.get(kind).inc_by(n as u64);
                     i += n;
                 }
                 shared.finish(&batch, |t, p, upto| {
@@ -769,6 +810,58 @@ pub async fn run_batched(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn stats(topic: &str, lags: &[(i32, i64)]) -> Statistics {
+        let partitions = lags
+            .iter()
+            .map(|&(p, lag)| {
+                (
+                    p,
+                    rdkafka::statistics::Partition {
+                        partition: p,
+                        consumer_lag: lag,
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect();
+        let mut s = Statistics::default();
+        s.topics.insert(
+            topic.to_string(),
+            rdkafka::statistics::Topic {
+                topic: topic.to_string(),
+                partitions,
+                ..Default::default()
+            },
+        );
+        s
+    }
+
+    #[test]
+    fn consumer_lag_follows_the_statistics_per_partition() {
+        let m = Metrics::default();
+        let ctx = LoopContext {
+            group: "sb.worker-dms".into(),
+            ..Default::default()
+        };
+        // before the loop runs, statistics go nowhere
+        ctx.stats(stats("sb.dms.v1", &[(0, 9)]));
+        assert!(!m.render().contains("sb_consumer_lag{"));
+        let _ = ctx.shared.lag.set(m.consumer_lag.clone());
+        ctx.stats(stats("sb.dms.v1", &[(-1, 5), (0, 7), (1, 0)]));
+        let text = m.render();
+        assert!(text.contains("# TYPE sb_consumer_lag gauge"), "{text}");
+        assert!(text.contains(
+            "sb_consumer_lag{group=\"sb.worker-dms\",topic=\"sb.dms.v1\",partition=\"0\"} 7"
+        ));
+        assert!(text.contains("partition=\"1\"} 0"));
+        assert!(!text.contains("partition=\"-1\""), "{text}");
+        // a partition whose lag is no longer known (revoked) loses its series
+        ctx.stats(stats("sb.dms.v1", &[(0, 2), (1, -1)]));
+        let text = m.render();
+        assert!(text.contains("partition=\"0\"} 2"));
+        assert!(!text.contains("partition=\"1\""), "{text}");
+    }
 
     #[test]
     fn only_a_contiguous_prefix_is_committed() {
@@ -1017,8 +1110,8 @@ mod tests {
         assert_eq!(body["reason"], "bad bytes");
         assert_eq!(body["offset"], 1);
         assert_eq!(body["payload"], "{}");
-        assert_eq!(m.get(metrics::RECORDS_DEAD_LETTERED_TOTAL, &[]).get(), 1);
-        assert_eq!(m.get(metrics::RECORDS_RETRIED_TOTAL, &[]).get(), 0);
+        assert_eq!(m.records_dead_lettered.get(), 1);
+        assert_eq!(m.records_retried.get(), 0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -1077,7 +1170,7 @@ mod tests {
             Duration::from_millis(50 + 100),
             "backoff doubles"
         );
-        assert_eq!(m.get(metrics::RECORDS_RETRIED_TOTAL, &[]).get(), 3);
+        assert_eq!(m.records_retried.get(), 3);
         assert!(dlq.sent.lock().unwrap().is_empty());
     }
 
@@ -1174,7 +1267,7 @@ mod tests {
         assert!(process_batch(&h, &batch, &dlq, &m, &CancellationToken::new()).await);
         assert_eq!(*inner.seen.lock().unwrap(), vec![0, 1, 2, 4, 5, 2, 3]);
         assert_eq!(dlq.sent.lock().unwrap().len(), 1);
-        assert_eq!(m.get(metrics::RECORDS_RETRIED_TOTAL, &[]).get(), 2);
+        assert_eq!(m.records_retried.get(), 2);
     }
 
     /// A per-record handler that takes 10 ms per record and logs the order records started in.

@@ -141,9 +141,14 @@ pub fn routes(
             warp::reply::with_status(warp::reply::json(&report), status).into_response()
         }
     });
-    let m = warp::path!("metrics")
-        .and(warp::get())
-        .map(move || metrics.render().into_response());
+    let m = warp::path!("metrics").and(warp::get()).map(move || {
+        warp::reply::with_header(
+            metrics.render(),
+            "content-type",
+            crate::metrics::CONTENT_TYPE,
+        )
+        .into_response()
+    });
     healthz.or(readyz).unify().or(m).unify()
 }
 
@@ -179,6 +184,23 @@ mod tests {
             resp.status().as_u16(),
             String::from_utf8_lossy(resp.body()).into_owned(),
         )
+    }
+
+    #[tokio::test]
+    async fn metrics_are_openmetrics_text() {
+        let r = Readiness::new(CancellationToken::new());
+        let resp = warp::test::request()
+            .path("/metrics")
+            .reply(&routes(Metrics::new(crate::metrics::Role::Router), r))
+            .await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], crate::metrics::CONTENT_TYPE);
+        let body = String::from_utf8_lossy(resp.body());
+        assert!(
+            body.contains("# TYPE sb_deliveries_routed counter"),
+            "{body}"
+        );
+        assert!(body.ends_with("# EOF\n"));
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,7 +1,7 @@
 //! Kafka clients configured the way the brief asks: an idempotent producer whose sends fail fast
 //! enough for an edge to tell its client, and consumers that store offsets only when told to.
 
-use crate::metrics::{self, Metrics};
+use crate::metrics::Metrics;
 use crate::{KafkaSettings, Result};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -43,8 +43,31 @@ pub fn consumer<C: ConsumerContext + Default + 'static>(
     group: &str,
     from_latest: bool,
 ) -> Result<StreamConsumer<C>> {
-    Ok(base(s)
-        .set("group.id", group)
+    Ok(consumer_config(s, group, from_latest).create_with_context(C::default())?)
+}
+
+/// How often a loop consumer's librdkafka reports its statistics (consumer lag).
+pub const STATS_INTERVAL_MS: u64 = 5_000;
+
+/// A consumer for the consumer loop: [`consumer`], plus librdkafka's statistics every
+/// [`STATS_INTERVAL_MS`], from which the loop's context keeps `sb_consumer_lag` per partition.
+pub fn loop_consumer(
+    s: &KafkaSettings,
+    group: &str,
+    from_latest: bool,
+) -> Result<crate::consume::LoopConsumer> {
+    let context = crate::consume::LoopContext {
+        group: group.to_string(),
+        ..Default::default()
+    };
+    Ok(consumer_config(s, group, from_latest)
+        .set("statistics.interval.ms", STATS_INTERVAL_MS.to_string())
+        .create_with_context(context)?)
+}
+
+fn consumer_config(s: &KafkaSettings, group: &str, from_latest: bool) -> ClientConfig {
+    let mut c = base(s);
+    c.set("group.id", group)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
         .set("enable.auto.offset.store", "false")
@@ -57,8 +80,8 @@ pub fn consumer<C: ConsumerContext + Default + 'static>(
         // `fetch.min.bytes` is 1: the broker answers as soon as a record is there, so a longer wait
         // costs no latency and stops idle consumers polling the broker 100 times a second.
         .set("fetch.wait.max.ms", "100")
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .create_with_context(C::default())?)
+        .set("partition.assignment.strategy", "cooperative-sticky");
+    c
 }
 
 /// Create topics that do not exist yet (existing ones are left as they are).
@@ -160,16 +183,17 @@ impl Publisher {
                 value: Some(tp),
             }));
         }
+        let t0 = std::time::Instant::now();
         match self.producer.send(record, Duration::from_secs(0)).await {
             Ok(_) => {
-                self.metrics.inc(
-                    metrics::RECORDS_PUBLISHED_TOTAL,
-                    &[("topic_kind", kind_of(topic))],
-                );
+                self.metrics
+                    .produce_seconds
+                    .observe(crate::metrics::since(t0));
+                self.metrics.records_published.get(kind_of(topic)).inc();
                 Ok(())
             }
             Err((source, _)) => {
-                self.metrics.inc(metrics::PUBLISH_FAILURES_TOTAL, &[]);
+                self.metrics.publish_failures.inc();
                 Err(PublishError {
                     topic: topic.to_string(),
                     source,
@@ -253,6 +277,17 @@ mod tests {
         flushing.store(false, Ordering::SeqCst);
         assert!(t0.elapsed() >= timeout, "the flush waited for the record");
         assert!(during.await.unwrap(), "another task ran during the flush");
+    }
+
+    #[tokio::test]
+    async fn a_loop_consumer_knows_its_group_for_the_lag_labels() {
+        let s = KafkaSettings {
+            brokers: "127.0.0.1:1".into(),
+            ..Default::default()
+        };
+        use rdkafka::consumer::Consumer;
+        let c = loop_consumer(&s, "sb.worker-dms", false).unwrap();
+        assert_eq!(c.context().group, "sb.worker-dms");
     }
 
     #[test]

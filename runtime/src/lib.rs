@@ -11,7 +11,7 @@ pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
 
-pub use settings::{KafkaSettings, RedisSettings, ServiceSettings};
+pub use settings::{KafkaSettings, LogFormat, LogSettings, RedisSettings, ServiceSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -223,6 +223,7 @@ pub fn plan<'a>(
             None => EdgeMessage::Deliver {
                 conns,
                 frame: d.frame.clone(),
+                persisted_at_ms: d.persisted_at_ms,
             },
         };
         out.insert(edge, msg);
@@ -370,17 +371,28 @@ mod tests {
             p["e0"],
             EdgeMessage::Deliver {
                 conns: vec![conns[0].conn, conns[1].conn],
-                frame: "f".into()
+                frame: "f".into(),
+                persisted_at_ms: None,
             }
         );
         assert_eq!(
             p["e1"],
             EdgeMessage::Deliver {
                 conns: vec![conns[2].conn],
-                frame: "f".into()
+                frame: "f".into(),
+                persisted_at_ms: None,
             },
             "earlier epoch skipped"
         );
+        // a message's commit time travels to the edges
+        let p = plan(&d.clone().persisted_at(42), conns.iter(), &live);
+        assert!(matches!(
+            p["e0"],
+            EdgeMessage::Deliver {
+                persisted_at_ms: Some(42),
+                ..
+            }
+        ));
 
         let mut s = Delivery::new(
             Target::Sessions {

@@ -65,6 +65,25 @@ pub struct ServiceSettings {
     pub health_listen: String,
 }
 
+/// How log lines are written on stderr.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (the default).
+    #[default]
+    Text,
+    /// One JSON object per line, with the fields of every enclosing span (`spans`), so a line
+    /// inside a request carries its `trace_id`.
+    Json,
+}
+
+/// The `[log]` section every service binary reads.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    pub format: LogFormat,
+}
+
 impl Default for KafkaSettings {
     fn default() -> Self {
         KafkaSettings {
@@ -188,6 +207,8 @@ mod tests {
     #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
     #[serde(deny_unknown_fields)]
     struct S {
+        #[serde(default)]
+        log: LogSettings,
         kafka: Option<KafkaSettings>,
         #[serde(default)]
         n: u32,
@@ -234,6 +255,17 @@ mod tests {
         assert_eq!(k.linger_ms, 1);
         assert_eq!(k.topics().deliver(), "sb.deliver.v1");
         assert_eq!(s.n, 3);
+    }
+
+    #[test]
+    fn the_log_format_is_text_unless_set_to_json() {
+        assert_eq!(load::<S>(None).unwrap().log.format, LogFormat::Text);
+        let f = write("[log]\nformat = \"json\"\n");
+        assert_eq!(load::<S>(Some(&f.0)).unwrap().log.format, LogFormat::Json);
+        let f = write("[log]\nformat = \"yaml\"\n");
+        assert!(load::<S>(Some(&f.0)).unwrap_err().contains("yaml"));
+        let f = write("[log]\nlevel = \"debug\"\n");
+        assert!(load::<S>(Some(&f.0)).unwrap_err().contains("level"));
     }
 
     #[test]

@@ -1,17 +1,46 @@
-//! Logs as structured lines on stderr, filtered by `RUST_LOG` (default `info`), and W3C trace
-//! context that travels in Kafka headers so one request can be followed across processes.
+//! Logs as structured lines on stderr — human-readable text, or JSON with `log.format = "json"`
+//! — filtered by `RUST_LOG` (default `info`), and W3C trace context that travels in Kafka
+//! headers so one request can be followed across processes.
 
+use crate::settings::{LogFormat, LogSettings};
 use rand::RngCore;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 /// Install the global subscriber. Safe to call more than once (later calls do nothing).
-pub fn init(service: &str) {
+pub fn init(service: &str, log: &LogSettings) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    // `try_init` also forwards the `log` crate's records (librdkafka's, through rdkafka)
+    let _ = subscriber(log.format, filter, std::io::stderr).try_init();
+    tracing::info!(service, "telemetry started");
+}
+
+/// The subscriber of `format`, writing to `writer`.
+pub fn subscriber<W>(
+    format: LogFormat,
+    filter: EnvFilter,
+    writer: W,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
-        .try_init();
-    tracing::info!(service, "telemetry started");
+        .with_writer(writer);
+    match format {
+        LogFormat::Text => Box::new(fmt.finish()),
+        // every line: timestamp, level, the event's fields at the top level, and `spans`: the
+        // fields of each enclosing span, outermost first (a request's `trace_id`)
+        LogFormat::Json => Box::new(
+            fmt.json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_span_list(true)
+                .finish(),
+        ),
+    }
 }
 
 /// For tests: logs go through the test harness's capture (shown only for failing tests).
@@ -75,6 +104,62 @@ pub fn trace_id(traceparent: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// A writer into a shared buffer.
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn logged(format: LogFormat) -> String {
+        let buf = Buf::default();
+        let out = buf.clone();
+        let sub = subscriber(format, EnvFilter::new("info"), move || out.clone());
+        tracing::subscriber::with_default(sub, || {
+            let span = tracing::info_span!("request", kind = "dm.send", trace_id = "4bf92f35");
+            let _in = span.enter();
+            tracing::warn!(offset = 7, "request failed");
+            tracing::debug!("filtered out");
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        text
+    }
+
+    #[test]
+    fn json_lines_carry_the_fields_of_their_spans() {
+        let text = logged(LogFormat::Json);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(v["level"], "WARN");
+        assert_eq!(v["message"], "request failed");
+        assert_eq!(v["offset"], 7);
+        assert!(v["timestamp"].is_string());
+        assert_eq!(v["spans"][0]["name"], "request");
+        assert_eq!(v["spans"][0]["trace_id"], "4bf92f35");
+        assert_eq!(v["spans"][0]["kind"], "dm.send");
+    }
+
+    #[test]
+    fn text_stays_the_human_readable_default() {
+        assert_eq!(LogSettings::default().format, LogFormat::Text);
+        let text = logged(LogFormat::Text);
+        assert!(text.contains("request failed"), "{text}");
+        assert!(
+            text.contains("trace_id") && text.contains("\"4bf92f35\""),
+            "{text}"
+        );
+        assert!(serde_json::from_str::<serde_json::Value>(text.trim()).is_err());
+    }
 
     #[derive(Debug, thiserror::Error)]
     enum Outer {
@@ -117,6 +202,6 @@ mod tests {
         );
         assert_eq!(trace_id(&format!("{a}-extra")), None);
         init_for_tests();
-        init("test");
+        init("test", &LogSettings::default());
     }
 }

@@ -104,7 +104,14 @@ pub enum EdgeMessage {
         clear_session: bool,
     },
     /// Write a frame to these connections.
-    Deliver { conns: Vec<u64>, frame: String },
+    Deliver {
+        conns: Vec<u64>,
+        frame: String,
+        /// For a new direct message: when it was stored (ms since the epoch, the worker's
+        /// clock), for the edge's `sb_dm_delivery_duration_seconds`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        persisted_at_ms: Option<u64>,
+    },
     /// Write a frame to every connection of this edge.
     Broadcast { frame: String },
     /// Write the frame, then close these connections (revoked sessions).
@@ -142,6 +149,10 @@ pub struct Delivery {
     pub frame: String,
     #[serde(default)]
     pub close: Option<String>,
+    /// For a new direct message: when it was stored (ms since the epoch), passed on to the
+    /// edges' `deliver` records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persisted_at_ms: Option<u64>,
 }
 
 impl Delivery {
@@ -151,6 +162,15 @@ impl Delivery {
             target,
             frame,
             close: None,
+            persisted_at_ms: None,
+        }
+    }
+
+    /// The delivery of a message stored at `ms`.
+    pub fn persisted_at(self, ms: u64) -> Self {
+        Delivery {
+            persisted_at_ms: Some(ms),
+            ..self
         }
     }
 

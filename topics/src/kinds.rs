@@ -166,8 +166,13 @@ macro_rules! kinds {
         impl Request {
             /// This request's row of the table.
             pub fn spec(&self) -> &'static Kind {
+                &KINDS[self.kind_index()]
+            }
+
+            /// This request's row of [`KINDS`]: a dense index for per-kind tables (metrics).
+            pub fn kind_index(&self) -> usize {
                 let row = match self { $(Request::$variant { .. } => Row::$variant),* };
-                &KINDS[row as usize]
+                row as usize
             }
         }
     };
@@ -344,6 +349,7 @@ mod tests {
             assert_eq!(by_name(k.name), Some(k));
         }
         assert_eq!(by_name("nope"), None);
+        assert_eq!(KINDS[Request::Ping.kind_index()].name, "ping");
     }
 
     #[test]

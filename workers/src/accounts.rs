@@ -8,7 +8,7 @@
 use crate::db::Shards;
 use crate::{Error, Result};
 use mysql_async::prelude::*;
-use runtime::metrics::{self, Metric, Metrics};
+use runtime::metrics::{Counter, Metrics};
 use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
@@ -21,15 +21,15 @@ pub const MAX_IDS_PER_QUERY: usize = 512;
 pub struct AccountChecks {
     db: Shards,
     shards: Vec<Arc<Queue>>,
-    checks: Arc<Metric>,
-    queries: Arc<Metric>,
+    checks: Counter,
+    queries: Counter,
 }
 
 /// One shard's waiting checks.
 struct Queue {
     primary: mysql_async::Pool,
     state: Mutex<State>,
-    queries: Arc<Metric>,
+    queries: Counter,
 }
 
 #[derive(Default)]
@@ -42,7 +42,7 @@ struct State {
 impl AccountChecks {
     /// Counted in `metrics` as `sb_account_checks_total` and `sb_account_check_queries_total`.
     pub fn new(db: &Shards, metrics: &Metrics) -> Self {
-        let queries = metrics.get(metrics::ACCOUNT_CHECK_QUERIES_TOTAL, &[]);
+        let queries = metrics.account_check_queries.clone();
         AccountChecks {
             db: db.clone(),
             shards: db
@@ -56,7 +56,7 @@ impl AccountChecks {
                     })
                 })
                 .collect(),
-            checks: metrics.get(metrics::ACCOUNT_CHECKS_TOTAL, &[]),
+            checks: metrics.account_checks.clone(),
             queries,
         }
     }
@@ -86,7 +86,7 @@ impl AccountChecks {
 
     /// Queries run so far, over every shard.
     pub fn queries(&self) -> i64 {
-        self.queries.get()
+        self.queries.get() as i64
     }
 }
 

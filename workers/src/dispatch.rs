@@ -7,7 +7,6 @@ use crate::sessions::SessionRecord;
 use crate::{mysql, sessions, Error, Role};
 use futures::future::BoxFuture;
 use runtime::consume::{Failure, Handler, Inbound};
-use runtime::metrics;
 use std::sync::Arc;
 use topics::bus::{decode_versioned, PresenceRecord};
 use topics::{
@@ -61,6 +60,7 @@ impl Dispatcher {
                 env.request.kind()
             )));
         }
+        let started = std::time::Instant::now();
         let span = tracing::info_span!("request", kind = env.request.kind(), edge = %env.edge, trace_id = record.traceparent.as_deref().and_then(runtime::telemetry::trace_id).unwrap_or(""));
         let result = async {
             let caller = authenticate(&*self.deps, &env).await?;
@@ -74,18 +74,19 @@ impl Dispatcher {
         .instrument(span)
         .await;
         let kind = env.request.kind();
+        let m = &self.deps.metrics;
+        m.handler_seconds
+            .at(env.request.kind_index())
+            .observe(runtime::metrics::since(started));
         match result {
             Ok(outcome) => {
-                self.deps
-                    .metrics
-                    .inc(metrics::REQUESTS_HANDLED_TOTAL, &[("kind", kind)]);
+                m.requests_handled.at(env.request.kind_index()).inc();
                 self.finish(&env, outcome, record).await
             }
             Err(Error::Reply(err)) => {
-                self.deps.metrics.inc(
-                    metrics::REQUEST_ERRORS_TOTAL,
-                    &[("kind", kind), ("code", err.code.as_str())],
-                );
+                m.request_errors
+                    .get(env.request.kind_index(), err.code)
+                    .inc();
                 let revoked = revokes(&env, &err);
                 self.reply_error(&env, err, record).await?;
                 if revoked {

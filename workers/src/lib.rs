@@ -97,6 +97,7 @@ pub async fn deps(settings: &Settings, metrics: Metrics) -> Result<Arc<Deps>> {
         }
     };
     let db = db::Shards::connect(&settings.database)?;
+    metrics.shards(db.all().len());
     Ok(Arc::new(Deps {
         publisher: Publisher::new(&settings.kafka, metrics.clone())?,
         registry: Registry {
@@ -132,7 +133,7 @@ pub fn readiness_checks(deps: &Deps) -> runtime::health::Checks {
 
 /// Run one role until `stop`: consume its topic, serve health, drain, flush.
 pub async fn run(role: Role, settings: Settings, stop: CancellationToken) -> Result<()> {
-    let metrics = Metrics::default();
+    let metrics = Metrics::new(runtime::metrics::Role::Worker(role));
     let readiness = runtime::health::Readiness::new(stop.clone());
     let (addr, health) = runtime::health::serve(
         &settings.service.health_listen,
@@ -152,7 +153,7 @@ pub async fn run(role: Role, settings: Settings, stop: CancellationToken) -> Res
     ));
     let topic = deps.topics.requests(role);
     let group = deps.topics.group(&role.worker());
-    let consumer = runtime::kafka::consumer(&settings.kafka, &group, false)?;
+    let consumer = runtime::kafka::loop_consumer(&settings.kafka, &group, false)?;
     {
         use rdkafka::consumer::Consumer;
         consumer
@@ -209,7 +210,7 @@ pub async fn main_for(role: Role) -> anyhow::Result<()> {
     if settings.service.name.is_empty() {
         settings.service.name = role.worker();
     }
-    runtime::telemetry::init(&role.worker());
+    runtime::telemetry::init(&role.worker(), &settings.log);
     let stop = runtime::shutdown::on_signal();
     match run(role, settings, stop).await {
         Err(e @ Error::Config(_)) => {

@@ -11,6 +11,8 @@ pub struct Settings {
     pub service: ServiceSettings,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub log: runtime::LogSettings,
 }
 
 /// Only `[database]`: what `sb-migrate` reads.

@@ -10,7 +10,6 @@ use super::routes::route;
 use crate::rpc::call;
 use crate::Edge;
 use bytes::Bytes;
-use runtime::metrics;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -86,7 +85,7 @@ type Caller = (Option<String>, Option<(String, String)>);
 /// The refusal is the finished answer (large, but made at most once per call).
 #[allow(clippy::result_large_err)]
 fn admit(edge: &Edge, headers: &HeaderMap, remote: Option<SocketAddr>) -> Result<Caller, Response> {
-    edge.metrics.inc(metrics::HTTP_REQUESTS_TOTAL, &[]);
+    edge.metrics.http_requests.inc();
     let client = peer(headers, remote);
     let token = bearer(headers, session_cookie_name(edge.settings.secure_cookies))
         .map(|t| (token_hash(&t), t));

@@ -3,7 +3,7 @@
 //! once a deadline passes.
 
 use super::{Limits, HEADER_TIMEOUT, IDLE_TIMEOUT};
-use runtime::metrics::{self, Metrics};
+use runtime::metrics::Metrics;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -169,8 +169,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
                 if this.sleep.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
-                this.metrics
-                    .inc(metrics::HTTP_CONNECTIONS_CLOSED_TOTAL, &[("reason", why)]);
+                this.metrics.http_connections_closed.get(why).inc();
                 Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, why)))
             }
             other => other,

@@ -11,7 +11,6 @@ use crate::rpc::publish;
 use crate::Edge;
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use hyper_util::rt::TokioIo;
-use runtime::metrics;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -194,7 +193,7 @@ where
                     WsError::Utf8(_) => (close_code::INVALID_PAYLOAD, "text is not valid UTF-8"),
                     _ => return None,
                 };
-                edge.metrics.inc(metrics::WS_FRAMES_REJECTED_TOTAL, &[]);
+                edge.metrics.ws_frames_rejected.inc();
                 let _ = put(&mut socket, close(code, why)).await;
                 return Some(code);
             }
@@ -212,7 +211,7 @@ where
                 }
                 let within_rate = bucket.try_take(last_seen);
                 let reply = if let Message::Text(text) = &msg {
-                    edge.metrics.inc(metrics::WS_FRAMES_IN_TOTAL, &[]);
+                    edge.metrics.ws_frames_in.inc();
                     match prepare(&edge, &ctx, text.as_str(), within_rate) {
                         Ok(env) => publish(&edge, &env)
                             .await
@@ -235,7 +234,7 @@ where
                     // nothing more until a token is back (a wait past the idle timeout lets the
                     // idle close come first).
                     if !within_rate {
-                        edge.metrics.inc(metrics::WS_FRAMES_REJECTED_TOTAL, &[]);
+                        edge.metrics.ws_frames_rejected.inc();
                     }
                     let wait = bucket.wait(last_seen);
                     if !wait.is_zero() {
@@ -246,7 +245,7 @@ where
                     None
                 };
                 if let Some(frame) = reply {
-                    edge.metrics.inc(metrics::WS_FRAMES_REJECTED_TOTAL, &[]);
+                    edge.metrics.ws_frames_rejected.inc();
                     if !put(&mut socket, Message::text(frame.to_json())).await {
                         return None;
                     }

@@ -11,7 +11,6 @@ use crate::http::error_response;
 use crate::hub::ConnHandle;
 use crate::rpc::call;
 use crate::Edge;
-use runtime::metrics;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -66,10 +65,7 @@ pub async fn upgrade(
     on_upgrade: Option<OnUpgrade>,
 ) -> Result<Response, Rejection> {
     let refuse = |code: ErrorCode, msg: &str| {
-        edge.metrics.inc(
-            metrics::WS_HANDSHAKES_REFUSED_TOTAL,
-            &[("reason", code.as_str())],
-        );
+        edge.metrics.ws_handshakes_refused.get(code.as_str()).inc();
         Ok(error_response(code, msg))
     };
     let (Some(key), Some(on_upgrade)) = (upgrade_key(&headers), on_upgrade) else {

@@ -3,7 +3,7 @@
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings: workers::settings::MigrateSettings = runtime::settings::load_or_exit();
-    runtime::telemetry::init("sb-migrate");
+    runtime::telemetry::init("sb-migrate", &Default::default());
     let applied = workers::db::migrate(&settings.database).await?;
     println!(
         "migrations applied on {} shard(s): {:?}",

@@ -20,7 +20,6 @@ use crate::dispatch::{
 use crate::dms::{self, NewSend};
 use futures::future::BoxFuture;
 use runtime::consume::{by_key, BatchHandler, Failure, Inbound};
-use runtime::metrics;
 use runtime::registry::{plan, users_of};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -121,6 +120,7 @@ impl DmBatch {
     /// edge records acknowledged).
     async fn sends(&self, batch: &[SendRecord<'_>]) -> Result<(), Failure> {
         let deps = &self.dispatcher.deps;
+        let started = std::time::Instant::now();
         let callers =
             futures::future::join_all(batch.iter().map(|s| authenticate(&**deps, &s.env))).await;
         // Per send: what to store, or the refusal to answer.
@@ -158,11 +158,14 @@ impl DmBatch {
                 Ok(_) => stored.next().expect("one answer per stored send"),
                 Err(body) => Err(body.clone()),
             };
-            let kind = s.env.request.kind();
+            let kind = s.env.request.kind_index();
+            deps.metrics
+                .handler_seconds
+                .at(kind)
+                .observe(runtime::metrics::since(started));
             answers.push(match result {
                 Ok(st) => {
-                    deps.metrics
-                        .inc(metrics::REQUESTS_HANDLED_TOTAL, &[("kind", kind)]);
+                    deps.metrics.requests_handled.at(kind).inc();
                     let (response, delivery) = dms::sent(st);
                     (
                         vec![reply_message(&s.env, response, None, false)],
@@ -170,10 +173,7 @@ impl DmBatch {
                     )
                 }
                 Err(err) => {
-                    deps.metrics.inc(
-                        metrics::REQUEST_ERRORS_TOTAL,
-                        &[("kind", kind), ("code", err.code.as_str())],
-                    );
+                    deps.metrics.request_errors.get(kind, err.code).inc();
                     let close = revokes(&s.env, &err).then(|| close_message(&s.env));
                     let own = std::iter::once(error_message(&s.env, err)).chain(close);
                     (own.collect(), vec![])

@@ -114,13 +114,43 @@ pub fn sent(s: Stored) -> (Response, Delivery) {
         message: s.message.clone(),
         duplicate: s.duplicate,
     };
+    let stored_at = s.message.sent_at_ms;
     let event = event_to(s.members.to_vec(), Event::DmMessage { message: s.message });
+    // a duplicate was stored earlier: its age is not this delivery's latency
+    let event = if s.duplicate {
+        event
+    } else {
+        event.persisted_at(stored_at)
+    };
     (reply, event)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_message_is_delivered_with_its_commit_time_a_duplicate_without() {
+        let stored = |duplicate| Stored {
+            message: Message {
+                conversation_id: Id(1),
+                seq: 1,
+                message_id: Id(2),
+                author_id: Some(Id(3)),
+                author: "ann".into(),
+                client_msg_id: "m".into(),
+                text: "hi".into(),
+                sent_at_ms: 1_767_225_620_000,
+            },
+            duplicate,
+            members: [Id(3), Id(4)],
+        };
+        assert_eq!(
+            sent(stored(false)).1.persisted_at_ms,
+            Some(1_767_225_620_000)
+        );
+        assert_eq!(sent(stored(true)).1.persisted_at_ms, None);
+    }
     use crate::dms::not_connected;
     use topics::ErrorCode;
 

@@ -323,11 +323,9 @@ pub async fn commit_shard(
     let mut convs: Vec<u64> = items.iter().map(|&(i, _)| sends[i].conv.0).collect();
     convs.sort_unstable();
     convs.dedup();
-    let mut c =
-        d.db.by_id(sends[items[0].0].conv)
-            .primary
-            .get_conn()
-            .await?;
+    let shard = d.db.by_id(sends[items[0].0].conv);
+    let mut c = shard.primary.get_conn().await?;
+    let started = std::time::Instant::now();
     let mut tx = c.start_transaction(TxOpts::default()).await?;
     let rows: Vec<(u64, u64, u64, u64)> = tx
         .exec(
@@ -462,8 +460,9 @@ pub async fn commit_shard(
     .await?;
     tx.commit().await?;
     d.metrics
-        .get(runtime::metrics::MESSAGES_PERSISTED_TOTAL, &[])
-        .add(new_rows as u64);
+        .dm_commit_seconds(shard.index)
+        .observe(runtime::metrics::since(started));
+    d.metrics.messages_persisted.inc_by(new_rows as u64);
     Ok(out)
 }
 
