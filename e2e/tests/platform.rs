@@ -3,11 +3,12 @@
 //! direct messages and a broadcast. Few sign-ups and logins: the platform runs with the default
 //! rate limits.
 
+mod common;
+
 use e2e::client::{ok, Client, Http};
 use e2e::unique;
 use serde_json::json;
 use std::time::Duration;
-use topics::frames::InviteState;
 use topics::{Event, Id, Response};
 
 async fn signup_and_login(http: &Http) -> (Id, String) {
@@ -65,31 +66,7 @@ async fn two_users_through_both_nginx_instances_and_both_edges() {
     assert_eq!(ok(b.request(json!({"type": "ping"})).await), Response::Pong);
 
     // Invite by code, accepted live, then a DM both ways and a broadcast.
-    let Response::User {
-        invite_code: Some(code),
-        ..
-    } = ok(b.request(json!({"type": "user.me"})).await)
-    else {
-        panic!("no invite code")
-    };
-    ok(a.request(json!({"type": "invite.send", "code": code}))
-        .await);
-    b.event_where(|e| matches!(e, Event::InviteUpdated { link } if link.user_id == ann))
-        .await;
-    ok(
-        b.request(json!({"type": "invite.respond", "user_id": ann, "accept": true}))
-            .await,
-    );
-    a.event_where(
-        |e| matches!(e, Event::InviteUpdated { link } if link.user_id == bob && link.state == InviteState::Accepted),
-    )
-    .await;
-    let Response::Conversation { conversation } =
-        ok(a.request(json!({"type": "dm.open", "user_id": bob})).await)
-    else {
-        panic!("no conversation")
-    };
-    let conv = conversation.conversation_id;
+    let conv = common::befriend_over_ws(&mut a, &mut b, ann, bob).await;
     for (from, to, cid, text) in [(&mut a, &mut b, "m1", "hello via nginx")] {
         ok(from
             .request(json!({"type": "dm.send", "conversation_id": conv, "client_msg_id": cid, "text": text}))

@@ -3,14 +3,15 @@
 //! `--workers dms=2`: both worker-dms processes are listed and ready; and the launcher's supervisor
 //! brings a SIGKILLed worker and edge back, ready and serving, by itself.
 
-use e2e::client::{ok, Client, Http};
+mod common;
+
+use e2e::client::{Client, Http};
 use e2e::unique;
 use serde::Deserialize;
 use serde_json::json;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use topics::frames::InviteState;
-use topics::{ErrorCode, Event, Id, Response, ServerFrame};
+use topics::{ErrorCode, Event, Id, ServerFrame};
 
 /// A killed process is running again and answers `/readyz` with 200 within this.
 const BACK_WITHIN: Duration = Duration::from_secs(20);
@@ -223,29 +224,7 @@ async fn killed_worker_and_edge_come_back_ready_and_serving() {
     let url = format!("ws://{}/ws", stack.nginx[0]);
     let mut a = Client::connect(&url, &ann_token).await;
     let mut b = Client::connect(&url, &bob_token).await;
-    let Response::User {
-        invite_code: Some(code),
-        ..
-    } = ok(b.request(json!({"type": "user.me"})).await)
-    else {
-        panic!("no invite code")
-    };
-    ok(a.request(json!({"type": "invite.send", "code": code}))
-        .await);
-    ok(
-        b.request(json!({"type": "invite.respond", "user_id": ann, "accept": true}))
-            .await,
-    );
-    a.event_where(
-        |e| matches!(e, Event::InviteUpdated { link } if link.user_id == bob && link.state == InviteState::Accepted),
-    )
-    .await;
-    let Response::Conversation { conversation } =
-        ok(a.request(json!({"type": "dm.open", "user_id": bob})).await)
-    else {
-        panic!("no conversation")
-    };
-    let conv = conversation.conversation_id;
+    let conv = common::befriend_over_ws(&mut a, &mut b, ann, bob).await;
     a.close().await;
     b.close().await;
 

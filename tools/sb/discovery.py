@@ -15,7 +15,6 @@ On Kubernetes the Service's endpoints do this job; see helm/README.md.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ import time
 import nginx
 from ports import NGINX_INSTANCES
 from state import State, write_atomic
-from util import alive, http_status, which
+from util import alive, http_status, stop_on_signals, which
 
 INTERVAL = 1.0
 # A live process that misses this many checks in a row leaves the upstream list. One missed check
@@ -75,18 +74,11 @@ def apply(state: State, ports: list[int], placeholder: int) -> list[str]:
 
 
 def run(state_dir: str) -> int:
-    stop = False
-
-    def on_term(_sig, _frame):
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
+    stop = stop_on_signals()
     state = State(state_dir)
     current: list[int] | None = None
     misses: dict[int, int] = {}
-    while not stop:
+    while not stop.is_set():
         try:
             state.load()
         except Exception as e:  # a state file being rewritten: try again next tick

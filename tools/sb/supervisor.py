@@ -30,7 +30,7 @@ import sys
 import time
 
 from state import State
-from util import alive, session_members, spawn
+from util import alive, session_members, spawn, stop_on_signals
 
 INTERVAL = 0.5
 # a process that ran this long before it exited was healthy: its exit starts a new count
@@ -204,17 +204,10 @@ class Supervisor:
 
 
 def run(state_dir: str) -> int:
-    stop = False
-
-    def on_term(_sig, _frame):
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
+    stop = stop_on_signals()
     sup = Supervisor(State(state_dir))
     sup.say(f"supervisor: watching {', '.join(SUPERVISED)} in {state_dir} every {INTERVAL}s")
-    while not stop:
+    while not stop.is_set():
         try:
             sup.tick()
         except Exception as e:  # a state file being rewritten, a full disk: try again next tick

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -289,3 +290,16 @@ def ensure_packages(commands: dict[str, str]) -> None:
     if still:
         raise SbError("still missing after apt-get install: " + " ".join(still))
     line("packages", f"installed in {time.monotonic() - t:.1f}s", True)
+
+
+def stop_on_signals() -> threading.Event:
+    """An event that SIGTERM or SIGINT sets: a background loop of `./sb` (discovery, the
+    supervisor) checks it between rounds and ends cleanly."""
+    stop = threading.Event()
+
+    def on_term(_sig, _frame):
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    return stop

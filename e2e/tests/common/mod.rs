@@ -50,6 +50,36 @@ pub fn registry(app: &TestApp) -> (runtime::redis::Cluster, runtime::registry::R
     (redis, registry)
 }
 
+/// Over two connected clients: `b` accepts `a`'s invite (`ann` and `bob` are their users), then
+/// `a` opens their DM. The conversation.
+pub async fn befriend_over_ws(a: &mut Client, b: &mut Client, ann: Id, bob: Id) -> Id {
+    let Response::User {
+        invite_code: Some(code),
+        ..
+    } = ok(b.request(json!({"type": "user.me"})).await)
+    else {
+        panic!("no invite code")
+    };
+    ok(a.request(json!({"type": "invite.send", "code": code}))
+        .await);
+    b.event_where(|e| matches!(e, Event::InviteUpdated { link } if link.user_id == ann))
+        .await;
+    ok(
+        b.request(json!({"type": "invite.respond", "user_id": ann, "accept": true}))
+            .await,
+    );
+    a.event_where(
+        |e| matches!(e, Event::InviteUpdated { link } if link.user_id == bob && link.state == InviteState::Accepted),
+    )
+    .await;
+    let Response::Conversation { conversation } =
+        ok(a.request(json!({"type": "dm.open", "user_id": bob})).await)
+    else {
+        panic!("no conversation")
+    };
+    conversation.conversation_id
+}
+
 /// How many connections of `user` the registry lists.
 pub async fn registered(app: &TestApp, user: Id) -> usize {
     use runtime::redis::redis::AsyncCommands;
