@@ -29,13 +29,14 @@ WORKLOADS = ("Deployment", "StatefulSet", "Job")
 APP_CONTAINERS = {"edge-ws", "router"} | {f"worker-{r}" for r in ("auth", "users", "invites", "dms", "presence")}
 # [section] -> settings struct of each binary (docs/operations.md, "Which sections each binary reads")
 SECTIONS = {
-    "edge.toml": {"kafka", "edge"},
-    "worker.toml": {"kafka", "redis", "database", "service", "limits"},
-    "router.toml": {"kafka", "redis", "service", "router"},
+    "edge.toml": {"kafka", "log", "edge"},
+    "worker.toml": {"kafka", "log", "redis", "database", "service", "limits"},
+    "router.toml": {"kafka", "log", "redis", "service", "router"},
     "migrate.toml": {"database"},
 }
 STRUCTS = {
     "kafka": ("runtime/src/settings.rs", "KafkaSettings"),
+    "log": ("runtime/src/settings.rs", "LogSettings"),
     "redis": ("runtime/src/settings.rs", "RedisSettings"),
     "service": ("runtime/src/settings.rs", "ServiceSettings"),
     "edge": ("edge-ws/src/settings.rs", "EdgeSettings"),
@@ -429,6 +430,9 @@ class BadValues(unittest.TestCase):
         self.refused("workers: {dms: {replicas: 0}}\n", "at '/workers/dms/replicas'")
         self.refused("router: {replicas: -1}\n", "at '/router/replicas'")
         self.refused("front: {replicas: 0}\n", "at '/front/replicas'")
+
+    def test_an_unknown_log_format_is_refused(self):
+        self.refused("logFormat: xml\n", "at '/logFormat'")
 
     def test_unknown_keys_are_refused(self):
         self.refused("edgee: {replicas: 2}\n", "additional properties 'edgee' not allowed")
