@@ -9,32 +9,7 @@ use e2e::client::{ok, Client, Http};
 use e2e::unique;
 use serde_json::json;
 use std::time::Duration;
-use topics::{Event, Id, Response};
-
-async fn signup_and_login(http: &Http) -> (Id, String) {
-    let name = unique("p");
-    let mut attempt = 0;
-    let (status, body) = loop {
-        let (status, body) = http
-            .post(
-                "/api/v1/users",
-                json!({"username": name, "password": "pass-word-1"}),
-                None,
-            )
-            .await;
-        // `unavailable` means "retry": a retried sign-up is told 409 only if the first one
-        // completed, which this test then treats as done.
-        attempt += 1;
-        if status != 503 || attempt == 3 {
-            break (status, body);
-        }
-    };
-    assert!(status == 201 || (status == 409 && attempt > 1), "{body}");
-    let token = http.login(&name, "pass-word-1").await;
-    let (_, me) = http.get("/api/v1/users/me", Some(&token)).await;
-    let id = serde_json::from_value(me["user"]["user_id"].clone()).unwrap();
-    (id, token)
-}
+use topics::{Event, Response};
 
 #[tokio::test]
 async fn two_users_through_both_nginx_instances_and_both_edges() {
@@ -45,8 +20,8 @@ async fn two_users_through_both_nginx_instances_and_both_edges() {
     );
     let http0 = Http::new(&format!("http://{}", stack.nginx[0]));
     let http1 = Http::new(&format!("http://{}", stack.nginx[1]));
-    let (ann, ann_token) = signup_and_login(&http0).await;
-    let (bob, bob_token) = signup_and_login(&http1).await;
+    let (ann, ann_token) = common::signup_and_login(&http0).await;
+    let (bob, bob_token) = common::signup_and_login(&http1).await;
 
     let mut a = Client::connect(&format!("ws://{}/ws", stack.nginx[0]), &ann_token).await;
     // nginx balances over the edges: reconnect until Bob sits on the other edge.

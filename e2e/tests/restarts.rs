@@ -112,24 +112,6 @@ async fn back(old: &Proc, since: Instant) -> Proc {
     }
 }
 
-async fn signup_and_login(http: &Http) -> (Id, String) {
-    let name = unique("r");
-    let (status, body) = http
-        .post(
-            "/api/v1/users",
-            json!({"username": name, "password": "pass-word-1"}),
-            None,
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    let token = http.login(&name, "pass-word-1").await;
-    let (_, me) = http.get("/api/v1/users/me", Some(&token)).await;
-    (
-        serde_json::from_value(me["user"]["user_id"].clone()).unwrap(),
-        token,
-    )
-}
-
 /// Connect through nginx until the handshake lands on edge `edge` (`Some`) or on any other
 /// edge (`None` = not `avoid`).
 async fn connect_on(url: &str, token: &str, edge: Option<&str>, avoid: &str) -> Client {
@@ -219,8 +201,8 @@ async fn killed_worker_and_edge_come_back_ready_and_serving() {
 
     // Two users who may write to each other, before anything is killed.
     let http = Http::new(&format!("http://{}", stack.nginx[0]));
-    let (ann, ann_token) = signup_and_login(&http).await;
-    let (bob, bob_token) = signup_and_login(&http).await;
+    let (ann, ann_token) = common::signup_and_login(&http).await;
+    let (bob, bob_token) = common::signup_and_login(&http).await;
     let url = format!("ws://{}/ws", stack.nginx[0]);
     let mut a = Client::connect(&url, &ann_token).await;
     let mut b = Client::connect(&url, &bob_token).await;

@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use e2e::client::{ok, Client};
+use e2e::client::{ok, Client, Http};
 use e2e::TestApp;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -78,6 +78,33 @@ pub async fn befriend_over_ws(a: &mut Client, b: &mut Client, ann: Id, bob: Id) 
         panic!("no conversation")
     };
     conversation.conversation_id
+}
+
+/// Sign up a fresh user through `http` and log in: (user id, token). A sign-up answered
+/// `unavailable` is retried (up to three attempts).
+pub async fn signup_and_login(http: &Http) -> (Id, String) {
+    let name = e2e::unique("p");
+    let mut attempt = 0;
+    let (status, body) = loop {
+        let (status, body) = http
+            .post(
+                "/api/v1/users",
+                json!({"username": name, "password": "pass-word-1"}),
+                None,
+            )
+            .await;
+        // `unavailable` means "retry": a retried sign-up is told 409 only if the first one
+        // completed, which this test then treats as done.
+        attempt += 1;
+        if status != 503 || attempt == 3 {
+            break (status, body);
+        }
+    };
+    assert!(status == 201 || (status == 409 && attempt > 1), "{body}");
+    let token = http.login(&name, "pass-word-1").await;
+    let (_, me) = http.get("/api/v1/users/me", Some(&token)).await;
+    let id = serde_json::from_value(me["user"]["user_id"].clone()).unwrap();
+    (id, token)
 }
 
 /// How many connections of `user` the registry lists.
