@@ -35,18 +35,15 @@ pub const BATCH_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.
 /// The commit this binary was built from (`build.rs`), `unknown` outside a git checkout.
 pub const COMMIT: &str = env!("SB_BUILD_COMMIT");
 
-/// Topic kinds ([`crate::kafka::kind_of`]): the worker domains, then the shared and per-edge
-/// topics.
-pub const TOPIC_KINDS: [&str; 8] = [
-    "auth",
-    "users",
-    "invites",
-    "dms",
-    "presence",
-    "deliver",
-    "dead-letter",
-    "edge",
-];
+/// Topic kinds ([`crate::kafka::kind_of`]): the worker domains' request topics, then the shared
+/// and per-edge topics.
+pub fn topic_kinds() -> Vec<&'static str> {
+    Domain::ALL
+        .iter()
+        .map(|d| d.as_str())
+        .chain(["deliver", "dead-letter", "edge"])
+        .collect()
+}
 /// What closed a consumer batch (`consume::Bound::as_str`).
 pub const BATCH_BOUNDS: [&str; 4] = ["records", "bytes", "wait", "closed"];
 /// Why an edge closed or refused an HTTP connection.
@@ -291,12 +288,8 @@ impl Metrics {
         );
         r.register_collector(Box::new(ProcessCollector));
 
-        let records_published = ByLabel::new(
-            "topic_kind",
-            TOPIC_KINDS.to_vec(),
-            Counter::default,
-            |_, _| true,
-        );
+        let records_published =
+            ByLabel::new("topic_kind", topic_kinds(), Counter::default, |_, _| true);
         r.register(
             "sb_records_published",
             "Records a producer had acknowledged by Kafka, by topic kind",
@@ -317,12 +310,10 @@ impl Metrics {
         );
 
         let consumes = role.consumes();
-        let records_consumed = ByLabel::new(
-            "topic_kind",
-            TOPIC_KINDS.to_vec(),
-            Counter::default,
-            |_, k| role.consumes_kind(k),
-        );
+        let records_consumed =
+            ByLabel::new("topic_kind", topic_kinds(), Counter::default, |_, k| {
+                role.consumes_kind(k)
+            });
         let records_dead_lettered = Counter::default();
         let records_retried = Counter::default();
         let consumer_batches =
@@ -689,6 +680,15 @@ mod tests {
 
     fn value(text: &str, series: &str) -> Option<f64> {
         sample(text, series)
+    }
+
+    #[test]
+    fn every_topic_has_a_kind_of_its_own() {
+        let t = topics::Topics::new("sb");
+        let mut names: Vec<String> = Domain::ALL.iter().map(|d| t.requests(*d)).collect();
+        names.extend([t.deliver(), t.dead_letter(), t.edge("edge-0")]);
+        let kinds: Vec<&str> = names.iter().map(|n| crate::kafka::kind_of(n)).collect();
+        assert_eq!(kinds, topic_kinds());
     }
 
     #[test]
