@@ -22,7 +22,7 @@ pub const VERIFY_MAX_AGE_MS: u64 = ABANDONED_TTL_S * 1000 / 2;
 /// hash, atomically on the edge's slot and idempotently: the connection is counted only when it
 /// enters or leaves the member hash, so a redelivered event, or one retried after a failure half
 /// way through its other writes, changes nothing twice. The user is in the online set (ids
-/// zero-padded to [`runtime::registry::ID_WIDTH`], 20) while the count is positive.
+/// zero-padded to `ARGV[5]` digits, [`runtime::registry::ID_WIDTH`]) while the count is positive.
 ///
 /// `KEYS[4]` marks an abandoned handshake: a connection is never counted in while it is set, and
 /// `ARGV[3]` = 0 (abandon) sets it for `ARGV[4]` seconds and counts the connection out if it was
@@ -53,7 +53,7 @@ if changed == 0 then
   return -1
 end
 local n = redis.call('HINCRBY', KEYS[2], user, delta == 1 and 1 or -1)
-local padded = string.rep('0', 20 - string.len(user)) .. user
+local padded = string.rep('0', tonumber(ARGV[5]) - string.len(user)) .. user
 if n <= 0 then
   redis.call('HDEL', KEYS[2], user)
   redis.call('ZREM', KEYS[3], padded)
@@ -86,7 +86,8 @@ fn count_script(
         .arg(conn)
         .arg(user_id.map(|u| u.to_string()).unwrap_or_default())
         .arg(delta)
-        .arg(ABANDONED_TTL_S);
+        .arg(ABANDONED_TTL_S)
+        .arg(runtime::registry::ID_WIDTH);
     s
 }
 
@@ -154,9 +155,9 @@ async fn abandon(d: &Deps, edge: &str, conn: u64) -> Result<()> {
 /// Apply one edge event to the registry.
 pub async fn apply_edge_event(d: &Deps, ev: EdgeEvent) -> Result<()> {
     let r = &d.registry;
-    let mut c = d.redis.get().await?;
     match ev {
         EdgeEvent::Started { edge, epoch } => {
+            let mut c = d.redis.get().await?;
             let prev: Option<String> = c.hget(r.edges_key(), &edge).await?;
             let prev_epoch = prev.as_deref().and_then(parse_edge_value).map(|(e, _)| e);
             if let Some(old) = prev_epoch.filter(|&e| e != epoch) {
@@ -175,6 +176,7 @@ pub async fn apply_edge_event(d: &Deps, ev: EdgeEvent) -> Result<()> {
                 .await?;
         }
         EdgeEvent::Heartbeat { edge, epoch, .. } => {
+            let mut c = d.redis.get().await?;
             let _: () = c
                 .hset(r.edges_key(), &edge, edge_value(epoch, runtime::now_ms()))
                 .await?;
