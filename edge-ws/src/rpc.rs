@@ -5,6 +5,15 @@ use crate::Edge;
 use std::time::Duration;
 use topics::{Auth, EdgeMessage, Envelope, ErrorBody, ErrorCode, Request, WIRE_VERSION};
 
+/// Why a call has no answer: the error for the client, and whether the request may have reached
+/// Kafka (a publish that failed or timed out may still have been written; a request refused
+/// because the edge is overloaded was never sent), in which case its worker may still act on it.
+#[derive(Debug)]
+pub struct NoAnswer {
+    pub error: ErrorBody,
+    pub maybe_sent: bool,
+}
+
 /// Publish a request and wait for its worker's answer on this edge's topic.
 pub async fn call(
     edge: &Edge,
@@ -12,7 +21,7 @@ pub async fn call(
     request: Request,
     auth: Auth,
     peer: Option<String>,
-) -> Result<EdgeMessage, ErrorBody> {
+) -> Result<EdgeMessage, NoAnswer> {
     let req = edge.hub.next_id();
     let env = Envelope {
         v: WIRE_VERSION,
@@ -26,14 +35,17 @@ pub async fn call(
         request,
     };
     let Some(answer) = edge.hub.expect(req) else {
-        return Err(ErrorBody::new(
-            ErrorCode::Unavailable,
-            "this edge is overloaded; retry",
-        ));
+        return Err(NoAnswer {
+            error: ErrorBody::new(ErrorCode::Unavailable, "this edge is overloaded; retry"),
+            maybe_sent: false,
+        });
     };
-    if let Err(e) = publish(edge, &env).await {
+    if let Err(error) = publish(edge, &env).await {
         edge.hub.forget(req);
-        return Err(e);
+        return Err(NoAnswer {
+            error,
+            maybe_sent: true,
+        });
     }
     match tokio::time::timeout(
         Duration::from_millis(edge.settings.request_timeout_ms),
@@ -44,10 +56,13 @@ pub async fn call(
         Ok(Ok(msg)) => Ok(msg),
         _ => {
             edge.hub.forget(req);
-            Err(ErrorBody::new(
-                ErrorCode::Unavailable,
-                "the service did not answer in time; retry",
-            ))
+            Err(NoAnswer {
+                error: ErrorBody::new(
+                    ErrorCode::Unavailable,
+                    "the service did not answer in time; retry",
+                ),
+                maybe_sent: true,
+            })
         }
     }
 }

@@ -134,7 +134,7 @@ pub(crate) async fn handle(
         .is_some_and(|v| v == "cookie");
     match call(&edge, 0, request, auth, client).await {
         Ok(msg) => Ok(http_reply(&edge, msg, ok, cookie_only)),
-        Err(e) => Ok(error_response(e.code, &e.message)),
+        Err(e) => Ok(error_response(e.error.code, &e.error.message)),
     }
 }
 
@@ -172,7 +172,7 @@ pub(crate) async fn current_session(
                 == Some(token.as_str()),
         )),
         Ok(msg) => Ok(http_reply(&edge, msg, StatusCode::OK, true)),
-        Err(e) => Ok(error_response(e.code, &e.message)),
+        Err(e) => Ok(error_response(e.error.code, &e.error.message)),
     }
 }
 

@@ -42,7 +42,6 @@ pub mod close_code {
 pub struct ConnCtx {
     pub conn: u64,
     pub user_id: Id,
-    pub username: String,
     pub session_id: String,
     pub peer: Option<String>,
 }

@@ -125,13 +125,16 @@ pub async fn upgrade(
         }) if code != ErrorCode::Unauthorized => return refuse(code, "session check failed"),
         Ok(_) => return refuse(ErrorCode::Unauthorized, "invalid or expired session"),
         Err(e) => {
-            // The check may still be on its way and register the connection: mark it abandoned.
-            edge.emit(EdgeEvent::Abandoned {
-                edge: edge.settings.id.clone(),
-                conn,
-            })
-            .await;
-            return refuse(e.code, &e.message);
+            // A check that may have been sent may still register the connection: mark it
+            // abandoned (one the edge never sent needs nothing).
+            if e.maybe_sent {
+                edge.emit(EdgeEvent::Abandoned {
+                    edge: edge.settings.id.clone(),
+                    conn,
+                })
+                .await;
+            }
+            return refuse(e.error.code, &e.error.message);
         }
     };
     // From here the connection is in the registry (the check put it there): every way out
@@ -159,7 +162,6 @@ pub async fn upgrade(
     let ctx = ConnCtx {
         conn,
         user_id: grant.user_id,
-        username: grant.username,
         session_id: grant.session_id,
         peer,
     };

@@ -91,7 +91,6 @@ fn start_with(settings: EdgeSettings) -> Peer {
     let ctx = ConnCtx {
         conn: 1,
         user_id: Id(1),
-        username: "ann".into(),
         session_id: "s".into(),
         peer: None,
     };
