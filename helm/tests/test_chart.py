@@ -284,6 +284,21 @@ class Rendered(unittest.TestCase):
                 if "database" in cfg:
                     self.assertTrue({"user", "name", "shards"} <= set(cfg["database"]))
 
+    def test_an_unset_linger_leaves_each_process_its_own_default(self):
+        # edges hold requests 5 ms, workers 1 ms (edge-ws EDGE_LINGER_MS, runtime kafka::LINGER_MS):
+        # a linger in the shared [kafka] section would overrule both
+        for name, objs in self.all.items():
+            for file, cfg in self.config(objs).items():
+                self.assertNotIn("linger_ms", cfg.get("kafka", {}), (name, file))
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+            f.write("kafka: {lingerMs: 0}\n")
+            f.flush()
+            r = helm_template(os.path.join(CHART, "ci", "minimal.yaml"), f.name)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        for file, cfg in self.config(to_json(r.stdout)).items():
+            if "kafka" in cfg:
+                self.assertEqual(cfg["kafka"]["linger_ms"], 0, file)
+
     def test_schema_free_keys_are_the_settings_fields(self):
         with open(os.path.join(CHART, "values.schema.json")) as f:
             schema = json.load(f)

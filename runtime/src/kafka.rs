@@ -20,13 +20,17 @@ fn base(s: &KafkaSettings) -> ClientConfig {
     c
 }
 
-/// An idempotent producer (acks=all), holding records `linger_ms` (1 ms by default: chat traffic
-/// is latency-bound) to send them together.
+/// How long a worker's or the router's producer holds records by default (`linger.ms`): they
+/// already publish a batch's records together, and each hop's wait adds to a message's latency.
+pub const LINGER_MS: u64 = 1;
+
+/// An idempotent producer (acks=all), holding records `kafka.linger_ms` ([`LINGER_MS`] when
+/// unset) to send them in one request.
 pub fn producer(s: &KafkaSettings) -> Result<FutureProducer> {
     Ok(base(s)
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", s.linger_ms.to_string())
+        .set("linger.ms", s.linger_ms.unwrap_or(LINGER_MS).to_string())
         .set("compression.type", "lz4")
         .set("message.timeout.ms", s.message_timeout_ms.to_string())
         .set("queue.buffering.max.messages", "100000")

@@ -25,13 +25,11 @@ pub struct KafkaSettings {
     /// How long a publish may wait before it is reported failed to the client.
     #[serde(default = "default_message_timeout_ms")]
     pub message_timeout_ms: u64,
-    /// How long a producer holds records to send them in one request (`linger.ms`).
-    #[serde(default = "default_linger_ms")]
-    pub linger_ms: u64,
-}
-
-fn default_linger_ms() -> u64 {
-    1
+    /// How long a producer holds records to send them in one request (`linger.ms`). Unset, each
+    /// kind of process uses its own default ([`crate::kafka::LINGER_MS`] for workers and the
+    /// router; edges hold their requests longer, see `edge_ws::EDGE_LINGER_MS`).
+    #[serde(default)]
+    pub linger_ms: Option<u64>,
 }
 
 fn default_partitions() -> i32 {
@@ -92,7 +90,7 @@ impl Default for KafkaSettings {
             replication_factor: 1,
             partitions: default_partitions(),
             message_timeout_ms: default_message_timeout_ms(),
-            linger_ms: default_linger_ms(),
+            linger_ms: None,
         }
     }
 }
@@ -252,7 +250,7 @@ mod tests {
         let k = s.kafka.unwrap();
         assert_eq!(k.partitions, 6);
         assert_eq!(k.message_timeout_ms, 5_000);
-        assert_eq!(k.linger_ms, 1);
+        assert_eq!(k.linger_ms, None);
         assert_eq!(k.topics().deliver(), "sb.deliver.v1");
         assert_eq!(s.n, 3);
     }
