@@ -55,6 +55,23 @@ pub struct Edge {
 }
 
 impl Edge {
+    /// An edge for unit tests: no listener, and a producer whose broker is not there.
+    #[cfg(test)]
+    pub(crate) fn for_tests(settings: EdgeSettings) -> Arc<Edge> {
+        let metrics = Metrics::default();
+        Arc::new(Edge {
+            limits: limits::Limits::new(&settings),
+            settings,
+            topics: Topics::new("t"),
+            publisher: Publisher::new(&runtime::KafkaSettings::default(), metrics.clone())
+                .expect("producer"),
+            hub: Hub::new(1, metrics.clone()),
+            metrics,
+            connections: tokio_util::task::TaskTracker::new(),
+            epoch: 1,
+        })
+    }
+
     /// Publish an edge event to the presence topic under its key ([`EdgeEvent::key`]: the edge
     /// for `started` and heartbeats, the connection for `connected` / `disconnected`).
     pub async fn emit(&self, event: EdgeEvent) {

@@ -85,3 +85,33 @@ pub async fn publish(edge: &Edge, env: &Envelope) -> Result<(), ErrorBody> {
             )
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::MAX_PENDING;
+    use topics::Id;
+
+    fn auth() -> Auth {
+        Auth::Session {
+            session_id: "s".into(),
+            user_id: Id(1),
+        }
+    }
+
+    /// An edge whose pending map is full refuses the call before publishing anything, and says
+    /// so: the handshake that made it must not announce an abandoned connection it never sent.
+    #[tokio::test]
+    async fn an_overloaded_edge_refuses_a_call_it_never_sent() {
+        let edge = Edge::for_tests(Default::default());
+        let held: Vec<_> = (0..MAX_PENDING as u64)
+            .map(|i| edge.hub.expect(u64::MAX - i).expect("room"))
+            .collect();
+        let err = call(&edge, 7, Request::Ping, auth(), None)
+            .await
+            .expect_err("overloaded");
+        assert!(!err.maybe_sent);
+        assert_eq!(err.error.code, ErrorCode::Unavailable);
+        drop(held);
+    }
+}

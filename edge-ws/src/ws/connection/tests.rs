@@ -1,11 +1,8 @@
 //! The connection loop driven through channels, on paused time.
 
 use super::*;
-use crate::hub::Hub;
 use crate::EdgeSettings;
 use futures::channel::mpsc as fmpsc;
-use runtime::kafka::Publisher;
-use runtime::metrics::Metrics;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
@@ -66,17 +63,7 @@ fn start(idle_timeout_ms: u64) -> Peer {
 }
 
 fn start_with(settings: EdgeSettings) -> Peer {
-    let metrics = Metrics::default();
-    let edge = Arc::new(Edge {
-        limits: crate::limits::Limits::new(&settings),
-        settings,
-        topics: topics::Topics::new("t"),
-        publisher: Publisher::new(&runtime::KafkaSettings::default(), metrics.clone()).unwrap(),
-        hub: Hub::new(1, metrics.clone()),
-        metrics,
-        connections: tokio_util::task::TaskTracker::new(),
-        epoch: 1,
-    });
+    let edge = Edge::for_tests(settings);
     let (tx, rx) = fmpsc::unbounded();
     let (out_tx, out) = fmpsc::unbounded();
     let flushes = Arc::new(AtomicUsize::new(0));
