@@ -544,6 +544,7 @@ def build_and_check(bin_dir: str | None = None, keep: bool = False) -> str:
         shutil.rmtree(rendered, ignore_errors=True)
         if not keep:
             _cleanup()
+            shutil.rmtree(os.path.join(WORK, "context"), ignore_errors=True)
         lock.close()
 
 
