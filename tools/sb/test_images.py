@@ -38,7 +38,7 @@ class LddTest(unittest.TestCase):
                           "/lib/x86_64-linux-gnu/libc.so.6", "/lib64/ld-linux-x86-64.so.2"])
 
     def test_a_missing_library_is_an_error(self):
-        with self.assertRaisesRegex(SbError, "libssl.so.3 => not found"):
+        with self.assertRaisesRegex(SbError, "missing on this machine: libssl.so.3 => not found"):
             images.parse_ldd("nginx", LDD + "\tlibssl.so.3 => not found\n")
 
     def test_a_static_binary_needs_nothing(self):
