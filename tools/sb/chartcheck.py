@@ -317,14 +317,17 @@ def _pod_env(container: dict) -> dict[str, str]:
     return env
 
 
-def binaries_accept(bin_dir: str, base_env: dict | None = None, grace: float = 3.0) -> str:
+def binaries_accept(bin_dir: str, base_env: dict | None = None, grace: float = 3.0, rendered: str | None = None,
+                    launch=None) -> str:
     """Start every app container of every rendered value set (first pinned Kubernetes version)
     as the chart would — its binary, its config file, its environment — with Kafka and every
     listener pointed at loopback, and fail if one refuses its settings (exit 64, `configuration
-    error`). One that is still running after `grace` seconds, or stops for another reason (no
-    Kafka, no database), took its settings; it is then stopped."""
+    error`) or cannot run at all (a missing library, a read-only file system). One that is still
+    running after `grace` seconds, or stops for another reason (no Kafka, no database), took its
+    settings; it is then stopped. `launch(container, args, env, conf_dir, log) -> Popen` starts one
+    some other way than `bin_dir/<name>` with the settings in `conf_dir` (images.py: from its image)."""
     tools = build_tools()[0]
-    rendered = os.path.join(CACHE, "rendered")
+    rendered = rendered or os.path.join(CACHE, "rendered")
     files = sorted(f for f in os.listdir(rendered) if f.endswith(f"-{KUBE_VERSIONS[0]}.yaml")) if os.path.isdir(rendered) else []
     if not files:
         raise SbError("no rendered chart in .sb-tools/rendered: run the chart step first")
@@ -347,7 +350,7 @@ def binaries_accept(bin_dir: str, base_env: dict | None = None, grace: float = 3
                     exe = os.path.join(bin_dir, c["name"])
                     if c["name"] == "nginx":
                         continue
-                    if not os.access(exe, os.X_OK):
+                    if launch is None and not os.access(exe, os.X_OK):
                         raise SbError(f"no {c['name']} binary in {bin_dir}")
                     args = [a.replace("/etc/switchboard/", conf_dir + "/") for a in c.get("args", [])]
                     # the caller's environment (coverage profiles of an instrumented build go where
@@ -361,7 +364,11 @@ def binaries_accept(bin_dir: str, base_env: dict | None = None, grace: float = 3
                     if c["name"] != "sb-migrate":
                         env["SWITCHBOARD_KAFKA__BROKERS"] = "127.0.0.1:1"
                     log = open(os.path.join(d, f"{f}-{o['metadata']['name']}.log"), "w+")
-                    procs.append((f, c["name"], subprocess.Popen([exe, *args], env=env, cwd=d, stdout=log, stderr=log), log))
+                    if launch is not None:
+                        p = launch(c, c.get("args", []), env, conf_dir, log)
+                    else:
+                        p = subprocess.Popen([exe, *args], env=env, cwd=d, stdout=log, stderr=log)
+                    procs.append((f, c["name"], p, log))
         deadline = time.monotonic() + grace
         for f, name, p, log in procs:
             try:
@@ -383,7 +390,8 @@ def binaries_accept(bin_dir: str, base_env: dict | None = None, grace: float = 3
             log.seek(0)
             text = log.read()
             log.close()
-            if p.returncode == 64 or "configuration error" in text:
+            if (p.returncode in (64, 126, 127) or "configuration error" in text
+                    or "error while loading shared libraries" in text or "Read-only file system" in text):
                 refused.append(f"{f}: {name} exited {p.returncode}:\n{text[-1500:]}")
     if refused:
         raise SbError("a binary refused the settings the chart gives it:\n" + "\n".join(refused))

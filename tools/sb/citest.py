@@ -15,6 +15,7 @@ import tempfile
 import time
 
 import chartcheck
+import images
 import web
 from state import REPO
 from util import SYSTEM_COMMANDS, SbError, ensure_packages, info, warn, which
@@ -280,6 +281,10 @@ def test(args) -> int:
         r.step("browser tests (web/)", lambda: browser_tests(dict(env, SB_STACK_FILE=stack_file)))
         r.step("sb down (graceful: binaries flush coverage profiles)", down)
         r.step("coverage report", lambda: coverage_report(env))
+        # the container images from release binaries (buildah, no registry, no daemon): the chart's
+        # images, non-root, nothing writable, `--version` in each, every app container of the
+        # rendered chart and the front's nginx run from them on a read-only root
+        r.step("container images (cargo build --release, buildah, checks)", lambda: images.build_and_check())
     except StepFailed as e:
         failed = str(e)
     except (KeyboardInterrupt, Interrupted) as e:

@@ -7,6 +7,7 @@
     ./sb status [--json]
     ./sb test [--test-threads N] [-- ARGS for the test harness]
     ./sb chart [--write-docs] [--bin-dir DIR]
+    ./sb images [--bin-dir DIR] [--keep]
 
 Common options: --state-dir DIR (default .sb/, or .sb-<offset>/), --port-offset N (default 0).
 """
@@ -62,6 +63,11 @@ def parser() -> argparse.ArgumentParser:
                     help="first rewrite helm/switchboard/README.md from values.yaml (helm-docs)")
     ch.add_argument("--bin-dir", help="also start every app binary from DIR with the settings the chart "
                                       "renders and fail if one refuses them (exit 64)")
+    im = sub.add_parser("images", help="build the container images (tools/images/Containerfile) with buildah, "
+                                       "check them and print their sizes (a step of `sb test`)")
+    im.add_argument("--bin-dir", help="take the binaries from DIR instead of `cargo build --release`")
+    im.add_argument("--keep", action="store_true",
+                    help="keep the images in .sb-tools/images/storage (default: removed after the checks)")
     return p
 
 
@@ -73,6 +79,14 @@ def main(argv: list[str]) -> int:
             print(chartcheck.check(write=args.write_docs))
             if args.bin_dir:
                 print(chartcheck.binaries_accept(os.path.abspath(args.bin_dir)))
+        except SbError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        return 0
+    if args.cmd == "images":
+        import images
+        try:
+            print(images.build_and_check(os.path.abspath(args.bin_dir) if args.bin_dir else None, keep=args.keep))
         except SbError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
