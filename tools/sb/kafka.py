@@ -248,11 +248,13 @@ def start(ctx) -> None:
         argv = [java, *JAVA_HEAP, *JAVA_OPTS,
                 f"-Dlog4j2.configurationFile={os.path.join(nd, 'log4j2.properties')}",
                 "-cp", cp, "kafka.Kafka", os.path.join(nd, "server.properties")]
-        pid, stt = spawn(argv, ctx.state.log(name(i)) + ".out", env=ctx.infra_env, cwd=nd)
+        out = ctx.state.log(name(i)) + ".out"
+        pid, stt = spawn(argv, out, env=ctx.infra_env, cwd=nd)
         port = ctx.ports.kafka_client(i)
+        # argv, cwd, out: what the supervisor starts again after a crash
         ctx.state.put({"name": name(i), "kind": "kafka", "role": "broker,controller", "addr": addr(port),
                        "port": port, "pid": pid, "starttime": stt, "group": "kafka",
-                       "log": ctx.state.log(name(i))})
+                       "log": ctx.state.log(name(i)), "argv": argv, "cwd": nd, "out": out})
     line("kafka", f"started {len(to_start)} broker(s) (kafka_2.13 {version()})")
 
 
