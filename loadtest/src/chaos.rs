@@ -475,7 +475,9 @@ async fn client(
                     more |= c.more && !c.messages.is_empty();
                 }
                 sync = None;
-                if more || log.view.has_gap() {
+                // Pages follow while the answer says `more` (a hole that stays, e.g. a sequence
+                // never stored, is asked about again only when the next live message comes).
+                if more {
                     sync = start_sync(ws.as_mut(), &log.view, me.conv, &mut syncs).await;
                 }
             }
@@ -1120,11 +1122,27 @@ pub async fn run(a: ChaosArgs) -> Result<Report<ChaosResult>> {
                 }
             }
             let recovered = shared.clients.iter().all(|cl| cl.recovered(phase));
-            if (row.back_after_s.is_some()
+            if row.back_after_s.is_some()
                 && recovered
-                && killed.elapsed() >= Duration::from_secs(a.settle))
-                || Instant::now() >= limit
+                && killed.elapsed() >= Duration::from_secs(a.settle)
             {
+                break;
+            }
+            if Instant::now() >= limit {
+                for (i, cl) in shared
+                    .clients
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, cl)| !cl.recovered(phase))
+                {
+                    eprintln!(
+                        "{fault}: client {i} not recovered after {} s: its messages acknowledged up to phase {}, arrived at its peer up to phase {}, on {}",
+                        a.recover_within,
+                        cl.acked_phase.load(Ordering::Relaxed),
+                        cl.arrived_phase.load(Ordering::Relaxed),
+                        cl.edge.lock().expect("not poisoned"),
+                    );
+                }
                 break;
             }
         }
