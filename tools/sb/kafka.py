@@ -133,6 +133,11 @@ share.coordinator.state.topic.min.isr={isr}
 auto.create.topics.enable=false
 group.initial.rebalance.delay.ms=0
 unclean.leader.election.enable=false
+# A broker that stops heartbeating is fenced after this (KRaft default 9 s) and its partitions get
+# new leaders; until then publishes to them wait, and past the producers' message.timeout.ms (5 s)
+# they fail. 3 s keeps the move inside that (docs/reliability.md). Only matters with 3 brokers.
+broker.session.timeout.ms=3000
+broker.heartbeat.interval.ms=500
 """
 
 
