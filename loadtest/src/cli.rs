@@ -23,6 +23,9 @@ pub enum Scenario {
     Dm(DmArgs),
     /// N connected clients; time until every one has each broadcast.
     Broadcast(BroadcastArgs),
+    /// Pairs of reconnecting, resending clients exchanging DMs while platform processes are
+    /// killed one after another; lost / duplicated / out of order / recovery time per fault.
+    Chaos(ChaosArgs),
     /// Internal: hold a share of the sockets for a parent process (plan on stdin).
     #[command(hide = true)]
     Child,
@@ -147,6 +150,63 @@ pub struct BroadcastArgs {
     pub duration: u64,
 }
 
+#[derive(Args, Debug, Clone)]
+pub struct ChaosArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Pairs of users (one client each) chatting in their direct conversation.
+    #[arg(long, default_value_t = 10)]
+    pub pairs: usize,
+    /// Messages per second over all clients.
+    #[arg(long, default_value_t = 40.0)]
+    pub rate: f64,
+    /// What to kill with SIGKILL, in order: edge, worker-<role>, workers (each role), router,
+    /// nginx, redis-master, mariadb-primary, kafka (needs --kafka-brokers 3), a process name
+    /// from state.json, or all.
+    #[arg(long, default_value = "all")]
+    pub kill: String,
+    /// Seconds of traffic before the first kill.
+    #[arg(long, default_value_t = 5)]
+    pub warmup: u64,
+    /// Least seconds between a kill and the next one (the next waits for the killed process to
+    /// run again and every client to have recovered).
+    #[arg(long, default_value_t = 10)]
+    pub settle: u64,
+    /// Most seconds to wait for that; the run moves on after it and reports the failure.
+    #[arg(long, default_value_t = 90)]
+    pub recover_within: u64,
+    /// Seconds of traffic after the last kill.
+    #[arg(long, default_value_t = 5)]
+    pub tail: u64,
+    /// Most seconds to wait, typing stopped, for every message to be acknowledged.
+    #[arg(long, default_value_t = 60)]
+    pub drain: u64,
+    /// An edge or nginx is killed once its clients wait for this many answers (up to 5 s).
+    #[arg(long, default_value_t = 2)]
+    pub kill_in_flight: u64,
+    /// Reconnect backoff: first ceiling and cap, ms (the web client's 500 / 15000).
+    #[arg(long, default_value_t = 500)]
+    pub backoff_base_ms: u64,
+    #[arg(long, default_value_t = 15_000)]
+    pub backoff_max_ms: u64,
+    /// Seconds a send may wait for its answer before it is sent again (the web client's 15).
+    #[arg(long, default_value_t = 15)]
+    pub answer_within: u64,
+    /// Do not resend unacknowledged messages (shows what the resend saves).
+    #[arg(long)]
+    pub no_resend: bool,
+    /// Do not catch up with dm.sync after a reconnect or a gap (shows what it saves).
+    #[arg(long)]
+    pub no_sync: bool,
+    /// Do not reconnect a dropped socket.
+    #[arg(long)]
+    pub no_reconnect: bool,
+    /// Exit with status 1 unless nothing was lost, duplicated, out of order, unanswered or
+    /// missed, every killed process ran again and every client recovered from every kill.
+    #[arg(long)]
+    pub ci: bool,
+}
+
 impl Common {
     /// The stack file: the flag, else `$SB_STACK_FILE`, else `.sb/stack.json`.
     pub fn stack_path(&self) -> PathBuf {
@@ -221,6 +281,22 @@ mod tests {
         };
         assert_eq!((b.clients, b.count, b.fleet.processes_for(20)), (20, 2, 2));
         assert!(Cli::try_parse_from(["loadtest", "broadcast", "--count", "65"]).is_err());
+        let c = Cli::parse_from([
+            "loadtest",
+            "chaos",
+            "--kill",
+            "edge,worker-dms",
+            "--ci",
+            "--no-resend",
+        ]);
+        let Scenario::Chaos(x) = c.scenario else {
+            panic!()
+        };
+        assert_eq!(
+            (x.kill.as_str(), x.ci, x.no_resend, x.no_sync),
+            ("edge,worker-dms", true, true, false)
+        );
+        assert_eq!((x.pairs, x.backoff_base_ms, x.answer_within), (10, 500, 15));
     }
 
     #[test]

@@ -189,7 +189,7 @@ struct Msg {
 }
 
 /// Send one request and wait for its answer, skipping events: the reply data or the error code.
-async fn request(s: &mut client::Socket, request: Request) -> Result<Response, String> {
+pub(crate) async fn request(s: &mut client::Socket, request: Request) -> Result<Response, String> {
     s.request(request).await.map_err(|e| match e {
         client::Error::Closed { .. } => "socket_closed".to_string(),
         client::Error::Timeout => "no_answer".to_string(),

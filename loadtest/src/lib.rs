@@ -6,13 +6,17 @@
 //!   memory per socket;
 //! - [`dm`]: P pairs exchanging direct messages at R msg/s; sent / acknowledged / delivered /
 //!   lost / duplicated / out of order, send→ack and send→deliver latency;
-//! - [`broadcast`]: N clients, one broadcast at a time; fan-out time and never-received count.
+//! - [`broadcast`]: N clients, one broadcast at a time; fan-out time and never-received count;
+//! - [`chaos`]: pairs of clients that reconnect, catch up and resend like the web client while
+//!   platform processes are killed one after another; what each kill lost, duplicated or
+//!   delayed ([`resilient`] holds the bookkeeping).
 //!
 //! Every scenario is bounded in count and time and stops by itself.
 
 pub mod accounts;
 pub mod backlog;
 pub mod broadcast;
+pub mod chaos;
 pub mod cli;
 pub mod connections;
 pub mod conns;
@@ -22,6 +26,7 @@ pub mod hist;
 pub mod net;
 pub mod procs;
 pub mod report;
+pub mod resilient;
 pub mod stack;
 
 pub use cli::{Cli, Scenario};

@@ -1,4 +1,4 @@
-//! `loadtest connections | dm | broadcast` — see `docs/benchmarks.md`.
+//! `loadtest connections | dm | broadcast | chaos` — see `docs/benchmarks.md`.
 
 use clap::Parser;
 use loadtest::{Cli, Scenario};
@@ -23,6 +23,27 @@ fn main() -> std::process::ExitCode {
             Scenario::Broadcast(a) => {
                 let out = a.common.out.clone();
                 loadtest::broadcast::run(a).await?.emit(out.as_deref())
+            }
+            Scenario::Chaos(a) => {
+                let out = a.common.out.clone();
+                let ci = a.ci;
+                let r = loadtest::chaos::run(a).await?;
+                r.emit(out.as_deref())?;
+                let table = r.result.table();
+                println!("{table}");
+                if let Some(p) = out.as_deref().map(|p| p.with_extension("md")) {
+                    let md = r.markdown() + "\n" + &table;
+                    std::fs::write(&p, md).map_err(|e| {
+                        loadtest::Error::Setup(format!("writing {}: {e}", p.display()))
+                    })?;
+                }
+                if ci && !r.result.failures.is_empty() {
+                    return Err(loadtest::Error::Setup(format!(
+                        "the fault run failed: {}",
+                        r.result.failures.join("; ")
+                    )));
+                }
+                Ok(())
             }
             Scenario::Child => loadtest::fleet::run_child().await,
         }

@@ -118,8 +118,9 @@ impl Reach {
 impl Registry {
     /// The live edges and the connections of `users`, asked all at once: the cluster connection
     /// is multiplexed, so the lookups are in flight together instead of one after the other.
-    /// Connections of dead edges, or of an earlier process of a live edge, are left out of the
-    /// answer and removed from the registry (a second round trip, only when there are some).
+    /// Connections of edges that are not live now, or of an earlier process of a live edge, are
+    /// left out of the answer; those certainly gone ([`is_gone`]) are also removed from the
+    /// registry (a second round trip, only when there are some).
     /// Cluster pipelines cannot span slots, hence one command per key.
     pub async fn reach<C: redis::aio::ConnectionLike + Clone + Send + Sync>(
         &self,
@@ -139,10 +140,12 @@ impl Registry {
             futures::future::join_all(users.iter().map(|u| hgetall(self.conns_key(*u)))),
         )
         .await;
+        let edges: HashMap<String, (u64, u64)> = edges?
+            .iter()
+            .filter_map(|(edge, v)| Some((edge.clone(), parse_edge_value(v)?)))
+            .collect();
         let live = live_of(
-            edges?
-                .iter()
-                .filter_map(|(edge, v)| Some((edge.clone(), parse_edge_value(v)?))),
+            edges.iter().map(|(e, v)| (e.clone(), *v)),
             now_ms,
             self.liveness_ms,
         );
@@ -152,9 +155,13 @@ impl Registry {
         };
         let mut stale = Vec::new();
         for (u, fields) in users.iter().zip(per_user) {
-            let (current, gone): (Vec<Conn>, Vec<Conn>) = conns_of(fields?)
+            let (current, other): (Vec<Conn>, Vec<Conn>) = conns_of(fields?)
                 .into_iter()
                 .partition(|c| is_current(c, &reach.live));
+            let gone: Vec<&Conn> = other
+                .iter()
+                .filter(|c| is_gone(c, &edges, now_ms, self.liveness_ms))
+                .collect();
             if !gone.is_empty() {
                 let fields: Vec<String> =
                     gone.iter().map(|c| conn_field(&c.edge, c.conn)).collect();
@@ -261,6 +268,46 @@ pub fn edge_value(epoch: u64, seen_ms: u64) -> String {
     format!("{epoch}:{seen_ms}")
 }
 
+/// How many liveness windows an edge's heartbeat must be older than the newest one before its
+/// connections are removed from the registry as gone (rather than only skipped).
+pub const GONE_AFTER_WINDOWS: u64 = 10;
+
+/// Whether a registered connection is certainly gone, so that its registry entry may be removed:
+/// its edge runs a later process (a newer epoch), or its edge's heartbeat is more than
+/// [`GONE_AFTER_WINDOWS`] liveness windows older than the newest heartbeat of any edge. A
+/// connection whose edge is merely not live *now* is kept: heartbeats are recorded by the
+/// presence workers, and after one of them restarts it catches up on its backlog partition by
+/// partition, so for a few seconds one edge's heartbeat is fresh while another's, equally alive,
+/// is still old. Removing that edge's connections then cut them off from live events until they
+/// reconnected (found by `loadtest chaos`, docs/reliability.md). An edge id unknown to `edges`
+/// (its heartbeat lost, e.g. in a Redis failover) is not taken for gone either.
+pub fn is_gone(
+    c: &Conn,
+    edges: &HashMap<String, (u64, u64)>,
+    now_ms: u64,
+    liveness_ms: u64,
+) -> bool {
+    let Some(&(epoch, seen)) = edges.get(&c.edge) else {
+        return false;
+    };
+    let (mine, theirs) = (
+        topics::bus::conn_epoch(c.conn),
+        topics::bus::epoch_tag(epoch),
+    );
+    // 24-bit tags: "older" within half the range, so that a wrap-around still reads right
+    let older = mine != theirs && theirs.wrapping_sub(mine) & 0xff_ffff < 1 << 23;
+    if older {
+        return true;
+    }
+    let newest = edges
+        .values()
+        .map(|(_, s)| *s)
+        .max()
+        .unwrap_or(0)
+        .min(now_ms);
+    newest.saturating_sub(seen) > liveness_ms.saturating_mul(GONE_AFTER_WINDOWS)
+}
+
 pub fn parse_edge_value(v: &str) -> Option<(u64, u64)> {
     let (e, s) = v.split_once(':')?;
     Some((e.parse().ok()?, s.parse().ok()?))
@@ -322,6 +369,52 @@ mod tests {
             "nobody heartbeats: presence is behind, keep delivering"
         );
         assert!(live_of(std::iter::empty(), 5, 1).is_empty());
+    }
+
+    #[test]
+    fn only_connections_certainly_gone_are_removed() {
+        let c = |edge: &str, epoch| Conn {
+            edge: edge.into(),
+            conn: topics::bus::conn_id(epoch, 1),
+            session_id: "s".into(),
+        };
+        let window = 10_000;
+        // After a presence worker's restart: e0's backlog is recorded (fresh), e1's not yet (its
+        // heartbeat 15 s old). e1 is not live for this moment, but its connections stay.
+        let edges: HashMap<String, (u64, u64)> = [
+            ("e0".to_string(), (7, 100_000)),
+            ("e1".to_string(), (5, 85_000)),
+        ]
+        .into();
+        let now = 100_500;
+        let live = live_of(edges.iter().map(|(e, v)| (e.clone(), *v)), now, window);
+        assert!(!is_current(&c("e1", 5), &live));
+        assert!(!is_gone(&c("e1", 5), &edges, now, window));
+        // an earlier process of a live edge: gone (a wrapped-around tag too)
+        assert!(is_gone(&c("e0", 6), &edges, now, window));
+        assert!(!is_gone(&c("e0", 7), &edges, now, window));
+        assert!(
+            !is_gone(&c("e0", 8), &edges, now, window),
+            "a later process: not yet recorded"
+        );
+        let wrapped: HashMap<String, (u64, u64)> = [("e".to_string(), (1 << 24, now))].into();
+        assert!(is_gone(&c("e", (1 << 24) - 1), &wrapped, now, window));
+        // an edge silent for more than ten windows while others heartbeat: gone
+        let old: HashMap<String, (u64, u64)> = [
+            ("e0".to_string(), (7, 200_000)),
+            ("e1".to_string(), (5, 99_000)),
+        ]
+        .into();
+        assert!(is_gone(&c("e1", 5), &old, 200_000, window));
+        // nobody heartbeats (presence down): ages count from the newest heartbeat, not from now
+        let quiet: HashMap<String, (u64, u64)> = [
+            ("e0".to_string(), (7, 100_000)),
+            ("e1".to_string(), (5, 95_000)),
+        ]
+        .into();
+        assert!(!is_gone(&c("e1", 5), &quiet, 900_000, window));
+        // an edge the registry does not know
+        assert!(!is_gone(&c("nowhere", 5), &edges, now, window));
     }
 
     #[test]

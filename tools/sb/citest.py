@@ -33,6 +33,15 @@ COVERAGE_MIN = 90.0
 # The test platform runs two worker-dms processes in one consumer group: e2e/tests/restarts.rs
 # kills one (and an edge) and checks that the supervisor brings them back. One extra process only.
 TEST_WORKERS = "dms=2"
+# The fault run (docs/reliability.md): clients that reconnect, catch up and resend like the web
+# client exchange DMs while worker-dms, an edge and a Redis master are SIGKILLed in turn; it fails
+# on anything lost, duplicated, out of order, unanswered or missed, or a client that never
+# recovers (function, not timing). It waits for every killed process to run again (the launcher's
+# supervisor restarts them; the Redis node rejoins as a replica), and the step then waits for
+# `./sb status` to be all healthy, so the steps after it find the platform whole.
+CHAOS_ARGS = ["--kill", "worker-dms,edge,redis-master", "--pairs", "8", "--rate", "48", "--warmup", "5",
+              "--settle", "10", "--kill-in-flight", "2", "--user-prefix", "ci_chaos_", "--quiet", "--ci"]
+HEALTHY_WITHIN = 90.0
 
 
 class StepFailed(Exception):
@@ -183,6 +192,23 @@ def browser_tests(env: dict) -> str:
     return "ok"
 
 
+def fault_run(env: dict, stack_file: str, sb_flags: list[str]) -> str:
+    """`loadtest chaos --ci` against the test platform, then wait until every component is
+    healthy again (the steps after this one use the same platform)."""
+    exe = os.path.join(coverage_bin_dir(env), "loadtest")
+    run([exe, "chaos", "--stack", stack_file, *CHAOS_ARGS], env=env)
+    deadline = time.monotonic() + HEALTHY_WITHIN
+    while True:
+        r = subprocess.run([sys.executable, SB_PY, "status", "--json", *sb_flags], env=env, cwd=REPO,
+                           capture_output=True, text=True)
+        if r.returncode == 0:
+            return "ok (0 lost, 0 duplicated; platform healthy again)"
+        if time.monotonic() > deadline:
+            sb("status", *sb_flags, env=env)
+            raise SbError(f"the platform is not healthy {HEALTHY_WITHIN:.0f}s after the fault run")
+        time.sleep(1)
+
+
 def coverage_report(env: dict) -> str:
     ignore = ["--ignore-filename-regex", COVERAGE_IGNORE]
     run(["cargo", "llvm-cov", "report", "--summary-only", *ignore], env=env)
@@ -278,6 +304,8 @@ def test(args) -> int:
                lambda: chartcheck.binaries_accept(coverage_bin_dir(env), base_env=env))
         r.step(f"sb up (state {os.path.relpath(state_dir, REPO)}, port offset {offset})", up)
         r.step(" ".join(cargo_test), lambda: run(cargo_test, env=dict(env, SB_STACK_FILE=stack_file)))
+        r.step("fault run: loadtest chaos --ci (SIGKILL worker-dms, an edge, a Redis master)",
+               lambda: fault_run(env, stack_file, sb_flags))
         r.step("browser tests (web/)", lambda: browser_tests(dict(env, SB_STACK_FILE=stack_file)))
         r.step("sb down (graceful: binaries flush coverage profiles)", down)
         r.step("coverage report", lambda: coverage_report(env))

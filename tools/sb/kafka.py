@@ -133,6 +133,11 @@ share.coordinator.state.topic.min.isr={isr}
 auto.create.topics.enable=false
 group.initial.rebalance.delay.ms=0
 unclean.leader.election.enable=false
+# A broker that stops heartbeating is fenced after this (KRaft default 9 s) and its partitions get
+# new leaders; until then publishes to them wait, and past the producers' message.timeout.ms (5 s)
+# they fail. 3 s keeps the move inside that (docs/reliability.md). Only matters with 3 brokers.
+broker.session.timeout.ms=3000
+broker.heartbeat.interval.ms=500
 """
 
 
@@ -248,11 +253,13 @@ def start(ctx) -> None:
         argv = [java, *JAVA_HEAP, *JAVA_OPTS,
                 f"-Dlog4j2.configurationFile={os.path.join(nd, 'log4j2.properties')}",
                 "-cp", cp, "kafka.Kafka", os.path.join(nd, "server.properties")]
-        pid, stt = spawn(argv, ctx.state.log(name(i)) + ".out", env=ctx.infra_env, cwd=nd)
+        out = ctx.state.log(name(i)) + ".out"
+        pid, stt = spawn(argv, out, env=ctx.infra_env, cwd=nd)
         port = ctx.ports.kafka_client(i)
+        # argv, cwd, out: what the supervisor starts again after a crash
         ctx.state.put({"name": name(i), "kind": "kafka", "role": "broker,controller", "addr": addr(port),
                        "port": port, "pid": pid, "starttime": stt, "group": "kafka",
-                       "log": ctx.state.log(name(i))})
+                       "log": ctx.state.log(name(i)), "argv": argv, "cwd": nd, "out": out})
     line("kafka", f"started {len(to_start)} broker(s) (kafka_2.13 {version()})")
 
 

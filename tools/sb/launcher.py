@@ -194,7 +194,7 @@ def _start_supervisor(ctx: Ctx) -> None:
     pid, stt = spawn([sys.executable, "-B", script, ctx.state.dir], log, env=ctx.app_env)
     ctx.state.put({"name": "supervisor", "kind": "supervisor", "role": "restarts", "addr": "-", "port": 0,
                    "pid": pid, "starttime": stt, "group": "supervisor", "log": log})
-    line("supervisor", "restarts crashed edges, workers, router, nginx, discovery (backoff up to "
+    line("supervisor", "restarts crashed edges, workers, router, nginx, discovery, Redis, MariaDB, Kafka (backoff up to "
          f"{supervisor.BACKOFF_CAP:.0f}s; gives up on a crash loop)", True)
 
 

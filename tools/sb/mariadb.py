@@ -151,12 +151,13 @@ def start(ctx) -> None:
             raise SbError(f"{n}: mariadb-install-db failed:\n  {' '.join(cmd)}\n{out[-3000:]}")
     for s, r in todo:
         n, cf = name(s, r), cnf_path(ctx, s, r)
-        pid, stt = spawn([mariadbd, f"--defaults-file={cf}"], ctx.state.log(n) + ".out", env=ctx.infra_env,
-                         cwd=inst_dir(ctx, s, r))
+        argv, out, cwd = [mariadbd, f"--defaults-file={cf}"], ctx.state.log(n) + ".out", inst_dir(ctx, s, r)
+        pid, stt = spawn(argv, out, env=ctx.infra_env, cwd=cwd)
         port = ctx.ports.mariadb(s, r)
+        # argv, cwd, out: what the supervisor starts again after a crash
         ctx.state.put({"name": n, "kind": "mariadb", "role": "replica" if r else "primary", "addr": addr(port),
                        "port": port, "pid": pid, "starttime": stt, "group": "mariadb", "log": ctx.state.log(n),
-                       "cnf": cf, "shard": s})
+                       "cnf": cf, "shard": s, "argv": argv, "cwd": cwd, "out": out})
     extra = f", {len(installs)} datadir(s) initialized" if installs else ""
     line("mariadb", f"started {len(todo)} instance(s){extra}" if todo else "already running")
 

@@ -113,10 +113,13 @@ def start(ctx) -> None:
         os.makedirs(d, exist_ok=True)
         cf = os.path.join(d, "redis.conf")
         write_atomic(cf, conf(ctx, i))
-        pid, stt = spawn([exe, cf], ctx.state.log(name(i)) + ".out", env=ctx.infra_env, cwd=d)
+        argv, out = [exe, cf], ctx.state.log(name(i)) + ".out"
+        pid, stt = spawn(argv, out, env=ctx.infra_env, cwd=d)
         port = ctx.ports.redis(i)
+        # argv, cwd, out: what the supervisor starts again after a crash
         ctx.state.put({"name": name(i), "kind": "redis", "role": "", "addr": addr(port), "port": port,
-                       "pid": pid, "starttime": stt, "group": "redis", "log": ctx.state.log(name(i))})
+                       "pid": pid, "starttime": stt, "group": "redis", "log": ctx.state.log(name(i)),
+                       "argv": argv, "cwd": d, "out": out})
         started += 1
     line("redis", f"started {started} node(s)" if started else "already running")
 

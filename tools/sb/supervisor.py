@@ -2,12 +2,21 @@
 
 `./sb up` starts this loop as a background process (component `supervisor`, one per state dir)
 once the platform is up. Twice a second it reads state.json and checks every supervised process
-(edges, workers, the router, nginx, the discovery loop) by PID and start time. One that is gone
+(edges, workers, the router, nginx, the discovery loop, and the infrastructure: Redis nodes,
+MariaDB instances, Kafka brokers) by PID and start time. One that is gone
 is started again with the command line, working directory, environment and log it was started
 with the first time, and its new PID, start time and restart counter are written to state.json
 (`./sb status` shows them). An edge keeps its config file, so it keeps its edge id (and per-edge
 topic) and its port, and announces a new epoch by itself; nginx's upstream entries are ports,
-and the discovery loop puts the edge back into them once it answers /healthz.
+and the discovery loop puts the edge back into them once it answers /healthz. A Redis node,
+MariaDB instance or Kafka broker starts again on its own data directory: MariaDB recovers its
+committed transactions (InnoDB with `innodb_flush_log_at_trx_commit = 1`), Redis reloads its
+append-only file, a broker catches up from its peers.
+
+A Redis node is started again only after REDIS_FAILOVER_WAIT: a master that came back sooner
+than the cluster notices it gone (`cluster-node-timeout`) would skip the failover; this way its
+replica takes over, as it would if the machine were lost, and the old master rejoins as a replica
+of the new one.
 
 Policy (`on_exit`), after the kubelet's: the first restart after a process that ran for at least
 STABLE_AFTER seconds is immediate; each further exit after a shorter run doubles the wait
@@ -39,7 +48,10 @@ BACKOFF_FIRST = 0.5
 BACKOFF_CAP = 5.0
 # restarts in a row whose process exited within STABLE_AFTER before the supervisor gives up
 CRASH_LOOP_RESTARTS = 5
-SUPERVISED = ("edge", "worker", "router", "nginx", "discovery")
+SUPERVISED = ("edge", "worker", "router", "nginx", "discovery", "redis", "mariadb", "kafka")
+# Three times the Redis Cluster's `cluster-node-timeout` (tools/sb/redis.py, 2 s): by then the
+# other nodes have marked a killed master failed and its replica has won the election.
+REDIS_FAILOVER_WAIT = 6.0
 # An edge's epoch is the second it started (edge-ws: `now_ms() / 1000`), and a new epoch is what
 # retires its predecessor's registry entries: an edge is never started again within this long
 # after its predecessor started, so the two never share an epoch.
@@ -198,6 +210,8 @@ class Supervisor:
             return None
         if c.get("kind") == "edge":
             delay = max(delay, EDGE_EPOCH_GAP - ran)
+        if c.get("kind") == "redis":
+            delay = max(delay, REDIS_FAILOVER_WAIT)
         self.pending[name] = ((c.get("pid"), c.get("starttime")), now + delay)
         self.say(f"{what}; restart {c.get('restarts', 0) + 1} " + ("now" if delay == 0 else f"in {delay:.1f}s"))
         return self.pending[name]

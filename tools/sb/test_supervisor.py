@@ -224,13 +224,27 @@ class SupervisorTest(unittest.TestCase):
         self.assertEqual(r.sup.pending, {})
 
     def test_only_supervised_kinds_with_a_recorded_command_are_restarted(self):
-        r = Rig(("kafka-0", "kafka"), ("worker-users", "worker"), ("supervisor", "supervisor"))
+        r = Rig(("web-build", "helper"), ("worker-users", "worker"), ("supervisor", "supervisor"))
         r.state.saved["components"][1].pop("argv")  # recorded by an older launcher
-        for name in ("kafka-0", "worker-users", "supervisor"):
+        for name in ("web-build", "worker-users", "supervisor"):
             r.kill(name, 100.0)
         r.at(0.5)
         self.assertEqual(r.procs.spawned, [])
-        self.assertEqual(set(sup.SUPERVISED), {"edge", "worker", "router", "nginx", "discovery"})
+        self.assertEqual(set(sup.SUPERVISED), {"edge", "worker", "router", "nginx", "discovery", "redis",
+                                               "mariadb", "kafka"})
+
+    def test_infrastructure_comes_back_and_a_redis_node_only_after_its_failover(self):
+        r = Rig(("mariadb-shard0-primary", "mariadb"), ("kafka-1", "kafka"), ("redis-2", "redis"))
+        for name in ("mariadb-shard0-primary", "kafka-1", "redis-2"):
+            r.kill(name, 3600.0)
+        r.at(0.0)
+        self.assertEqual(r.procs.spawned, ["mariadb-shard0-primary", "kafka-1"], "at once")
+        self.assertTrue(any("redis-2" in m and f"in {sup.REDIS_FAILOVER_WAIT:.1f}s" in m for m in r.said), r.said)
+        r.at(sup.REDIS_FAILOVER_WAIT - 0.01)
+        self.assertEqual(len(r.procs.spawned), 2, "a Redis master back sooner would skip the failover")
+        r.at(0.01)
+        self.assertEqual(r.procs.spawned[-1], "redis-2")
+        self.assertEqual(r.state.get("redis-2")["restarts"], 1)
 
     def test_a_command_that_cannot_start_counts_as_a_quick_exit(self):
         r = Rig(("worker-invites", "worker"))
