@@ -4,6 +4,7 @@ test against it, stop it gracefully, report coverage per crate. Always tears dow
 from __future__ import annotations
 
 import fcntl
+import glob
 import hashlib
 import json
 import os
@@ -32,6 +33,21 @@ COVERAGE_MIN = 90.0
 # The test platform runs two worker-dms processes in one consumer group: e2e/tests/restarts.rs
 # kills one (and an edge) and checks that the supervisor brings them back. One extra process only.
 TEST_WORKERS = "dms=2"
+
+
+def promtool() -> str:
+    """The Prometheus rules of observability/: `promtool check rules` (syntax, expressions,
+    templates) and `promtool test rules` (the unit tests in observability/tests/)."""
+    exe = which("promtool")
+    if not exe:
+        raise SbError("promtool not found (Debian package prometheus)")
+    rules = sorted(glob.glob(os.path.join(REPO, "observability", "rules", "*.yml")))
+    tests = sorted(glob.glob(os.path.join(REPO, "observability", "tests", "*.yml")))
+    if not rules or not tests:
+        raise SbError("no rules or no rule tests in observability/")
+    run([exe, "check", "rules", *rules])
+    run([exe, "test", "rules", *tests])
+    return f"ok ({len(rules)} rule file(s), {len(tests)} test file(s))"
 
 
 class StepFailed(Exception):
@@ -261,6 +277,7 @@ def test(args) -> int:
         r.step("tools/sb unit tests (python3 -m unittest)", lambda: run(
             [sys.executable, "-B", "-m", "unittest", "discover", "-s", os.path.join(REPO, "tools", "sb"),
              "-p", "test_*.py"]))
+        r.step("promtool check rules + test rules (observability/)", promtool)
         # a dependency declared in a package's Cargo.toml and not used fails the run (the
         # workspace's own [workspace.dependencies] list is not checked)
         r.step("cargo machete --skip-target-dir (unused dependencies)",

@@ -2,8 +2,8 @@
 
 `./sb up` starts this loop as a background process (component `supervisor`, one per state dir)
 once the platform is up. Twice a second it reads state.json and checks every supervised process
-(edges, workers, the router, nginx, the discovery loop) by PID and start time. One that is gone
-is started again with the command line, working directory, environment and log it was started
+(edges, workers, the router, nginx, the discovery loop, Prometheus) by PID and start time. One
+that is gone is started again with the command line, working directory, environment and log it was started
 with the first time, and its new PID, start time and restart counter are written to state.json
 (`./sb status` shows them). An edge keeps its config file, so it keeps its edge id (and per-edge
 topic) and its port, and announces a new epoch by itself; nginx's upstream entries are ports,
@@ -39,7 +39,7 @@ BACKOFF_FIRST = 0.5
 BACKOFF_CAP = 5.0
 # restarts in a row whose process exited within STABLE_AFTER before the supervisor gives up
 CRASH_LOOP_RESTARTS = 5
-SUPERVISED = ("edge", "worker", "router", "nginx", "discovery")
+SUPERVISED = ("edge", "worker", "router", "nginx", "discovery", "prometheus")
 # An edge's epoch is the second it started (edge-ws: `now_ms() / 1000`), and a new epoch is what
 # retires its predecessor's registry entries: an edge is never started again within this long
 # after its predecessor started, so the two never share an epoch.

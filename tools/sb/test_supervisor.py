@@ -230,7 +230,7 @@ class SupervisorTest(unittest.TestCase):
             r.kill(name, 100.0)
         r.at(0.5)
         self.assertEqual(r.procs.spawned, [])
-        self.assertEqual(set(sup.SUPERVISED), {"edge", "worker", "router", "nginx", "discovery"})
+        self.assertEqual(set(sup.SUPERVISED), {"edge", "worker", "router", "nginx", "discovery", "prometheus"})
 
     def test_a_command_that_cannot_start_counts_as_a_quick_exit(self):
         r = Rig(("worker-invites", "worker"))
