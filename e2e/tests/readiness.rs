@@ -209,40 +209,34 @@ async fn kafka_unreachable_makes_readyz_503_naming_kafka() {
 }
 
 /// SIGTERM cancels the process's stop token (`runtime::shutdown`): from then on, while it drains
-/// its lanes, commits and flushes, `/readyz` answers 503 "stopping" and `/healthz` 200; the
-/// endpoint closes only once the worker is done.
+/// its lanes, commits and flushes, `/readyz` answers 503 "stopping" and `/healthz` and
+/// `/metrics` 200; the endpoint closes only once the worker is done. The worker's future is held
+/// still right after the stop (not polled), which stands for a drain that takes a while: the
+/// endpoint, served by its own task, must answer meanwhile.
 #[tokio::test]
 async fn a_draining_worker_answers_not_ready_until_it_is_gone() {
     let app = spawn_app().await;
     let health = free_addr();
     let settings = worker_settings(&app, &health);
     let stop = CancellationToken::new();
-    let s = stop.clone();
-    let worker = tokio::spawn(async move {
-        workers::run(workers::Role::Users, settings, s)
-            .await
-            .unwrap()
-    });
-    until(&health, 200).await;
-    let http = reqwest::Client::new();
-    stop.cancel();
-    let mut stopping = 0;
-    // until the worker has finished and its endpoint is gone
-    while let Ok(r) = http.get(format!("http://{health}/readyz")).send().await {
-        assert_eq!(r.status().as_u16(), 503);
-        let body: Value = r.json().await.unwrap();
-        assert_eq!(body["state"], "stopping", "{body}");
-        stopping += 1;
-        let live = http
-            .get(format!("http://{health}/healthz"))
-            .send()
-            .await
-            .map(|r| r.status().as_u16());
-        assert!(matches!(live, Ok(200) | Err(_)), "{live:?}");
+    let mut worker = Box::pin(workers::run(workers::Role::Users, settings, stop.clone()));
+    tokio::select! {
+        r = &mut worker => panic!("the worker ended before it was ready: {r:?}"),
+        _ = until(&health, 200) => {}
     }
-    assert!(
-        stopping > 0,
-        "/readyz was never seen answering 503 while draining"
-    );
+    stop.cancel();
+    let (status, body) = readyz(&health).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["state"], "stopping", "{body}");
+    let get = |path: &'static str| {
+        let url = format!("http://{health}{path}");
+        async move { reqwest::get(url).await.unwrap().status().as_u16() }
+    };
+    assert_eq!(get("/healthz").await, 200);
+    assert_eq!(get("/metrics").await, 200);
+    // the drain goes on and ends; then the endpoint is gone
     worker.await.unwrap();
+    assert!(reqwest::get(format!("http://{health}/healthz"))
+        .await
+        .is_err());
 }
