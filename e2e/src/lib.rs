@@ -28,6 +28,16 @@ pub struct Stack {
     /// `/metrics` (absent in stack files of older launchers and with `--infra-only`).
     #[serde(default)]
     pub services: Vec<ServiceStack>,
+    /// The Prometheus `./sb up` runs, scraping every app process (absent with `--infra-only` and
+    /// in stack files of older launchers).
+    #[serde(default)]
+    pub prometheus: Option<PrometheusStack>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct PrometheusStack {
+    /// e.g. `http://127.0.0.1:18300`
+    pub url: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]

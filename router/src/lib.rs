@@ -124,11 +124,15 @@ pub async fn build(settings: &Settings, metrics: Metrics) -> Result<Arc<Router>>
 pub async fn run(settings: Settings, stop: CancellationToken) -> Result<()> {
     let metrics = Metrics::new(runtime::metrics::Role::Router);
     let readiness = runtime::health::Readiness::new(stop.clone());
+    // /readyz answers 503 "stopping" (and /metrics still answers) while the process drains: the
+    // health endpoint stops last, once this function returns, whichever way
+    let health_stop = CancellationToken::new();
+    let _health_guard = health_stop.clone().drop_guard();
     let (addr, health) = runtime::health::serve(
         &settings.service.health_listen,
         metrics.clone(),
         readiness.clone(),
-        stop.clone(),
+        health_stop.clone(),
     )
     .await?;
     tracing::info!(%addr, "router health endpoint up");
@@ -165,6 +169,7 @@ pub async fn run(settings: Settings, stop: CancellationToken) -> Result<()> {
         .publisher
         .flush(std::time::Duration::from_secs(5))
         .await;
+    health_stop.cancel();
     let _ = health.await;
     tracing::info!("router stopped");
     Ok(())

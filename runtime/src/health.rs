@@ -79,20 +79,13 @@ impl Readiness {
         *self.checks.write().expect("readiness lock") = Some(checks);
     }
 
-    /// Run every check at once: ready or not, and each check's answer (`"ok"` or the reason).
-    pub async fn report(&self) -> (bool, serde_json::Value) {
+    /// Run every check at once, each within [`CHECK_TIMEOUT`]: each check's answer, or `None`
+    /// while the process is not running (starting or stopping).
+    pub async fn answers(&self) -> Option<Vec<(&'static str, Result<(), String>)>> {
         if self.stop.is_cancelled() {
-            return (
-                false,
-                serde_json::json!({"ready": false, "state": "stopping"}),
-            );
+            return None;
         }
-        let Some(checks) = self.checks.read().expect("readiness lock").clone() else {
-            return (
-                false,
-                serde_json::json!({"ready": false, "state": "starting"}),
-            );
-        };
+        let checks = self.checks.read().expect("readiness lock").clone()?;
         let answers = futures::future::join_all(checks.iter().map(|(name, c)| async move {
             let answer = match tokio::time::timeout(CHECK_TIMEOUT, c()).await {
                 Ok(Ok(())) => Ok(()),
@@ -102,6 +95,19 @@ impl Readiness {
             (*name, answer)
         }))
         .await;
+        Some(answers)
+    }
+
+    /// Run every check at once: ready or not, and each check's answer (`"ok"` or the reason).
+    pub async fn report(&self) -> (bool, serde_json::Value) {
+        let Some(answers) = self.answers().await else {
+            let state = if self.stop.is_cancelled() {
+                "stopping"
+            } else {
+                "starting"
+            };
+            return (false, serde_json::json!({"ready": false, "state": state}));
+        };
         let ready = answers.iter().all(|(_, a)| a.is_ok());
         let map: serde_json::Map<String, serde_json::Value> = answers
             .into_iter()
@@ -117,10 +123,19 @@ impl Readiness {
             serde_json::json!({"ready": ready, "state": "running", "checks": map}),
         )
     }
+
+    /// Set `sb_dependency_up` from the checks' answers now (left as they were while the process
+    /// is starting or stopping).
+    pub async fn record(&self, metrics: &Metrics) {
+        for (name, answer) in self.answers().await.unwrap_or_default() {
+            metrics.dependency_up.get(name).set(answer.is_ok() as i64);
+        }
+    }
 }
 
 /// Routes shared by every process: `GET /healthz` (200 "ok"), `GET /readyz` (200 or 503 with a
-/// JSON report) and `GET /metrics`.
+/// JSON report) and `GET /metrics` (which first runs the readiness checks for
+/// `sb_dependency_up`).
 pub fn routes(
     metrics: Metrics,
     readiness: Readiness,
@@ -129,8 +144,9 @@ pub fn routes(
     let healthz = warp::path!("healthz")
         .and(warp::get())
         .map(|| "ok".into_response());
+    let ready = readiness.clone();
     let readyz = warp::path!("readyz").and(warp::get()).then(move || {
-        let readiness = readiness.clone();
+        let readiness = ready.clone();
         async move {
             let (ready, report) = readiness.report().await;
             let status = if ready {
@@ -141,13 +157,17 @@ pub fn routes(
             warp::reply::with_status(warp::reply::json(&report), status).into_response()
         }
     });
-    let m = warp::path!("metrics").and(warp::get()).map(move || {
-        warp::reply::with_header(
-            metrics.render(),
-            "content-type",
-            crate::metrics::CONTENT_TYPE,
-        )
-        .into_response()
+    let m = warp::path!("metrics").and(warp::get()).then(move || {
+        let (metrics, readiness) = (metrics.clone(), readiness.clone());
+        async move {
+            readiness.record(&metrics).await;
+            warp::reply::with_header(
+                metrics.render(),
+                "content-type",
+                crate::metrics::CONTENT_TYPE,
+            )
+            .into_response()
+        }
     });
     healthz.or(readyz).unify().or(m).unify()
 }
@@ -251,6 +271,100 @@ mod tests {
             get(&r, "/healthz").await.0,
             200,
             "still alive while stopping"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_scrape_asks_the_checks_for_sb_dependency_up() {
+        let stop = CancellationToken::new();
+        let r = Readiness::new(stop.clone());
+        let m = Metrics::new(crate::metrics::Role::Router);
+        let scrape = |m: &Metrics, r: &Readiness| {
+            let (m, r) = (m.clone(), r.clone());
+            async move {
+                let resp = warp::test::request()
+                    .path("/metrics")
+                    .reply(&routes(m, r))
+                    .await;
+                String::from_utf8_lossy(resp.body()).into_owned()
+            }
+        };
+        let dep = |text: &str, d: &str| {
+            crate::metrics::sample(text, &format!("sb_dependency_up{{dependency=\"{d}\"}}"))
+        };
+        // starting: shown at zero; a router has no database
+        let text = scrape(&m, &r).await;
+        assert_eq!(dep(&text, "kafka"), Some(0.0), "{text}");
+        assert_eq!(dep(&text, "redis"), Some(0.0));
+        assert_eq!(dep(&text, "mariadb"), None);
+
+        let redis_up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let up = redis_up.clone();
+        r.set(vec![
+            ("kafka", check(|| async { Ok(()) })),
+            (
+                "redis",
+                check(move || {
+                    let up = up.load(std::sync::atomic::Ordering::Relaxed);
+                    async move {
+                        if up {
+                            Ok(())
+                        } else {
+                            Err("refused".into())
+                        }
+                    }
+                }),
+            ),
+        ]);
+        let text = scrape(&m, &r).await;
+        assert_eq!(dep(&text, "kafka"), Some(1.0), "{text}");
+        assert_eq!(dep(&text, "redis"), Some(1.0));
+        redis_up.store(false, std::sync::atomic::Ordering::Relaxed);
+        let text = scrape(&m, &r).await;
+        assert_eq!(dep(&text, "kafka"), Some(1.0));
+        assert_eq!(dep(&text, "redis"), Some(0.0), "{text}");
+        // stopping: the last answers stay
+        redis_up.store(true, std::sync::atomic::Ordering::Relaxed);
+        stop.cancel();
+        assert_eq!(dep(&scrape(&m, &r).await, "redis"), Some(0.0));
+    }
+
+    /// One `GET` over a real socket: the status code, or `None` if nothing accepts.
+    async fn status_of(addr: SocketAddr, path: &str) -> Option<u16> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.ok()?;
+        out.split(' ').nth(1)?.parse().ok()
+    }
+
+    #[tokio::test]
+    async fn the_endpoint_outlives_the_stop_so_a_draining_process_answers_not_ready() {
+        let stop = CancellationToken::new();
+        let r = Readiness::new(stop.clone());
+        r.set(vec![("kafka", check(|| async { Ok(()) }))]);
+        let until = CancellationToken::new();
+        let (addr, server) = serve("127.0.0.1:0", Metrics::default(), r, until.clone())
+            .await
+            .unwrap();
+        assert_eq!(status_of(addr, "/readyz").await, Some(200));
+        // SIGTERM: the process drains; its probes see "not ready", its scrapes still answer
+        stop.cancel();
+        assert_eq!(status_of(addr, "/readyz").await, Some(503));
+        assert_eq!(status_of(addr, "/healthz").await, Some(200));
+        assert_eq!(status_of(addr, "/metrics").await, Some(200));
+        until.cancel();
+        server.await.unwrap();
+        assert_eq!(status_of(addr, "/healthz").await, None);
+        assert!(
+            serve("nonsense", Metrics::default(), Readiness::new(stop), until)
+                .await
+                .is_err()
         );
     }
 }

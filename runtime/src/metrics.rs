@@ -54,6 +54,10 @@ pub const HTTP_CLOSE_REASONS: [&str; 4] = [
     "handshakes_full",
 ];
 
+/// The dependencies a readiness check asks (`health::kafka`, `health::redis`, the workers'
+/// `mariadb`): the values of `sb_dependency_up`'s `dependency` label.
+pub const DEPENDENCIES: [&str; 3] = ["kafka", "redis", "mariadb"];
+
 /// A label set: `(name, value)` pairs.
 pub type Labels = Vec<(&'static str, String)>;
 type Ctor<M> = fn() -> M;
@@ -233,6 +237,8 @@ pub struct Inner {
     registry: Registry,
     /// Run before each rendering: sets the gauges read from the process's state at scrape time.
     refresh: OnceLock<Box<dyn Fn() + Send + Sync>>,
+    // every process: its readiness checks' answers, asked at each scrape
+    pub dependency_up: ByLabel<Gauge>,
     // every producer
     pub records_published: ByLabel<Counter>,
     pub publish_failures: Counter,
@@ -288,6 +294,22 @@ impl Metrics {
         );
         r.register_collector(Box::new(ProcessCollector));
 
+        // an edge's only dependency is Kafka; the router also needs Redis; workers all three
+        let dependency_up = ByLabel::new(
+            "dependency",
+            DEPENDENCIES.to_vec(),
+            Gauge::default,
+            |i, _| match role {
+                Role::Edge => i == 0,
+                Role::Router => i <= 1,
+                Role::Worker(_) | Role::All => true,
+            },
+        );
+        r.register(
+            "sb_dependency_up",
+            "1 if the dependency answered this process's readiness check run at this scrape, else 0",
+            dependency_up.family.clone(),
+        );
         let records_published =
             ByLabel::new("topic_kind", topic_kinds(), Counter::default, |_, _| true);
         r.register(
@@ -515,6 +537,7 @@ impl Metrics {
         Metrics(Arc::new(Inner {
             registry: reg,
             refresh: OnceLock::new(),
+            dependency_up,
             records_published,
             publish_failures,
             produce_seconds,
@@ -730,6 +753,7 @@ mod tests {
             ("sb_dm_commit_duration_seconds", "histogram"),
             ("sb_deliveries_routed", "counter"),
             ("switchboard_build", "info"),
+            ("sb_dependency_up", "gauge"),
         ] {
             assert!(
                 text.contains(&format!("\n# TYPE {family} {kind}\n")),
@@ -799,6 +823,8 @@ mod tests {
         assert!(!edge.contains("sb_records_consumed"), "{edge}");
         assert!(!edge.contains("sb_requests_handled"));
         assert!(!edge.contains("sb_deliveries_routed"));
+        assert!(edge.contains("sb_dependency_up{dependency=\"kafka\"} 0"));
+        assert!(!edge.contains("sb_dependency_up{dependency=\"redis\"}"));
 
         let dms = Metrics::new(Role::Worker(Domain::Dms));
         dms.shards(2);
@@ -809,6 +835,9 @@ mod tests {
         assert!(!text.contains("sb_requests_handled_total{kind=\"ping\"}"));
         assert!(text.contains("sb_dm_commit_duration_seconds_count{shard=\"1\"} 0"));
         assert!(!text.contains("sb_ws_"));
+        for d in DEPENDENCIES {
+            assert!(text.contains(&format!("sb_dependency_up{{dependency=\"{d}\"}} 0")));
+        }
         // a handle of a series not shown still works (nobody scrapes it)
         dms.requests_handled.at(0).inc();
         dms.request_errors.get(0, ErrorCode::Internal).inc();
@@ -822,6 +851,8 @@ mod tests {
         assert!(router.contains("sb_deliveries_routed_total 0"));
         assert!(router.contains("sb_records_consumed_total{topic_kind=\"deliver\"} 0"));
         assert!(!router.contains("sb_request_errors"));
+        assert!(router.contains("sb_dependency_up{dependency=\"redis\"} 0"));
+        assert!(!router.contains("sb_dependency_up{dependency=\"mariadb\"}"));
     }
 
     #[test]

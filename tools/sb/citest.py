@@ -4,6 +4,7 @@ test against it, stop it gracefully, report coverage per crate. Always tears dow
 from __future__ import annotations
 
 import fcntl
+import glob
 import hashlib
 import json
 import os
@@ -42,6 +43,21 @@ TEST_WORKERS = "dms=2"
 CHAOS_ARGS = ["--kill", "worker-dms,edge,redis-master", "--pairs", "8", "--rate", "48", "--warmup", "5",
               "--settle", "10", "--kill-in-flight", "2", "--user-prefix", "ci_chaos_", "--quiet", "--ci"]
 HEALTHY_WITHIN = 90.0
+
+
+def promtool() -> str:
+    """The Prometheus rules of observability/: `promtool check rules` (syntax, expressions,
+    templates) and `promtool test rules` (the unit tests in observability/tests/)."""
+    exe = which("promtool")
+    if not exe:
+        raise SbError("promtool not found (Debian package prometheus)")
+    rules = sorted(glob.glob(os.path.join(REPO, "observability", "rules", "*.yml")))
+    tests = sorted(glob.glob(os.path.join(REPO, "observability", "tests", "*.yml")))
+    if not rules or not tests:
+        raise SbError("no rules or no rule tests in observability/")
+    run([exe, "check", "rules", *rules])
+    run([exe, "test", "rules", *tests])
+    return f"ok ({len(rules)} rule file(s), {len(tests)} test file(s))"
 
 
 class StepFailed(Exception):
@@ -288,6 +304,7 @@ def test(args) -> int:
         r.step("tools/sb unit tests (python3 -m unittest)", lambda: run(
             [sys.executable, "-B", "-m", "unittest", "discover", "-s", os.path.join(REPO, "tools", "sb"),
              "-p", "test_*.py"]))
+        r.step("promtool check rules + test rules (observability/)", promtool)
         # a dependency declared in a package's Cargo.toml and not used fails the run (the
         # workspace's own [workspace.dependencies] list is not checked)
         r.step("cargo machete --skip-target-dir (unused dependencies)",

@@ -1,4 +1,5 @@
-"""Service discovery for nginx: keep every nginx's upstream list in step with the edges that are alive.
+"""Service discovery for nginx: keep every nginx's upstream list in step with the edges that are alive;
+and for Prometheus: keep its file_sd target list in step with the processes the launcher runs.
 
 `./sb up` starts this loop as a background process (component `discovery`). Once a second it
 asks every edge the launcher knows of for `GET /healthz`; when the set of healthy edges changes
@@ -8,6 +9,10 @@ health checks (`max_fails=1 fail_timeout=2s`, `proxy_next_upstream error timeout
 steer new connections away from a dead edge, so a client loses at most one reconnect. An edge
 whose process is gone leaves the list at once; one that is alive but misses its check leaves
 only after MISSES_TO_REMOVE checks in a row, so a busy machine does not make nginx reload.
+
+Each round it also rewrites <state>/prometheus/targets.json when the set of edges, workers and
+the router in state.json changed (tools/sb/prometheus.py says what it lists); Prometheus picks
+the file up by itself.
 
 On Kubernetes the Service's endpoints do this job; see helm/README.md.
 """
@@ -20,6 +25,7 @@ import sys
 import time
 
 import nginx
+import prometheus
 from ports import NGINX_INSTANCES
 from state import State, write_atomic
 from util import alive, http_status, stop_on_signals, which
@@ -85,6 +91,9 @@ def run(state_dir: str) -> int:
             print(f"discovery: state not readable ({e})", flush=True)
             time.sleep(INTERVAL)
             continue
+        if prometheus.write_targets(state):
+            print(f"{time.strftime('%H:%M:%S')} discovery: prometheus targets "
+                  f"{[t['labels']['process'] for t in prometheus.targets(state.components)]}", flush=True)
         live = healthy_edges(state.components, misses)
         if live != current:
             # Never write an empty list while edges are registered but all failing their check at

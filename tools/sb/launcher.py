@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import kafka
 import mariadb
 import nginx
+import prometheus
 import redis
 import services
 import supervisor
@@ -149,6 +150,7 @@ def up(args) -> int:
             services.start_and_wait(ctx)
         nginx.start_and_wait(ctx)
         if not args.infra_only:
+            prometheus.start_and_wait(ctx)
             _start_discovery(ctx)
             _start_supervisor(ctx)
         services.write_stack(ctx)
@@ -194,7 +196,8 @@ def _start_supervisor(ctx: Ctx) -> None:
     pid, stt = spawn([sys.executable, "-B", script, ctx.state.dir], log, env=ctx.app_env)
     ctx.state.put({"name": "supervisor", "kind": "supervisor", "role": "restarts", "addr": "-", "port": 0,
                    "pid": pid, "starttime": stt, "group": "supervisor", "log": log})
-    line("supervisor", "restarts crashed edges, workers, router, nginx, discovery, Redis, MariaDB, Kafka (backoff up to "
+    line("supervisor", "restarts crashed edges, workers, router, nginx, discovery, prometheus, Redis, MariaDB, Kafka "
+         "(backoff up to "
          f"{supervisor.BACKOFF_CAP:.0f}s; gives up on a crash loop)", True)
 
 
@@ -212,6 +215,9 @@ def _print_connect(state: State, ctx: Ctx) -> None:
     if os.path.exists(os.path.join(web.WEB, "dist", "index.html")):
         info(f"  web client: {urls[0]}  (open it in a browser; also on {urls[1]})")
     info("  connect:    " + "  ".join(urls) + f"   (WebSocket path /ws, e.g. ws://127.0.0.1:{ctx.ports.nginx(0)}/ws)")
+    if ctx.state.get(prometheus.NAME):
+        info(f"  prometheus: {prometheus.url(ctx)}/  (every process' /metrics, rules of observability/rules/; "
+             f"alerts at {prometheus.url(ctx)}/alerts)")
     info(f"  stack file: {_rel(state.stack_file)}")
     info(f"  configs:    {_rel(state.conf_dir)}/   logs: {_rel(state.logs_dir)}/")
     if state.data.get("skipped"):
@@ -254,7 +260,7 @@ def _cargo_build(release: bool) -> None:
 
 # The supervisor first, so that nothing it watches is started again while it is being stopped
 # (it also never acts while `down` holds the state dir's lock).
-STOP_ORDER = [("supervisor", 10.0), ("app", 15.0), ("nginx", 10.0), ("mariadb", 60.0), ("redis", 30.0),
+STOP_ORDER = [("supervisor", 10.0), ("app", 15.0), ("prometheus", 10.0), ("nginx", 10.0), ("mariadb", 60.0), ("redis", 30.0),
               ("kafka", 60.0)]
 
 
@@ -314,6 +320,8 @@ def _check(state: State, c: dict) -> dict:
         ok = nginx.healthy(c, any(x["kind"] == "edge" for x in state.components))
     elif kind in ("discovery", "supervisor"):
         ok = alive(c.get("pid"), c.get("starttime"))
+    elif kind == "prometheus":
+        ok = prometheus.healthy(c)
     else:
         ok = services.healthy(c) and services.ready(c)
     row = {"name": c["name"], "kind": kind, "role": role, "addr": c["addr"], "pid": c["pid"], "healthy": bool(ok)}
@@ -326,7 +334,8 @@ def _check(state: State, c: dict) -> dict:
     return row
 
 
-KIND_ORDER = ["kafka", "redis", "mariadb", "edge", "worker", "router", "nginx", "discovery", "supervisor"]
+KIND_ORDER = ["kafka", "redis", "mariadb", "edge", "worker", "router", "nginx", "prometheus", "discovery",
+              "supervisor"]
 
 
 def collect(state: State) -> list[dict]:

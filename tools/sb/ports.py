@@ -4,10 +4,10 @@ Nothing else in tools/sb hard-codes a port number: ask a `Ports` object.
 
     offset 0     (./sb up):                     Kafka 19092, Redis 17000-17005, MariaDB 13306-13309,
                                                 nginx 18080/18081, edges 18100+ (internal 18150+),
-                                                workers 18200+, router 18250
+                                                workers 18200+, router 18250, Prometheus 18300
     offset 1000  (./sb test, --port-offset 1000): Kafka 20092, Redis 18000-18005, MariaDB 14306-14309,
                                                 nginx 19080/19081, edges 19100+ (internal 19150+),
-                                                workers 19200+, router 19250
+                                                workers 19200+, router 19250, Prometheus 19300
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ BASE = {
     "worker_health_first": 18200,
     # router health endpoint.
     "router_health": 18250,
+    # Prometheus (tools/sb/prometheus.py), scraping the processes above.
+    "prometheus": 18300,
 }
 
 # Stride / shift entries are not offset.
@@ -101,6 +103,9 @@ class Ports:
     def router_health(self) -> int:
         return self._p["router_health"]
 
+    def prometheus(self) -> int:
+        return self._p["prometheus"]
+
     # --- everything, for pre-flight "is this port free" checks -----------
     def all_listening(self, kafka_brokers: int, edges: int, apps: bool,
                       workers: dict[str, int] | None = None) -> dict[str, list[int]]:
@@ -116,6 +121,7 @@ class Ports:
             out["edges"] = [self.edge(i) for i in range(edges)] + [self.edge_internal(i) for i in range(edges)]
             out["workers"] = [self.worker_health(w, j) for w in WORKERS for j in range((workers or {}).get(w, 1))]
             out["workers"].append(self.router_health())
+            out["prometheus"] = [self.prometheus()]
         return out
 
 

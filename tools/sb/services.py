@@ -200,6 +200,10 @@ def write_stack(ctx) -> None:
     # where each app process answers /healthz, /readyz and /metrics (operators, probes, tests)
     out["services"] = [{"name": c["name"], "kind": c["kind"], "health_addr": metrics_addr(c)}
                        for c in ctx.state.components if c["kind"] in ("edge", "worker", "router")]
+    prom = ctx.state.get("prometheus")
+    if prom:
+        # where tests and operators query what every process exported (tools/sb/prometheus.py)
+        out["prometheus"] = {"url": f"http://{prom['addr']}"}
     write_atomic(ctx.state.stack_file, json.dumps(out, indent=2) + "\n")
 
 

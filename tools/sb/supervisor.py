@@ -2,8 +2,8 @@
 
 `./sb up` starts this loop as a background process (component `supervisor`, one per state dir)
 once the platform is up. Twice a second it reads state.json and checks every supervised process
-(edges, workers, the router, nginx, the discovery loop, and the infrastructure: Redis nodes,
-MariaDB instances, Kafka brokers) by PID and start time. One that is gone
+(edges, workers, the router, nginx, the discovery loop, Prometheus, and the infrastructure: Redis
+nodes, MariaDB instances, Kafka brokers) by PID and start time. One that is gone
 is started again with the command line, working directory, environment and log it was started
 with the first time, and its new PID, start time and restart counter are written to state.json
 (`./sb status` shows them). An edge keeps its config file, so it keeps its edge id (and per-edge
@@ -48,7 +48,7 @@ BACKOFF_FIRST = 0.5
 BACKOFF_CAP = 5.0
 # restarts in a row whose process exited within STABLE_AFTER before the supervisor gives up
 CRASH_LOOP_RESTARTS = 5
-SUPERVISED = ("edge", "worker", "router", "nginx", "discovery", "redis", "mariadb", "kafka")
+SUPERVISED = ("edge", "worker", "router", "nginx", "discovery", "prometheus", "redis", "mariadb", "kafka")
 # Three times the Redis Cluster's `cluster-node-timeout` (tools/sb/redis.py, 2 s): by then the
 # other nodes have marked a killed master failed and its replica has won the election.
 REDIS_FAILOVER_WAIT = 6.0

@@ -262,6 +262,9 @@ SYSTEM_COMMANDS = {
     "java": "openjdk-17-jre-headless",
     "mvn": "maven",
     "ss": "iproute2",
+    # Debian's package; `./sb up` runs the binary itself (tools/sb/prometheus.py), never the service
+    "prometheus": "prometheus",
+    "promtool": "prometheus",
 }
 
 

@@ -135,11 +135,15 @@ pub fn readiness_checks(deps: &Deps) -> runtime::health::Checks {
 pub async fn run(role: Role, settings: Settings, stop: CancellationToken) -> Result<()> {
     let metrics = Metrics::new(runtime::metrics::Role::Worker(role));
     let readiness = runtime::health::Readiness::new(stop.clone());
+    // /readyz answers 503 "stopping" (and /metrics still answers) while the process drains: the
+    // health endpoint stops last, once this function returns, whichever way
+    let health_stop = CancellationToken::new();
+    let _health_guard = health_stop.clone().drop_guard();
     let (addr, health) = runtime::health::serve(
         &settings.service.health_listen,
         metrics.clone(),
         readiness.clone(),
-        stop.clone(),
+        health_stop.clone(),
     )
     .await?;
     tracing::info!(role = %role.worker(), %addr, "health endpoint up");
@@ -199,6 +203,7 @@ pub async fn run(role: Role, settings: Settings, stop: CancellationToken) -> Res
         .flush(std::time::Duration::from_secs(5))
         .await;
     let _ = renew.await;
+    health_stop.cancel();
     let _ = health.await;
     tracing::info!(role = %role.worker(), "worker stopped");
     Ok(())
