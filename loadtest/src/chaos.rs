@@ -583,39 +583,13 @@ async fn set_up(
     a: &crate::accounts::Session,
     b: &crate::accounts::Session,
 ) -> std::result::Result<((Ws, String), (Ws, String), Id, u64), String> {
-    let connect = |s: &crate::accounts::Session, n: usize| {
-        let target = plan.targets[n % plan.targets.len()].clone();
-        let token = s.token.clone();
-        let src = source_addr(n, plan.source_addrs);
-        let timeout = plan.connect_timeout;
-        async move { connect_socket(&target, &token, src, timeout).await }
+    let dial = crate::dm::Dial {
+        targets: &plan.targets,
+        source_addrs: plan.source_addrs,
+        timeout: plan.connect_timeout,
     };
-    let (wa, wb) = tokio::join!(connect(a, 2 * i), connect(b, 2 * i + 1));
-    let mut wa = wa.map_err(|e| format!("connect_{e}"))?;
-    let mut wb = wb.map_err(|e| format!("connect_{e}"))?;
-    let _ = crate::dm::request(
-        &mut wa,
-        Request::InviteSend {
-            code: b.invite_code.clone(),
-        },
-    )
-    .await;
-    let _ = crate::dm::request(
-        &mut wb,
-        Request::InviteRespond {
-            user_id: a.user_id,
-            accept: true,
-        },
-    )
-    .await;
-    let (conv, base) =
-        match crate::dm::request(&mut wa, Request::DmOpen { user_id: b.user_id }).await {
-            Ok(Response::Conversation { conversation }) => {
-                (conversation.conversation_id, conversation.last_seq)
-            }
-            Ok(_) => return Err("dm_open_unexpected".into()),
-            Err(code) => return Err(format!("dm_open_{code}")),
-        };
+    let (wa, wb, conversation) = crate::dm::open_pair(dial, i, a, b).await?;
+    let (conv, base) = (conversation.conversation_id, conversation.last_seq);
     let edge = |s: &client::Socket| s.edge().unwrap_or("?").to_string();
     let (ea, eb) = (edge(&wa), edge(&wb));
     Ok(((wa.into_inner(), ea), (wb.into_inner(), eb), conv, base))

@@ -197,25 +197,39 @@ pub(crate) async fn request(s: &mut client::Socket, request: Request) -> Result<
     })
 }
 
-/// Connect both users, make them connected (invite → accept; both are no-ops on later runs)
+/// Where a pair's sockets connect to and how (`dm` and `chaos` alike).
+pub(crate) struct Dial<'a> {
+    pub targets: &'a [String],
+    pub source_addrs: u8,
+    pub timeout: Duration,
+}
+
+/// Connect both users of pair `i` (each socket to the next target), make them connected (invite
+/// → accept; both fail harmlessly with `conflict` when an earlier run already connected the pair)
 /// and open their conversation.
-async fn set_up(
-    plan: &Plan,
+pub(crate) async fn open_pair(
+    dial: Dial<'_>,
     i: usize,
     a: &Session,
     b: &Session,
-) -> Result<(Side, Side, Id), String> {
+) -> Result<
+    (
+        client::Socket,
+        client::Socket,
+        topics::frames::ConversationSummary,
+    ),
+    String,
+> {
     let connect = |s: &Session, n: usize| {
-        let target = plan.targets[n % plan.targets.len()].clone();
+        let target = dial.targets[n % dial.targets.len()].clone();
         let token = s.token.clone();
-        let src = source_addr(n, plan.source_addrs);
-        let timeout = plan.connect_timeout;
+        let src = source_addr(n, dial.source_addrs);
+        let timeout = dial.timeout;
         async move { connect_socket(&target, &token, src, timeout).await }
     };
     let (wa, wb) = tokio::join!(connect(a, 2 * i), connect(b, 2 * i + 1));
     let mut wa = wa.map_err(|e| format!("connect_{e}"))?;
     let mut wb = wb.map_err(|e| format!("connect_{e}"))?;
-    // Both fail harmlessly (conflict) when an earlier run already connected the pair.
     let _ = request(
         &mut wa,
         Request::InviteSend {
@@ -231,23 +245,40 @@ async fn set_up(
         },
     )
     .await;
-    let conv = match request(&mut wa, Request::DmOpen { user_id: b.user_id }).await {
-        Ok(Response::Conversation { conversation }) => conversation.conversation_id,
-        Ok(other) => {
-            return Err(format!("dm_open_unexpected_{other:?}")
-                .chars()
-                .take(40)
-                .collect())
-        }
-        Err(code) => return Err(format!("dm_open_{code}")),
+    match request(&mut wa, Request::DmOpen { user_id: b.user_id }).await {
+        Ok(Response::Conversation { conversation }) => Ok((wa, wb, conversation)),
+        Ok(other) => Err(format!("dm_open_unexpected_{other:?}")
+            .chars()
+            .take(40)
+            .collect()),
+        Err(code) => Err(format!("dm_open_{code}")),
+    }
+}
+
+/// Both sides of pair `i`, connected, with their conversation.
+async fn set_up(
+    plan: &Plan,
+    i: usize,
+    a: &Session,
+    b: &Session,
+) -> Result<(Side, Side, Id), String> {
+    let dial = Dial {
+        targets: &plan.targets,
+        source_addrs: plan.source_addrs,
+        timeout: plan.connect_timeout,
     };
+    let (wa, wb, conversation) = open_pair(dial, i, a, b).await?;
     let side = |s: client::Socket, user| Side {
         ws: s.into_inner(),
         user,
         last_seq: 0,
         got: HashSet::new(),
     };
-    Ok((side(wa, a.user_id), side(wb, b.user_id), conv))
+    Ok((
+        side(wa, a.user_id),
+        side(wb, b.user_id),
+        conversation.conversation_id,
+    ))
 }
 
 /// Everything one pair does; returns its tally.
