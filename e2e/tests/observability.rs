@@ -99,21 +99,7 @@ fn dashboard_queries() -> Vec<Query> {
 /// range, no offset), skipping functions, aggregations, keywords, label lists of `by`,
 /// `without`, `on`, `ignoring`, `group_left` and `group_right`, numbers, durations and strings.
 fn selectors(expr: &str) -> Vec<String> {
-    const KEYWORDS: [&str; 13] = [
-        "by",
-        "without",
-        "on",
-        "ignoring",
-        "group_left",
-        "group_right",
-        "and",
-        "or",
-        "unless",
-        "bool",
-        "offset",
-        "inf",
-        "nan",
-    ];
+    // keywords that take a label list, then the other keywords (neither is a metric name)
     const LABEL_LISTS: [&str; 6] = [
         "by",
         "without",
@@ -122,6 +108,7 @@ fn selectors(expr: &str) -> Vec<String> {
         "group_left",
         "group_right",
     ];
+    const KEYWORDS: [&str; 7] = ["and", "or", "unless", "bool", "offset", "inf", "nan"];
     // aggregations may put their `by (…)` before the parenthesis: `sum by (le) (…)`
     const AGGREGATIONS: [&str; 12] = [
         "sum",
