@@ -44,7 +44,9 @@ pub struct Edge {
     pub settings: EdgeSettings,
     pub topics: Topics,
     pub publisher: Publisher,
-    pub hub: Hub,
+    /// Shared with the producer's failure callbacks (which must not hold the edge, and so its
+    /// producer, themselves).
+    pub hub: Arc<Hub>,
     /// Per-client connection caps and API rate limits.
     pub limits: limits::Limits,
     pub metrics: Metrics,
@@ -58,14 +60,22 @@ impl Edge {
     /// An edge for unit tests: no listener, and a producer whose broker is not there.
     #[cfg(test)]
     pub(crate) fn for_tests(settings: EdgeSettings) -> Arc<Edge> {
+        Edge::for_tests_with(settings, &runtime::KafkaSettings::default())
+    }
+
+    /// [`Edge::for_tests`] with these Kafka settings (a short `message_timeout_ms`, say).
+    #[cfg(test)]
+    pub(crate) fn for_tests_with(
+        settings: EdgeSettings,
+        kafka: &runtime::KafkaSettings,
+    ) -> Arc<Edge> {
         let metrics = Metrics::default();
         Arc::new(Edge {
             limits: limits::Limits::new(&settings),
             settings,
             topics: Topics::new("t"),
-            publisher: Publisher::new(&runtime::KafkaSettings::default(), metrics.clone())
-                .expect("producer"),
-            hub: Hub::new(1, metrics.clone()),
+            publisher: Publisher::new(kafka, metrics.clone()).expect("producer"),
+            hub: Arc::new(Hub::new(1, metrics.clone())),
             metrics,
             connections: tokio_util::task::TaskTracker::new(),
             epoch: 1,
@@ -145,7 +155,7 @@ impl Application {
             .map_err(|e| Error::Bind(internal_addr, e))?;
         let epoch = runtime::now_ms() / 1000;
         let edge = Arc::new(Edge {
-            hub: Hub::new(epoch, metrics.clone()),
+            hub: Arc::new(Hub::new(epoch, metrics.clone())),
             limits: limits::Limits::new(&es),
             settings: es,
             topics,

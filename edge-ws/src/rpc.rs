@@ -1,9 +1,13 @@
 //! The round trip of a request: publish its envelope to its domain's topic and wait for the
 //! worker's answer on this edge's own topic.
 
+use crate::hub::{Hub, Outbound};
 use crate::Edge;
+use std::sync::Arc;
 use std::time::Duration;
-use topics::{Auth, EdgeMessage, Envelope, ErrorBody, ErrorCode, Request, WIRE_VERSION};
+use topics::{
+    Auth, EdgeMessage, Envelope, ErrorBody, ErrorCode, Request, ServerFrame, WIRE_VERSION,
+};
 
 /// Why a call has no answer: the error for the client, and whether the request may have reached
 /// Kafka (a publish that failed or timed out may still have been written; a request refused
@@ -40,20 +44,23 @@ pub async fn call(
             maybe_sent: false,
         });
     };
-    if let Err(error) = publish(edge, &env).await {
-        edge.hub.forget(req);
-        return Err(NoAnswer {
-            error,
-            maybe_sent: true,
-        });
-    }
-    match tokio::time::timeout(
-        Duration::from_millis(edge.settings.request_timeout_ms),
-        answer,
-    )
-    .await
-    {
-        Ok(Ok(msg)) => Ok(msg),
+    // One deadline for the publish and the answer: a publish may wait out a partition leader's
+    // move (up to `kafka.message_timeout_ms`), longer than a caller should.
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(edge.settings.request_timeout_ms);
+    let answer = async {
+        publish(edge, &env).await?;
+        Ok(answer.await)
+    };
+    match tokio::time::timeout_at(deadline, answer).await {
+        Ok(Ok(Ok(msg))) => Ok(msg),
+        Ok(Err(error)) => {
+            edge.hub.forget(req);
+            Err(NoAnswer {
+                error,
+                maybe_sent: true,
+            })
+        }
         _ => {
             edge.hub.forget(req);
             Err(NoAnswer {
@@ -67,7 +74,8 @@ pub async fn call(
     }
 }
 
-/// Publish an envelope to its domain's topic; on failure, the error for the client.
+/// Publish an envelope to its domain's topic and wait for the broker; on failure, the error for
+/// the client.
 pub async fn publish(edge: &Edge, env: &Envelope) -> Result<(), ErrorBody> {
     let topic = edge.topics.requests(env.domain());
     let tp = runtime::telemetry::new_traceparent();
@@ -76,14 +84,36 @@ pub async fn publish(edge: &Edge, env: &Envelope) -> Result<(), ErrorBody> {
     edge.publisher
         .send(&topic, &env.key(), &env.encode(), Some(&tp))
         .await
-        .map_err(|e| {
-            edge.hub.unpublished(env.req);
-            tracing::warn!(error = %runtime::telemetry::Chain(&e), "frame not published");
-            ErrorBody::new(
-                ErrorCode::Unavailable,
-                "could not accept the request; retry",
-            )
+        .map_err(|e| not_published(&edge.hub, env.req, &e))
+}
+
+/// Publish a client frame's envelope without waiting for the broker, so that its connection goes
+/// on reading, writing and pinging meanwhile (and is woken by no acknowledgement). A publish that
+/// fails later is answered through the hub with the error frame for the frame's `rid`; one refused
+/// at once (the producer's queue is full) is the `Err` here.
+pub fn publish_frame(edge: &Edge, env: &Envelope) -> Result<(), ErrorBody> {
+    let topic = edge.topics.requests(env.domain());
+    let tp = runtime::telemetry::new_traceparent();
+    edge.hub.published(env.req, env.request.kind_index());
+    let (req, conn, rid) = (env.req, env.conn, env.rid.clone());
+    let (hub, metrics) = (Arc::clone(&edge.hub), edge.metrics.clone());
+    edge.publisher
+        .enqueue(&topic, &env.key(), &env.encode(), Some(&tp), move |e| {
+            let frame = ServerFrame::error(rid, not_published(&hub, req, &e)).to_json();
+            metrics.ws_frames_rejected.inc();
+            hub.send(conn, Outbound::Text(frame.into()));
         })
+        .map_err(|e| not_published(&edge.hub, env.req, &e))
+}
+
+/// A request that did not reach Kafka: no answer will come; the error for its client.
+fn not_published(hub: &Hub, req: u64, e: &runtime::kafka::PublishError) -> ErrorBody {
+    hub.unpublished(req);
+    tracing::warn!(error = %runtime::telemetry::Chain(e), "frame not published");
+    ErrorBody::new(
+        ErrorCode::Unavailable,
+        "could not accept the request; retry",
+    )
 }
 
 #[cfg(test)]
@@ -113,5 +143,23 @@ mod tests {
         assert!(!err.maybe_sent);
         assert_eq!(err.error.code, ErrorCode::Unavailable);
         drop(held);
+    }
+
+    /// A publish that waits for the broker counts against the call's own deadline: the caller
+    /// hears `unavailable` after `request_timeout_ms`, not after the producer's longer
+    /// `message_timeout_ms`, and is told the request may still arrive.
+    #[tokio::test(start_paused = true)]
+    async fn a_call_whose_publish_waits_ends_at_the_request_deadline() {
+        let edge = Edge::for_tests(crate::EdgeSettings {
+            request_timeout_ms: 100,
+            ..Default::default()
+        });
+        let t0 = tokio::time::Instant::now();
+        let err = call(&edge, 7, Request::Ping, auth(), None)
+            .await
+            .expect_err("no broker");
+        assert_eq!(t0.elapsed(), Duration::from_millis(100));
+        assert!(err.maybe_sent);
+        assert_eq!(err.error.code, ErrorCode::Unavailable);
     }
 }

@@ -4,13 +4,16 @@
 use crate::metrics::Metrics;
 use crate::{KafkaSettings, Result};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::ClientContext;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{ConsumerContext, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::error::RDKafkaErrorCode;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::message::{DeliveryResult, Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, FutureProducer, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientConfig;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 
 fn base(s: &KafkaSettings) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -27,15 +30,26 @@ pub const LINGER_MS: u64 = 1;
 /// An idempotent producer (acks=all), holding records `kafka.linger_ms` ([`LINGER_MS`] when
 /// unset) to send them in one request.
 pub fn producer(s: &KafkaSettings) -> Result<FutureProducer> {
-    Ok(base(s)
-        .set("enable.idempotence", "true")
+    Ok(producer_config(s).create()?)
+}
+
+fn producer_config(s: &KafkaSettings) -> ClientConfig {
+    let mut c = base(s);
+    c.set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", s.linger_ms.unwrap_or(LINGER_MS).to_string())
         .set("compression.type", "lz4")
         .set("message.timeout.ms", s.message_timeout_ms.to_string())
         .set("queue.buffering.max.messages", "100000")
-        .create()?)
+        // An edge does not wait for the broker before reading a connection's next frame: this
+        // queue is what bounds the frames in flight (a full queue refuses at once: `unavailable`).
+        .set("queue.buffering.max.kbytes", QUEUE_MAX_KBYTES.to_string());
+    c
 }
+
+/// The most a producer holds in memory before it refuses records, in KiB (librdkafka's default is
+/// 1 GiB): 64 MiB, about 6 s of 10,000 requests a second at 1 KiB each.
+pub const QUEUE_MAX_KBYTES: u64 = 64 * 1024;
 
 /// A consumer in `group` that never stores offsets by itself: the caller stores them after the
 /// effect of a record is durable, and they are committed every second, when partitions are
@@ -151,8 +165,7 @@ pub async fn ensure_shared_topics(s: &KafkaSettings) -> Result<()> {
 /// A producer with the send timeout and metrics every publisher needs.
 #[derive(Clone)]
 pub struct Publisher {
-    producer: FutureProducer,
-    metrics: Metrics,
+    producer: ThreadedProducer<Delivery>,
 }
 
 /// A publish that did not reach the broker in time.
@@ -161,14 +174,66 @@ pub struct Publisher {
 pub struct PublishError {
     pub topic: String,
     #[source]
-    pub source: rdkafka::error::KafkaError,
+    pub source: KafkaError,
+}
+
+/// Who hears how a record ended.
+enum Done {
+    /// A task awaits the outcome ([`Publisher::send`]).
+    Wait(oneshot::Sender<std::result::Result<(), KafkaError>>),
+    /// Nobody waits; this runs if the record fails ([`Publisher::enqueue`]).
+    OnFailure(Box<dyn FnOnce(PublishError) + Send + Sync>),
+}
+
+/// A record on its way: when it was handed over, and who hears the outcome.
+pub struct InFlight {
+    at: Instant,
+    done: Done,
+}
+
+/// The producer's context: librdkafka's polling thread calls [`ProducerContext::delivery`] once
+/// per record, when the broker has it or it failed. It keeps the publish metrics and tells whoever
+/// is to be told; a record nobody waits for costs no task wake-up when it succeeds.
+pub struct Delivery {
+    metrics: Metrics,
+}
+
+impl ClientContext for Delivery {}
+
+impl ProducerContext for Delivery {
+    type DeliveryOpaque = Box<InFlight>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, sent: Box<InFlight>) {
+        match result {
+            Ok(m) => {
+                self.metrics
+                    .produce_seconds
+                    .observe(crate::metrics::since(sent.at));
+                self.metrics.records_published.get(kind_of(m.topic())).inc();
+                if let Done::Wait(tx) = sent.done {
+                    let _ = tx.send(Ok(()));
+                }
+            }
+            Err((e, m)) => {
+                self.metrics.publish_failures.inc();
+                match sent.done {
+                    Done::Wait(tx) => {
+                        let _ = tx.send(Err(e.clone()));
+                    }
+                    Done::OnFailure(tell) => tell(PublishError {
+                        topic: m.topic().to_string(),
+                        source: e.clone(),
+                    }),
+                }
+            }
+        }
+    }
 }
 
 impl Publisher {
     pub fn new(s: &KafkaSettings, metrics: Metrics) -> Result<Self> {
         Ok(Publisher {
-            producer: producer(s)?,
-            metrics,
+            producer: producer_config(s).create_with_context(Delivery { metrics })?,
         })
     }
 
@@ -180,30 +245,61 @@ impl Publisher {
         payload: &[u8],
         traceparent: Option<&str>,
     ) -> Result<(), PublishError> {
-        let mut record = FutureRecord::to(topic).key(key).payload(payload);
+        let (tx, rx) = oneshot::channel();
+        self.hand_over(topic, key, payload, traceparent, Done::Wait(tx))?;
+        // (a producer dropped with the record purges it, which is a failure like any other)
+        rx.await
+            .unwrap_or(Err(KafkaError::Canceled))
+            .map_err(|source| PublishError {
+                topic: topic.to_string(),
+                source,
+            })
+    }
+
+    /// Queue one record without waiting for the broker: `Ok` once it is queued; if it fails
+    /// later (`message.timeout.ms` passed), `on_failure` runs on librdkafka's polling thread, so
+    /// it must be quick and never block. A record refused at once (queue full, too large) is an
+    /// `Err` here and `on_failure` is not called.
+    pub fn enqueue(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+        traceparent: Option<&str>,
+        on_failure: impl FnOnce(PublishError) + Send + Sync + 'static,
+    ) -> Result<(), PublishError> {
+        let done = Done::OnFailure(Box::new(on_failure));
+        self.hand_over(topic, key, payload, traceparent, done)
+    }
+
+    fn hand_over(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+        traceparent: Option<&str>,
+        done: Done,
+    ) -> Result<(), PublishError> {
+        let sent = Box::new(InFlight {
+            at: Instant::now(),
+            done,
+        });
+        let mut record = BaseRecord::with_opaque_to(topic, sent)
+            .key(key)
+            .payload(payload);
         if let Some(tp) = traceparent {
             record = record.headers(OwnedHeaders::new().insert(Header {
                 key: crate::telemetry::TRACEPARENT,
                 value: Some(tp),
             }));
         }
-        let t0 = std::time::Instant::now();
-        match self.producer.send(record, Duration::from_secs(0)).await {
-            Ok(_) => {
-                self.metrics
-                    .produce_seconds
-                    .observe(crate::metrics::since(t0));
-                self.metrics.records_published.get(kind_of(topic)).inc();
-                Ok(())
+        self.producer.send(record).map_err(|(source, _)| {
+            self.producer.context().metrics.publish_failures.inc();
+            PublishError {
+                topic: topic.to_string(),
+                source,
             }
-            Err((source, _)) => {
-                self.metrics.publish_failures.inc();
-                Err(PublishError {
-                    topic: topic.to_string(),
-                    source,
-                })
-            }
-        }
+        })
     }
 
     /// Readiness: the cluster answers a metadata request (on a blocking thread, like the flush).
@@ -257,7 +353,7 @@ mod tests {
     #[tokio::test]
     async fn a_flush_lets_other_tasks_run_while_it_waits() {
         // Nothing listens on port 1: the record stays queued, so the flush waits its whole
-        // timeout (the record itself would time out only after `message_timeout_ms`, 5 s).
+        // timeout (the record itself would time out only after `message_timeout_ms`, 15 s).
         let s = KafkaSettings {
             brokers: "127.0.0.1:1".into(),
             ..Default::default()
@@ -281,6 +377,67 @@ mod tests {
         flushing.store(false, Ordering::SeqCst);
         assert!(t0.elapsed() >= timeout, "the flush waited for the record");
         assert!(during.await.unwrap(), "another task ran during the flush");
+    }
+
+    /// A queued record that fails later is told to its `on_failure` (once, with its topic) and
+    /// counted; one refused at once (larger than `message.max.bytes`) is the `Err` of `enqueue`
+    /// and its `on_failure` never runs.
+    #[tokio::test]
+    async fn an_enqueued_record_that_fails_is_told_and_one_refused_at_once_is_returned() {
+        let s = KafkaSettings {
+            brokers: "127.0.0.1:1".into(),
+            message_timeout_ms: 200,
+            ..Default::default()
+        };
+        let metrics = Metrics::default();
+        let p = Publisher::new(&s, metrics.clone()).unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        p.enqueue("t.x.v1", "k", b"v", None, move |e| {
+            let _ = tx.send(e);
+        })
+        .expect("queued");
+        let failed = tokio::time::timeout(Duration::from_secs(10), rx)
+            .await
+            .expect("told in time")
+            .expect("told");
+        assert_eq!(failed.topic, "t.x.v1");
+        assert_eq!(metrics.publish_failures.get(), 1);
+
+        let told = Arc::new(AtomicBool::new(false));
+        let refused = p
+            .enqueue("t.x.v1", "k", &vec![0u8; 2 << 20], None, {
+                let told = told.clone();
+                move |_| told.store(true, Ordering::SeqCst)
+            })
+            .expect_err("too large");
+        assert_eq!(refused.topic, "t.x.v1");
+        assert_eq!(metrics.publish_failures.get(), 2);
+        p.flush(Duration::from_millis(300)).await;
+        assert!(!told.load(Ordering::SeqCst), "a refused record is not told");
+    }
+
+    /// What a producer holds is bounded in bytes: records that would take it past
+    /// [`QUEUE_MAX_KBYTES`] are refused at once (the edge's frames in flight rely on it).
+    #[tokio::test]
+    async fn a_producer_holds_at_most_its_byte_bound() {
+        let s = KafkaSettings {
+            brokers: "127.0.0.1:1".into(),
+            ..Default::default()
+        };
+        let p = Publisher::new(&s, Metrics::default()).unwrap();
+        let record = vec![0u8; 900_000];
+        let fits = (QUEUE_MAX_KBYTES * 1024) as usize / record.len();
+        for _ in 0..fits {
+            p.enqueue("t.x.v1", "k", &record, None, |_| {})
+                .expect("within the bound");
+        }
+        let refused = p
+            .enqueue("t.x.v1", "k", &record, None, |_| {})
+            .expect_err("past the bound");
+        assert_eq!(
+            refused.source,
+            KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
+        );
     }
 
     #[tokio::test]

@@ -22,7 +22,10 @@ pub struct KafkaSettings {
     /// Partitions of the shared request topics when this process creates them.
     #[serde(default = "default_partitions")]
     pub partitions: i32,
-    /// How long a publish may wait before it is reported failed to the client.
+    /// How long a publish may wait before it is reported failed to the client: longer than a
+    /// partition leader's move to another broker after a broker is lost (measured 3-10 s), so
+    /// that such a move delays records instead of failing them (a failed request is resent by its
+    /// client after the ones it sent later, and stored after them).
     #[serde(default = "default_message_timeout_ms")]
     pub message_timeout_ms: u64,
     /// How long a producer holds records to send them in one request (`linger.ms`). Unset, each
@@ -36,7 +39,7 @@ fn default_partitions() -> i32 {
     6
 }
 fn default_message_timeout_ms() -> u64 {
-    5_000
+    15_000
 }
 
 impl KafkaSettings {
@@ -249,7 +252,7 @@ mod tests {
         let s: S = load(Some(&f.0)).unwrap();
         let k = s.kafka.unwrap();
         assert_eq!(k.partitions, 6);
-        assert_eq!(k.message_timeout_ms, 5_000);
+        assert_eq!(k.message_timeout_ms, 15_000);
         assert_eq!(k.linger_ms, None);
         assert_eq!(k.topics().deliver(), "sb.deliver.v1");
         assert_eq!(s.n, 3);

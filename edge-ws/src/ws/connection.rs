@@ -1,13 +1,15 @@
 //! One WebSocket connection, generic over any `Stream + Sink` of messages so unit tests can drive
-//! it through channels. Reads frames (size limit, rate limit, parse), publishes them, writes what
-//! the hub queues, pings, and closes on idle, on revocation, on a full queue or at shutdown.
+//! it through channels. Reads frames (size limit, rate limit, parse), publishes them without
+//! waiting for the broker (a publish that fails later comes back through the hub as an error
+//! frame), writes what the hub queues, pings, and closes on idle, on revocation, on a full queue or
+//! at shutdown.
 //! [`run`] is a connection's whole life after the handshake: registered, driven, unregistered.
 
 use super::upgrade::ws_config;
 use crate::hub::Outbound;
 use crate::limits::Slot;
 use crate::ratelimit::TokenBucket;
-use crate::rpc::publish;
+use crate::rpc::publish_frame;
 use crate::Edge;
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use hyper_util::rt::TokioIo;
@@ -212,8 +214,7 @@ where
                 let reply = if let Message::Text(text) = &msg {
                     edge.metrics.ws_frames_in.inc();
                     match prepare(&edge, &ctx, text.as_str(), within_rate) {
-                        Ok(env) => publish(&edge, &env)
-                            .await
+                        Ok(env) => publish_frame(&edge, &env)
                             .err()
                             .map(|e| ServerFrame::error(env.rid.clone(), e)),
                         Err(frame) => Some(*frame),

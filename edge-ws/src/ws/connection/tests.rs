@@ -63,7 +63,10 @@ fn start(idle_timeout_ms: u64) -> Peer {
 }
 
 fn start_with(settings: EdgeSettings) -> Peer {
-    let edge = Edge::for_tests(settings);
+    start_on(Edge::for_tests(settings))
+}
+
+fn start_on(edge: Arc<Edge>) -> Peer {
     let (tx, rx) = fmpsc::unbounded();
     let (out_tx, out) = fmpsc::unbounded();
     let flushes = Arc::new(AtomicUsize::new(0));
@@ -326,4 +329,53 @@ async fn a_ping_after_text_emptied_the_bucket_pauses_reading_too() {
     tokio::time::advance(Duration::from_secs(1)).await;
     settle().await;
     assert_eq!(p.reads.load(Ordering::Relaxed), 4);
+}
+
+/// The next frame the edge writes, as text (10 s at most).
+async fn next_text(out: &mut fmpsc::UnboundedReceiver<Message>) -> String {
+    let m = tokio::time::timeout(Duration::from_secs(10), out.next())
+        .await
+        .expect("a frame in time")
+        .expect("open");
+    m.into_text().expect("text").to_string()
+}
+
+/// A frame whose publish still waits for the broker does not hold its socket: what the hub queues
+/// meanwhile goes out at once, and when the publish fails (`message_timeout_ms`) the client gets
+/// `unavailable` for that frame's `rid`, through the hub. Real time: librdkafka's own timers.
+#[tokio::test]
+async fn a_publish_waiting_for_the_broker_does_not_hold_the_socket() {
+    let kafka = runtime::KafkaSettings {
+        brokers: "127.0.0.1:1".into(),
+        message_timeout_ms: 200,
+        ..Default::default()
+    };
+    let edge = Edge::for_tests_with(Default::default(), &kafka);
+    let mut peer = start_on(edge.clone());
+    edge.hub.register(
+        1,
+        crate::hub::ConnHandle {
+            user_id: Id(1),
+            session_id: "s".into(),
+            tx: peer.queue.clone(),
+            kill: CancellationToken::new(),
+        },
+    );
+    peer.tx
+        .unbounded_send(Ok(Message::text(r#"{"type":"ping","rid":"r1"}"#)))
+        .unwrap();
+    while peer.reads.load(Ordering::Relaxed) == 0 {
+        tokio::task::yield_now().await;
+    }
+    peer.queue
+        .send(Outbound::Text("delivered meanwhile".into()))
+        .await
+        .unwrap();
+    assert_eq!(next_text(&mut peer.out).await, "delivered meanwhile");
+    let failed: serde_json::Value = serde_json::from_str(&next_text(&mut peer.out).await).unwrap();
+    assert_eq!(failed["rid"], "r1", "{failed}");
+    assert_eq!(failed["type"], "error", "{failed}");
+    assert_eq!(failed["code"], "unavailable", "{failed}");
+    assert_eq!(edge.metrics.ws_frames_rejected.get(), 1);
+    peer.ended.abort();
 }
