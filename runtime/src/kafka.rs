@@ -99,6 +99,9 @@ fn consumer_config(s: &KafkaSettings, group: &str, from_latest: bool) -> ClientC
         // costs no latency and stops idle consumers polling the broker 100 times a second.
         .set("fetch.wait.max.ms", "100")
         .set("partition.assignment.strategy", "cooperative-sticky");
+    if let Some(id) = &s.group_instance_id {
+        c.set("group.instance.id", id);
+    }
     c
 }
 

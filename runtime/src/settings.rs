@@ -33,6 +33,13 @@ pub struct KafkaSettings {
     /// router; edges hold their requests longer, see `edge_ws::EDGE_LINGER_MS`).
     #[serde(default)]
     pub linger_ms: Option<u64>,
+    /// This process' own name in its consumer group (Kafka static membership,
+    /// `group.instance.id`): a process that comes back under the same name within the session
+    /// timeout gets its partitions back at once, with no rebalance, where an unnamed one leaves
+    /// them waiting for the timeout. It must be unique within the group and the same across
+    /// restarts of one process; unset, membership is dynamic.
+    #[serde(default)]
+    pub group_instance_id: Option<String>,
 }
 
 fn default_partitions() -> i32 {
@@ -94,6 +101,7 @@ impl Default for KafkaSettings {
             partitions: default_partitions(),
             message_timeout_ms: default_message_timeout_ms(),
             linger_ms: None,
+            group_instance_id: None,
         }
     }
 }

@@ -90,9 +90,14 @@ def app_names(ctx) -> list[str]:
 # ---------------------------------------------------------------- config files
 
 
-def _kafka_section(ctx) -> str:
-    return (f"[kafka]\nbrokers = {q(kafka_brokers(ctx))}\ntopic_prefix = {q(TOPIC_PREFIX)}\n"
-            f"replication_factor = {replication_factor(ctx)}\n")
+def _kafka_section(ctx, group_instance_id: str | None = None) -> str:
+    """`group_instance_id`: the process' static name in its consumer group (workers and the
+    router, each process under its own name, the same after a restart)."""
+    out = (f"[kafka]\nbrokers = {q(kafka_brokers(ctx))}\ntopic_prefix = {q(TOPIC_PREFIX)}\n"
+           f"replication_factor = {replication_factor(ctx)}\n")
+    if group_instance_id:
+        out += f"group_instance_id = {q(group_instance_id)}\n"
+    return out
 
 
 def _redis_section(ctx) -> str:
@@ -160,7 +165,7 @@ def limits_section(profile: str) -> str:
 
 
 def service_toml(ctx, svc: str, health_port: int, database: bool) -> str:
-    out = _kafka_section(ctx) + "\n" + _redis_section(ctx) + "\n"
+    out = _kafka_section(ctx, svc) + "\n" + _redis_section(ctx) + "\n"
     if database:
         out += _database_section(ctx) + "\n"
     out += f"[service]\nname = {q(svc)}\nhealth_listen = {q(addr(health_port))}\n"

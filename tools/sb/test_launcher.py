@@ -1,4 +1,5 @@
-"""Unit tests of `./sb up`'s pre-flight port check (a loopback socket, no platform).
+"""Unit tests of `./sb up`'s pre-flight port check (a loopback socket, no platform) and of the
+configs it writes.
 
     python3 -B -m unittest discover -s tools/sb -p 'test_*.py'
 """
@@ -15,6 +16,8 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import launcher  # noqa: E402
+import services  # noqa: E402
+import tomllib  # noqa: E402
 from ports import Ports  # noqa: E402
 from state import State  # noqa: E402
 from util import SbError, proc_starttime  # noqa: E402
@@ -46,6 +49,24 @@ class PreflightTest(unittest.TestCase):
                 if str(ports.edge_internal(0)) in str(err):
                     raise
                 # other ports of offset 7000 taken on this machine are not this test's business
+
+
+class ConfigTest(unittest.TestCase):
+    def test_each_worker_and_the_router_have_their_own_static_name_in_their_consumer_group(self):
+        with tempfile.TemporaryDirectory() as d:
+            ctx = launcher.Ctx(State(d), Ports(7000), 1, 2, False, d, False, workers={"dms": 2})
+            services.write_configs(ctx)
+
+            def kafka(name: str) -> dict:
+                with open(os.path.join(ctx.state.conf_dir, f"{name}.toml"), "rb") as f:
+                    return tomllib.load(f)["kafka"]
+
+            names = [n for n, _, _ in services.worker_processes(ctx)] + ["router"]
+            self.assertIn("worker-dms-1", names)
+            for name in names:
+                self.assertEqual(kafka(name).get("group_instance_id"), name)
+            # edges read their own topic by assignment: no group to be named in
+            self.assertNotIn("group_instance_id", kafka("edge-0"))
 
 
 if __name__ == "__main__":
