@@ -32,9 +32,8 @@ from util import alive, http_status, stop_on_signals, which
 
 INTERVAL = 1.0
 # A live process that misses this many checks in a row leaves the upstream list. One missed check
-# is usually a busy machine, not a dead edge, and every reload costs the clients on the old nginx
-# workers their connection once `worker_shutdown_timeout` runs out. A process that is gone leaves
-# at once.
+# is usually a busy machine, not a dead edge, and every reload leaves old nginx workers draining
+# their clients' sockets (up to `worker_shutdown_timeout`). A process that is gone leaves at once.
 MISSES_TO_REMOVE = 3
 CHECK_TIMEOUT = 1.0
 

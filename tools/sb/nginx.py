@@ -79,6 +79,10 @@ def _quote(path: str) -> str:
 # connections (client and upstream), so one worker carries at most ~9,750 clients.
 WORKER_FILES = 20000
 WORKER_CONNECTIONS = 19500
+# How long the workers of a reloaded nginx keep relaying the WebSockets they hold. A reload (an
+# edge left or came back) must not cut the sockets of the other edges: the old workers drain as
+# their clients leave, for up to an hour (each holds only its own sockets meanwhile).
+SHUTDOWN_DRAIN = "1h"
 
 
 def worker_count(edges: int) -> int:
@@ -105,7 +109,7 @@ pid logs/nginx.pid;
 error_log logs/error.log warn;
 worker_processes {workers};
 worker_rlimit_nofile {WORKER_FILES};
-worker_shutdown_timeout 30s;
+worker_shutdown_timeout {SHUTDOWN_DRAIN};
 
 events {{
     worker_connections {WORKER_CONNECTIONS};

@@ -69,5 +69,12 @@ class ConfigTest(unittest.TestCase):
             self.assertNotIn("group_instance_id", kafka("edge-0"))
 
 
+class NginxConfTest(unittest.TestCase):
+    def test_a_reload_lets_the_old_workers_drain_their_sockets_for_an_hour(self):
+        import nginx
+        conf = nginx.nginx_conf(18080, "/nowhere")
+        self.assertIn("worker_shutdown_timeout 1h;", conf)
+
+
 if __name__ == "__main__":
     unittest.main()
