@@ -204,13 +204,59 @@ pub async fn refresh(
     }
 }
 
-/// End one session.
+/// End one session. Its three keys live on three slots, so possibly on three masters; each
+/// deletion is acknowledged by `limits.revocation_replicas` replicas of its own master before
+/// the revocation counts as done ([`replicated`]), so a failover promoting one of them cannot
+/// bring the session back. Otherwise: `unavailable` (repeating a revocation is harmless), and
+/// `sb_revocations_unacknowledged_total` counts it.
 pub async fn revoke(d: &Deps, sid: &str, rec: &SessionRecord) -> Result<()> {
-    let mut c = d.redis.get().await?;
-    let _: () = c.del(tok_key(d, &rec.token_hash)).await?;
-    let _: () = c.del(sess_key(d, sid)).await?;
-    let _: () = c.srem(user_key(d, rec.user_id), sid).await?;
-    Ok(())
+    let mut tok = redis::cmd("DEL");
+    tok.arg(tok_key(d, &rec.token_hash));
+    let mut sess = redis::cmd("DEL");
+    sess.arg(sess_key(d, sid));
+    let mut index = redis::cmd("SREM");
+    index.arg(user_key(d, rec.user_id)).arg(sid);
+    let (a, b, c) = futures::try_join!(
+        replicated(d, tok),
+        replicated(d, sess),
+        replicated(d, index)
+    )?;
+    if a && b && c {
+        return Ok(());
+    }
+    d.metrics.revocations_unacknowledged.inc();
+    Err(crate::refuse(
+        topics::ErrorCode::Unavailable,
+        "the revocation could not be confirmed by a replica; retry",
+    ))
+}
+
+/// Run one write (its first argument is its key) on the revocation connection, then, on that
+/// same connection and node, `WAIT` for `limits.revocation_replicas` replicas to have it; true
+/// if enough did within `limits.revocation_ack_timeout_ms`. `WAIT` counts the replicas that
+/// have every earlier write of the connection it is sent on, and only on the node it reaches.
+/// The two go as one pipeline: redis-rs sends a cluster pipeline to the node of its first keyed
+/// command (`WAIT` has no key), so the `WAIT` follows the write on that node's socket. A
+/// connection of their own (not the shared one): a `WAIT` blocks its connection until it is
+/// answered, and the handshake's reads must not queue behind it.
+async fn replicated(d: &Deps, write: redis::Cmd) -> Result<bool> {
+    let need = d.limits.revocation_replicas;
+    let mut c = d.revocations.get().await?;
+    let mut p = redis::pipe();
+    p.add_command(write).ignore();
+    if need == 0 {
+        let () = p.query_async(&mut c).await?;
+        return Ok(true);
+    }
+    // `WAIT n 0` would wait forever.
+    let timeout = d.limits.revocation_ack_timeout_ms.max(1);
+    let (acked,): (u64,) = p
+        .cmd("WAIT")
+        .arg(need)
+        .arg(timeout)
+        .query_async(&mut c)
+        .await?;
+    Ok(acked >= need)
 }
 
 /// Every live session of a user (dead ids are dropped from the index on the way).
