@@ -133,6 +133,17 @@ async fn an_acknowledged_revocation_is_already_on_the_replica() {
     for k in keys(&app, &t1, &s1) {
         assert!(!on_replica(&app, &k).await, "{k} still on the replica");
     }
+    // Retried, it is answered as for a gone session (the replicas confirm it is gone).
+    let (status, body) = app
+        .http(0)
+        .delete("/api/v1/sessions/current", Some(&t1))
+        .await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = app
+        .http(1)
+        .delete(&format!("/api/v1/sessions/{s1}"), Some(&t2))
+        .await;
+    assert_eq!(status, 404, "{body}");
     // Every session: the same for each of them.
     let (status, body) = app.http(1).delete("/api/v1/sessions", Some(&t2)).await;
     assert_eq!(status, 200, "{body}");
@@ -154,7 +165,7 @@ async fn a_revocation_too_few_replicas_confirm_is_unavailable_and_counted() {
     opts.limits.revocation_ack_timeout_ms = 50;
     let app = spawn_app_with(opts).await;
     let (_, name) = signup(&app, 0).await;
-    let (t1, _) = login(&app, 0, &name).await;
+    let (t1, s1) = login(&app, 0, &name).await;
     let (t2, _) = login(&app, 1, &name).await;
     let auth = app.health["worker-auth"];
     assert_eq!(unacknowledged(auth).await, 0.0);
@@ -166,11 +177,33 @@ async fn a_revocation_too_few_replicas_confirm_is_unavailable_and_counted() {
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["code"], "unavailable", "{body}");
     assert_eq!(unacknowledged(auth).await, 1.0);
+    // The master deleted the session; a retry finds it gone, but is not told it is done before
+    // a replica confirms that either: by its token, and by its id from another session.
+    let (status, body) = app
+        .http(0)
+        .delete("/api/v1/sessions/current", Some(&t1))
+        .await;
+    assert_eq!(
+        (status, &body["code"]),
+        (503, &"unavailable".into()),
+        "{body}"
+    );
+    assert_eq!(unacknowledged(auth).await, 2.0);
+    let (status, body) = app
+        .http(1)
+        .delete(&format!("/api/v1/sessions/{s1}"), Some(&t2))
+        .await;
+    assert_eq!(
+        (status, &body["code"]),
+        (503, &"unavailable".into()),
+        "{body}"
+    );
+    assert_eq!(unacknowledged(auth).await, 3.0);
 
     let (status, body) = app.http(1).delete("/api/v1/sessions", Some(&t2)).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["code"], "unavailable", "{body}");
-    assert_eq!(unacknowledged(auth).await, 2.0);
+    assert_eq!(unacknowledged(auth).await, 4.0);
 
     // An account deletion revokes on worker-users.
     let (_, other) = signup(&app, 1).await;

@@ -224,14 +224,53 @@ pub async fn revoke(d: &Deps, sid: &str, rec: &SessionRecord) -> Result<()> {
     if a && b && c {
         return Ok(());
     }
-    d.metrics.revocations_unacknowledged.inc();
-    Err(crate::refuse(
-        topics::ErrorCode::Unavailable,
-        "the revocation could not be confirmed by a replica; retry",
-    ))
+    Err(unconfirmed(d))
 }
 
-/// Run one write (its first argument is its key) on the revocation connection, then, on that
+/// A revocation too few replicas acknowledged: counted, and `unavailable` for the client.
+fn unconfirmed(d: &Deps) -> crate::Error {
+    d.metrics.revocations_unacknowledged.inc();
+    crate::refuse(
+        topics::ErrorCode::Unavailable,
+        "the revocation could not be confirmed by a replica; retry",
+    )
+}
+
+/// Deletes a key that is already gone, in a way that always reaches the replication stream (a
+/// `DEL` of a missing key is not replicated, so a `WAIT` after it would confirm nothing).
+const FORCE_DEL: &str = "redis.call('SET', KEYS[1], '') return redis.call('DEL', KEYS[1])";
+
+/// A revocation retried after `unavailable` finds its session already gone from the master; that
+/// deletion must reach a replica before the retry is answered as for a gone session. A write to
+/// the key, acknowledged (`WAIT`), means the replicas have everything the master did to it
+/// before — the earlier deletion included. `what` is a token's hash or a session's id: called
+/// only once the key was read as absent (or as a session past its end).
+pub async fn confirm_gone(d: &Deps, what: Gone<'_>) -> Result<()> {
+    let key = match what {
+        Gone::Token(hash) if hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            tok_key(d, hash)
+        }
+        // Not a token this service made: there is nothing to confirm.
+        Gone::Token(_) => return Ok(()),
+        Gone::Session(sid) => sess_key(d, sid),
+    };
+    let mut write = redis::cmd("EVAL");
+    write.arg(FORCE_DEL).arg(1).arg(key);
+    if replicated(d, write).await? {
+        Ok(())
+    } else {
+        Err(unconfirmed(d))
+    }
+}
+
+/// What [`confirm_gone`] confirms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gone<'a> {
+    Token(&'a str),
+    Session(&'a str),
+}
+
+/// Run one write to one key (redis-rs routes it by that key) on the revocation connection, then, on that
 /// same connection and node, `WAIT` for `limits.revocation_replicas` replicas to have it; true
 /// if enough did within `limits.revocation_ack_timeout_ms`. `WAIT` counts the replicas that
 /// have every earlier write of the connection it is sent on, and only on the node it reaches.
