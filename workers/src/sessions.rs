@@ -214,17 +214,19 @@ pub async fn revoke(d: &Deps, sid: &str, rec: &SessionRecord) -> Result<()> {
     tok.arg(tok_key(d, &rec.token_hash));
     let mut sess = redis::cmd("DEL");
     sess.arg(sess_key(d, sid));
+    let (a, b) = futures::try_join!(replicated(d, tok), replicated(d, sess))?;
+    if !(a && b) {
+        return Err(unconfirmed(d));
+    }
+    // Out of the user's index last: a logout everywhere retried after `unavailable` still finds
+    // the session there, and confirms it gone ([`revoke_all`]).
     let mut index = redis::cmd("SREM");
     index.arg(user_key(d, rec.user_id)).arg(sid);
-    let (a, b, c) = futures::try_join!(
-        replicated(d, tok),
-        replicated(d, sess),
-        replicated(d, index)
-    )?;
-    if a && b && c {
-        return Ok(());
+    if replicated(d, index).await? {
+        Ok(())
+    } else {
+        Err(unconfirmed(d))
     }
-    Err(unconfirmed(d))
 }
 
 /// A revocation too few replicas acknowledged: counted, and `unavailable` for the client.
@@ -316,13 +318,22 @@ pub async fn list(d: &Deps, user: Id) -> Result<Vec<(String, SessionRecord)>> {
     Ok(out)
 }
 
-/// End every session of a user; returns their ids.
+/// End every session of a user; returns their ids. A session still in the user's index but
+/// gone (expired, or revoked by an earlier attempt answered `unavailable`) is confirmed gone on
+/// the replicas before it leaves the index.
 pub async fn revoke_all(d: &Deps, user: Id) -> Result<Vec<String>> {
-    let all = list(d, user).await?;
-    for (sid, rec) in &all {
-        revoke(d, sid, rec).await?;
+    let mut c = d.redis.get().await?;
+    let ids: Vec<String> = c.smembers(user_key(d, user)).await?;
+    for sid in &ids {
+        match load(d, sid).await? {
+            Some(rec) => revoke(d, sid, &rec).await?,
+            None => {
+                confirm_gone(d, Gone::Session(sid)).await?;
+                let _: () = c.srem(user_key(d, user), sid).await?;
+            }
+        }
     }
-    Ok(all.into_iter().map(|(sid, _)| sid).collect())
+    Ok(ids)
 }
 
 /// Count an attempt in a fixed one-minute window; true while under `limit`.
