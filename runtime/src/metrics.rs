@@ -271,6 +271,7 @@ pub struct Inner {
     pub handler_seconds: ByLabel<Histogram>,
     pub account_checks: Counter,
     pub account_check_queries: Counter,
+    pub revocations_unacknowledged: Counter,
     pub messages_persisted: Counter,
     dm_commit_seconds: Family<Labels, Histogram, Ctor<Histogram>>,
     // router
@@ -486,6 +487,7 @@ impl Metrics {
         });
         let account_checks = Counter::default();
         let account_check_queries = Counter::default();
+        let revocations_unacknowledged = Counter::default();
         if worker {
             r.register(
                 "sb_requests_handled",
@@ -507,6 +509,11 @@ impl Metrics {
                 "sb_account_check_queries",
                 "Queries that answered the account checks",
                 account_check_queries.clone(),
+            );
+            r.register(
+                "sb_revocations_unacknowledged",
+                "Revocations answered unavailable: too few replicas acknowledged them in time",
+                revocations_unacknowledged.clone(),
             );
         }
         let messages_persisted = Counter::default();
@@ -566,6 +573,7 @@ impl Metrics {
             handler_seconds,
             account_checks,
             account_check_queries,
+            revocations_unacknowledged,
             messages_persisted,
             dm_commit_seconds,
             deliveries_routed,
@@ -749,6 +757,7 @@ mod tests {
             ("sb_request_handler_duration_seconds", "histogram"),
             ("sb_account_checks", "counter"),
             ("sb_account_check_queries", "counter"),
+            ("sb_revocations_unacknowledged", "counter"),
             ("sb_messages_persisted", "counter"),
             ("sb_dm_commit_duration_seconds", "histogram"),
             ("sb_deliveries_routed", "counter"),
@@ -785,6 +794,7 @@ mod tests {
             "sb_request_errors_total{kind=\"dm.send\",code=\"forbidden\"}",
             "sb_account_checks_total",
             "sb_account_check_queries_total",
+            "sb_revocations_unacknowledged_total",
             "sb_messages_persisted_total",
             "sb_deliveries_routed_total",
             "sb_edge_request_duration_seconds_count{kind=\"ping\"}",

@@ -15,6 +15,9 @@ pub struct Deps {
     pub topics: Topics,
     pub publisher: Publisher,
     pub redis: Cluster,
+    /// A second cluster connection, for revocations only: they wait on it for replicas (`WAIT`
+    /// blocks the connection it is sent on), so the shared one never waits behind them.
+    pub revocations: Cluster,
     pub keys: Keys,
     pub registry: Registry,
     pub db: crate::db::Shards,

@@ -249,6 +249,9 @@ pub trait Identity: Send + Sync {
         session_id: &'a str,
         rec: &'a SessionRecord,
     ) -> BoxFuture<'a, crate::Result<()>>;
+    /// Make sure the absence of a token or session is on the replicas too
+    /// ([`sessions::confirm_gone`]).
+    fn confirm_gone<'a>(&'a self, what: sessions::Gone<'a>) -> BoxFuture<'a, crate::Result<()>>;
 }
 
 impl Identity for Deps {
@@ -277,6 +280,10 @@ impl Identity for Deps {
     ) -> BoxFuture<'a, crate::Result<()>> {
         Box::pin(sessions::revoke(self, session_id, rec))
     }
+
+    fn confirm_gone<'a>(&'a self, what: sessions::Gone<'a>) -> BoxFuture<'a, crate::Result<()>> {
+        Box::pin(sessions::confirm_gone(self, what))
+    }
 }
 
 /// Who sent the request. Anonymous requests need no session; the rest need a live one. A frame
@@ -300,14 +307,28 @@ pub async fn authenticate<I: Identity + ?Sized>(
             .map(|s| (session_id.clone(), s)),
     };
     let Some((session_id, rec)) = found else {
-        return if anonymous {
-            Ok(None)
-        } else {
-            Err(crate::refuse(
-                ErrorCode::Unauthorized,
-                "invalid or expired session",
-            ))
-        };
+        if anonymous {
+            return Ok(None);
+        }
+        // A revocation retried after `unavailable` finds its session gone from the master: it
+        // is answered as done (refused, the session being gone) only once a replica has that.
+        if matches!(
+            env.request,
+            Request::Logout { .. } | Request::LogoutAll | Request::UserDelete
+        ) {
+            let what = match &env.auth {
+                Auth::Token { token_hash } => Some(sessions::Gone::Token(token_hash)),
+                Auth::Session { session_id, .. } => Some(sessions::Gone::Session(session_id)),
+                Auth::None => None,
+            };
+            if let Some(what) = what {
+                ids.confirm_gone(what).await?;
+            }
+        }
+        return Err(crate::refuse(
+            ErrorCode::Unauthorized,
+            "invalid or expired session",
+        ));
     };
     // A bearer token (HTTP call or handshake) must also belong to an account that still exists
     // in the database: a session write lost in a Redis failover must never let a deleted user
@@ -358,6 +379,7 @@ mod tests {
         sessions: HashMap<String, SessionRecord>,
         accounts: HashSet<Id>,
         revoked: Mutex<Vec<String>>,
+        confirmed: Mutex<Vec<String>>,
     }
 
     impl Fake {
@@ -412,6 +434,14 @@ mod tests {
             self.revoked.lock().unwrap().push(session_id.into());
             Box::pin(async { Ok(()) })
         }
+
+        fn confirm_gone<'a>(
+            &'a self,
+            what: sessions::Gone<'a>,
+        ) -> BoxFuture<'a, crate::Result<()>> {
+            self.confirmed.lock().unwrap().push(format!("{what:?}"));
+            Box::pin(async { Ok(()) })
+        }
     }
 
     fn env(request: Request, auth: Auth) -> Envelope {
@@ -443,6 +473,30 @@ mod tests {
 
     fn refused(r: crate::Result<Option<Caller>>) -> bool {
         matches!(r, Err(Error::Reply(e)) if e.code == ErrorCode::Unauthorized)
+    }
+
+    #[tokio::test]
+    async fn a_revocation_finding_its_session_gone_confirms_that_before_refusing() {
+        let ids = Fake::default();
+        for (request, auth) in [
+            (Request::Logout { session_id: None }, token("h1")),
+            (Request::LogoutAll, socket("s1", 5)),
+            (Request::UserDelete, token("h2")),
+        ] {
+            assert!(refused(authenticate(&ids, &env(request, auth)).await));
+        }
+        assert_eq!(
+            *ids.confirmed.lock().unwrap(),
+            ["Token(\"h1\")", "Session(\"s1\")", "Token(\"h2\")"]
+        );
+        // Other requests, and no credentials at all, confirm nothing.
+        assert!(refused(
+            authenticate(&ids, &env(Request::DmList, token("h3"))).await
+        ));
+        assert!(refused(
+            authenticate(&ids, &env(Request::LogoutAll, Auth::None)).await
+        ));
+        assert_eq!(ids.confirmed.lock().unwrap().len(), 3);
     }
 
     #[tokio::test]

@@ -109,6 +109,7 @@ pub async fn deps(settings: &Settings, metrics: Metrics) -> Result<Arc<Deps>> {
         ids: ids::IdGen::new(node),
         limits: settings.limits.clone(),
         topics,
+        revocations: runtime::redis::cluster(&settings.redis)?,
         redis,
         keys,
         metrics,

@@ -204,13 +204,100 @@ pub async fn refresh(
     }
 }
 
-/// End one session.
+/// End one session. Its three keys live on three slots, so possibly on three masters; each
+/// deletion is acknowledged by `limits.revocation_replicas` replicas of its own master before
+/// the revocation counts as done ([`replicated`]), so a failover promoting one of them cannot
+/// bring the session back. Otherwise: `unavailable` (repeating a revocation is harmless), and
+/// `sb_revocations_unacknowledged_total` counts it.
 pub async fn revoke(d: &Deps, sid: &str, rec: &SessionRecord) -> Result<()> {
-    let mut c = d.redis.get().await?;
-    let _: () = c.del(tok_key(d, &rec.token_hash)).await?;
-    let _: () = c.del(sess_key(d, sid)).await?;
-    let _: () = c.srem(user_key(d, rec.user_id), sid).await?;
-    Ok(())
+    let mut tok = redis::cmd("DEL");
+    tok.arg(tok_key(d, &rec.token_hash));
+    let mut sess = redis::cmd("DEL");
+    sess.arg(sess_key(d, sid));
+    let (a, b) = futures::try_join!(replicated(d, tok), replicated(d, sess))?;
+    if !(a && b) {
+        return Err(unconfirmed(d));
+    }
+    // Out of the user's index last: a logout everywhere retried after `unavailable` still finds
+    // the session there, and confirms it gone ([`revoke_all`]).
+    let mut index = redis::cmd("SREM");
+    index.arg(user_key(d, rec.user_id)).arg(sid);
+    if replicated(d, index).await? {
+        Ok(())
+    } else {
+        Err(unconfirmed(d))
+    }
+}
+
+/// A revocation too few replicas acknowledged: counted, and `unavailable` for the client.
+fn unconfirmed(d: &Deps) -> crate::Error {
+    d.metrics.revocations_unacknowledged.inc();
+    crate::refuse(
+        topics::ErrorCode::Unavailable,
+        "the revocation could not be confirmed by a replica; retry",
+    )
+}
+
+/// Deletes a key that is already gone, in a way that always reaches the replication stream (a
+/// `DEL` of a missing key is not replicated, so a `WAIT` after it would confirm nothing).
+const FORCE_DEL: &str = "redis.call('SET', KEYS[1], '') return redis.call('DEL', KEYS[1])";
+
+/// A revocation retried after `unavailable` finds its session already gone from the master; that
+/// deletion must reach a replica before the retry is answered as for a gone session. A write to
+/// the key, acknowledged (`WAIT`), means the replicas have everything the master did to it
+/// before — the earlier deletion included. `what` is a token's hash or a session's id: called
+/// only once the key was read as absent (or as a session past its end).
+pub async fn confirm_gone(d: &Deps, what: Gone<'_>) -> Result<()> {
+    let key = match what {
+        Gone::Token(hash) if hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            tok_key(d, hash)
+        }
+        // Not a token this service made: there is nothing to confirm.
+        Gone::Token(_) => return Ok(()),
+        Gone::Session(sid) => sess_key(d, sid),
+    };
+    let mut write = redis::cmd("EVAL");
+    write.arg(FORCE_DEL).arg(1).arg(key);
+    if replicated(d, write).await? {
+        Ok(())
+    } else {
+        Err(unconfirmed(d))
+    }
+}
+
+/// What [`confirm_gone`] confirms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gone<'a> {
+    Token(&'a str),
+    Session(&'a str),
+}
+
+/// Run one write to one key (redis-rs routes it by that key) on the revocation connection, then, on that
+/// same connection and node, `WAIT` for `limits.revocation_replicas` replicas to have it; true
+/// if enough did within `limits.revocation_ack_timeout_ms`. `WAIT` counts the replicas that
+/// have every earlier write of the connection it is sent on, and only on the node it reaches.
+/// The two go as one pipeline: redis-rs sends a cluster pipeline to the node of its first keyed
+/// command (`WAIT` has no key), so the `WAIT` follows the write on that node's socket. A
+/// connection of their own (not the shared one): a `WAIT` blocks its connection until it is
+/// answered, and the handshake's reads must not queue behind it.
+async fn replicated(d: &Deps, write: redis::Cmd) -> Result<bool> {
+    let need = d.limits.revocation_replicas;
+    let mut c = d.revocations.get().await?;
+    let mut p = redis::pipe();
+    p.add_command(write).ignore();
+    if need == 0 {
+        let () = p.query_async(&mut c).await?;
+        return Ok(true);
+    }
+    // `WAIT n 0` would wait forever.
+    let timeout = d.limits.revocation_ack_timeout_ms.max(1);
+    let (acked,): (u64,) = p
+        .cmd("WAIT")
+        .arg(need)
+        .arg(timeout)
+        .query_async(&mut c)
+        .await?;
+    Ok(acked >= need)
 }
 
 /// Every live session of a user (dead ids are dropped from the index on the way).
@@ -231,13 +318,22 @@ pub async fn list(d: &Deps, user: Id) -> Result<Vec<(String, SessionRecord)>> {
     Ok(out)
 }
 
-/// End every session of a user; returns their ids.
+/// End every session of a user; returns their ids. A session still in the user's index but
+/// gone (expired, or revoked by an earlier attempt answered `unavailable`) is confirmed gone on
+/// the replicas before it leaves the index.
 pub async fn revoke_all(d: &Deps, user: Id) -> Result<Vec<String>> {
-    let all = list(d, user).await?;
-    for (sid, rec) in &all {
-        revoke(d, sid, rec).await?;
+    let mut c = d.redis.get().await?;
+    let ids: Vec<String> = c.smembers(user_key(d, user)).await?;
+    for sid in &ids {
+        match load(d, sid).await? {
+            Some(rec) => revoke(d, sid, &rec).await?,
+            None => {
+                confirm_gone(d, Gone::Session(sid)).await?;
+                let _: () = c.srem(user_key(d, user), sid).await?;
+            }
+        }
     }
-    Ok(all.into_iter().map(|(sid, _)| sid).collect())
+    Ok(ids)
 }
 
 /// Count an attempt in a fixed one-minute window; true while under `limit`.

@@ -118,6 +118,12 @@ pub struct Limits {
     /// At most this many records in one batch of worker-dms. With one lane the batch size caps
     /// the rate: 64 drained ~5,000 msg/s, 256 drained 5,700–6,200 (docs/benchmarks.md).
     pub dm_batch_records: usize,
+    /// Replicas of the node holding a session key that must have a revocation (logout, logout
+    /// everywhere, account deletion, a reused token) before it is reported done (Redis `WAIT`);
+    /// 0 answers without waiting. Fewer within `revocation_ack_timeout_ms`: `unavailable`.
+    pub revocation_replicas: u64,
+    /// How long a revocation waits for those replicas (`WAIT`'s timeout).
+    pub revocation_ack_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -136,6 +142,8 @@ impl Default for Limits {
             lanes: 16,
             dm_lanes: 1,
             dm_batch_records: 256,
+            revocation_replicas: 1,
+            revocation_ack_timeout_ms: 1000,
         }
     }
 }

@@ -9,10 +9,16 @@ use topics::{ErrorCode, Response};
 pub async fn logout(ctx: &Ctx<'_>, session_id: Option<&str>) -> Result<Outcome> {
     let c = ctx.caller()?;
     let sid = session_id.unwrap_or(&c.session_id).to_string();
-    let rec = sessions::load(ctx.deps, &sid)
-        .await?
-        .filter(|r| r.user_id == c.user_id)
-        .ok_or_else(|| refuse(ErrorCode::NotFound, "no such session"))?;
+    let rec = match sessions::load(ctx.deps, &sid).await? {
+        Some(r) if r.user_id == c.user_id => r,
+        Some(_) => return Err(refuse(ErrorCode::NotFound, "no such session")),
+        None => {
+            // Perhaps gone by an earlier attempt answered `unavailable`: done only once a
+            // replica has that too.
+            sessions::confirm_gone(ctx.deps, sessions::Gone::Session(&sid)).await?;
+            return Err(refuse(ErrorCode::NotFound, "no such session"));
+        }
+    };
     sessions::revoke(ctx.deps, &sid, &rec).await?;
     Ok(Outcome {
         response: Some(Response::Ok),
