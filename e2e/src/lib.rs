@@ -239,6 +239,7 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
             },
             limits: opts.limits.clone(),
             log: Default::default(),
+            trace: Default::default(),
         };
         let s = stop.clone();
         tasks.spawn(async move { workers::run(role, settings, s).await.expect("worker runs") });
@@ -257,6 +258,7 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
             lanes: 4,
         },
         log: Default::default(),
+        trace: Default::default(),
     };
     let s = stop.clone();
     tasks.spawn(async move { router::run(rs, s).await.expect("router runs") });
@@ -273,6 +275,7 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
             kafka: kafka.clone(),
             edge: es,
             log: Default::default(),
+            trace: Default::default(),
         })
         .await
         .expect("edge builds");

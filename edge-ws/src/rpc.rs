@@ -4,6 +4,7 @@
 use crate::Edge;
 use std::time::Duration;
 use topics::{Auth, EdgeMessage, Envelope, ErrorBody, ErrorCode, Request, WIRE_VERSION};
+use tracing::Instrument;
 
 /// Why a call has no answer: the error for the client, and whether the request may have reached
 /// Kafka (a publish that failed or timed out may still have been written; a request refused
@@ -14,8 +15,32 @@ pub struct NoAnswer {
     pub maybe_sent: bool,
 }
 
-/// Publish a request and wait for its worker's answer on this edge's topic.
+/// Publish a request and wait for its worker's answer on this edge's topic. With tracing on, the
+/// call is an `edge.request` span (the root of the request's trace, sampled by
+/// `trace.sample_ratio`), parent of the publish.
 pub async fn call(
+    edge: &Edge,
+    conn: u64,
+    request: Request,
+    auth: Auth,
+    peer: Option<String>,
+) -> Result<EdgeMessage, NoAnswer> {
+    if !runtime::trace::enabled() {
+        return call_untraced(edge, conn, request, auth, peer).await;
+    }
+    let span = tracing::info_span!(
+        "edge.request",
+        otel.kind = "server",
+        kind = request.kind(),
+        edge = %edge.settings.id,
+        conn,
+    );
+    call_untraced(edge, conn, request, auth, peer)
+        .instrument(span)
+        .await
+}
+
+async fn call_untraced(
     edge: &Edge,
     conn: u64,
     request: Request,
@@ -70,11 +95,10 @@ pub async fn call(
 /// Publish an envelope to its domain's topic; on failure, the error for the client.
 pub async fn publish(edge: &Edge, env: &Envelope) -> Result<(), ErrorBody> {
     let topic = edge.topics.requests(env.domain());
-    let tp = runtime::telemetry::new_traceparent();
     // timed from before the publish: the answer may come before the broker's acknowledgement
     edge.hub.published(env.req, env.request.kind_index());
     edge.publisher
-        .send(&topic, &env.key(), &env.encode(), Some(&tp))
+        .send(&topic, &env.key(), &env.encode())
         .await
         .map_err(|e| {
             edge.hub.unpublished(env.req);

@@ -11,6 +11,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::ClientConfig;
 use std::time::Duration;
+use tracing::Instrument;
 
 fn base(s: &KafkaSettings) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -172,20 +173,43 @@ impl Publisher {
         })
     }
 
-    /// Send one record and wait until the broker has it (or `message.timeout.ms` passed).
-    pub async fn send(
+    /// Send one record and wait until the broker has it (or `message.timeout.ms` passed). With
+    /// tracing on, the publish is a `kafka.publish` span, child of the current span, whose
+    /// context travels in the record's headers (W3C `traceparent`, written by the propagator).
+    /// Outside any span (an edge's heartbeat) a publish starts no trace of its own.
+    pub async fn send(&self, topic: &str, key: &str, payload: &[u8]) -> Result<(), PublishError> {
+        if !crate::trace::enabled() || tracing::Span::current().is_none() {
+            return self.send_with(topic, key, payload, None).await;
+        }
+        let span = tracing::info_span!(
+            "kafka.publish",
+            otel.kind = "producer",
+            messaging.system = "kafka",
+            messaging.destination.name = %topic,
+        );
+        let carrier = crate::trace::Carrier::of(&span);
+        self.send_with(topic, key, payload, Some(&carrier))
+            .instrument(span)
+            .await
+    }
+
+    async fn send_with(
         &self,
         topic: &str,
         key: &str,
         payload: &[u8],
-        traceparent: Option<&str>,
+        trace: Option<&crate::trace::Carrier>,
     ) -> Result<(), PublishError> {
         let mut record = FutureRecord::to(topic).key(key).payload(payload);
-        if let Some(tp) = traceparent {
-            record = record.headers(OwnedHeaders::new().insert(Header {
-                key: crate::telemetry::TRACEPARENT,
-                value: Some(tp),
-            }));
+        if let Some(c) = trace.filter(|c| !c.0.is_empty()) {
+            let mut headers = OwnedHeaders::new_with_capacity(c.0.len());
+            for (k, v) in &c.0 {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(v),
+                });
+            }
+            record = record.headers(headers);
         }
         let t0 = std::time::Instant::now();
         match self.producer.send(record, Duration::from_secs(0)).await {
@@ -263,7 +287,7 @@ mod tests {
             ..Default::default()
         };
         let p = Publisher::new(&s, Metrics::default()).unwrap();
-        let mut send = Box::pin(p.send("t.x.v1", "k", b"v", None));
+        let mut send = Box::pin(p.send("t.x.v1", "k", b"v"));
         assert!(
             futures::poll!(&mut send).is_pending(),
             "queued, not delivered"

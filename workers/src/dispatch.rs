@@ -60,8 +60,23 @@ impl Dispatcher {
                 env.request.kind()
             )));
         }
+        let span = tracing::info_span!(
+            "request",
+            otel.kind = "consumer",
+            kind = env.request.kind(),
+            edge = %env.edge,
+            trace_id = tracing::field::Empty,
+        );
+        runtime::trace::set_parent(&span, &record.trace);
+        if let Some(id) = runtime::trace::trace_id_of(&span) {
+            span.record("trace_id", id.as_str());
+        }
+        // the replies and deliveries are published inside the span: their records carry it
+        self.handle_envelope(env, record).instrument(span).await
+    }
+
+    async fn handle_envelope(&self, env: Envelope, record: &Inbound) -> Result<(), Failure> {
         let started = std::time::Instant::now();
-        let span = tracing::info_span!("request", kind = env.request.kind(), edge = %env.edge, trace_id = record.traceparent.as_deref().and_then(runtime::telemetry::trace_id).unwrap_or(""));
         let result = async {
             let caller = authenticate(&*self.deps, &env).await?;
             route(&Ctx {
@@ -71,7 +86,6 @@ impl Dispatcher {
             })
             .await
         }
-        .instrument(span)
         .await;
         let kind = env.request.kind();
         let m = &self.deps.metrics;
@@ -118,9 +132,10 @@ impl Dispatcher {
         payload: &[u8],
         record: &Inbound,
     ) -> Result<(), Failure> {
+        let _ = record;
         self.deps
             .publisher
-            .send(topic, key, payload, record.traceparent.as_deref())
+            .send(topic, key, payload)
             .await
             .map_err(|e| Failure::Transient(e.to_string()))
     }
