@@ -32,6 +32,18 @@ pub struct Stack {
     /// in stack files of older launchers).
     #[serde(default)]
     pub prometheus: Option<PrometheusStack>,
+    /// The Jaeger `./sb up` runs, receiving every app process's spans (absent with
+    /// `--infra-only` and in stack files of older launchers).
+    #[serde(default)]
+    pub jaeger: Option<JaegerStack>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct JaegerStack {
+    /// The query API and UI, e.g. `http://127.0.0.1:18311`
+    pub url: String,
+    /// Where the processes post their spans (OTLP/HTTP)
+    pub otlp_endpoint: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]

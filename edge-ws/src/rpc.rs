@@ -92,6 +92,23 @@ async fn call_untraced(
     }
 }
 
+/// Publish a WebSocket client's frame (its answer comes back through the edge topic to the
+/// socket, nobody waits for it here); with tracing on, inside an `edge.request` span, the root of
+/// the request's trace, parent of the publish.
+pub async fn publish_frame(edge: &Edge, env: &Envelope) -> Result<(), ErrorBody> {
+    if !runtime::trace::enabled() {
+        return publish(edge, env).await;
+    }
+    let span = tracing::info_span!(
+        "edge.request",
+        otel.kind = "server",
+        kind = env.request.kind(),
+        edge = %edge.settings.id,
+        conn = env.conn,
+    );
+    publish(edge, env).instrument(span).await
+}
+
 /// Publish an envelope to its domain's topic; on failure, the error for the client.
 pub async fn publish(edge: &Edge, env: &Envelope) -> Result<(), ErrorBody> {
     let topic = edge.topics.requests(env.domain());

@@ -209,6 +209,8 @@ enum Msg {
     Flush(SyncSender<OTelSdkResult>),
     /// Export what is queued, shut the exporter down, answer and stop.
     Stop(SyncSender<OTelSdkResult>),
+    /// The process's resource (its `service.name`), for the exporter.
+    Resource(Resource),
 }
 
 /// A span processor with a bounded queue that never blocks the thread ending a span, and one
@@ -227,6 +229,7 @@ impl std::fmt::Debug for Msg {
             Msg::Span(_) => "Span",
             Msg::Flush(_) => "Flush",
             Msg::Stop(_) => "Stop",
+            Msg::Resource(_) => "Resource",
         })
     }
 }
@@ -273,7 +276,7 @@ impl BoundedBatch {
     }
 }
 
-fn export_loop<E: SpanExporter>(exporter: E, rx: mpsc::Receiver<Msg>, failed: Counter) {
+fn export_loop<E: SpanExporter>(mut exporter: E, rx: mpsc::Receiver<Msg>, failed: Counter) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -285,7 +288,7 @@ fn export_loop<E: SpanExporter>(exporter: E, rx: mpsc::Receiver<Msg>, failed: Co
         }
     };
     let mut batch: Vec<SpanData> = Vec::with_capacity(MAX_BATCH_SPANS);
-    let export = |batch: &mut Vec<SpanData>| -> OTelSdkResult {
+    let export = |exporter: &E, batch: &mut Vec<SpanData>| -> OTelSdkResult {
         if batch.is_empty() {
             return Ok(());
         }
@@ -303,25 +306,29 @@ fn export_loop<E: SpanExporter>(exporter: E, rx: mpsc::Receiver<Msg>, failed: Co
             Ok(Msg::Span(s)) => {
                 batch.push(*s);
                 if batch.len() >= MAX_BATCH_SPANS {
-                    let _ = export(&mut batch);
+                    let _ = export(&exporter, &mut batch);
                     due = Instant::now() + EXPORT_INTERVAL;
                 }
             }
             Ok(Msg::Flush(ack)) => {
-                let _ = ack.send(export(&mut batch));
+                let _ = ack.send(export(&exporter, &mut batch));
+            }
+            Ok(Msg::Resource(r)) => {
+                let _ = export(&exporter, &mut batch);
+                exporter.set_resource(&r);
             }
             Ok(Msg::Stop(ack)) => {
-                let r = export(&mut batch);
+                let r = export(&exporter, &mut batch);
                 let _ = exporter.shutdown();
                 let _ = ack.send(r);
                 return;
             }
             Err(RecvTimeoutError::Timeout) => {
-                let _ = export(&mut batch);
+                let _ = export(&exporter, &mut batch);
                 due = Instant::now() + EXPORT_INTERVAL;
             }
             Err(RecvTimeoutError::Disconnected) => {
-                let _ = export(&mut batch);
+                let _ = export(&exporter, &mut batch);
                 return;
             }
         }
@@ -345,6 +352,13 @@ impl SpanProcessor for BoundedBatch {
 
     fn force_flush(&self) -> OTelSdkResult {
         self.ask(Msg::Flush, EXPORT_TIMEOUT)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        // the provider sets it once, as it is built: the queue is empty then
+        if self.tx.try_send(Msg::Resource(resource.clone())).is_err() {
+            self.drops.export_failed.inc();
+        }
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
@@ -422,4 +436,264 @@ pub fn with_processor<P: SpanProcessor + 'static>(
 /// Turn the helpers of this module on (the process installed an exporting layer).
 pub(crate) fn enable() {
     ENABLED.store(true, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::{Tracer, TracerProvider};
+    use std::sync::Arc;
+    use wiremock::matchers::{header, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    /// An exporter keeping what it is given, and the service name of its resource.
+    #[derive(Clone, Debug, Default)]
+    struct Kept(Arc<Mutex<Vec<SpanData>>>, Arc<Mutex<Option<String>>>);
+
+    impl SpanExporter for Kept {
+        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+            self.0.lock().unwrap().extend(batch);
+            Ok(())
+        }
+        fn set_resource(&mut self, r: &Resource) {
+            *self.1.lock().unwrap() = r
+                .get(&opentelemetry::Key::new("service.name"))
+                .map(|v| v.to_string());
+        }
+    }
+
+    fn end_spans(provider: &SdkTracerProvider, n: usize) {
+        let tracer = provider.tracer("test");
+        for i in 0..n {
+            drop(tracer.start(format!("span-{i}")));
+        }
+    }
+
+    #[test]
+    fn a_hop_gets_a_new_span_whose_parent_is_the_previous_hop() {
+        let kept = Kept::default();
+        let provider = with_processor(
+            BoundedBatch::new(kept.clone(), 64, DropCounters::default()).unwrap(),
+            1.0,
+            "test",
+        );
+        let sub = crate::telemetry::subscriber(
+            crate::LogFormat::Text,
+            tracing_subscriber::EnvFilter::new("info"),
+            std::io::sink,
+            Some(provider.tracer("test")),
+        );
+        enable();
+        let carried = tracing::subscriber::with_default(sub, || {
+            // one process: the publish span writes its context into the record's headers
+            let publish = tracing::info_span!("kafka.publish");
+            let carrier = Carrier::of(&publish);
+            assert!(carrier.traceparent().is_some(), "{carrier:?}");
+            // another: the handler's span takes its parent from those headers
+            let handler = tracing::info_span!(parent: None, "request");
+            set_parent(&handler, &carrier);
+            let ids = trace_id_of(&handler);
+            let current = handler.in_scope(current_ids);
+            drop(handler);
+            drop(publish);
+            (carrier, ids, current)
+        });
+        provider.force_flush().unwrap();
+        assert_eq!(
+            kept.1.lock().unwrap().as_deref(),
+            Some("test"),
+            "the service name is exported"
+        );
+        let spans = kept.0.lock().unwrap().clone();
+        let by_name = |n: &str| spans.iter().find(|s| s.name == n).unwrap().clone();
+        let (publish, handler) = (by_name("kafka.publish"), by_name("request"));
+        assert_eq!(
+            handler.span_context.trace_id(),
+            publish.span_context.trace_id()
+        );
+        assert_eq!(handler.parent_span_id, publish.span_context.span_id());
+        assert_ne!(
+            handler.span_context.span_id(),
+            publish.span_context.span_id()
+        );
+        let (carrier, ids, current) = carried;
+        let trace = publish.span_context.trace_id().to_string();
+        assert_eq!(
+            carrier.traceparent().unwrap(),
+            format!("00-{trace}-{}-01", publish.span_context.span_id())
+        );
+        assert_eq!(ids.as_deref(), Some(trace.as_str()));
+        assert_eq!(
+            current,
+            Some((trace, handler.span_context.span_id().to_string()))
+        );
+        // an item's own traceparent parents like a header does
+        let one = Carrier::from_traceparent(carrier.traceparent());
+        assert_eq!(
+            one.context().span().span_context().span_id(),
+            publish.span_context.span_id()
+        );
+        assert!(Carrier::wants("traceparent") && Carrier::wants("tracestate"));
+        assert!(!Carrier::wants("key"));
+        provider.shutdown().unwrap();
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_instead_of_waiting() {
+        // an exporter that never finishes: the thread takes one batch and stays there
+        #[derive(Debug)]
+        struct Stuck;
+        impl SpanExporter for Stuck {
+            async fn export(&self, _batch: Vec<SpanData>) -> OTelSdkResult {
+                futures::future::pending().await
+            }
+        }
+        let drops = DropCounters::default();
+        let provider = with_processor(
+            BoundedBatch::new(Stuck, 4, drops.clone()).unwrap(),
+            1.0,
+            "test",
+        );
+        let t0 = Instant::now();
+        end_spans(&provider, MAX_BATCH_SPANS + 100);
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+        assert!(drops.queue_full.get() >= 90, "{}", drops.queue_full.get());
+        // a flush or shutdown gives up after its timeout instead of hanging
+        let t0 = Instant::now();
+        assert!(provider
+            .shutdown_with_timeout(Duration::from_millis(200))
+            .is_err());
+        assert!(t0.elapsed() < Duration::from_secs(2));
+        // spans ended after the shutdown are neither queued nor counted
+        let before = drops.queue_full.get();
+        end_spans(&provider, 3);
+        assert_eq!(drops.queue_full.get(), before);
+    }
+
+    #[test]
+    fn unsampled_spans_are_not_queued() {
+        let kept = Kept::default();
+        let drops = DropCounters::default();
+        let provider = with_processor(
+            BoundedBatch::new(kept.clone(), 1, drops.clone()).unwrap(),
+            0.0,
+            "test",
+        );
+        end_spans(&provider, 10);
+        provider.force_flush().unwrap();
+        assert!(kept.0.lock().unwrap().is_empty());
+        assert_eq!(drops.queue_full.get(), 0);
+    }
+
+    fn otlp(server: &str, drops: &DropCounters) -> SdkTracerProvider {
+        let exporter = otlp_exporter(&format!("{server}/v1/traces")).unwrap();
+        with_processor(
+            BoundedBatch::new(exporter, 64, drops.clone()).unwrap(),
+            1.0,
+            "test",
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn spans_reach_an_otlp_http_collector_as_protobuf() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/v1/traces"))
+            .and(header("content-type", "application/x-protobuf"))
+            .respond_with(ResponseTemplate::new(200))
+            .expect(1..)
+            .mount(&server)
+            .await;
+        let drops = DropCounters::default();
+        let provider = otlp(&server.uri(), &drops);
+        end_spans(&provider, 3);
+        let flushed = tokio::task::spawn_blocking(move || {
+            let r = provider.force_flush();
+            provider.shutdown().unwrap();
+            r
+        })
+        .await
+        .unwrap();
+        assert!(flushed.is_ok(), "{flushed:?}");
+        let got = server.received_requests().await.unwrap();
+        assert!(!got.is_empty());
+        assert!(got[0].body.len() > 20, "a protobuf body");
+        assert_eq!(drops.export_failed.get(), 0);
+        assert_eq!(drops.queue_full.get(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_collector_answering_500_costs_the_failed_counter_only() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(500))
+            .mount(&server)
+            .await;
+        let drops = DropCounters::default();
+        let provider = otlp(&server.uri(), &drops);
+        let t0 = Instant::now();
+        end_spans(&provider, 5);
+        assert!(
+            t0.elapsed() < Duration::from_millis(500),
+            "ending spans never waits"
+        );
+        let flushed = tokio::task::spawn_blocking(move || provider.force_flush())
+            .await
+            .unwrap();
+        assert!(flushed.is_err());
+        assert_eq!(drops.export_failed.get(), 5);
+        assert_eq!(drops.queue_full.get(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_collector_that_is_down_costs_the_failed_counter_only() {
+        // nothing listens on port 1
+        let drops = DropCounters::default();
+        let provider = otlp("http://127.0.0.1:1", &drops);
+        let t0 = Instant::now();
+        end_spans(&provider, 7);
+        assert!(
+            t0.elapsed() < Duration::from_millis(500),
+            "ending spans never waits"
+        );
+        let flushed = tokio::task::spawn_blocking(move || provider.force_flush())
+            .await
+            .unwrap();
+        assert!(flushed.is_err());
+        assert_eq!(drops.export_failed.get(), 7);
+    }
+
+    #[test]
+    fn no_endpoint_no_provider_and_a_bad_ratio_is_refused() {
+        assert!(provider(&TraceSettings::default(), "x").unwrap().is_none());
+        let empty = TraceSettings {
+            otlp_endpoint: Some(String::new()),
+            ..Default::default()
+        };
+        assert!(provider(&empty, "x").unwrap().is_none());
+        let bad = TraceSettings {
+            otlp_endpoint: Some("http://127.0.0.1:1/v1/traces".into()),
+            sample_ratio: -0.5,
+            ..Default::default()
+        };
+        assert!(provider(&bad, "x").unwrap_err().contains("sample_ratio"));
+        let ok = TraceSettings {
+            otlp_endpoint: Some("http://127.0.0.1:1/v1/traces".into()),
+            ..Default::default()
+        };
+        let p = provider(&ok, "x").unwrap().unwrap();
+        p.shutdown().unwrap();
+        assert!(otlp_exporter("not a url at all").is_err());
+        // every reason's series exists from the start
+        let text = {
+            let mut reg = prometheus_client::registry::Registry::default();
+            reg.register("d", "d", drops().family.clone());
+            let mut s = String::new();
+            prometheus_client::encoding::text::encode(&mut s, &reg).unwrap();
+            s
+        };
+        for r in DROP_REASONS {
+            assert!(text.contains(&format!("reason=\"{r}\"")), "{text}");
+        }
+    }
 }

@@ -59,7 +59,9 @@ def config(ports) -> str:
             "pipelines": {"traces": {"receivers": ["otlp"], "processors": ["memory_limiter", "batch"],
                                      "exporters": ["jaeger_storage_exporter"]}},
             # no telemetry listener of its own (its default port 8888 would clash between platforms)
-            "telemetry": {"metrics": {"level": "none"}, "logs": {"level": "info"}},
+            # and no spans of its own either
+            "telemetry": {"metrics": {"level": "none"}, "traces": {"level": "none"},
+                          "logs": {"level": "info"}},
         },
         "extensions": {
             "jaeger_query": {

@@ -7,7 +7,7 @@ use super::upgrade::ws_config;
 use crate::hub::Outbound;
 use crate::limits::Slot;
 use crate::ratelimit::TokenBucket;
-use crate::rpc::publish;
+use crate::rpc::publish_frame;
 use crate::Edge;
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use hyper_util::rt::TokioIo;
@@ -212,7 +212,7 @@ where
                 let reply = if let Message::Text(text) = &msg {
                     edge.metrics.ws_frames_in.inc();
                     match prepare(&edge, &ctx, text.as_str(), within_rate) {
-                        Ok(env) => publish(&edge, &env)
+                        Ok(env) => publish_frame(&edge, &env)
                             .await
                             .err()
                             .map(|e| ServerFrame::error(env.rid.clone(), e)),
