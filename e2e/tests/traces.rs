@@ -141,6 +141,16 @@ fn chain(spans: &[Span]) -> Result<Vec<Span>, String> {
         .filter(|s| fits(s, &CHAIN[0]))
         .map(|s| vec![s.clone()])
         .collect();
+    if paths.is_empty() {
+        let names: Vec<String> = spans
+            .iter()
+            .map(|s| format!("{}/{}", s.service, s.name))
+            .collect();
+        return Err(format!(
+            "no `{}` span of a dm.send (spans: {names:?})",
+            CHAIN[0].name
+        ));
+    }
     for hop in &CHAIN[1..] {
         let next: Vec<Vec<Span>> = paths
             .iter()
@@ -169,10 +179,7 @@ fn chain(spans: &[Span]) -> Result<Vec<Span>, String> {
             return Err(format!(
                 "no `{}` span child of a `{}` one (spans: {names:?})",
                 hop.name,
-                paths
-                    .first()
-                    .and_then(|p| p.last())
-                    .map_or("?", |s| s.name.as_str())
+                paths[0].last().map_or("?", |s| s.name.as_str())
             ));
         }
         paths = next;

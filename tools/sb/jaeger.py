@@ -59,7 +59,7 @@ def config(ports) -> str:
             "pipelines": {"traces": {"receivers": ["otlp"], "processors": ["memory_limiter", "batch"],
                                      "exporters": ["jaeger_storage_exporter"]}},
             # no telemetry listener of its own (its default port 8888 would clash between platforms)
-            # and no spans of its own either
+            # and no spans of its own either (nor does the query extension, below)
             "telemetry": {"metrics": {"level": "none"}, "traces": {"level": "none"},
                           "logs": {"level": "info"}},
         },
@@ -68,6 +68,8 @@ def config(ports) -> str:
                 "storage": {"traces": "memstore"},
                 "http": {"endpoint": addr(ports.jaeger_query())},
                 "grpc": {"endpoint": addr(ports.jaeger_query_grpc())},
+                # its own spans would go to an OTLP/gRPC collector on localhost:4317
+                "enable_tracing": False,
             },
             "jaeger_storage": {"backends": {"memstore": {"memory": {"max_traces": MAX_TRACES}}}},
         },
