@@ -294,6 +294,39 @@ mod tests {
     }
 
     #[test]
+    fn traced_items_reach_their_connections_like_plain_ones() {
+        let metrics = Metrics::default();
+        let hub = Hub::new(1, metrics.clone());
+        let mut a = conn(&hub, 1);
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let header = Carrier::from_traceparent(Some(tp));
+        let deliver = |frame: &str| EdgeMessage::Deliver {
+            conns: vec![1],
+            frame: frame.into(),
+            persisted_at_ms: None,
+        };
+        let record = EdgeMessage::Batch {
+            items: vec![
+                EdgeMessage::traced(reply(1, 10, "r"), Some(tp.into())),
+                EdgeMessage::traced(deliver("d"), Some(tp.into())),
+                deliver("plain"),
+                EdgeMessage::Broadcast { frame: "b".into() },
+            ],
+        };
+        dispatch_in(&hub, &metrics, record.clone(), &header);
+        let expected = vec![text("r"), text("d"), text("plain"), text("b")];
+        assert_eq!(drain(&mut a), expected);
+        // without any trace context, and through the untraced path: the same frames
+        dispatch_in(&hub, &metrics, record.clone(), &Carrier::default());
+        assert_eq!(drain(&mut a), expected);
+        dispatch(&hub, &metrics, record);
+        assert_eq!(drain(&mut a), expected);
+        assert_eq!(item_conns(&deliver("x")), 1);
+        assert_eq!(item_conns(&reply(1, 1, "x")), 1);
+        assert_eq!(item_conns(&EdgeMessage::Broadcast { frame: "b".into() }), 0);
+    }
+
+    #[test]
     fn a_reply_someone_waits_for_goes_to_them_not_to_a_socket() {
         let metrics = Metrics::default();
         let hub = Hub::new(1, metrics.clone());

@@ -45,6 +45,7 @@ pub fn init(service: &str, log: &LogSettings, trace: &TraceSettings) -> Result<T
         .try_init()
         .is_ok();
     if installed && provider.is_some() {
+        remember_dispatch();
         crate::trace::enable();
     }
     tracing::info!(service, tracing = provider.is_some(), "telemetry started");
@@ -81,16 +82,77 @@ where
             fmt.finish()
                 .with(tracer.map(|t| tracing_opentelemetry::layer().with_tracer(t))),
         ),
-        // every line: timestamp, level, the event's fields at the top level, and `spans`: the
-        // fields of each enclosing span, outermost first (a request's `trace_id`)
+        // every line: timestamp, level, the event's fields at the top level, `spans`: the
+        // fields of each enclosing span, outermost first, and with tracing on `trace_id` and
+        // `span_id` of the current span
         LogFormat::Json => Box::new(
-            fmt.json()
-                .flatten_event(true)
-                .with_current_span(false)
-                .with_span_list(true)
+            fmt.fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+                .event_format(WithTraceIds {
+                    inner: tracing_subscriber::fmt::format()
+                        .json()
+                        .flatten_event(true)
+                        .with_current_span(false)
+                        .with_span_list(true)
+                        .with_target(false),
+                })
                 .finish()
                 .with(tracer.map(|t| tracing_opentelemetry::layer().with_tracer(t))),
         ),
+    }
+}
+
+/// A JSON line format that adds `trace_id` and `span_id` (of the current span, when tracing is
+/// on and the line is written inside a span of a trace) to each line of the inner format.
+pub struct WithTraceIds<F> {
+    inner: F,
+}
+
+/// The installed subscriber's dispatch: a line's format reads the span's OpenTelemetry context
+/// through it (the current dispatch is not reachable while an event is being dispatched).
+static DISPATCH: std::sync::RwLock<Option<tracing::dispatcher::WeakDispatch>> =
+    std::sync::RwLock::new(None);
+
+/// Remember the current dispatch for the JSON lines' ids ([`init`] does it for the global one).
+pub fn remember_dispatch() {
+    let weak = tracing::dispatcher::get_default(|d| d.downgrade());
+    *DISPATCH.write().expect("not poisoned") = Some(weak);
+}
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for WithTraceIds<F>
+where
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let ids = (crate::trace::enabled())
+            .then(|| {
+                let dispatch = DISPATCH.read().ok()?.as_ref()?.upgrade()?;
+                let span = ctx.lookup_current()?;
+                crate::trace::ids_of(&span.id(), &dispatch)
+            })
+            .flatten();
+        let Some((trace, span)) = ids else {
+            return self.inner.format_event(ctx, writer, event);
+        };
+        let mut line = String::new();
+        self.inner.format_event(
+            ctx,
+            tracing_subscriber::fmt::format::Writer::new(&mut line),
+            event,
+        )?;
+        match line.trim_end().strip_suffix('}') {
+            Some(head) => {
+                writer.write_str(head)?;
+                writeln!(writer, ",\"trace_id\":\"{trace}\",\"span_id\":\"{span}\"}}")
+            }
+            None => writer.write_str(&line),
+        }
     }
 }
 

@@ -183,6 +183,14 @@ pub fn trace_id_of(span: &tracing::Span) -> Option<String> {
     sc.is_valid().then(|| sc.trace_id().to_string())
 }
 
+/// `(trace_id, span_id)` in hex of the span `id` of `dispatch`, if it is part of a valid trace.
+pub fn ids_of(id: &tracing::span::Id, dispatch: &tracing::Dispatch) -> Option<(String, String)> {
+    let cx = tracing_opentelemetry::get_otel_context(id, dispatch)?;
+    let sc = cx.span().span_context().clone();
+    sc.is_valid()
+        .then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
+}
+
 /// `(trace_id, span_id)` of the current span in hex, when tracing is on and the span is valid.
 pub fn current_ids() -> Option<(String, String)> {
     if !enabled() {
@@ -535,6 +543,62 @@ mod tests {
         );
         assert!(Carrier::wants("traceparent") && Carrier::wants("tracestate"));
         assert!(!Carrier::wants("key"));
+        provider.shutdown().unwrap();
+    }
+
+    /// A writer into a shared buffer.
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn json_lines_inside_a_span_carry_its_trace_and_span_ids() {
+        let kept = Kept::default();
+        let provider = with_processor(
+            BoundedBatch::new(kept.clone(), 64, DropCounters::default()).unwrap(),
+            1.0,
+            "test",
+        );
+        let buf = Buf::default();
+        let out = buf.clone();
+        let sub = crate::telemetry::subscriber(
+            crate::LogFormat::Json,
+            tracing_subscriber::EnvFilter::new("info"),
+            move || out.clone(),
+            Some(provider.tracer("test")),
+        );
+        enable();
+        let ids = tracing::subscriber::with_default(sub, || {
+            crate::telemetry::remember_dispatch();
+            tracing::info!("outside any span");
+            let span = tracing::info_span!("request", kind = "dm.send");
+            let _in = span.enter();
+            tracing::warn!(offset = 7, "inside");
+            current_ids().unwrap()
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[0].get("trace_id").is_none(), "{text}");
+        assert_eq!(lines[1]["message"], "inside");
+        assert_eq!(lines[1]["offset"], 7);
+        assert_eq!(lines[1]["spans"][0]["kind"], "dm.send");
+        assert_eq!(lines[1]["trace_id"], ids.0.as_str());
+        assert_eq!(lines[1]["span_id"], ids.1.as_str());
+        assert_eq!(ids.0.len(), 32);
+        assert_eq!(ids.1.len(), 16);
         provider.shutdown().unwrap();
     }
 
