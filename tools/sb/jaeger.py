@@ -98,7 +98,7 @@ def healthy(comp: dict) -> bool:
 def start_and_wait(ctx, timeout: float = 60.0) -> None:
     comp = ctx.state.get(NAME)
     if not (comp and alive(comp.get("pid"), comp.get("starttime"))):
-        line(NAME, f"building {PACKAGE} if needed (first time ~10 min, then cached)")
+        line(NAME, f"{PACKAGE}: built once from the Go module proxy (~10 min the first time), then cached")
         exe = binary()
         h = home(ctx.state)
         os.makedirs(h, exist_ok=True)
