@@ -72,10 +72,10 @@ impl Dispatcher {
             span.record("trace_id", id.as_str());
         }
         // the replies and deliveries are published inside the span: their records carry it
-        self.handle_envelope(env, record).instrument(span).await
+        self.handle_envelope(env).instrument(span).await
     }
 
-    async fn handle_envelope(&self, env: Envelope, record: &Inbound) -> Result<(), Failure> {
+    async fn handle_envelope(&self, env: Envelope) -> Result<(), Failure> {
         let started = std::time::Instant::now();
         let result = async {
             let caller = authenticate(&*self.deps, &env).await?;
@@ -95,17 +95,17 @@ impl Dispatcher {
         match result {
             Ok(outcome) => {
                 m.requests_handled.at(env.request.kind_index()).inc();
-                self.finish(&env, outcome, record).await
+                self.finish(&env, outcome).await
             }
             Err(Error::Reply(err)) => {
                 m.request_errors
                     .get(env.request.kind_index(), err.code)
                     .inc();
                 let revoked = revokes(&env, &err);
-                self.reply_error(&env, err, record).await?;
+                self.reply_error(&env, err).await?;
                 if revoked {
                     // The socket's session is gone: close it.
-                    self.send_edge(&env, &close_message(&env), record).await?;
+                    self.send_edge(&env, &close_message(&env)).await?;
                 }
                 Ok(())
             }
@@ -116,7 +116,6 @@ impl Dispatcher {
                     self.reply_error(
                         &env,
                         ErrorBody::new(ErrorCode::Internal, "the request could not be processed"),
-                        record,
                     )
                     .await?;
                 }
@@ -125,14 +124,7 @@ impl Dispatcher {
         }
     }
 
-    async fn publish(
-        &self,
-        topic: &str,
-        key: &str,
-        payload: &[u8],
-        record: &Inbound,
-    ) -> Result<(), Failure> {
-        let _ = record;
+    async fn publish(&self, topic: &str, key: &str, payload: &[u8]) -> Result<(), Failure> {
         self.deps
             .publisher
             .send(topic, key, payload)
@@ -140,52 +132,35 @@ impl Dispatcher {
             .map_err(|e| Failure::Transient(e.to_string()))
     }
 
-    async fn finish(
-        &self,
-        env: &Envelope,
-        outcome: Outcome,
-        record: &Inbound,
-    ) -> Result<(), Failure> {
+    async fn finish(&self, env: &Envelope, outcome: Outcome) -> Result<(), Failure> {
         // The reply is acknowledged by the broker before any delivery is published. Deliveries
         // reach the requesting edge through the router, on the same single-partition edge topic,
         // so they land after the reply: a request that closes its own socket (logout, account
         // deletion) is always answered before `session_revoked` and the close.
         if let Some(response) = outcome.response {
             let msg = reply_message(env, response, outcome.session, outcome.clear_session);
-            self.send_edge(env, &msg, record).await?;
+            self.send_edge(env, &msg).await?;
         }
         let deliver_topic = self.deps.topics.deliver();
         for d in &outcome.deliveries {
             let payload = serde_json::to_vec(d).expect("deliveries serialise");
-            self.publish(&deliver_topic, &d.key(), &payload, record)
-                .await?;
+            self.publish(&deliver_topic, &d.key(), &payload).await?;
         }
         Ok(())
     }
 
-    async fn send_edge(
-        &self,
-        env: &Envelope,
-        msg: &EdgeMessage,
-        record: &Inbound,
-    ) -> Result<(), Failure> {
+    async fn send_edge(&self, env: &Envelope, msg: &EdgeMessage) -> Result<(), Failure> {
         let payload = serde_json::to_vec(msg).expect("edge messages serialise");
         self.publish(
             &self.deps.topics.edge(&env.edge),
             &env.conn.to_string(),
             &payload,
-            record,
         )
         .await
     }
 
-    async fn reply_error(
-        &self,
-        env: &Envelope,
-        err: ErrorBody,
-        record: &Inbound,
-    ) -> Result<(), Failure> {
-        self.send_edge(env, &error_message(env, err), record).await
+    async fn reply_error(&self, env: &Envelope, err: ErrorBody) -> Result<(), Failure> {
+        self.send_edge(env, &error_message(env, err)).await
     }
 }
 
