@@ -32,6 +32,18 @@ pub struct Stack {
     /// in stack files of older launchers).
     #[serde(default)]
     pub prometheus: Option<PrometheusStack>,
+    /// The Jaeger `./sb up` runs, receiving every app process's spans (absent with
+    /// `--infra-only` and in stack files of older launchers).
+    #[serde(default)]
+    pub jaeger: Option<JaegerStack>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct JaegerStack {
+    /// The query API and UI, e.g. `http://127.0.0.1:18311`
+    pub url: String,
+    /// Where the processes post their spans (OTLP/HTTP)
+    pub otlp_endpoint: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -239,6 +251,7 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
             },
             limits: opts.limits.clone(),
             log: Default::default(),
+            trace: Default::default(),
         };
         let s = stop.clone();
         tasks.spawn(async move { workers::run(role, settings, s).await.expect("worker runs") });
@@ -257,6 +270,7 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
             lanes: 4,
         },
         log: Default::default(),
+        trace: Default::default(),
     };
     let s = stop.clone();
     tasks.spawn(async move { router::run(rs, s).await.expect("router runs") });
@@ -273,6 +287,7 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
             kafka: kafka.clone(),
             edge: es,
             log: Default::default(),
+            trace: Default::default(),
         })
         .await
         .expect("edge builds");

@@ -42,7 +42,7 @@ async fn the_edge_waits_for_its_topic_without_holding_the_runtime() {
     created.expect("topic created");
     let consumer: StreamConsumer = consumer.expect("subscribed once the topic exists");
     let publisher = Publisher::new(&kafka, Metrics::default()).unwrap();
-    publisher.send(&own, "k", b"hello", None).await.unwrap();
+    publisher.send(&own, "k", b"hello").await.unwrap();
     let m = tokio::time::timeout(Duration::from_secs(10), consumer.recv())
         .await
         .expect("a record in time")
@@ -68,7 +68,7 @@ async fn a_flush_delivers_what_is_queued() {
     let payloads: Vec<String> = (0..20).map(|i| i.to_string()).collect();
     let mut sends = Vec::new();
     for p in &payloads {
-        let mut send = Box::pin(publisher.send(&topic, "k", p.as_bytes(), None));
+        let mut send = Box::pin(publisher.send(&topic, "k", p.as_bytes()));
         assert!(
             futures::poll!(&mut send).is_pending(),
             "queued, not delivered"

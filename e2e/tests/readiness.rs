@@ -50,6 +50,7 @@ fn worker_settings(app: &TestApp, health: &str) -> workers::Settings {
         },
         limits: Default::default(),
         log: Default::default(),
+        trace: Default::default(),
     }
 }
 
@@ -82,6 +83,7 @@ async fn every_kind_of_process_is_ready_when_its_dependencies_answer() {
         },
         router: Default::default(),
         log: Default::default(),
+        trace: Default::default(),
     };
     let s = stop.clone();
     tasks.spawn(async move { router::run(rs, s).await.unwrap() });
@@ -137,6 +139,7 @@ async fn a_router_whose_redis_is_down_is_not_ready_and_says_which() {
         },
         router: Default::default(),
         log: Default::default(),
+        trace: Default::default(),
     };
     let stop = CancellationToken::new();
     let s = stop.clone();

@@ -7,6 +7,7 @@ use crate::Edge;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::Message;
 use runtime::metrics::Metrics;
+use runtime::trace::Carrier;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -61,6 +62,9 @@ pub async fn run(edge: Arc<Edge>, consumer: StreamConsumer, stop: CancellationTo
             Ok(m) => {
                 let payload = m.payload().unwrap_or_default();
                 match serde_json::from_slice::<EdgeMessage>(payload) {
+                    Ok(em) if runtime::trace::enabled() => {
+                        dispatch_in(&edge.hub, &edge.metrics, em, &header_trace(&m))
+                    }
                     Ok(em) => dispatch(&edge.hub, &edge.metrics, em),
                     Err(e) => {
                         tracing::warn!(error = %runtime::telemetry::Chain(&e), offset = m.offset(), "undecodable edge record skipped")
@@ -72,6 +76,58 @@ pub async fn run(edge: Arc<Edge>, consumer: StreamConsumer, stop: CancellationTo
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         }
+    }
+}
+
+/// The trace context in a record's headers.
+fn header_trace(m: &rdkafka::message::BorrowedMessage<'_>) -> Carrier {
+    use rdkafka::message::Headers;
+    let mut c = Carrier::default();
+    for h in m.headers().iter().flat_map(|hs| hs.iter()) {
+        if let (true, Some(Ok(v))) = (Carrier::wants(h.key), h.value.map(std::str::from_utf8)) {
+            c.0.push((h.key.to_string(), v.to_string()));
+        }
+    }
+    c
+}
+
+/// [`dispatch`] with tracing on: each item is applied inside an `edge.write` span whose parent
+/// is the item's own trace context ([`EdgeMessage::Traced`]) or else the record's (`parent`);
+/// an item with neither gets no span.
+pub fn dispatch_in(hub: &Hub, metrics: &Metrics, msg: EdgeMessage, parent: &Carrier) {
+    match msg {
+        EdgeMessage::Traced { traceparent, item } => dispatch_in(
+            hub,
+            metrics,
+            *item,
+            &Carrier::from_traceparent(Some(&traceparent)),
+        ),
+        EdgeMessage::Batch { items } => {
+            for item in items {
+                dispatch_in(hub, metrics, item, parent);
+            }
+        }
+        item if parent.0.is_empty() => dispatch(hub, metrics, item),
+        item => {
+            let span = tracing::info_span!(
+                "edge.write",
+                otel.kind = "consumer",
+                op = item.op(),
+                conns = item_conns(&item),
+            );
+            runtime::trace::set_parent(&span, parent);
+            let _in = span.enter();
+            dispatch(hub, metrics, item);
+        }
+    }
+}
+
+/// How many connections an item addresses (0: every connection, or a waiting call).
+fn item_conns(msg: &EdgeMessage) -> usize {
+    match msg {
+        EdgeMessage::Deliver { conns, .. } | EdgeMessage::Close { conns, .. } => conns.len(),
+        EdgeMessage::Reply { .. } => 1,
+        _ => 0,
     }
 }
 
@@ -123,6 +179,7 @@ pub fn dispatch(hub: &Hub, metrics: &Metrics, msg: EdgeMessage) {
                 dispatch(hub, metrics, item);
             }
         }
+        EdgeMessage::Traced { item, .. } => dispatch(hub, metrics, *item),
     }
 }
 
@@ -234,6 +291,39 @@ mod tests {
             "sb_dm_delivery_duration_seconds_bucket{le=\"0.0005\"}",
         );
         assert_eq!(zero, Some(2.0));
+    }
+
+    #[test]
+    fn traced_items_reach_their_connections_like_plain_ones() {
+        let metrics = Metrics::default();
+        let hub = Hub::new(1, metrics.clone());
+        let mut a = conn(&hub, 1);
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let header = Carrier::from_traceparent(Some(tp));
+        let deliver = |frame: &str| EdgeMessage::Deliver {
+            conns: vec![1],
+            frame: frame.into(),
+            persisted_at_ms: None,
+        };
+        let record = EdgeMessage::Batch {
+            items: vec![
+                EdgeMessage::traced(reply(1, 10, "r"), Some(tp.into())),
+                EdgeMessage::traced(deliver("d"), Some(tp.into())),
+                deliver("plain"),
+                EdgeMessage::Broadcast { frame: "b".into() },
+            ],
+        };
+        dispatch_in(&hub, &metrics, record.clone(), &header);
+        let expected = vec![text("r"), text("d"), text("plain"), text("b")];
+        assert_eq!(drain(&mut a), expected);
+        // without any trace context, and through the untraced path: the same frames
+        dispatch_in(&hub, &metrics, record.clone(), &Carrier::default());
+        assert_eq!(drain(&mut a), expected);
+        dispatch(&hub, &metrics, record);
+        assert_eq!(drain(&mut a), expected);
+        assert_eq!(item_conns(&deliver("x")), 1);
+        assert_eq!(item_conns(&reply(1, 1, "x")), 1);
+        assert_eq!(item_conns(&EdgeMessage::Broadcast { frame: "b".into() }), 0);
     }
 
     #[test]

@@ -88,7 +88,7 @@ impl Edge {
         let topic = self.topics.requests(topics::Domain::Presence);
         if let Err(e) = self
             .publisher
-            .send(&topic, &event.key(), &event.encode(), None)
+            .send(&topic, &event.key(), &event.encode())
             .await
         {
             tracing::warn!(error = %runtime::telemetry::Chain(&e), "edge event not published");

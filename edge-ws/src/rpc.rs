@@ -8,6 +8,7 @@ use std::time::Duration;
 use topics::{
     Auth, EdgeMessage, Envelope, ErrorBody, ErrorCode, Request, ServerFrame, WIRE_VERSION,
 };
+use tracing::Instrument;
 
 /// Why a call has no answer: the error for the client, and whether the request may have reached
 /// Kafka (a publish that failed or timed out may still have been written; a request refused
@@ -18,8 +19,32 @@ pub struct NoAnswer {
     pub maybe_sent: bool,
 }
 
-/// Publish a request and wait for its worker's answer on this edge's topic.
+/// Publish a request and wait for its worker's answer on this edge's topic. With tracing on, the
+/// call is an `edge.request` span (the root of the request's trace, sampled by
+/// `trace.sample_ratio`), parent of the publish.
 pub async fn call(
+    edge: &Edge,
+    conn: u64,
+    request: Request,
+    auth: Auth,
+    peer: Option<String>,
+) -> Result<EdgeMessage, NoAnswer> {
+    if !runtime::trace::enabled() {
+        return call_untraced(edge, conn, request, auth, peer).await;
+    }
+    let span = tracing::info_span!(
+        "edge.request",
+        otel.kind = "server",
+        kind = request.kind(),
+        edge = %edge.settings.id,
+        conn,
+    );
+    call_untraced(edge, conn, request, auth, peer)
+        .instrument(span)
+        .await
+}
+
+async fn call_untraced(
     edge: &Edge,
     conn: u64,
     request: Request,
@@ -78,11 +103,10 @@ pub async fn call(
 /// the client.
 pub async fn publish(edge: &Edge, env: &Envelope) -> Result<(), ErrorBody> {
     let topic = edge.topics.requests(env.domain());
-    let tp = runtime::telemetry::new_traceparent();
     // timed from before the publish: the answer may come before the broker's acknowledgement
     edge.hub.published(env.req, env.request.kind_index());
     edge.publisher
-        .send(&topic, &env.key(), &env.encode(), Some(&tp))
+        .send(&topic, &env.key(), &env.encode())
         .await
         .map_err(|e| not_published(&edge.hub, env.req, &e))
 }
@@ -91,14 +115,26 @@ pub async fn publish(edge: &Edge, env: &Envelope) -> Result<(), ErrorBody> {
 /// on reading, writing and pinging meanwhile (and is woken by no acknowledgement). A publish that
 /// fails later is answered through the hub with the error frame for the frame's `rid`; one refused
 /// at once (the producer's queue is full) is the `Err` here.
+///
+/// With tracing on, the frame is an `edge.request` span, the root of the request's trace and
+/// parent of its publish; it ends once the record is queued.
 pub fn publish_frame(edge: &Edge, env: &Envelope) -> Result<(), ErrorBody> {
+    let span = runtime::trace::enabled().then(|| {
+        tracing::info_span!(
+            "edge.request",
+            otel.kind = "server",
+            kind = env.request.kind(),
+            edge = %edge.settings.id,
+            conn = env.conn,
+        )
+    });
+    let _inside = span.as_ref().map(tracing::Span::enter);
     let topic = edge.topics.requests(env.domain());
-    let tp = runtime::telemetry::new_traceparent();
     edge.hub.published(env.req, env.request.kind_index());
     let (req, conn, rid) = (env.req, env.conn, env.rid.clone());
     let (hub, metrics) = (Arc::clone(&edge.hub), edge.metrics.clone());
     edge.publisher
-        .enqueue(&topic, &env.key(), &env.encode(), Some(&tp), move |e| {
+        .enqueue(&topic, &env.key(), &env.encode(), move |e| {
             let frame = ServerFrame::error(rid, not_published(&hub, req, &e)).to_json();
             metrics.ws_frames_rejected.inc();
             hub.send(conn, Outbound::Text(frame.into()));

@@ -8,6 +8,8 @@ pub struct Settings {
     pub edge: EdgeSettings,
     #[serde(default)]
     pub log: runtime::LogSettings,
+    #[serde(default)]
+    pub trace: runtime::TraceSettings,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use topics::bus::decode_versioned;
 use topics::{Delivery, Topics};
+use tracing::Instrument;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +27,8 @@ pub struct Settings {
     pub router: RouterSettings,
     #[serde(default)]
     pub log: runtime::LogSettings,
+    #[serde(default)]
+    pub trace: runtime::TraceSettings,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -65,7 +68,7 @@ pub struct Router {
 
 impl Router {
     /// Route one delivery; returns how many edge records were published.
-    pub async fn route(&self, d: &Delivery, traceparent: Option<&str>) -> Result<usize, Failure> {
+    pub async fn route(&self, d: &Delivery) -> Result<usize, Failure> {
         let transient = |e: Error| Failure::Transient(e.to_string());
         let c = self.redis.get().await.map_err(|e| transient(e.into()))?;
         let users = users_of(d);
@@ -78,11 +81,7 @@ impl Router {
         let sends = records.iter().map(|(edge, msg)| {
             let payload = serde_json::to_vec(msg).expect("edge messages serialise");
             let topic = self.topics.edge(edge);
-            async move {
-                self.publisher
-                    .send(&topic, &d.key(), &payload, traceparent)
-                    .await
-            }
+            async move { self.publisher.send(&topic, &d.key(), &payload).await }
         });
         for sent in futures::future::join_all(sends).await {
             sent.map_err(|e| Failure::Transient(e.to_string()))?;
@@ -97,9 +96,14 @@ impl Handler for Router {
         Box::pin(async move {
             let d: Delivery =
                 decode_versioned(&record.payload).map_err(|e| Failure::Poison(e.to_string()))?;
-            self.route(&d, record.traceparent.as_deref())
-                .await
-                .map(|_| ())
+            // with tracing on, the routing is a span of the delivery's trace, parent of the
+            // publishes to the edges
+            let span = runtime::trace::span_if(|| {
+                let span = tracing::info_span!("router.route", otel.kind = "consumer");
+                runtime::trace::set_parent(&span, &record.trace);
+                span
+            });
+            self.route(&d).instrument(span).await.map(|_| ())
         })
     }
 }

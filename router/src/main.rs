@@ -1,8 +1,9 @@
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings: router::Settings = runtime::settings::load_or_exit();
-    runtime::telemetry::init("router", &settings.log);
+    let telemetry = runtime::telemetry::init_or_exit("router", &settings.log, &settings.trace);
     let stop = runtime::shutdown::on_signal();
-    router::run(settings, stop).await?;
-    Ok(())
+    let result = router::run(settings, stop).await;
+    telemetry.shutdown().await;
+    Ok(result?)
 }

@@ -27,6 +27,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// One record, owned, as handlers see it.
 #[derive(Clone, Debug)]
@@ -36,7 +37,8 @@ pub struct Inbound {
     pub offset: i64,
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
-    pub traceparent: Option<String>,
+    /// The trace context headers (empty when tracing is off).
+    pub trace: crate::trace::Carrier,
 }
 
 impl Inbound {
@@ -417,20 +419,26 @@ fn lane_of(key: Option<&[u8]>, lanes: usize) -> usize {
 }
 
 fn to_inbound(m: &rdkafka::message::BorrowedMessage<'_>) -> Inbound {
-    let traceparent = m.headers().and_then(|hs| {
-        hs.iter()
-            .find(|h| h.key == crate::telemetry::TRACEPARENT)
-            .and_then(|h| h.value)
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .map(str::to_string)
-    });
+    let mut trace = crate::trace::Carrier::default();
+    if crate::trace::enabled() {
+        if let Some(hs) = m.headers() {
+            for h in hs.iter() {
+                if let (true, Some(Ok(v))) = (
+                    crate::trace::Carrier::wants(h.key),
+                    h.value.map(std::str::from_utf8),
+                ) {
+                    trace.0.push((h.key.to_string(), v.to_string()));
+                }
+            }
+        }
+    }
     Inbound {
         topic: m.topic().to_string(),
         partition: m.partition(),
         offset: m.offset(),
         key: m.key().map(<[u8]>::to_vec),
         payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-        traceparent,
+        trace,
     }
 }
 
@@ -563,13 +571,12 @@ impl DeadLetters for DeadLetterTopic {
                 .map(String::from_utf8_lossy)
                 .unwrap_or_default();
             let body = dead_letter_body(record, reason);
+            let span =
+                tracing::info_span!("dead_letter", topic = %record.topic, offset = record.offset);
+            crate::trace::set_parent(&span, &record.trace);
             self.publisher
-                .send(
-                    &self.topic,
-                    &key,
-                    body.as_bytes(),
-                    record.traceparent.as_deref(),
-                )
+                .send(&self.topic, &key, body.as_bytes())
+                .instrument(span)
                 .await
                 .map_err(|e| e.to_string())
         })
@@ -893,7 +900,7 @@ mod tests {
             offset,
             key: Some(key.as_bytes().to_vec()),
             payload: payload.as_bytes().to_vec(),
-            traceparent: None,
+            trace: Default::default(),
         }
     }
 

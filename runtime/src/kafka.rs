@@ -14,6 +14,7 @@ use rdkafka::producer::{BaseRecord, FutureProducer, Producer, ProducerContext, T
 use rdkafka::ClientConfig;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 fn base(s: &KafkaSettings) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -233,6 +234,20 @@ impl ProducerContext for Delivery {
     }
 }
 
+/// The `kafka.publish` span of a record published now: with tracing on and inside a span only
+/// (outside any span, an edge's heartbeat say, a publish starts no trace of its own).
+fn publish_span(topic: &str) -> Option<tracing::Span> {
+    if !crate::trace::enabled() || tracing::Span::current().is_none() {
+        return None;
+    }
+    Some(tracing::info_span!(
+        "kafka.publish",
+        otel.kind = "producer",
+        messaging.system = "kafka",
+        messaging.destination.name = %topic,
+    ))
+}
+
 impl Publisher {
     pub fn new(s: &KafkaSettings, metrics: Metrics) -> Result<Self> {
         Ok(Publisher {
@@ -240,16 +255,29 @@ impl Publisher {
         })
     }
 
-    /// Send one record and wait until the broker has it (or `message.timeout.ms` passed).
-    pub async fn send(
+    /// Send one record and wait until the broker has it (or `message.timeout.ms` passed). With
+    /// tracing on, the publish is a `kafka.publish` span, child of the current span, whose
+    /// context travels in the record's headers (W3C `traceparent`, written by the propagator).
+    /// Outside any span (an edge's heartbeat) a publish starts no trace of its own.
+    pub async fn send(&self, topic: &str, key: &str, payload: &[u8]) -> Result<(), PublishError> {
+        let Some(span) = publish_span(topic) else {
+            return self.send_with(topic, key, payload, None).await;
+        };
+        let carrier = crate::trace::Carrier::of(&span);
+        self.send_with(topic, key, payload, Some(&carrier))
+            .instrument(span)
+            .await
+    }
+
+    async fn send_with(
         &self,
         topic: &str,
         key: &str,
         payload: &[u8],
-        traceparent: Option<&str>,
+        trace: Option<&crate::trace::Carrier>,
     ) -> Result<(), PublishError> {
         let (tx, rx) = oneshot::channel();
-        self.hand_over(topic, key, payload, traceparent, Done::Wait(tx))?;
+        self.hand_over(topic, key, payload, trace, Done::Wait(tx))?;
         // (a producer dropped with the record purges it, which is a failure like any other)
         rx.await
             .unwrap_or(Err(KafkaError::Canceled))
@@ -262,17 +290,20 @@ impl Publisher {
     /// Queue one record without waiting for the broker: `Ok` once it is queued; if it fails
     /// later (`message.timeout.ms` passed), `on_failure` runs on librdkafka's polling thread, so
     /// it must be quick and never block. A record refused at once (queue full, too large) is an
-    /// `Err` here and `on_failure` is not called.
+    /// `Err` here and `on_failure` is not called. With tracing on, inside a span, the record
+    /// carries the context of a `kafka.publish` span like [`Publisher::send`]'s, which ends once
+    /// the record is queued (nothing waits for the broker here).
     pub fn enqueue(
         &self,
         topic: &str,
         key: &str,
         payload: &[u8],
-        traceparent: Option<&str>,
         on_failure: impl FnOnce(PublishError) + Send + Sync + 'static,
     ) -> Result<(), PublishError> {
+        let span = publish_span(topic);
+        let carrier = span.as_ref().map(crate::trace::Carrier::of);
         let done = Done::OnFailure(Box::new(on_failure));
-        self.hand_over(topic, key, payload, traceparent, done)
+        self.hand_over(topic, key, payload, carrier.as_ref(), done)
     }
 
     fn hand_over(
@@ -280,7 +311,7 @@ impl Publisher {
         topic: &str,
         key: &str,
         payload: &[u8],
-        traceparent: Option<&str>,
+        trace: Option<&crate::trace::Carrier>,
         done: Done,
     ) -> Result<(), PublishError> {
         let sent = Box::new(InFlight {
@@ -290,11 +321,15 @@ impl Publisher {
         let mut record = BaseRecord::with_opaque_to(topic, sent)
             .key(key)
             .payload(payload);
-        if let Some(tp) = traceparent {
-            record = record.headers(OwnedHeaders::new().insert(Header {
-                key: crate::telemetry::TRACEPARENT,
-                value: Some(tp),
-            }));
+        if let Some(c) = trace.filter(|c| !c.0.is_empty()) {
+            let mut headers = OwnedHeaders::new_with_capacity(c.0.len());
+            for (k, v) in &c.0 {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: Some(v),
+                });
+            }
+            record = record.headers(headers);
         }
         self.producer.send(record).map_err(|(source, _)| {
             self.producer.context().metrics.publish_failures.inc();
@@ -362,7 +397,7 @@ mod tests {
             ..Default::default()
         };
         let p = Publisher::new(&s, Metrics::default()).unwrap();
-        let mut send = Box::pin(p.send("t.x.v1", "k", b"v", None));
+        let mut send = Box::pin(p.send("t.x.v1", "k", b"v"));
         assert!(
             futures::poll!(&mut send).is_pending(),
             "queued, not delivered"
@@ -395,7 +430,7 @@ mod tests {
         let metrics = Metrics::default();
         let p = Publisher::new(&s, metrics.clone()).unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel();
-        p.enqueue("t.x.v1", "k", b"v", None, move |e| {
+        p.enqueue("t.x.v1", "k", b"v", move |e| {
             let _ = tx.send(e);
         })
         .expect("queued");
@@ -408,7 +443,7 @@ mod tests {
 
         let told = Arc::new(AtomicBool::new(false));
         let refused = p
-            .enqueue("t.x.v1", "k", &vec![0u8; 2 << 20], None, {
+            .enqueue("t.x.v1", "k", &vec![0u8; 2 << 20], {
                 let told = told.clone();
                 move |_| told.store(true, Ordering::SeqCst)
             })
@@ -431,11 +466,11 @@ mod tests {
         let record = vec![0u8; 900_000];
         let fits = (QUEUE_MAX_KBYTES * 1024) as usize / record.len();
         for _ in 0..fits {
-            p.enqueue("t.x.v1", "k", &record, None, |_| {})
+            p.enqueue("t.x.v1", "k", &record, |_| {})
                 .expect("within the bound");
         }
         let refused = p
-            .enqueue("t.x.v1", "k", &record, None, |_| {})
+            .enqueue("t.x.v1", "k", &record, |_| {})
             .expect_err("past the bound");
         assert_eq!(
             refused.source,

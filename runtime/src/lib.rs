@@ -10,8 +10,11 @@ pub mod registry;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trace;
 
-pub use settings::{KafkaSettings, LogFormat, LogSettings, RedisSettings, ServiceSettings};
+pub use settings::{
+    KafkaSettings, LogFormat, LogSettings, RedisSettings, ServiceSettings, TraceSettings,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

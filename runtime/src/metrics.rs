@@ -324,6 +324,12 @@ impl Metrics {
             "Records a producer could not deliver to Kafka in time",
             publish_failures.clone(),
         );
+        r.register(
+            "sb_trace_spans_dropped",
+            "Finished spans not exported, by reason: queue_full (the exporter's queue was full), \
+             export_failed (the collector refused them or did not answer in time)",
+            crate::trace::drops().family.clone(),
+        );
         let produce_seconds = latency();
         r.register_with_unit(
             "sb_kafka_produce_duration",
@@ -738,6 +744,7 @@ mod tests {
             ("sb_consumer_batch_records", "histogram"),
             ("sb_consumer_records_in_flight", "gauge"),
             ("sb_publish_failures", "counter"),
+            ("sb_trace_spans_dropped", "counter"),
             ("sb_kafka_produce_duration_seconds", "histogram"),
             ("sb_ws_connections", "gauge"),
             ("sb_ws_connections_opened", "counter"),
@@ -779,6 +786,8 @@ mod tests {
             "sb_consumer_batches_total{bound=\"wait\"}",
             "sb_consumer_records_in_flight",
             "sb_publish_failures_total",
+            "sb_trace_spans_dropped_total{reason=\"queue_full\"}",
+            "sb_trace_spans_dropped_total{reason=\"export_failed\"}",
             "sb_ws_connections",
             "sb_ws_outbound_queued",
             "sb_ws_outbound_queue_max",

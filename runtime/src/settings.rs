@@ -92,6 +92,30 @@ pub struct LogSettings {
     pub format: LogFormat,
 }
 
+/// The `[trace]` section every service binary reads: span export over OTLP/HTTP.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TraceSettings {
+    /// The collector's OTLP/HTTP traces URL (`http://127.0.0.1:4318/v1/traces`). Unset (the
+    /// default): tracing is off — no span exported, no trace header written or read.
+    pub otlp_endpoint: Option<String>,
+    /// The share of new traces (requests arriving at an edge) that are recorded, 0 to 1; a hop
+    /// downstream follows the decision its parent carries.
+    pub sample_ratio: f64,
+    /// Finished spans waiting for the exporter; beyond, new ones are dropped and counted.
+    pub queue_spans: usize,
+}
+
+impl Default for TraceSettings {
+    fn default() -> Self {
+        TraceSettings {
+            otlp_endpoint: None,
+            sample_ratio: 0.1,
+            queue_spans: crate::trace::DEFAULT_QUEUE_SPANS,
+        }
+    }
+}
+
 impl Default for KafkaSettings {
     fn default() -> Self {
         KafkaSettings {

@@ -2,25 +2,73 @@
 //! — filtered by `RUST_LOG` (default `info`), and W3C trace context that travels in Kafka
 //! headers so one request can be followed across processes.
 
-use crate::settings::{LogFormat, LogSettings};
-use rand::RngCore;
+use crate::settings::{LogFormat, LogSettings, TraceSettings};
+use opentelemetry::trace::TracerProvider;
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+use std::time::Duration;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
-/// Install the global subscriber. Safe to call more than once (later calls do nothing).
-pub fn init(service: &str, log: &LogSettings) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // `try_init` also forwards the `log` crate's records (librdkafka's, through rdkafka)
-    let _ = subscriber(log.format, filter, std::io::stderr).try_init();
-    tracing::info!(service, "telemetry started");
+/// What [`init`] started that must be finished on exit: the span exporter, if any.
+#[must_use = "call shutdown() on exit so the last spans are exported"]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
 }
 
-/// The subscriber of `format`, writing to `writer`.
+/// How long the exit waits for the last spans to reach the collector.
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Telemetry {
+    /// Export what is queued and stop the exporter (at most [`FLUSH_TIMEOUT`]); on a blocking
+    /// thread, as the export thread is waited for.
+    pub async fn shutdown(self) {
+        if let Some(p) = self.provider {
+            let done =
+                tokio::task::spawn_blocking(move || p.shutdown_with_timeout(FLUSH_TIMEOUT)).await;
+            if let Ok(Err(e)) = done {
+                tracing::warn!(error = %e, "spans not flushed");
+            }
+        }
+    }
+}
+
+/// Install the global subscriber, with span export when `trace.otlp_endpoint` is set. Safe to
+/// call more than once (later calls install nothing). An invalid `[trace]` is an error.
+pub fn init(service: &str, log: &LogSettings, trace: &TraceSettings) -> Result<Telemetry, String> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let provider = crate::trace::provider(trace, service)?;
+    let tracer = provider.as_ref().map(|p| p.tracer(service.to_string()));
+    // `try_init` also forwards the `log` crate's records (librdkafka's, through rdkafka)
+    let installed = subscriber(log.format, filter, std::io::stderr, tracer)
+        .try_init()
+        .is_ok();
+    if installed && provider.is_some() {
+        remember_dispatch();
+        crate::trace::enable();
+    }
+    tracing::info!(service, tracing = provider.is_some(), "telemetry started");
+    Ok(Telemetry {
+        provider: provider.filter(|_| installed),
+    })
+}
+
+/// [`init`] for a binary: an invalid `[trace]` section prints the error and exits with
+/// [`crate::settings::EXIT_CONFIG`].
+pub fn init_or_exit(service: &str, log: &LogSettings, trace: &TraceSettings) -> Telemetry {
+    init(service, log, trace).unwrap_or_else(|e| {
+        eprintln!("configuration error: {e}");
+        std::process::exit(crate::settings::EXIT_CONFIG);
+    })
+}
+
+/// The subscriber of `format`, writing to `writer`, exporting spans through `tracer` if given.
 pub fn subscriber<W>(
     format: LogFormat,
     filter: EnvFilter,
     writer: W,
+    tracer: Option<SdkTracer>,
 ) -> Box<dyn tracing::Subscriber + Send + Sync>
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
@@ -30,16 +78,81 @@ where
         .with_target(false)
         .with_writer(writer);
     match format {
-        LogFormat::Text => Box::new(fmt.finish()),
-        // every line: timestamp, level, the event's fields at the top level, and `spans`: the
-        // fields of each enclosing span, outermost first (a request's `trace_id`)
-        LogFormat::Json => Box::new(
-            fmt.json()
-                .flatten_event(true)
-                .with_current_span(false)
-                .with_span_list(true)
-                .finish(),
+        LogFormat::Text => Box::new(
+            fmt.finish()
+                .with(tracer.map(|t| tracing_opentelemetry::layer().with_tracer(t))),
         ),
+        // every line: timestamp, level, the event's fields at the top level, `spans`: the
+        // fields of each enclosing span, outermost first, and with tracing on `trace_id` and
+        // `span_id` of the current span
+        LogFormat::Json => Box::new(
+            fmt.fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+                .event_format(WithTraceIds {
+                    inner: tracing_subscriber::fmt::format()
+                        .json()
+                        .flatten_event(true)
+                        .with_current_span(false)
+                        .with_span_list(true)
+                        .with_target(false),
+                })
+                .finish()
+                .with(tracer.map(|t| tracing_opentelemetry::layer().with_tracer(t))),
+        ),
+    }
+}
+
+/// A JSON line format that adds `trace_id` and `span_id` (of the current span, when tracing is
+/// on and the line is written inside a span of a trace) to each line of the inner format.
+pub struct WithTraceIds<F> {
+    inner: F,
+}
+
+/// The installed subscriber's dispatch: a line's format reads the span's OpenTelemetry context
+/// through it (the current dispatch is not reachable while an event is being dispatched).
+static DISPATCH: std::sync::RwLock<Option<tracing::dispatcher::WeakDispatch>> =
+    std::sync::RwLock::new(None);
+
+/// Remember the current dispatch for the JSON lines' ids ([`init`] does it for the global one).
+pub fn remember_dispatch() {
+    let weak = tracing::dispatcher::get_default(|d| d.downgrade());
+    *DISPATCH.write().expect("not poisoned") = Some(weak);
+}
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for WithTraceIds<F>
+where
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let ids = (crate::trace::enabled())
+            .then(|| {
+                let dispatch = DISPATCH.read().ok()?.as_ref()?.upgrade()?;
+                let span = ctx.lookup_current()?;
+                crate::trace::ids_of(&span.id(), &dispatch)
+            })
+            .flatten();
+        let Some((trace, span)) = ids else {
+            return self.inner.format_event(ctx, writer, event);
+        };
+        let mut line = String::new();
+        self.inner.format_event(
+            ctx,
+            tracing_subscriber::fmt::format::Writer::new(&mut line),
+            event,
+        )?;
+        match line.trim_end().strip_suffix('}') {
+            Some(head) => {
+                writer.write_str(head)?;
+                writeln!(writer, ",\"trace_id\":\"{trace}\",\"span_id\":\"{span}\"}}")
+            }
+            None => writer.write_str(&line),
+        }
     }
 }
 
@@ -73,34 +186,6 @@ impl std::fmt::Display for Chain<'_> {
     }
 }
 
-/// Kafka header that carries the trace context.
-pub const TRACEPARENT: &str = "traceparent";
-
-/// A fresh W3C `traceparent` (version 00, sampled).
-pub fn new_traceparent() -> String {
-    let mut rng = rand::rng();
-    let mut trace = [0u8; 16];
-    let mut span = [0u8; 8];
-    rng.fill_bytes(&mut trace);
-    rng.fill_bytes(&mut span);
-    format!("00-{}-{}-01", hex::encode(trace), hex::encode(span))
-}
-
-/// The trace id of a valid `traceparent`, for log fields.
-pub fn trace_id(traceparent: &str) -> Option<&str> {
-    let mut parts = traceparent.split('-');
-    let (version, trace, span, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-    (parts.next().is_none()
-        && hex(version, 2)
-        && hex(trace, 32)
-        && hex(span, 16)
-        && hex(flags, 2)
-        && trace != "0".repeat(32))
-    .then_some(trace)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,7 +208,7 @@ mod tests {
     fn logged(format: LogFormat) -> String {
         let buf = Buf::default();
         let out = buf.clone();
-        let sub = subscriber(format, EnvFilter::new("info"), move || out.clone());
+        let sub = subscriber(format, EnvFilter::new("info"), move || out.clone(), None);
         tracing::subscriber::with_default(sub, || {
             let span = tracing::info_span!("request", kind = "dm.send", trace_id = "4bf92f35");
             let _in = span.enter();
@@ -190,18 +275,18 @@ mod tests {
     }
 
     #[test]
-    fn traceparents_are_valid_and_unique() {
-        let a = new_traceparent();
-        let b = new_traceparent();
-        assert_ne!(a, b);
-        assert_eq!(trace_id(&a).unwrap().len(), 32);
-        assert_eq!(trace_id("00-abc-def-01"), None);
-        assert_eq!(
-            trace_id(&format!("00-{}-{}-01", "0".repeat(32), "1".repeat(16))),
-            None
-        );
-        assert_eq!(trace_id(&format!("{a}-extra")), None);
+    fn init_refuses_a_bad_trace_section_and_installs_once() {
+        let bad = TraceSettings {
+            otlp_endpoint: Some("http://127.0.0.1:1/v1/traces".into()),
+            sample_ratio: 2.0,
+            ..Default::default()
+        };
+        assert!(init("test", &LogSettings::default(), &bad)
+            .err()
+            .unwrap()
+            .contains("sample_ratio"));
         init_for_tests();
-        init("test", &LogSettings::default());
+        let t = init("test", &LogSettings::default(), &TraceSettings::default()).unwrap();
+        assert!(t.provider.is_none());
     }
 }

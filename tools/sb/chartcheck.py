@@ -75,7 +75,8 @@ def _run(cmd: list[str], cwd: str = REPO, env: dict | None = None, quiet: bool =
 def _go() -> str:
     go = which("go")
     if not go:
-        raise SbError("the chart checks build their tools with Go (>= 1.26, tools/chart-tools/go.mod): go not found")
+        raise SbError("the chart checks and Jaeger are built with Go (>= 1.26; tools/chart-tools/go.mod, "
+                      "tools/jaeger/go.mod): go not found")
     return go
 
 
@@ -86,24 +87,31 @@ def _go_env() -> dict:
     return dict(os.environ, GOPROXY=",".join(proxies) or "https://proxy.golang.org", GOTOOLCHAIN="local")
 
 
-def build_tools() -> tuple[dict[str, str], str]:
-    """The tool binaries (name -> path), built once per go.mod/go.sum/yaml2json source."""
-    key = _sha(os.path.join(TOOLS_MOD, "go.mod"), os.path.join(TOOLS_MOD, "go.sum"), os.path.join(TOOLS_MOD, "yaml2json"))
-    bin_dir = os.path.join(CACHE, f"bin-{key}")
-    paths = {name: os.path.join(bin_dir, name) for name in TOOLS}
+def go_build(mod_dir: str, tools: dict[str, str], prefix: str, extra: tuple[str, ...] = ()) -> tuple[dict[str, str], str]:
+    """Binaries (name -> path) of `tools` (name -> package) of the Go module in `mod_dir`, built
+    once into .sb-tools/<prefix>-<hash of go.mod, go.sum and `extra`>/ (rebuilt when those
+    change; older builds of the same prefix are removed). Also used by tools/sb/jaeger.py."""
+    key = _sha(os.path.join(mod_dir, "go.mod"), os.path.join(mod_dir, "go.sum"), *extra)
+    bin_dir = os.path.join(CACHE, f"{prefix}-{key}")
+    paths = {name: os.path.join(bin_dir, name) for name in tools}
     if all(os.access(p, os.X_OK) for p in paths.values()):
         return paths, "cached"
     tmp = bin_dir + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     t = time.monotonic()
-    _run([_go(), "build", "-mod=readonly", "-trimpath", "-o", tmp + os.sep, *TOOLS.values()], cwd=TOOLS_MOD,
+    _run([_go(), "build", "-mod=readonly", "-trimpath", "-o", tmp + os.sep, *tools.values()], cwd=mod_dir,
          env=_go_env())
     for old in os.listdir(CACHE):
-        if old.startswith("bin-") and old != os.path.basename(tmp):
+        if old.startswith(prefix + "-") and old != os.path.basename(tmp):
             shutil.rmtree(os.path.join(CACHE, old), ignore_errors=True)
     os.rename(tmp, bin_dir)
     return paths, f"built in {time.monotonic() - t:.0f}s"
+
+
+def build_tools() -> tuple[dict[str, str], str]:
+    """The tool binaries (name -> path), built once per go.mod/go.sum/yaml2json source."""
+    return go_build(TOOLS_MOD, TOOLS, "bin", (os.path.join(TOOLS_MOD, "yaml2json"),))
 
 
 def _module_dir(path: str, version: str) -> str:

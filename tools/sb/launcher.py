@@ -11,6 +11,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import jaeger
 import kafka
 import mariadb
 import nginx
@@ -147,6 +148,8 @@ def up(args) -> int:
         mariadb.migrate(ctx)
         services.write_stack(ctx)
         if not args.infra_only:
+            # before the app processes, so their first spans have somewhere to go
+            jaeger.start_and_wait(ctx)
             services.start_and_wait(ctx)
         nginx.start_and_wait(ctx)
         if not args.infra_only:
@@ -196,7 +199,8 @@ def _start_supervisor(ctx: Ctx) -> None:
     pid, stt = spawn([sys.executable, "-B", script, ctx.state.dir], log, env=ctx.app_env)
     ctx.state.put({"name": "supervisor", "kind": "supervisor", "role": "restarts", "addr": "-", "port": 0,
                    "pid": pid, "starttime": stt, "group": "supervisor", "log": log})
-    line("supervisor", "restarts crashed edges, workers, router, nginx, discovery, prometheus, Redis, MariaDB, Kafka "
+    line("supervisor", "restarts crashed edges, workers, router, nginx, discovery, prometheus, jaeger, Redis, MariaDB, "
+         "Kafka "
          "(backoff up to "
          f"{supervisor.BACKOFF_CAP:.0f}s; gives up on a crash loop)", True)
 
@@ -218,6 +222,9 @@ def _print_connect(state: State, ctx: Ctx) -> None:
     if ctx.state.get(prometheus.NAME):
         info(f"  prometheus: {prometheus.url(ctx)}/  (every process' /metrics, rules of observability/rules/; "
              f"alerts at {prometheus.url(ctx)}/alerts)")
+    if ctx.state.get(jaeger.NAME):
+        info(f"  jaeger:     {jaeger.url(ctx)}/  (traces of every request, sampled at {jaeger.SAMPLE_RATIO:g}; "
+             f"query API {jaeger.url(ctx)}/api/traces?service=edge-0)")
     info(f"  stack file: {_rel(state.stack_file)}")
     info(f"  configs:    {_rel(state.conf_dir)}/   logs: {_rel(state.logs_dir)}/")
     if state.data.get("skipped"):
@@ -260,7 +267,7 @@ def _cargo_build(release: bool) -> None:
 
 # The supervisor first, so that nothing it watches is started again while it is being stopped
 # (it also never acts while `down` holds the state dir's lock).
-STOP_ORDER = [("supervisor", 10.0), ("app", 15.0), ("prometheus", 10.0), ("nginx", 10.0), ("mariadb", 60.0), ("redis", 30.0),
+STOP_ORDER = [("supervisor", 10.0), ("app", 15.0), ("prometheus", 10.0), ("jaeger", 10.0), ("nginx", 10.0), ("mariadb", 60.0), ("redis", 30.0),
               ("kafka", 60.0)]
 
 
@@ -322,6 +329,8 @@ def _check(state: State, c: dict) -> dict:
         ok = alive(c.get("pid"), c.get("starttime"))
     elif kind == "prometheus":
         ok = prometheus.healthy(c)
+    elif kind == "jaeger":
+        ok = jaeger.healthy(c)
     else:
         ok = services.healthy(c) and services.ready(c)
     row = {"name": c["name"], "kind": kind, "role": role, "addr": c["addr"], "pid": c["pid"], "healthy": bool(ok)}
@@ -334,7 +343,7 @@ def _check(state: State, c: dict) -> dict:
     return row
 
 
-KIND_ORDER = ["kafka", "redis", "mariadb", "edge", "worker", "router", "nginx", "prometheus", "discovery",
+KIND_ORDER = ["kafka", "redis", "mariadb", "edge", "worker", "router", "nginx", "prometheus", "jaeger", "discovery",
               "supervisor"]
 
 

@@ -4,10 +4,12 @@ Nothing else in tools/sb hard-codes a port number: ask a `Ports` object.
 
     offset 0     (./sb up):                     Kafka 19092, Redis 17000-17005, MariaDB 13306-13309,
                                                 nginx 18080/18081, edges 18100+ (internal 18150+),
-                                                workers 18200+, router 18250, Prometheus 18300
+                                                workers 18200+, router 18250, Prometheus 18300,
+                                                Jaeger 18310 (OTLP), 18311 (UI), 18312
     offset 1000  (./sb test, --port-offset 1000): Kafka 20092, Redis 18000-18005, MariaDB 14306-14309,
                                                 nginx 19080/19081, edges 19100+ (internal 19150+),
-                                                workers 19200+, router 19250, Prometheus 19300
+                                                workers 19200+, router 19250, Prometheus 19300,
+                                                Jaeger 19310-19312
 """
 
 from __future__ import annotations
@@ -38,6 +40,11 @@ BASE = {
     "router_health": 18250,
     # Prometheus (tools/sb/prometheus.py), scraping the processes above.
     "prometheus": 18300,
+    # Jaeger (tools/sb/jaeger.py): the OTLP/HTTP receiver the processes export spans to, the
+    # query API and UI, and the query's gRPC listener.
+    "jaeger_otlp": 18310,
+    "jaeger_query": 18311,
+    "jaeger_query_grpc": 18312,
 }
 
 # Stride / shift entries are not offset.
@@ -106,6 +113,15 @@ class Ports:
     def prometheus(self) -> int:
         return self._p["prometheus"]
 
+    def jaeger_otlp(self) -> int:
+        return self._p["jaeger_otlp"]
+
+    def jaeger_query(self) -> int:
+        return self._p["jaeger_query"]
+
+    def jaeger_query_grpc(self) -> int:
+        return self._p["jaeger_query_grpc"]
+
     # --- everything, for pre-flight "is this port free" checks -----------
     def all_listening(self, kafka_brokers: int, edges: int, apps: bool,
                       workers: dict[str, int] | None = None) -> dict[str, list[int]]:
@@ -122,6 +138,7 @@ class Ports:
             out["workers"] = [self.worker_health(w, j) for w in WORKERS for j in range((workers or {}).get(w, 1))]
             out["workers"].append(self.router_health())
             out["prometheus"] = [self.prometheus()]
+            out["jaeger"] = [self.jaeger_otlp(), self.jaeger_query(), self.jaeger_query_grpc()]
         return out
 
 

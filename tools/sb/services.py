@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import jaeger
 import kafka
 from mariadb import DB_NAME, DB_PASSWORD, DB_USER
 from ports import MARIADB_SHARDS, MAX_WORKERS_PER_ROLE, NGINX_INSTANCES, REDIS_NODES, WORKERS, addr
@@ -120,7 +121,8 @@ def edge_toml(ctx, i: int) -> str:
             + f"\n[edge]\nid = {q(edge_id(i))}\nlisten = {q(addr(ctx.ports.edge(i)))}\n"
             + f"internal_listen = {q(addr(ctx.ports.edge_internal(i)))}\n"
             + f"allowed_origins = {qlist(origins)}\n"
-            + "".join(f"{k} = {v}\n" for k, v in EDGE_LIMIT_PROFILES[ctx.limits].items()))
+            + "".join(f"{k} = {v}\n" for k, v in EDGE_LIMIT_PROFILES[ctx.limits].items())
+            + trace_section(ctx))
 
 
 # `./sb up --limits NAME`: the workers' `[limits]` (keys of `workers::settings::Limits`).
@@ -164,6 +166,14 @@ def limits_section(profile: str) -> str:
     return "[limits]\n" + "".join(f"{k} = {v}\n" for k, v in values.items())
 
 
+def trace_section(ctx) -> str:
+    """`[trace]`: spans to the platform's Jaeger (not with --infra-only: no Jaeger runs)."""
+    if ctx.infra_only:
+        return ""
+    return (f"\n[trace]\notlp_endpoint = {q(jaeger.otlp_endpoint(ctx.ports))}\n"
+            f"sample_ratio = {jaeger.SAMPLE_RATIO}\n")
+
+
 def service_toml(ctx, svc: str, health_port: int, database: bool) -> str:
     out = _kafka_section(ctx, svc) + "\n" + _redis_section(ctx) + "\n"
     if database:
@@ -171,7 +181,7 @@ def service_toml(ctx, svc: str, health_port: int, database: bool) -> str:
     out += f"[service]\nname = {q(svc)}\nhealth_listen = {q(addr(health_port))}\n"
     if database and limits_section(ctx.limits):
         out += "\n" + limits_section(ctx.limits)
-    return out
+    return out + trace_section(ctx)
 
 
 def write_configs(ctx) -> None:
@@ -205,6 +215,10 @@ def write_stack(ctx) -> None:
     # where each app process answers /healthz, /readyz and /metrics (operators, probes, tests)
     out["services"] = [{"name": c["name"], "kind": c["kind"], "health_addr": metrics_addr(c)}
                        for c in ctx.state.components if c["kind"] in ("edge", "worker", "router")]
+    jg = ctx.state.get("jaeger")
+    if jg:
+        # where tests and operators find the traces (tools/sb/jaeger.py)
+        out["jaeger"] = {"url": f"http://{jg['addr']}", "otlp_endpoint": jaeger.otlp_endpoint(ctx.ports)}
     prom = ctx.state.get("prometheus")
     if prom:
         # where tests and operators query what every process exported (tools/sb/prometheus.py)

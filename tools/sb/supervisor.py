@@ -48,7 +48,8 @@ BACKOFF_FIRST = 0.5
 BACKOFF_CAP = 5.0
 # restarts in a row whose process exited within STABLE_AFTER before the supervisor gives up
 CRASH_LOOP_RESTARTS = 5
-SUPERVISED = ("edge", "worker", "router", "nginx", "discovery", "prometheus", "redis", "mariadb", "kafka")
+SUPERVISED = ("edge", "worker", "router", "nginx", "discovery", "prometheus", "jaeger", "redis", "mariadb",
+              "kafka")
 # Three times the Redis Cluster's `cluster-node-timeout` (tools/sb/redis.py, 2 s): by then the
 # other nodes have marked a killed master failed and its replica has won the election.
 REDIS_FAILOVER_WAIT = 6.0

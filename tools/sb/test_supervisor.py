@@ -231,7 +231,7 @@ class SupervisorTest(unittest.TestCase):
         r.at(0.5)
         self.assertEqual(r.procs.spawned, [])
         self.assertEqual(set(sup.SUPERVISED), {"edge", "worker", "router", "nginx", "discovery", "prometheus",
-                                               "redis", "mariadb", "kafka"})
+                                               "jaeger", "redis", "mariadb", "kafka"})
 
     def test_infrastructure_comes_back_and_a_redis_node_only_after_its_failover(self):
         r = Rig(("mariadb-shard0-primary", "mariadb"), ("kafka-1", "kafka"), ("redis-2", "redis"))

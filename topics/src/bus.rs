@@ -123,6 +123,39 @@ pub enum EdgeMessage {
     /// Several of the above, applied in order: what one worker batch has for this edge (the
     /// replies to its requests and every delivery to this edge's connections), in one record.
     Batch { items: Vec<EdgeMessage> },
+    /// One of the above with the trace context of the request it belongs to (W3C
+    /// `traceparent`), when the record holds items of several traces (a worker-dms batch) and
+    /// tracing is on: the edge's span for the item is a child of that context rather than of the
+    /// record's header.
+    Traced {
+        traceparent: String,
+        item: Box<EdgeMessage>,
+    },
+}
+
+impl EdgeMessage {
+    /// `item` with the trace context `traceparent`, if there is one.
+    pub fn traced(item: EdgeMessage, traceparent: Option<String>) -> EdgeMessage {
+        match traceparent {
+            Some(traceparent) => EdgeMessage::Traced {
+                traceparent,
+                item: Box::new(item),
+            },
+            None => item,
+        }
+    }
+
+    /// The `op` of the record, for span attributes.
+    pub fn op(&self) -> &'static str {
+        match self {
+            EdgeMessage::Reply { .. } => "reply",
+            EdgeMessage::Deliver { .. } => "deliver",
+            EdgeMessage::Broadcast { .. } => "broadcast",
+            EdgeMessage::Close { .. } => "close",
+            EdgeMessage::Batch { .. } => "batch",
+            EdgeMessage::Traced { .. } => "traced",
+        }
+    }
 }
 
 /// Who a delivery is for.
@@ -303,6 +336,50 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn a_traced_item_carries_its_traceparent_on_the_wire() {
+        let item = EdgeMessage::Broadcast { frame: "f".into() };
+        assert_eq!(EdgeMessage::traced(item.clone(), None), item);
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let traced = EdgeMessage::traced(item.clone(), Some(tp.into()));
+        let json = serde_json::to_value(&traced).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"op": "traced", "traceparent": tp, "item": {"op": "broadcast", "frame": "f"}})
+        );
+        assert_eq!(serde_json::from_value::<EdgeMessage>(json).unwrap(), traced);
+        let ops: Vec<&str> = [
+            traced,
+            item,
+            EdgeMessage::Batch { items: vec![] },
+            EdgeMessage::Deliver {
+                conns: vec![],
+                frame: String::new(),
+                persisted_at_ms: None,
+            },
+            EdgeMessage::Close {
+                conns: vec![],
+                frame: String::new(),
+                reason: String::new(),
+            },
+            EdgeMessage::Reply {
+                conn: 0,
+                req: 0,
+                frame: String::new(),
+                error: None,
+                session: None,
+                clear_session: false,
+            },
+        ]
+        .iter()
+        .map(EdgeMessage::op)
+        .collect();
+        assert_eq!(
+            ops,
+            ["traced", "broadcast", "batch", "deliver", "close", "reply"]
+        );
+    }
 
     fn env(request: Request, auth: Auth) -> Envelope {
         Envelope {

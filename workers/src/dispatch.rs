@@ -60,8 +60,23 @@ impl Dispatcher {
                 env.request.kind()
             )));
         }
+        let span = tracing::info_span!(
+            "request",
+            otel.kind = "consumer",
+            kind = env.request.kind(),
+            edge = %env.edge,
+            trace_id = tracing::field::Empty,
+        );
+        runtime::trace::set_parent(&span, &record.trace);
+        if let Some(id) = runtime::trace::trace_id_of(&span) {
+            span.record("trace_id", id.as_str());
+        }
+        // the replies and deliveries are published inside the span: their records carry it
+        self.handle_envelope(env).instrument(span).await
+    }
+
+    async fn handle_envelope(&self, env: Envelope) -> Result<(), Failure> {
         let started = std::time::Instant::now();
-        let span = tracing::info_span!("request", kind = env.request.kind(), edge = %env.edge, trace_id = record.traceparent.as_deref().and_then(runtime::telemetry::trace_id).unwrap_or(""));
         let result = async {
             let caller = authenticate(&*self.deps, &env).await?;
             route(&Ctx {
@@ -71,7 +86,6 @@ impl Dispatcher {
             })
             .await
         }
-        .instrument(span)
         .await;
         let kind = env.request.kind();
         let m = &self.deps.metrics;
@@ -81,17 +95,17 @@ impl Dispatcher {
         match result {
             Ok(outcome) => {
                 m.requests_handled.at(env.request.kind_index()).inc();
-                self.finish(&env, outcome, record).await
+                self.finish(&env, outcome).await
             }
             Err(Error::Reply(err)) => {
                 m.request_errors
                     .get(env.request.kind_index(), err.code)
                     .inc();
                 let revoked = revokes(&env, &err);
-                self.reply_error(&env, err, record).await?;
+                self.reply_error(&env, err).await?;
                 if revoked {
                     // The socket's session is gone: close it.
-                    self.send_edge(&env, &close_message(&env), record).await?;
+                    self.send_edge(&env, &close_message(&env)).await?;
                 }
                 Ok(())
             }
@@ -102,7 +116,6 @@ impl Dispatcher {
                     self.reply_error(
                         &env,
                         ErrorBody::new(ErrorCode::Internal, "the request could not be processed"),
-                        record,
                     )
                     .await?;
                 }
@@ -111,66 +124,43 @@ impl Dispatcher {
         }
     }
 
-    async fn publish(
-        &self,
-        topic: &str,
-        key: &str,
-        payload: &[u8],
-        record: &Inbound,
-    ) -> Result<(), Failure> {
+    async fn publish(&self, topic: &str, key: &str, payload: &[u8]) -> Result<(), Failure> {
         self.deps
             .publisher
-            .send(topic, key, payload, record.traceparent.as_deref())
+            .send(topic, key, payload)
             .await
             .map_err(|e| Failure::Transient(e.to_string()))
     }
 
-    async fn finish(
-        &self,
-        env: &Envelope,
-        outcome: Outcome,
-        record: &Inbound,
-    ) -> Result<(), Failure> {
+    async fn finish(&self, env: &Envelope, outcome: Outcome) -> Result<(), Failure> {
         // The reply is acknowledged by the broker before any delivery is published. Deliveries
         // reach the requesting edge through the router, on the same single-partition edge topic,
         // so they land after the reply: a request that closes its own socket (logout, account
         // deletion) is always answered before `session_revoked` and the close.
         if let Some(response) = outcome.response {
             let msg = reply_message(env, response, outcome.session, outcome.clear_session);
-            self.send_edge(env, &msg, record).await?;
+            self.send_edge(env, &msg).await?;
         }
         let deliver_topic = self.deps.topics.deliver();
         for d in &outcome.deliveries {
             let payload = serde_json::to_vec(d).expect("deliveries serialise");
-            self.publish(&deliver_topic, &d.key(), &payload, record)
-                .await?;
+            self.publish(&deliver_topic, &d.key(), &payload).await?;
         }
         Ok(())
     }
 
-    async fn send_edge(
-        &self,
-        env: &Envelope,
-        msg: &EdgeMessage,
-        record: &Inbound,
-    ) -> Result<(), Failure> {
+    async fn send_edge(&self, env: &Envelope, msg: &EdgeMessage) -> Result<(), Failure> {
         let payload = serde_json::to_vec(msg).expect("edge messages serialise");
         self.publish(
             &self.deps.topics.edge(&env.edge),
             &env.conn.to_string(),
             &payload,
-            record,
         )
         .await
     }
 
-    async fn reply_error(
-        &self,
-        env: &Envelope,
-        err: ErrorBody,
-        record: &Inbound,
-    ) -> Result<(), Failure> {
-        self.send_edge(env, &error_message(env, err), record).await
+    async fn reply_error(&self, env: &Envelope, err: ErrorBody) -> Result<(), Failure> {
+        self.send_edge(env, &error_message(env, err)).await
     }
 }
 

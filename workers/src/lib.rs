@@ -216,9 +216,12 @@ pub async fn main_for(role: Role) -> anyhow::Result<()> {
     if settings.service.name.is_empty() {
         settings.service.name = role.worker();
     }
-    runtime::telemetry::init(&role.worker(), &settings.log);
+    let telemetry =
+        runtime::telemetry::init_or_exit(&role.worker(), &settings.log, &settings.trace);
     let stop = runtime::shutdown::on_signal();
-    match run(role, settings, stop).await {
+    let result = run(role, settings, stop).await;
+    telemetry.shutdown().await;
+    match result {
         Err(e @ Error::Config(_)) => {
             eprintln!("configuration error: {e}");
             std::process::exit(runtime::settings::EXIT_CONFIG);

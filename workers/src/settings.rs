@@ -13,6 +13,8 @@ pub struct Settings {
     pub limits: Limits,
     #[serde(default)]
     pub log: runtime::LogSettings,
+    #[serde(default)]
+    pub trace: runtime::TraceSettings,
 }
 
 /// Only `[database]`: what `sb-migrate` reads.

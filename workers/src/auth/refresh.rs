@@ -32,7 +32,7 @@ pub async fn refresh(ctx: &Ctx<'_>) -> Result<Outcome> {
             );
             let payload = serde_json::to_vec(&close).expect("deliveries serialise");
             d.publisher
-                .send(&d.topics.deliver(), &close.key(), &payload, None)
+                .send(&d.topics.deliver(), &close.key(), &payload)
                 .await?;
             return Err(refuse(
                 ErrorCode::Unauthorized,

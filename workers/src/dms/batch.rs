@@ -24,6 +24,7 @@ use runtime::registry::{plan, users_of};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use topics::{validate, Delivery, EdgeMessage, Envelope, ErrorBody, ErrorCode, Id, Request};
+use tracing::Instrument;
 
 pub struct DmBatch {
     pub dispatcher: Arc<Dispatcher>,
@@ -118,7 +119,49 @@ impl DmBatch {
 
     /// Handle the batch's sends together; `Ok` once every effect is durable (messages committed,
     /// edge records acknowledged).
+    ///
+    /// With tracing on: a `dm.batch` span (linked to every send's trace) holds the shared work —
+    /// the MariaDB transactions, the Redis lookup and the edge records' publishes; each send has
+    /// its own `request` span, child of the span in its record's headers, and each item the
+    /// batch has for an edge an `edge.publish` span, child of its send's, whose context the item
+    /// carries ([`EdgeMessage::Traced`]) so the edge's span for it joins the send's trace.
     async fn sends(&self, batch: &[SendRecord<'_>]) -> Result<(), Failure> {
+        let batch_span = runtime::trace::span_if(|| {
+            let span = tracing::info_span!(parent: None, "dm.batch", sends = batch.len());
+            for s in batch {
+                runtime::trace::add_link(&span, &s.record.trace);
+            }
+            span
+        });
+        let record_spans: Vec<tracing::Span> = if runtime::trace::enabled() {
+            batch
+                .iter()
+                .map(|s| {
+                    let span = tracing::info_span!(
+                        parent: None,
+                        "request",
+                        otel.kind = "consumer",
+                        kind = s.env.request.kind(),
+                        edge = %s.env.edge,
+                    );
+                    runtime::trace::set_parent(&span, &s.record.trace);
+                    span.follows_from(&batch_span);
+                    span
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        self.sends_in(batch, &record_spans)
+            .instrument(batch_span)
+            .await
+    }
+
+    async fn sends_in(
+        &self,
+        batch: &[SendRecord<'_>],
+        record_spans: &[tracing::Span],
+    ) -> Result<(), Failure> {
         let deps = &self.dispatcher.deps;
         let started = std::time::Instant::now();
         let callers =
@@ -148,6 +191,9 @@ impl DmBatch {
             .filter_map(|c| c.as_ref().ok().cloned())
             .collect();
         let mut stored = dms::send_many(deps, &to_store)
+            .instrument(runtime::trace::span_if(|| {
+                tracing::info_span!("mariadb.store", messages = to_store.len())
+            }))
             .await
             .map_err(classify)?
             .into_iter();
@@ -194,20 +240,43 @@ impl DmBatch {
                 .map_err(|e| Failure::Transient(e.to_string()))?;
             deps.registry
                 .reach(&c, &users, runtime::now_ms())
+                .instrument(runtime::trace::span_if(|| {
+                    tracing::info_span!("redis.reach", users = users.len())
+                }))
                 .await
                 .map_err(|e| Failure::Transient(e.to_string()))?
         };
         let mut per_edge: BTreeMap<String, Vec<EdgeMessage>> = BTreeMap::new();
-        for ((own, deliveries), s) in answers.into_iter().zip(batch) {
-            per_edge.entry(s.env.edge.clone()).or_default().extend(own);
+        // the `edge.publish` spans, ended once the edge records are acknowledged
+        let mut hops: Vec<tracing::Span> = Vec::new();
+        for (i, ((own, deliveries), s)) in answers.into_iter().zip(batch).enumerate() {
+            let mut hop = |edge: &str, msg: EdgeMessage| match record_spans.get(i) {
+                Some(parent) => {
+                    let span = tracing::info_span!(
+                        parent: parent,
+                        "edge.publish",
+                        otel.kind = "producer",
+                        edge = %edge,
+                        op = msg.op(),
+                    );
+                    let tp = runtime::trace::Carrier::of(&span)
+                        .traceparent()
+                        .map(str::to_string);
+                    hops.push(span);
+                    EdgeMessage::traced(msg, tp)
+                }
+                None => msg,
+            };
+            let mine: Vec<EdgeMessage> = own.into_iter().map(|m| hop(&s.env.edge, m)).collect();
+            per_edge.entry(s.env.edge.clone()).or_default().extend(mine);
             for d in &deliveries {
                 let users = users_of(d);
                 for (edge, msg) in plan(d, reach.conns_of(&users), &reach.live) {
+                    let msg = hop(&edge, msg);
                     per_edge.entry(edge).or_default().push(msg);
                 }
             }
         }
-        let traceparent = batch[0].record.traceparent.as_deref();
         let key = batch[0].env.key();
         let publishes = per_edge.into_iter().map(|(edge, mut items)| {
             let msg = if items.len() == 1 {
@@ -218,13 +287,11 @@ impl DmBatch {
             let payload = serde_json::to_vec(&msg).expect("edge messages serialise");
             let topic = deps.topics.edge(&edge);
             let key = &key;
-            async move {
-                deps.publisher
-                    .send(&topic, key, &payload, traceparent)
-                    .await
-            }
+            async move { deps.publisher.send(&topic, key, &payload).await }
         });
-        for sent in futures::future::join_all(publishes).await {
+        let sent = futures::future::join_all(publishes).await;
+        drop(hops);
+        for sent in sent {
             sent.map_err(|e| Failure::Transient(e.to_string()))?;
         }
         Ok(())
