@@ -34,6 +34,8 @@ COVERAGE_MIN = 90.0
 # The test platform runs two worker-dms processes in one consumer group: e2e/tests/restarts.rs
 # kills one (and an edge) and checks that the supervisor brings them back. One extra process only.
 TEST_WORKERS = "dms=2"
+# Every request traced on the test platform: e2e/tests/traces.rs follows one DM through Jaeger.
+TEST_TRACE_RATIO = "1"
 # The fault run (docs/reliability.md): clients that reconnect, catch up and resend like the web
 # client exchange DMs while worker-dms, an edge and a Redis master are SIGKILLed in turn; it fails
 # on anything lost, duplicated, out of order, unanswered or missed, or a client that never
@@ -288,7 +290,8 @@ def test(args) -> int:
         nonlocal env
         sb("down", "--purge", *sb_flags)  # leftovers of an interrupted run; fresh data every run
         platform["up"] = True
-        sb("up", *sb_flags, "--bin-dir", coverage_bin_dir(env), "--workers", TEST_WORKERS, env=env)
+        sb("up", *sb_flags, "--bin-dir", coverage_bin_dir(env), "--workers", TEST_WORKERS,
+           "--trace-ratio", TEST_TRACE_RATIO, env=env)
 
     def down():
         sb("down", *sb_flags, env=env)

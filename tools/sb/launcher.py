@@ -30,7 +30,8 @@ class Ctx:
     """Everything a component module needs for one invocation."""
 
     def __init__(self, state: State, ports: Ports, kafka_brokers: int, edges: int, infra_only: bool,
-                 bin_dir: str, release: bool, limits: str = "default", workers: dict[str, int] | None = None):
+                 bin_dir: str, release: bool, limits: str = "default", workers: dict[str, int] | None = None,
+                 trace_ratio: float = jaeger.SAMPLE_RATIO):
         self.repo = REPO
         self.state = state
         self.ports = ports
@@ -41,6 +42,7 @@ class Ctx:
         self.release = release
         self.limits = limits  # a key of services.LIMIT_PROFILES
         self.workers = workers or {}  # processes per worker role (`--workers`; a missing role: 1)
+        self.trace_ratio = trace_ratio  # the apps' [trace] sample_ratio (`--trace-ratio`; 0: no [trace])
         self.infra_env = dict(os.environ)
         self.app_env = dict(os.environ)
         self.app_env.setdefault("RUST_LOG", "info")
@@ -82,14 +84,15 @@ def up(args) -> int:
     bin_dir = os.path.abspath(args.bin_dir) if args.bin_dir else default_bin_dir(args.release)
     workers = services.parse_workers(args.workers)
     ctx = Ctx(state, ports, args.kafka_brokers, args.edges, args.infra_only, bin_dir, args.release, args.limits,
-              workers)
+              workers, args.trace_ratio)
 
     # --- already running? -----------------------------------------------------------------
     running_before = state.any_running()
     if running_before:
         old = state.layout
         for key, new in (("port_offset", args.port_offset), ("kafka_brokers", args.kafka_brokers),
-                         ("edges", args.edges), ("limits", args.limits), ("workers", workers)):
+                         ("edges", args.edges), ("limits", args.limits), ("workers", workers),
+                         ("trace_ratio", args.trace_ratio)):
             if key in old and old[key] != new and not (key in ("edges", "workers") and args.infra_only):
                 raise SbError(f"a platform is running from {_rel(state.dir)} with {key}={old[key]} "
                               f"(asked for {new}); run `./sb down` first")
@@ -117,6 +120,7 @@ def up(args) -> int:
         return 1
     state.data["layout"] = {"port_offset": args.port_offset, "kafka_brokers": args.kafka_brokers,
                             "edges": args.edges, "limits": args.limits, "workers": workers,
+                            "trace_ratio": args.trace_ratio,
                             "infra_only": args.infra_only and (not running_before
                                                                or state.layout.get("infra_only", True)),
                             "bin_dir": bin_dir}
@@ -223,7 +227,7 @@ def _print_connect(state: State, ctx: Ctx) -> None:
         info(f"  prometheus: {prometheus.url(ctx)}/  (every process' /metrics, rules of observability/rules/; "
              f"alerts at {prometheus.url(ctx)}/alerts)")
     if ctx.state.get(jaeger.NAME):
-        info(f"  jaeger:     {jaeger.url(ctx)}/  (traces of every request, sampled at {jaeger.SAMPLE_RATIO:g}; "
+        info(f"  jaeger:     {jaeger.url(ctx)}/  (traces of every request, sampled at {ctx.trace_ratio:g}; "
              f"query API {jaeger.url(ctx)}/api/traces?service=edge-0)")
     info(f"  stack file: {_rel(state.stack_file)}")
     info(f"  configs:    {_rel(state.conf_dir)}/   logs: {_rel(state.logs_dir)}/")

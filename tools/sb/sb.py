@@ -2,7 +2,7 @@
 """sb -- the Switchboard local launcher. Python 3.11 standard library only.
 
     ./sb up [--edges N] [--workers N|ROLE=N,...] [--kafka-brokers 1|3] [--infra-only] [--bin-dir DIR] [--release]
-            [--limits default|bench]
+            [--limits default|bench] [--trace-ratio R]
     ./sb down [--purge]
     ./sb status [--json]
     ./sb test [--test-threads N] [-- ARGS for the test harness]
@@ -21,8 +21,20 @@ import sys
 sys.dont_write_bytecode = True  # no __pycache__ in the repo
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import jaeger  # noqa: E402
 from state import REPO, default_state_dir  # noqa: E402
 from util import SbError  # noqa: E402
+
+
+def _ratio(text: str) -> float:
+    """`--trace-ratio`: a share of requests, 0 to 1."""
+    try:
+        r = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= r <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
+    return r
 
 
 def parser() -> argparse.ArgumentParser:
@@ -43,6 +55,9 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--infra-only", action="store_true", help="Kafka, Redis, MariaDB, nginx only")
     up.add_argument("--bin-dir", help="where the Switchboard binaries are (skips cargo build)")
     up.add_argument("--release", action="store_true", help="cargo build --release, run target/release")
+    up.add_argument("--trace-ratio", type=_ratio, default=jaeger.SAMPLE_RATIO,
+                    help="share of requests traced into the platform's Jaeger, 0 to 1 (default "
+                         f"{jaeger.SAMPLE_RATIO:g}, the product's; 0 turns tracing off)")
     up.add_argument("--limits", choices=["default", "bench"], default="default",
                     help="workers' [limits] and edges' per-client limits: default = the product's; "
                          "bench = rate limits and connection caps lifted for load tests")

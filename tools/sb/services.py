@@ -167,11 +167,12 @@ def limits_section(profile: str) -> str:
 
 
 def trace_section(ctx) -> str:
-    """`[trace]`: spans to the platform's Jaeger (not with --infra-only: no Jaeger runs)."""
-    if ctx.infra_only:
+    """`[trace]`: spans to the platform's Jaeger at `--trace-ratio` (none with --infra-only: no
+    Jaeger runs; none at ratio 0: tracing off)."""
+    if ctx.infra_only or ctx.trace_ratio == 0:
         return ""
     return (f"\n[trace]\notlp_endpoint = {q(jaeger.otlp_endpoint(ctx.ports))}\n"
-            f"sample_ratio = {jaeger.SAMPLE_RATIO}\n")
+            f"sample_ratio = {ctx.trace_ratio}\n")
 
 
 def service_toml(ctx, svc: str, health_port: int, database: bool) -> str:

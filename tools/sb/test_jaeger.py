@@ -21,9 +21,10 @@ from ports import Ports  # noqa: E402
 
 
 class Ctx:
-    def __init__(self, offset: int, infra_only: bool = False):
+    def __init__(self, offset: int, infra_only: bool = False, trace_ratio: float = jaeger.SAMPLE_RATIO):
         self.ports = Ports(offset)
         self.infra_only = infra_only
+        self.trace_ratio = trace_ratio
         self.limits = "default"
         self.kafka_brokers = 1
 
@@ -57,9 +58,19 @@ class JaegerTest(unittest.TestCase):
         ctx = Ctx(5000)
         trace = services.trace_section(ctx)
         self.assertIn('otlp_endpoint = "http://127.0.0.1:23310/v1/traces"', trace)
-        self.assertIn(f"sample_ratio = {jaeger.SAMPLE_RATIO}", trace)
+        self.assertIn("sample_ratio = 0.1", trace)
         self.assertTrue(services.service_toml(ctx, "router", 23250, False).endswith(trace))
         self.assertEqual(services.trace_section(Ctx(5000, infra_only=True)), "")
+
+    def test_trace_ratio_sets_the_sampling_and_zero_turns_tracing_off(self):
+        self.assertIn("sample_ratio = 1.0", services.trace_section(Ctx(5000, trace_ratio=1.0)))
+        self.assertEqual(services.trace_section(Ctx(5000, trace_ratio=0.0)), "")
+        import sb
+        up = lambda *a: sb.parser().parse_args(["up", *a])  # noqa: E731
+        self.assertEqual(up().trace_ratio, 0.1)
+        self.assertEqual(up("--trace-ratio", "1").trace_ratio, 1.0)
+        with self.assertRaises(SystemExit), mock.patch("sys.stderr"):
+            up("--trace-ratio", "1.5")
 
     def test_it_is_built_once_by_the_go_tool_step_from_its_pinned_module(self):
         with open(os.path.join(jaeger.MODULE, "go.mod")) as f:
