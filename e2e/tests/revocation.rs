@@ -98,6 +98,13 @@ async fn unacknowledged(addr: SocketAddr) -> f64 {
         .unwrap()
 }
 
+/// `DELETE /api/v1/sessions/current` with `token`, through nginx `i`: (status, body).
+async fn logout(app: &TestApp, i: usize, token: &str) -> (u16, serde_json::Value) {
+    app.http(i)
+        .delete("/api/v1/sessions/current", Some(token))
+        .await
+}
+
 /// The session's keys (see `workers::sessions`).
 fn keys(app: &TestApp, token: &str, sid: &str) -> [String; 2] {
     let p = &app.redis.key_prefix;
@@ -125,19 +132,13 @@ async fn an_acknowledged_revocation_is_already_on_the_replica() {
         }
     }
     // One session: the moment the client hears `ok`, its keys are gone from the replicas too.
-    let (status, body) = app
-        .http(0)
-        .delete("/api/v1/sessions/current", Some(&t1))
-        .await;
+    let (status, body) = logout(&app, 0, &t1).await;
     assert_eq!(status, 200, "{body}");
     for k in keys(&app, &t1, &s1) {
         assert!(!on_replica(&app, &k).await, "{k} still on the replica");
     }
     // Retried, it is answered as for a gone session (the replicas confirm it is gone).
-    let (status, body) = app
-        .http(0)
-        .delete("/api/v1/sessions/current", Some(&t1))
-        .await;
+    let (status, body) = logout(&app, 0, &t1).await;
     assert_eq!(status, 401, "{body}");
     let (status, body) = app
         .http(1)
@@ -170,19 +171,13 @@ async fn a_revocation_too_few_replicas_confirm_is_unavailable_and_counted() {
     let auth = app.health["worker-auth"];
     assert_eq!(unacknowledged(auth).await, 0.0);
 
-    let (status, body) = app
-        .http(0)
-        .delete("/api/v1/sessions/current", Some(&t1))
-        .await;
+    let (status, body) = logout(&app, 0, &t1).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["code"], "unavailable", "{body}");
     assert_eq!(unacknowledged(auth).await, 1.0);
     // The master deleted the session; a retry finds it gone, but is not told it is done before
     // a replica confirms that either: by its token, and by its id from another session.
-    let (status, body) = app
-        .http(0)
-        .delete("/api/v1/sessions/current", Some(&t1))
-        .await;
+    let (status, body) = logout(&app, 0, &t1).await;
     assert_eq!(
         (status, &body["code"]),
         (503, &"unavailable".into()),
@@ -224,10 +219,7 @@ async fn with_no_replicas_asked_for_a_revocation_does_not_wait() {
     let app = spawn_app_with(opts).await;
     let (_, name) = signup(&app, 0).await;
     let (t1, _) = login(&app, 0, &name).await;
-    let (status, body) = app
-        .http(0)
-        .delete("/api/v1/sessions/current", Some(&t1))
-        .await;
+    let (status, body) = logout(&app, 0, &t1).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(app.http(0).get("/api/v1/users/me", Some(&t1)).await.0, 401);
     assert_eq!(unacknowledged(app.health["worker-auth"]).await, 0.0);
@@ -437,18 +429,12 @@ async fn a_revocation_waits_for_the_replicas_of_exactly_the_masters_it_wrote_to(
     let auth = app.health["worker-auth"];
     let stopped = Stopped::new(pid(&r.addr).await);
     // ann's logout wrote to m, whose replica cannot acknowledge: not done.
-    let (status, body) = app
-        .http(0)
-        .delete("/api/v1/sessions/current", Some(&t1))
-        .await;
+    let (status, body) = logout(&app, 0, &t1).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["code"], "unavailable", "{body}");
     assert_eq!(unacknowledged(auth).await, 1.0);
     // bob's logout wrote only to the other masters, whose replicas answer: done.
-    let (status, body) = app
-        .http(1)
-        .delete("/api/v1/sessions/current", Some(&other.0))
-        .await;
+    let (status, body) = logout(&app, 1, &other.0).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(unacknowledged(auth).await, 1.0);
     drop(stopped);
@@ -516,10 +502,7 @@ async fn a_logout_answered_ok_survives_a_failover_to_a_replica_that_missed_it() 
         .await
         .unwrap();
     assert_eq!(cut, 1, "the replication link");
-    let (logout, body) = app
-        .http(0)
-        .delete("/api/v1/sessions/current", Some(&t1))
-        .await;
+    let (answered, body) = logout(&app, 0, &t1).await;
     // The master is lost; the replica that missed the logout takes over.
     signal(victim, "-KILL");
     drop(stopped);
@@ -538,12 +521,12 @@ async fn a_logout_answered_ok_survives_a_failover_to_a_replica_that_missed_it() 
     // The old master back as a replica, whatever the outcome (the stack stays whole).
     rejoin(&app, &m.id, &argv, &cwd).await;
     assert!(
-        !(logout == 200 && now == 200),
+        !(answered == 200 && now == 200),
         "a session answered logged out is back after the failover"
     );
     // Told to retry: it was not done, and the session is back with the replica that missed it.
     assert_eq!(
-        (logout, &body["code"]),
+        (answered, &body["code"]),
         (503, &"unavailable".into()),
         "{body}"
     );
@@ -551,10 +534,7 @@ async fn a_logout_answered_ok_survives_a_failover_to_a_replica_that_missed_it() 
     // A retry logs it out (answered `ok` once the new master has a replica again; until then
     // `unavailable`, then — the deletion already on the new master — as a gone session).
     common::eventually("a retried logout", || async {
-        let (status, _) = app
-            .http(0)
-            .delete("/api/v1/sessions/current", Some(&t1))
-            .await;
+        let (status, _) = logout(&app, 0, &t1).await;
         matches!(status, 200 | 401).then_some(())
     })
     .await;

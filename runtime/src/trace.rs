@@ -546,19 +546,7 @@ mod tests {
         provider.shutdown().unwrap();
     }
 
-    /// A writer into a shared buffer.
-    #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Buf {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::telemetry::tests::Buf;
 
     #[test]
     fn json_lines_inside_a_span_carry_its_trace_and_span_ids() {
@@ -693,29 +681,22 @@ mod tests {
             .respond_with(ResponseTemplate::new(500))
             .mount(&server)
             .await;
-        let drops = DropCounters::default();
-        let provider = otlp(&server.uri(), &drops);
-        let t0 = Instant::now();
-        end_spans(&provider, 5);
-        assert!(
-            t0.elapsed() < Duration::from_millis(500),
-            "ending spans never waits"
-        );
-        let flushed = tokio::task::spawn_blocking(move || provider.force_flush())
-            .await
-            .unwrap();
-        assert!(flushed.is_err());
-        assert_eq!(drops.export_failed.get(), 5);
-        assert_eq!(drops.queue_full.get(), 0);
+        failed_exports_cost_the_counter_only(&server.uri(), 5).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_collector_that_is_down_costs_the_failed_counter_only() {
         // nothing listens on port 1
+        failed_exports_cost_the_counter_only("http://127.0.0.1:1", 7).await;
+    }
+
+    /// Ending `n` spans for a collector at `endpoint` that fails every export never waits; the
+    /// flush fails and the `n` spans are counted as failed exports, none as a full queue.
+    async fn failed_exports_cost_the_counter_only(endpoint: &str, n: u64) {
         let drops = DropCounters::default();
-        let provider = otlp("http://127.0.0.1:1", &drops);
+        let provider = otlp(endpoint, &drops);
         let t0 = Instant::now();
-        end_spans(&provider, 7);
+        end_spans(&provider, n as usize);
         assert!(
             t0.elapsed() < Duration::from_millis(500),
             "ending spans never waits"
@@ -724,7 +705,8 @@ mod tests {
             .await
             .unwrap();
         assert!(flushed.is_err());
-        assert_eq!(drops.export_failed.get(), 7);
+        assert_eq!(drops.export_failed.get(), n);
+        assert_eq!(drops.queue_full.get(), 0);
     }
 
     #[test]

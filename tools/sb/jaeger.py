@@ -22,7 +22,7 @@ import os
 import chartcheck
 from ports import addr
 from state import REPO, write_atomic
-from util import SbError, alive, http_status, line, spawn, tail, wait_until
+from util import SbError, alive, http_status, line, spawn_tool, tail, wait_until
 
 NAME = "jaeger"
 MODULE = os.path.join(REPO, "tools", "jaeger")
@@ -109,11 +109,7 @@ def start_and_wait(ctx, timeout: float = 60.0) -> None:
         write_atomic(conf, config(ctx.ports))
         listen = addr(ctx.ports.jaeger_query())
         argv = [exe, f"--config=file:{conf}"]
-        log = ctx.state.log(NAME)
-        pid, stt = spawn(argv, log, env=ctx.infra_env, cwd=h)
-        comp = {"name": NAME, "kind": NAME, "role": "traces", "addr": listen, "port": ctx.ports.jaeger_query(),
-                "pid": pid, "starttime": stt, "group": NAME, "log": log, "argv": argv, "cwd": h, "out": log}
-        ctx.state.put(comp)
+        comp = spawn_tool(ctx, NAME, "traces", argv, listen, ctx.ports.jaeger_query(), h)
     if not wait_until(lambda: healthy(comp), timeout, 0.2, lambda: not alive(comp["pid"], comp["starttime"])):
         raise SbError(f"jaeger not ready at http://{comp['addr']}/api/services; log {comp['log']}:\n{tail(comp['log'])}")
     line(NAME, f"ready at http://{comp['addr']}/ (OTLP/HTTP on {otlp_endpoint(ctx.ports)}, "

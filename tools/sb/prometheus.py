@@ -19,7 +19,7 @@ import os
 
 from ports import addr
 from state import REPO, write_atomic
-from util import SbError, alive, http_status, line, spawn, tail, wait_until, which
+from util import SbError, alive, http_status, line, spawn_tool, tail, wait_until, which
 
 NAME = "prometheus"
 # Local scrape and rule evaluation interval: short, so a test sees its traffic within seconds.
@@ -106,11 +106,7 @@ def start_and_wait(ctx, timeout: float = 30.0) -> None:
         argv = [exe, f"--config.file={conf}", f"--storage.tsdb.path={os.path.join(h, 'data')}",
                 f"--web.listen-address={listen}", f"--storage.tsdb.retention.time={RETENTION}",
                 f"--storage.tsdb.retention.size={RETENTION_SIZE}", "--web.enable-lifecycle"]
-        log = ctx.state.log(NAME)
-        pid, stt = spawn(argv, log, env=ctx.infra_env, cwd=h)
-        comp = {"name": NAME, "kind": NAME, "role": "metrics", "addr": listen, "port": ctx.ports.prometheus(),
-                "pid": pid, "starttime": stt, "group": NAME, "log": log, "argv": argv, "cwd": h, "out": log}
-        ctx.state.put(comp)
+        comp = spawn_tool(ctx, NAME, "metrics", argv, listen, ctx.ports.prometheus(), h)
     if not wait_until(lambda: healthy(comp), timeout, 0.2, lambda: not alive(comp["pid"], comp["starttime"])):
         raise SbError(f"prometheus not ready at http://{comp['addr']}/-/ready; log {comp['log']}:\n{tail(comp['log'])}")
     n = len(targets(ctx.state.components))

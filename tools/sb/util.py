@@ -150,6 +150,17 @@ def spawn(argv: list[str], log_path: str, env: dict | None = None, cwd: str | No
     return p.pid, st or 0
 
 
+
+def spawn_tool(ctx, name: str, role: str, argv: list[str], listen: str, port: int, cwd: str) -> dict:
+    """Start one of the platform's own tools (Prometheus, Jaeger: one process each, a component of
+    its own kind) in `cwd`, with its log in the state's logs, and record it in the state."""
+    log = ctx.state.log(name)
+    pid, stt = spawn(argv, log, env=ctx.infra_env, cwd=cwd)
+    comp = {"name": name, "kind": name, "role": role, "addr": listen, "port": port,
+            "pid": pid, "starttime": stt, "group": name, "log": log, "argv": argv, "cwd": cwd, "out": log}
+    ctx.state.put(comp)
+    return comp
+
 def stop_many(procs: list[tuple[str, int, int | None]], sig: int = signal.SIGTERM, timeout: float = 15.0) -> list[str]:
     """Signal every (name, pid, starttime) at once, wait up to `timeout`, then SIGKILL the rest.
 
