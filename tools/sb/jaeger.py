@@ -32,12 +32,11 @@ MAX_TRACES = 10_000
 # The collector's memory limiter refuses spans (the apps count them as export_failed) above this.
 MEMORY_LIMIT_MIB = 512
 # The sampling ratio the launcher writes into every app's [trace] unless `--trace-ratio` says
-# otherwise: the product's default (runtime::TraceSettings), so that the local platform, load
-# tests included, costs what a deployment does. `./sb test` and a developer who wants every
-# request's trace pass `--trace-ratio 1`; `--trace-ratio 0` turns tracing off. The apps'
-# exporters are bounded (spans dropped are counted in sb_trace_spans_dropped_total) and so is
-# Jaeger's storage.
-SAMPLE_RATIO = 0.1
+# otherwise: 1, so that every request a developer or a test makes has its trace. A load test that
+# should cost what a deployment does passes the product's default (`--trace-ratio 0.1`,
+# runtime::TraceSettings) or turns tracing off (`--trace-ratio 0`). The apps' exporters are
+# bounded (spans dropped are counted in sb_trace_spans_dropped_total) and so is Jaeger's storage.
+SAMPLE_RATIO = 1.0
 
 
 def home(state) -> str:

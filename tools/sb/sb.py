@@ -57,7 +57,8 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--release", action="store_true", help="cargo build --release, run target/release")
     up.add_argument("--trace-ratio", type=_ratio, default=jaeger.SAMPLE_RATIO,
                     help="share of requests traced into the platform's Jaeger, 0 to 1 (default "
-                         f"{jaeger.SAMPLE_RATIO:g}, the product's; 0 turns tracing off)")
+                         f"{jaeger.SAMPLE_RATIO:g}: every request; the product's default is 0.1; 0 turns "
+                         "tracing off)")
     up.add_argument("--limits", choices=["default", "bench"], default="default",
                     help="workers' [limits] and edges' per-client limits: default = the product's; "
                          "bench = rate limits and connection caps lifted for load tests")

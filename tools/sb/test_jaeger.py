@@ -58,17 +58,17 @@ class JaegerTest(unittest.TestCase):
         ctx = Ctx(5000)
         trace = services.trace_section(ctx)
         self.assertIn('otlp_endpoint = "http://127.0.0.1:23310/v1/traces"', trace)
-        self.assertIn("sample_ratio = 0.1", trace)
+        self.assertIn("sample_ratio = 1.0", trace)
         self.assertTrue(services.service_toml(ctx, "router", 23250, False).endswith(trace))
         self.assertEqual(services.trace_section(Ctx(5000, infra_only=True)), "")
 
     def test_trace_ratio_sets_the_sampling_and_zero_turns_tracing_off(self):
-        self.assertIn("sample_ratio = 1.0", services.trace_section(Ctx(5000, trace_ratio=1.0)))
+        self.assertIn("sample_ratio = 0.1", services.trace_section(Ctx(5000, trace_ratio=0.1)))
         self.assertEqual(services.trace_section(Ctx(5000, trace_ratio=0.0)), "")
         import sb
         up = lambda *a: sb.parser().parse_args(["up", *a])  # noqa: E731
-        self.assertEqual(up().trace_ratio, 0.1)
-        self.assertEqual(up("--trace-ratio", "1").trace_ratio, 1.0)
+        self.assertEqual(up().trace_ratio, 1.0)
+        self.assertEqual(up("--trace-ratio", "0.1").trace_ratio, 0.1)
         with self.assertRaises(SystemExit), mock.patch("sys.stderr"):
             up("--trace-ratio", "1.5")
 
