@@ -4,7 +4,8 @@
 //! the recipient's edge writing it to the socket, each span the child of the one before and
 //! started no earlier than it. Any hop that does not carry the trace context on (a header not
 //! written or not read, a batch item without its own context) breaks the chain and fails this
-//! test.
+//! test. A second test takes the screenshots of such a trace and of a Prometheus graph that
+//! docs/observability.md shows.
 
 mod common;
 
@@ -275,6 +276,11 @@ const SETTLE: Duration = Duration::from_secs(60);
 #[tokio::test]
 async fn one_dm_is_one_trace_from_the_senders_edge_to_the_recipients_socket() {
     let (stack, jaeger) = jaeger();
+    one_traced_dm(&stack, &jaeger).await;
+}
+
+/// Send one DM through nginx and wait for its whole chain in Jaeger; its trace id.
+async fn one_traced_dm(stack: &e2e::Stack, jaeger: &str) -> String {
     let since_us = runtime::now_ms() * 1000;
     let http = Http::new(&format!("http://{}", stack.nginx[0]));
     let (ann, ann_token) = common::signup_and_login(&http).await;
@@ -292,7 +298,7 @@ async fn one_dm_is_one_trace_from_the_senders_edge_to_the_recipients_socket() {
     let deadline = tokio::time::Instant::now() + SETTLE;
     let last = loop {
         let mut why = Vec::new();
-        for t in traces(&jaeger, "worker-dms", since_us).await {
+        for t in traces(jaeger, "worker-dms", since_us).await {
             let spans = spans(&t);
             if !spans.iter().any(|s| {
                 s.name == "request" && s.tags.get("kind").map(String::as_str) == Some("dm.send")
@@ -306,7 +312,7 @@ async fn one_dm_is_one_trace_from_the_senders_edge_to_the_recipients_socket() {
                         .map(|s| format!("{}/{}", s.service, s.name))
                         .collect();
                     eprintln!("trace {}: {}", t["traceID"], hops.join(" -> "));
-                    return;
+                    return t["traceID"].as_str().expect("a trace id").to_string();
                 }
                 Err(e) => why.push(format!("trace {}: {e}", t["traceID"])),
             }
@@ -324,4 +330,161 @@ async fn one_dm_is_one_trace_from_the_senders_edge_to_the_recipients_socket() {
             last.join("\n")
         }
     );
+}
+
+/// The screenshots docs/observability.md shows, taken against the platform with Debian's
+/// Chromium (headless): a DM's trace as Jaeger's query API returns it, drawn as a waterfall, and
+/// the records published per second by topic kind in Prometheus' graph page. Each must be a PNG of a rendered page (a blank page compresses to a
+/// few KiB). Written to `target/screenshots/` (or `SB_SCREENSHOT_DIR`).
+#[tokio::test]
+async fn screenshots_of_a_trace_in_jaeger_and_a_graph_in_prometheus() {
+    let (stack, jaeger) = jaeger();
+    let trace = one_traced_dm(&stack, &jaeger).await;
+    let prometheus = stack
+        .prometheus
+        .as_ref()
+        .expect("stack.json names no Prometheus")
+        .url
+        .clone();
+    let dir = std::env::var_os("SB_SCREENSHOT_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots")
+        });
+    std::fs::create_dir_all(&dir).unwrap();
+    // Jaeger built from the Go module proxy serves no UI (its assets come from the jaeger-ui
+    // repository, built with npm): the test draws the trace from the query API itself.
+    let url = format!("{jaeger}/api/traces/{trace}");
+    let data: Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+    let page = dir.join("trace.html");
+    std::fs::write(&page, waterfall(&data["data"][0])).unwrap();
+    screenshot(
+        &format!("file://{}", page.display()),
+        &dir.join("trace.png"),
+    )
+    .await;
+    let graph = "sum%20by%20(topic_kind)%20(rate(sb_records_published_total%5B1m%5D))";
+    screenshot(
+        &format!("{prometheus}/graph?g0.expr={graph}&g0.tab=0&g0.range_input=15m"),
+        &dir.join("prometheus-graph.png"),
+    )
+    .await;
+}
+
+/// Headless Chromium's screenshot of `url`, after up to 10 s of the page's own time to render.
+async fn screenshot(url: &str, path: &std::path::Path) {
+    let _ = std::fs::remove_file(path);
+    let out = tokio::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1400,900",
+            "--virtual-time-budget=10000",
+        ])
+        .arg(format!("--screenshot={}", path.display()))
+        .arg(url)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(90), out)
+        .await
+        .expect("chromium took over 90 s")
+        .expect("chromium runs (Debian's `chromium` package)");
+    let png = std::fs::read(path).unwrap_or_else(|e| {
+        panic!(
+            "no screenshot of {url} ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(png.starts_with(b"\x89PNG"), "{} is a PNG", path.display());
+    assert!(
+        png.len() > 15_000,
+        "{url}: {} bytes, a blank page?",
+        png.len()
+    );
+}
+
+/// One span of a trace as the waterfall draws it.
+struct Bar {
+    start_us: u64,
+    duration_us: u64,
+    id: String,
+    parent: Option<String>,
+    label: String,
+}
+
+/// A page drawing a trace (one element of the query API's `data`) as a waterfall: a row per span
+/// in start order, indented under its parent, a bar from its start to its end on the trace's time
+/// axis, labelled with its service, operation and duration.
+fn waterfall(trace: &Value) -> String {
+    let service = |pid: &Value| {
+        trace["processes"][pid.as_str().unwrap_or("")]["serviceName"]
+            .as_str()
+            .unwrap_or("?")
+            .to_string()
+    };
+    let mut bars: Vec<Bar> = trace["spans"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| Bar {
+            start_us: s["startTime"].as_u64().unwrap_or(0),
+            duration_us: s["duration"].as_u64().unwrap_or(0),
+            id: s["spanID"].as_str().unwrap_or("").to_string(),
+            parent: s["references"]
+                .as_array()
+                .and_then(|r| r.iter().find(|r| r["refType"] == "CHILD_OF"))
+                .and_then(|r| r["spanID"].as_str())
+                .map(str::to_string),
+            label: format!(
+                "<b>{}</b> {}",
+                service(&s["processID"]),
+                s["operationName"].as_str().unwrap_or("")
+            ),
+        })
+        .collect();
+    bars.sort_by_key(|b| b.start_us);
+    let t0 = bars.iter().map(|b| b.start_us).min().unwrap_or(0);
+    let end = bars
+        .iter()
+        .map(|b| b.start_us + b.duration_us)
+        .max()
+        .unwrap_or(t0);
+    let total = (end - t0).max(1) as f64;
+    let depth = |b: &Bar| {
+        let mut d = 0;
+        let mut at = b.parent.clone();
+        while let Some(p) = at {
+            d += 1;
+            at = bars
+                .iter()
+                .find(|x| x.id == p)
+                .and_then(|x| x.parent.clone());
+        }
+        d
+    };
+    let mut html = format!(
+        "<!doctype html><meta charset=utf-8><style>body{{font:14px sans-serif;margin:24px}}\
+         .r{{display:flex;align-items:center;height:26px}}.l{{width:430px;box-sizing:border-box;white-space:nowrap}}\
+         .t{{position:relative;flex:1;height:16px;background:#f1f3f5}}\
+         .b{{position:absolute;height:16px;background:#3b7dd8}}.d{{width:90px;text-align:right}}\
+         </style><h2>Trace {} &mdash; {} spans, {:.1} ms</h2>",
+        trace["traceID"].as_str().unwrap_or(""),
+        bars.len(),
+        total / 1000.0
+    );
+    for b in &bars {
+        html += &format!(
+            "<div class=r><div class=l style=\"padding-left:{}px\">{}</div>\
+             <div class=t><div class=b style=\"left:{:.2}%;width:{:.2}%\"></div></div>\
+             <div class=d>{:.2} ms</div></div>",
+            depth(b) * 16,
+            b.label,
+            (b.start_us - t0) as f64 / total * 100.0,
+            (b.duration_us as f64 / total * 100.0).max(0.3),
+            b.duration_us as f64 / 1000.0
+        );
+    }
+    html
 }

@@ -126,7 +126,9 @@ def ensure_cargo_tool(subcommand: str, crate: str) -> str:
 
 
 def ensure_tools() -> str:
-    ensure_packages(TEST_COMMANDS)
+    # Chromium before the tests: e2e/tests/traces.rs takes screenshots with it, the browser tests
+    # drive it
+    ensure_packages(dict(TEST_COMMANDS, **BROWSER_COMMANDS))
     llvm_cov = ensure_cargo_tool("llvm-cov", "cargo-llvm-cov")
     machete = ensure_cargo_tool("machete", "cargo-machete")
     return f"ok ({llvm_cov}, cargo-machete {machete})"

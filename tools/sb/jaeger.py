@@ -4,7 +4,7 @@
 tools/jaeger/go.mod) from the Go module proxy into .sb-tools/jaeger-<hash>/ with the mechanism
 that builds the chart tools (chartcheck.go_build: once per go.mod/go.sum), and runs it on
 127.0.0.1 with its config and log under <state>/jaeger/: the OTLP/HTTP receiver the app
-processes post to (ports.py `jaeger_otlp`), the query API and UI (`jaeger_query`, gRPC on
+processes post to (ports.py `jaeger_otlp`), the query API (`jaeger_query`; no web UI, the Go module carries no UI assets), gRPC on
 `jaeger_query_grpc`). Storage is Jaeger's in-memory one, bounded to MAX_TRACES traces (the oldest
 go first) and behind a memory limiter, so a load test cannot eat the machine's memory; it is
 lost when Jaeger stops, which is what a local platform wants.
@@ -44,7 +44,7 @@ def home(state) -> str:
 
 
 def url(ctx) -> str:
-    """The query API and UI."""
+    """The query API (JSON; this build serves no web UI)."""
     return f"http://{addr(ctx.ports.jaeger_query())}"
 
 

@@ -227,8 +227,8 @@ def _print_connect(state: State, ctx: Ctx) -> None:
         info(f"  prometheus: {prometheus.url(ctx)}/  (every process' /metrics, rules of observability/rules/; "
              f"alerts at {prometheus.url(ctx)}/alerts)")
     if ctx.state.get(jaeger.NAME):
-        info(f"  jaeger:     {jaeger.url(ctx)}/  (traces of every request, sampled at {ctx.trace_ratio:g}; "
-             f"query API {jaeger.url(ctx)}/api/traces?service=edge-0)")
+        info(f"  jaeger:     {jaeger.url(ctx)}/api/traces?service=edge-0  (its query API, JSON; traces "
+             f"sampled at {ctx.trace_ratio:g})")
     info(f"  stack file: {_rel(state.stack_file)}")
     info(f"  configs:    {_rel(state.conf_dir)}/   logs: {_rel(state.logs_dir)}/")
     if state.data.get("skipped"):
