@@ -1,5 +1,7 @@
 //! The round trip of a request: publish its envelope to its domain's topic and wait for the
-//! worker's answer on this edge's own topic.
+//! worker's answer on this edge's own topic ([`call`]: handshakes and HTTP calls). A WebSocket
+//! frame is only handed to the producer ([`publish_frame`]): its answer reaches the socket
+//! through the hub.
 
 use crate::hub::{Hub, Outbound};
 use crate::Edge;
