@@ -93,7 +93,7 @@ fn header_trace(m: &rdkafka::message::BorrowedMessage<'_>) -> Carrier {
 
 /// [`dispatch`] with tracing on: each item is applied inside an `edge.write` span whose parent
 /// is the item's own trace context ([`EdgeMessage::Traced`]) or else the record's (`parent`);
-/// an item with neither gets no span.
+/// an item with neither (or only an untraced request's) gets no span.
 pub fn dispatch_in(hub: &Hub, metrics: &Metrics, msg: EdgeMessage, parent: &Carrier) {
     match msg {
         EdgeMessage::Traced { traceparent, item } => dispatch_in(
@@ -107,7 +107,7 @@ pub fn dispatch_in(hub: &Hub, metrics: &Metrics, msg: EdgeMessage, parent: &Carr
                 dispatch_in(hub, metrics, item, parent);
             }
         }
-        item if parent.0.is_empty() => dispatch(hub, metrics, item),
+        item if !parent.sampled() => dispatch(hub, metrics, item),
         item => {
             let span = tracing::info_span!(
                 "edge.write",

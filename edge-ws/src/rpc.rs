@@ -21,9 +21,9 @@ pub struct NoAnswer {
     pub maybe_sent: bool,
 }
 
-/// Publish a request and wait for its worker's answer on this edge's topic. With tracing on, the
-/// call is an `edge.request` span (the root of the request's trace, sampled by
-/// `trace.sample_ratio`), parent of the publish.
+/// Publish a request and wait for its worker's answer on this edge's topic. With tracing on, a
+/// call sampled by `trace.sample_ratio` ([`runtime::trace::sample_root`]) is an `edge.request`
+/// span, the root of the request's trace and parent of the publish; the others make no span.
 pub async fn call(
     edge: &Edge,
     conn: u64,
@@ -31,7 +31,7 @@ pub async fn call(
     auth: Auth,
     peer: Option<String>,
 ) -> Result<EdgeMessage, NoAnswer> {
-    if !runtime::trace::enabled() {
+    if !runtime::trace::sample_root() {
         return call_untraced(edge, conn, request, auth, peer).await;
     }
     let span = tracing::info_span!(
@@ -118,10 +118,11 @@ pub async fn publish(edge: &Edge, env: &Envelope) -> Result<(), ErrorBody> {
 /// fails later is answered through the hub with the error frame for the frame's `rid`; one refused
 /// at once (the producer's queue is full) is the `Err` here.
 ///
-/// With tracing on, the frame is an `edge.request` span, the root of the request's trace and
-/// parent of its publish; it ends once the record is queued.
+/// With tracing on, a frame sampled by `trace.sample_ratio` is an `edge.request` span, the root
+/// of the request's trace and parent of its publish; it ends once the record is queued. The
+/// others make no span, and their records carry no trace context.
 pub fn publish_frame(edge: &Edge, env: &Envelope) -> Result<(), ErrorBody> {
-    let span = runtime::trace::enabled().then(|| {
+    let span = runtime::trace::sample_root().then(|| {
         tracing::info_span!(
             "edge.request",
             otel.kind = "server",

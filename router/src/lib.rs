@@ -98,7 +98,7 @@ impl Handler for Router {
                 decode_versioned(&record.payload).map_err(|e| Failure::Poison(e.to_string()))?;
             // with tracing on, the routing is a span of the delivery's trace, parent of the
             // publishes to the edges
-            let span = runtime::trace::span_if(|| {
+            let span = runtime::trace::span_if(record.trace.sampled(), || {
                 let span = tracing::info_span!("router.route", otel.kind = "consumer");
                 runtime::trace::set_parent(&span, &record.trace);
                 span

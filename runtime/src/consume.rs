@@ -571,8 +571,8 @@ impl DeadLetters for DeadLetterTopic {
                 .map(String::from_utf8_lossy)
                 .unwrap_or_default();
             let body = dead_letter_body(record, reason);
-            let span =
-                tracing::info_span!("dead_letter", topic = %record.topic, offset = record.offset);
+            let traced = record.trace.sampled();
+            let span = crate::hop_span!(traced, "dead_letter", topic = %record.topic, offset = record.offset);
             crate::trace::set_parent(&span, &record.trace);
             self.publisher
                 .send(&self.topic, &key, body.as_bytes())

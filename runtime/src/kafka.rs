@@ -234,10 +234,11 @@ impl ProducerContext for Delivery {
     }
 }
 
-/// The `kafka.publish` span of a record published now: with tracing on and inside a span only
-/// (outside any span, an edge's heartbeat say, a publish starts no trace of its own).
+/// The `kafka.publish` span of a record published now: inside a traced request's span only
+/// (outside any span, an edge's heartbeat say, or in an untraced request, a publish makes no
+/// span and its record carries no context).
 fn publish_span(topic: &str) -> Option<tracing::Span> {
-    if !crate::trace::enabled() || tracing::Span::current().is_none() {
+    if !crate::trace::traced_current() {
         return None;
     }
     Some(tracing::info_span!(
@@ -267,6 +268,18 @@ impl Publisher {
         self.send_with(topic, key, payload, Some(&carrier))
             .instrument(span)
             .await
+    }
+
+    /// [`Publisher::send`] of a record that carries no trace context of its own, even inside a
+    /// traced span: for a record whose items carry their own (a worker's batch for an edge holds
+    /// the items of many requests, traced or not).
+    pub async fn send_untraced(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+    ) -> Result<(), PublishError> {
+        self.send_with(topic, key, payload, None).await
     }
 
     async fn send_with(

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// What [`init`] started that must be finished on exit: the span exporter, if any.
 #[must_use = "call shutdown() on exit so the last spans are exported"]
@@ -46,7 +46,7 @@ pub fn init(service: &str, log: &LogSettings, trace: &TraceSettings) -> Result<T
         .is_ok();
     if installed && provider.is_some() {
         remember_dispatch();
-        crate::trace::enable();
+        crate::trace::enable(trace.sample_ratio);
     }
     tracing::info!(service, tracing = provider.is_some(), "telemetry started");
     Ok(Telemetry {
@@ -73,32 +73,44 @@ pub fn subscriber<W>(
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    // a registry of layers (not `fmt()`'s own subscriber): the export layer has a filter of its own
+    let logs = tracing_subscriber::registry().with(filter);
+    let fmt = tracing_subscriber::fmt::layer()
         .with_target(false)
         .with_writer(writer);
     match format {
-        LogFormat::Text => Box::new(
-            fmt.finish()
-                .with(tracer.map(|t| tracing_opentelemetry::layer().with_tracer(t))),
-        ),
+        LogFormat::Text => Box::new(logs.with(fmt).with(otel(tracer))),
         // every line: timestamp, level, the event's fields at the top level, `spans`: the
         // fields of each enclosing span, outermost first, and with tracing on `trace_id` and
         // `span_id` of the current span
         LogFormat::Json => Box::new(
-            fmt.fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
-                .event_format(WithTraceIds {
-                    inner: tracing_subscriber::fmt::format()
-                        .json()
-                        .flatten_event(true)
-                        .with_current_span(false)
-                        .with_span_list(true)
-                        .with_target(false),
-                })
-                .finish()
-                .with(tracer.map(|t| tracing_opentelemetry::layer().with_tracer(t))),
+            logs.with(
+                fmt.fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+                    .event_format(WithTraceIds {
+                        inner: tracing_subscriber::fmt::format()
+                            .json()
+                            .flatten_event(true)
+                            .with_current_span(false)
+                            .with_span_list(true)
+                            .with_target(false),
+                    }),
+            )
+            .with(otel(tracer)),
         ),
     }
+}
+
+/// The layer exporting spans through `tracer`, if given. It never sees the spans of untraced
+/// requests ([`crate::trace::UNTRACED`]): those are for the log lines only.
+fn otel<S>(tracer: Option<SdkTracer>) -> Option<impl tracing_subscriber::Layer<S>>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    tracer.map(|t| {
+        tracing_opentelemetry::layer().with_tracer(t).with_filter(
+            tracing_subscriber::filter::filter_fn(|m| m.target() != crate::trace::UNTRACED),
+        )
+    })
 }
 
 /// A JSON line format that adds `trace_id` and `span_id` (of the current span, when tracing is

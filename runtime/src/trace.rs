@@ -5,6 +5,13 @@
 //! Off (no endpoint, the default) nothing is installed: no OpenTelemetry layer, no propagator
 //! work, no header written or read ([`enabled`] is false and every helper here returns at once).
 //!
+//! On, whether a request is traced is decided once, where it enters the platform (the edge:
+//! [`sample_root`], `trace.sample_ratio` of the requests), and travels with it: only a traced
+//! request's records carry a trace context ([`Carrier::sampled`]), and every later hop builds
+//! spans only for those. An untraced request costs no span, no context and no header anywhere;
+//! the spans that also give log lines their context are then made with the [`UNTRACED`] target,
+//! which the OpenTelemetry layer never sees ([`hop_span!`](crate::hop_span)).
+//!
 //! On, spans go through [`BoundedBatch`]: `on_end` only tries to put the finished span on a
 //! bounded queue (never waits; a full queue drops the span and counts it in
 //! `sb_trace_spans_dropped_total{reason="queue_full"}`); one thread of the exporter's own takes
@@ -24,17 +31,58 @@ use opentelemetry_sdk::trace::{
     Sampler, SdkTracerProvider, Span, SpanData, SpanExporter, SpanProcessor,
 };
 use opentelemetry_sdk::Resource;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
+/// `trace.sample_ratio` of this process, as `f64` bits (1.0 until [`enable`] sets it).
+static RATIO: AtomicU64 = AtomicU64::new(0x3FF0_0000_0000_0000);
 
 /// Is span export on in this process (an endpoint was set and the exporter started)?
 pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
+}
+
+/// Should a request entering the platform here be traced? With tracing on, `sample_ratio` of the
+/// calls answer yes, at random. Only a request that is starts spans: its root span and, through
+/// the context its records carry, every hop's.
+pub fn sample_root() -> bool {
+    enabled() && decide(f64::from_bits(RATIO.load(Ordering::Relaxed)))
+}
+
+/// Yes with probability `ratio` (0: never, 1: always).
+fn decide(ratio: f64) -> bool {
+    ratio >= 1.0 || (ratio > 0.0 && rand::random::<f64>() < ratio)
+}
+
+/// The target of the spans that exist for the log lines only (a request that is not traced):
+/// the OpenTelemetry layer is filtered to never see them, so they cost no more than with tracing
+/// off, and no span made inside one is traced ([`traced_current`]).
+pub const UNTRACED: &str = "sb::untraced";
+
+/// A span named and with the fields given, part of the trace when `$traced` (an `info` span),
+/// otherwise with the [`UNTRACED`] target: kept for the log lines written inside it.
+#[macro_export]
+macro_rules! hop_span {
+    ($traced:expr, $($span:tt)+) => {
+        if $traced {
+            ::tracing::info_span!($($span)+)
+        } else {
+            ::tracing::info_span!(target: $crate::trace::UNTRACED, $($span)+)
+        }
+    };
+}
+
+/// Is the current span part of a trace (tracing on, inside a span that is not [`UNTRACED`])? A
+/// publish made inside one carries its context.
+pub fn traced_current() -> bool {
+    enabled()
+        && tracing::Span::current()
+            .metadata()
+            .is_some_and(|m| m.target() != UNTRACED)
 }
 
 /// Why spans were lost: the values of `sb_trace_spans_dropped_total`'s `reason` label.
@@ -84,10 +132,11 @@ static PROPAGATOR: LazyLock<TraceContextPropagator> = LazyLock::new(TraceContext
 pub struct Carrier(pub Vec<(String, String)>);
 
 impl Carrier {
-    /// The trace context of the current span, as the propagator writes it (empty when off).
+    /// The trace context of the current span, as the propagator writes it (empty when off or
+    /// outside a trace).
     pub fn current() -> Carrier {
         let mut c = Carrier::default();
-        if enabled() {
+        if traced_current() {
             PROPAGATOR.inject_context(&tracing::Span::current().context(), &mut c);
         }
         c
@@ -110,6 +159,18 @@ impl Carrier {
     /// The `traceparent` value, if any.
     pub fn traceparent(&self) -> Option<&str> {
         self.get("traceparent")
+    }
+
+    /// Is this the context of a traced request (tracing on, a `traceparent` whose flags say
+    /// sampled)? Only then does a hop build spans for it. (Edges write a context for traced
+    /// requests only; an unsampled one written by an earlier release is treated alike.)
+    pub fn sampled(&self) -> bool {
+        enabled()
+            && self
+                .traceparent()
+                .and_then(|tp| tp.rsplit('-').next())
+                .and_then(|flags| u8::from_str_radix(flags, 16).ok())
+                .is_some_and(|flags| flags & 1 == 1)
     }
 
     /// A carrier holding one `traceparent` (the per-item field of an edge record).
@@ -146,10 +207,11 @@ impl Extractor for Carrier {
     }
 }
 
-/// The span `make` builds when tracing is on, else a disabled one (nothing built, nothing
-/// allocated): for spans that exist only for the trace.
-pub fn span_if(make: impl FnOnce() -> tracing::Span) -> tracing::Span {
-    if enabled() {
+/// The span `make` builds when `traced` (a traced request's: see [`Carrier::sampled`]) and tracing
+/// is on, else a disabled one (nothing built, nothing allocated): for spans that exist only for
+/// the trace.
+pub fn span_if(traced: bool, make: impl FnOnce() -> tracing::Span) -> tracing::Span {
+    if traced && enabled() {
         make()
     } else {
         tracing::Span::none()
@@ -157,16 +219,18 @@ pub fn span_if(make: impl FnOnce() -> tracing::Span) -> tracing::Span {
 }
 
 /// Make `span`'s parent the context `carrier` holds (a span of another process). Nothing when
-/// tracing is off or the carrier is empty. Call before the span is first entered.
+/// tracing is off or the carrier is not a traced request's. Call before the span is first
+/// entered.
 pub fn set_parent(span: &tracing::Span, carrier: &Carrier) {
-    if enabled() && !carrier.0.is_empty() {
+    if carrier.sampled() {
         let _ = span.set_parent(carrier.context());
     }
 }
 
-/// Link `span` to the span `carrier` holds (a batch span to each record's trace).
+/// Link `span` to the span `carrier` holds (a batch span to each record's trace), if it is a
+/// traced request's.
 pub fn add_link(span: &tracing::Span, carrier: &Carrier) {
-    if enabled() && !carrier.0.is_empty() {
+    if carrier.sampled() {
         let cx = carrier.context();
         span.add_link(cx.span().span_context().clone());
     }
@@ -414,25 +478,19 @@ pub fn provider(
         DROPS.counters.clone(),
     )
     .map_err(|e| format!("trace exporter thread: {e}"))?;
-    Ok(Some(with_processor(
-        processor,
-        settings.sample_ratio,
-        service,
-    )))
+    Ok(Some(with_processor(processor, service)))
 }
 
-/// A provider exporting through `processor`, sampling `ratio` of new traces and following the
-/// parent's decision for the rest.
+/// A provider exporting through `processor`. Every span it is shown is sampled as its parent is,
+/// and a root always: whether a request is traced was decided before its root span was made
+/// ([`sample_root`]), and the span made only if it is.
 pub fn with_processor<P: SpanProcessor + 'static>(
     processor: P,
-    ratio: f64,
     service: &str,
 ) -> SdkTracerProvider {
     SdkTracerProvider::builder()
         .with_span_processor(processor)
-        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-            ratio,
-        ))))
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
         .with_resource(
             Resource::builder_empty()
                 .with_service_name(service.to_string())
@@ -441,8 +499,10 @@ pub fn with_processor<P: SpanProcessor + 'static>(
         .build()
 }
 
-/// Turn the helpers of this module on (the process installed an exporting layer).
-pub(crate) fn enable() {
+/// Turn the helpers of this module on (the process installed an exporting layer), tracing
+/// `ratio` of the requests that enter the platform here.
+pub(crate) fn enable(ratio: f64) {
+    RATIO.store(ratio.to_bits(), Ordering::Relaxed);
     ENABLED.store(true, Ordering::Relaxed);
 }
 
@@ -482,7 +542,6 @@ mod tests {
         let kept = Kept::default();
         let provider = with_processor(
             BoundedBatch::new(kept.clone(), 64, DropCounters::default()).unwrap(),
-            1.0,
             "test",
         );
         let sub = crate::telemetry::subscriber(
@@ -491,7 +550,7 @@ mod tests {
             std::io::sink,
             Some(provider.tracer("test")),
         );
-        enable();
+        enable(1.0);
         let carried = tracing::subscriber::with_default(sub, || {
             // one process: the publish span writes its context into the record's headers
             let publish = tracing::info_span!("kafka.publish");
@@ -553,7 +612,6 @@ mod tests {
         let kept = Kept::default();
         let provider = with_processor(
             BoundedBatch::new(kept.clone(), 64, DropCounters::default()).unwrap(),
-            1.0,
             "test",
         );
         let buf = Buf::default();
@@ -564,7 +622,7 @@ mod tests {
             move || out.clone(),
             Some(provider.tracer("test")),
         );
-        enable();
+        enable(1.0);
         let ids = tracing::subscriber::with_default(sub, || {
             crate::telemetry::remember_dispatch();
             tracing::info!("outside any span");
@@ -601,11 +659,7 @@ mod tests {
             }
         }
         let drops = DropCounters::default();
-        let provider = with_processor(
-            BoundedBatch::new(Stuck, 4, drops.clone()).unwrap(),
-            1.0,
-            "test",
-        );
+        let provider = with_processor(BoundedBatch::new(Stuck, 4, drops.clone()).unwrap(), "test");
         let t0 = Instant::now();
         end_spans(&provider, MAX_BATCH_SPANS + 100);
         assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
@@ -623,25 +677,94 @@ mod tests {
     }
 
     #[test]
-    fn unsampled_spans_are_not_queued() {
+    fn spans_of_an_unsampled_parent_are_not_queued() {
         let kept = Kept::default();
         let drops = DropCounters::default();
         let provider = with_processor(
             BoundedBatch::new(kept.clone(), 1, drops.clone()).unwrap(),
-            0.0,
             "test",
         );
-        end_spans(&provider, 10);
+        let tracer = provider.tracer("test");
+        let unsampled = Carrier::from_traceparent(Some(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+        ));
+        for _ in 0..10 {
+            drop(tracer.start_with_context("hop", &unsampled.context()));
+        }
         provider.force_flush().unwrap();
         assert!(kept.0.lock().unwrap().is_empty());
         assert_eq!(drops.queue_full.get(), 0);
+    }
+
+    #[test]
+    fn a_request_is_traced_with_the_ratio_s_probability() {
+        assert!((0..1000).all(|_| !decide(0.0)));
+        assert!((0..1000).all(|_| decide(1.0)));
+        // 10,000 draws at 0.25: 2,500 expected, sd 43; the bounds are 11 sd away
+        let yes = (0..10_000).filter(|_| decide(0.25)).count();
+        assert!((2_000..3_000).contains(&yes), "{yes}");
+    }
+
+    #[test]
+    fn only_a_sampled_traceparent_marks_a_traced_request() {
+        enable(1.0);
+        let with = |flags: &str| {
+            Carrier::from_traceparent(Some(&format!(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-{flags}"
+            )))
+            .sampled()
+        };
+        assert!(with("01") && with("03"));
+        assert!(!with("00") && !with("02") && !with("zz"));
+        assert!(!Carrier::default().sampled());
+        assert!(!Carrier::from_traceparent(Some("garbage")).sampled());
+    }
+
+    /// An untraced request's spans (log context only) reach no exporter, and neither does a span
+    /// made inside one: no span is built for it, no context written.
+    #[test]
+    fn an_untraced_request_exports_nothing_and_carries_no_context() {
+        let kept = Kept::default();
+        let provider = with_processor(
+            BoundedBatch::new(kept.clone(), 64, DropCounters::default()).unwrap(),
+            "test",
+        );
+        let sub = crate::telemetry::subscriber(
+            crate::LogFormat::Text,
+            tracing_subscriber::EnvFilter::new("info"),
+            std::io::sink,
+            Some(provider.tracer("test")),
+        );
+        enable(1.0);
+        let (untraced, traced) = tracing::subscriber::with_default(sub, || {
+            let look = |traced: bool| {
+                let span = crate::hop_span!(traced, "request", kind = "dm.send");
+                let _in = span.enter();
+                let inner = span_if(traced_current(), || tracing::info_span!("kafka.publish"));
+                let _inner = inner.enter();
+                (traced_current(), Carrier::current())
+            };
+            (look(false), look(true))
+        });
+        provider.force_flush().unwrap();
+        assert_eq!(untraced, (false, Carrier::default()));
+        assert!(traced.0 && traced.1.sampled(), "{traced:?}");
+        let mut names: Vec<_> = kept
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| s.name.to_string())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["kafka.publish", "request"]);
+        provider.shutdown().unwrap();
     }
 
     fn otlp(server: &str, drops: &DropCounters) -> SdkTracerProvider {
         let exporter = otlp_exporter(&format!("{server}/v1/traces")).unwrap();
         with_processor(
             BoundedBatch::new(exporter, 64, drops.clone()).unwrap(),
-            1.0,
             "test",
         )
     }

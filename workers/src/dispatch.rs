@@ -60,7 +60,8 @@ impl Dispatcher {
                 env.request.kind()
             )));
         }
-        let span = tracing::info_span!(
+        let span = runtime::hop_span!(
+            record.trace.sampled(),
             "request",
             otel.kind = "consumer",
             kind = env.request.kind(),

@@ -120,33 +120,41 @@ impl DmBatch {
     /// Handle the batch's sends together; `Ok` once every effect is durable (messages committed,
     /// edge records acknowledged).
     ///
-    /// With tracing on: a `dm.batch` span (linked to every send's trace) holds the shared work —
-    /// the MariaDB transactions, the Redis lookup and the edge records' publishes; each send has
+    /// With tracing on, for the traced sends only (those whose edge sampled them; the others make
+    /// no span): a `dm.batch` span (linked to each one's trace) holds the shared work —
+    /// the MariaDB transactions and the Redis lookup; each send has
     /// its own `request` span, child of the span in its record's headers, and each item the
     /// batch has for an edge an `edge.publish` span, child of its send's, whose context the item
-    /// carries ([`EdgeMessage::Traced`]) so the edge's span for it joins the send's trace.
+    /// carries ([`EdgeMessage::Traced`]) so the edge's span for it joins the send's trace. The
+    /// edge records carry no context of their own: an untraced send's items get no span there.
     async fn sends(&self, batch: &[SendRecord<'_>]) -> Result<(), Failure> {
-        let batch_span = runtime::trace::span_if(|| {
+        // only the traced sends (their edge sampled them) get spans
+        let traced: Vec<bool> = batch.iter().map(|s| s.record.trace.sampled()).collect();
+        let any = traced.contains(&true);
+        let batch_span = runtime::trace::span_if(any, || {
             let span = tracing::info_span!(parent: None, "dm.batch", sends = batch.len());
             for s in batch {
                 runtime::trace::add_link(&span, &s.record.trace);
             }
             span
         });
-        let record_spans: Vec<tracing::Span> = if runtime::trace::enabled() {
+        let record_spans: Vec<tracing::Span> = if any {
             batch
                 .iter()
-                .map(|s| {
-                    let span = tracing::info_span!(
-                        parent: None,
-                        "request",
-                        otel.kind = "consumer",
-                        kind = s.env.request.kind(),
-                        edge = %s.env.edge,
-                    );
-                    runtime::trace::set_parent(&span, &s.record.trace);
-                    span.follows_from(&batch_span);
-                    span
+                .zip(&traced)
+                .map(|(s, &traced)| {
+                    runtime::trace::span_if(traced, || {
+                        let span = tracing::info_span!(
+                            parent: None,
+                            "request",
+                            otel.kind = "consumer",
+                            kind = s.env.request.kind(),
+                            edge = %s.env.edge,
+                        );
+                        runtime::trace::set_parent(&span, &s.record.trace);
+                        span.follows_from(&batch_span);
+                        span
+                    })
                 })
                 .collect()
         } else {
@@ -191,7 +199,7 @@ impl DmBatch {
             .filter_map(|c| c.as_ref().ok().cloned())
             .collect();
         let mut stored = dms::send_many(deps, &to_store)
-            .instrument(runtime::trace::span_if(|| {
+            .instrument(runtime::trace::span_if(!record_spans.is_empty(), || {
                 tracing::info_span!("mariadb.store", messages = to_store.len())
             }))
             .await
@@ -240,7 +248,7 @@ impl DmBatch {
                 .map_err(|e| Failure::Transient(e.to_string()))?;
             deps.registry
                 .reach(&c, &users, runtime::now_ms())
-                .instrument(runtime::trace::span_if(|| {
+                .instrument(runtime::trace::span_if(!record_spans.is_empty(), || {
                     tracing::info_span!("redis.reach", users = users.len())
                 }))
                 .await
@@ -251,7 +259,7 @@ impl DmBatch {
         let mut hops: Vec<tracing::Span> = Vec::new();
         for (i, ((own, deliveries), s)) in answers.into_iter().zip(batch).enumerate() {
             let mut hop = |edge: &str, msg: EdgeMessage| match record_spans.get(i) {
-                Some(parent) => {
+                Some(parent) if !parent.is_disabled() => {
                     let span = tracing::info_span!(
                         parent: parent,
                         "edge.publish",
@@ -265,7 +273,7 @@ impl DmBatch {
                     hops.push(span);
                     EdgeMessage::traced(msg, tp)
                 }
-                None => msg,
+                _ => msg,
             };
             let mine: Vec<EdgeMessage> = own.into_iter().map(|m| hop(&s.env.edge, m)).collect();
             per_edge.entry(s.env.edge.clone()).or_default().extend(mine);
@@ -287,7 +295,8 @@ impl DmBatch {
             let payload = serde_json::to_vec(&msg).expect("edge messages serialise");
             let topic = deps.topics.edge(&edge);
             let key = &key;
-            async move { deps.publisher.send(&topic, key, &payload).await }
+            // each item carries its own trace context (`hop` above), if its send is traced
+            async move { deps.publisher.send_untraced(&topic, key, &payload).await }
         });
         let sent = futures::future::join_all(publishes).await;
         drop(hops);
