@@ -264,18 +264,20 @@ async fn client(
         ..Default::default()
     };
     let mut outbox = Outbox::new(plan.resend, plan.answer_within);
-    let mut ws: Option<Ws> = None;
-    let mut opened_at = Instant::now();
-    let mut attempt: u32 = 0;
+    let mut link = Link {
+        ws: None,
+        sync: None,
+        opened_at: Instant::now(),
+        attempt: 0,
+        reconnect_at: None,
+    };
     let mut connects: u64 = 0;
-    let mut reconnect_at: Option<Instant> = None;
-    let mut sync: Option<Sync> = None;
     let mut syncs: u64 = 0;
     let mut k: u64 = 0;
     let mut next = t0 + plan.step.mul_f64(me.i as f64 / (2 * plan.pairs) as f64);
     let pad = "x".repeat(plan.text_bytes.saturating_sub(40));
     if let Some((w, edge)) = first {
-        ws = Some(w);
+        link.ws = Some(w);
         *live.edge.lock().expect("not poisoned") = edge;
         live.connected.store(true, Ordering::Relaxed);
     }
@@ -285,7 +287,7 @@ async fn client(
         }
         let now = Instant::now();
         // (Re)connect when due.
-        if ws.is_none() && reconnect_at.is_some_and(|t| now >= t) {
+        if link.ws.is_none() && link.reconnect_at.is_some_and(|t| now >= t) {
             connects += 1;
             let target = (me.i + connects as usize) % plan.targets.len();
             let src = source_addr(me.i, plan.source_addrs);
@@ -295,24 +297,16 @@ async fn client(
                     *live.edge.lock().expect("not poisoned") = s.edge().unwrap_or("?").to_string();
                     live.target.store(target, Ordering::Relaxed);
                     live.connected.store(true, Ordering::Relaxed);
-                    ws = Some(s.into_inner());
-                    opened_at = Instant::now();
-                    reconnect_at = None;
+                    link.ws = Some(s.into_inner());
+                    link.opened_at = Instant::now();
+                    link.reconnect_at = None;
                     log.reconnects += 1;
                     if plan.sync {
-                        sync = start_sync(ws.as_mut(), &log.view, me.conv, &mut syncs).await;
+                        link.sync =
+                            start_sync(link.ws.as_mut(), &log.view, me.conv, &mut syncs).await;
                     }
                 }
-                Err(_) => {
-                    reconnect_at = Some(
-                        Instant::now()
-                            + plan.backoff.delay(
-                                attempt,
-                                resilient::unit((me.i as u64) << 32 | attempt as u64),
-                            ),
-                    );
-                    attempt = attempt.saturating_add(1);
-                }
+                Err(_) => link.back_off(&plan, &me, 0),
             }
             continue;
         }
@@ -340,8 +334,8 @@ async fn client(
             }
         }
         // Write what is due, once caught up (the web client catches up, then flushes).
-        if sync.is_none() {
-            if let Some(w) = ws.as_mut() {
+        if link.sync.is_none() {
+            if let Some(w) = link.ws.as_mut() {
                 let mut broken = false;
                 for (cmid, text) in outbox.due(now) {
                     let req = Request::DmSend {
@@ -355,17 +349,7 @@ async fn client(
                     }
                 }
                 if broken {
-                    drop_socket(
-                        &mut ws,
-                        &mut outbox,
-                        &mut sync,
-                        live,
-                        &plan,
-                        &me,
-                        opened_at,
-                        &mut attempt,
-                        &mut reconnect_at,
-                    );
+                    link.dropped(&mut outbox, live, &plan, &me);
                     continue;
                 }
             }
@@ -381,10 +365,10 @@ async fn client(
         if let Some(t) = outbox.next_due() {
             wake = wake.min(t.max(now));
         }
-        if let Some(t) = reconnect_at {
+        if let Some(t) = link.reconnect_at {
             wake = wake.min(t);
         }
-        let got = match ws.as_mut() {
+        let got = match link.ws.as_mut() {
             Some(w) => tokio::select! {
                 m = w.next() => Some(m),
                 _ = tokio::time::sleep_until(wake) => None,
@@ -404,17 +388,7 @@ async fn client(
         let text = match m {
             Some(Ok(Message::Text(t))) => t,
             Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
-                drop_socket(
-                    &mut ws,
-                    &mut outbox,
-                    &mut sync,
-                    live,
-                    &plan,
-                    &me,
-                    opened_at,
-                    &mut attempt,
-                    &mut reconnect_at,
-                );
+                link.dropped(&mut outbox, live, &plan, &me);
                 continue;
             }
             Some(Ok(_)) => continue,
@@ -463,7 +437,7 @@ async fn client(
             Ok(ServerFrame::Reply {
                 rid: Some(rid),
                 data: Response::Synced { conversations },
-            }) if sync.as_ref().is_some_and(|s| s.rid == rid) => {
+            }) if link.sync.as_ref().is_some_and(|s| s.rid == rid) => {
                 let mut more = false;
                 for c in conversations
                     .iter()
@@ -474,39 +448,39 @@ async fn client(
                     }
                     more |= c.more && !c.messages.is_empty();
                 }
-                sync = None;
+                link.sync = None;
                 // Pages follow while the answer says `more` (a hole that stays, e.g. a sequence
                 // never stored, is asked about again only when the next live message comes).
                 if more {
-                    sync = start_sync(ws.as_mut(), &log.view, me.conv, &mut syncs).await;
+                    link.sync = start_sync(link.ws.as_mut(), &log.view, me.conv, &mut syncs).await;
                 }
             }
             Ok(ServerFrame::Error { rid: Some(rid), .. })
-                if sync.as_ref().is_some_and(|s| s.rid == rid) =>
+                if link.sync.as_ref().is_some_and(|s| s.rid == rid) =>
             {
                 // Try the catch-up again (a busy platform answers `unavailable`).
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                sync = start_sync(ws.as_mut(), &log.view, me.conv, &mut syncs).await;
+                link.sync = start_sync(link.ws.as_mut(), &log.view, me.conv, &mut syncs).await;
             }
             Ok(ServerFrame::Event {
                 data: Event::DmMessage { message },
             }) if message.conversation_id == me.conv => {
                 take(&mut log, &shared, &me, &message, now);
                 // A hole before a live message: fetch it (web/src/state.ts, fetchAfter).
-                if plan.sync && sync.is_none() && log.view.has_gap() {
-                    sync = start_sync(ws.as_mut(), &log.view, me.conv, &mut syncs).await;
+                if plan.sync && link.sync.is_none() && log.view.has_gap() {
+                    link.sync = start_sync(link.ws.as_mut(), &log.view, me.conv, &mut syncs).await;
                 }
             }
             _ => {}
         }
-        if ws.is_some() && sync.is_none() && live.in_flight.load(Ordering::Relaxed) > 0 {
+        if link.ws.is_some() && link.sync.is_none() && live.in_flight.load(Ordering::Relaxed) > 0 {
             // answered frames change what is in flight
             live.in_flight
                 .store(outbox.in_flight() as u64, Ordering::Relaxed);
         }
     }
     live.outbox.store(outbox.len() as u64, Ordering::Relaxed);
-    if let Some(mut w) = ws {
+    if let Some(mut w) = link.ws {
         let _ = w.close(None).await;
     }
     log
@@ -543,34 +517,46 @@ async fn start_sync(
     Some(Sync { rid })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn drop_socket(
-    ws: &mut Option<Ws>,
-    outbox: &mut Outbox,
-    sync: &mut Option<Sync>,
-    live: &ClientLive,
-    plan: &Plan,
-    me: &Me,
+/// A client's socket and what reconnecting it needs, as the web client keeps them
+/// (web/src/conn.ts).
+struct Link {
+    ws: Option<Ws>,
+    /// The catch-up in progress on this socket, if any.
+    sync: Option<Sync>,
     opened_at: Instant,
-    attempt: &mut u32,
-    reconnect_at: &mut Option<Instant>,
-) {
-    *ws = None;
-    *sync = None;
-    outbox.disconnected();
-    live.connected.store(false, Ordering::Relaxed);
-    live.in_flight.store(0, Ordering::Relaxed);
-    if !plan.reconnect {
-        *reconnect_at = Some(Instant::now() + Duration::from_secs(365 * 86_400));
-        return;
+    /// Attempts since the last stable socket: the backoff's exponent.
+    attempt: u32,
+    /// When to (re)connect; `None` while connected.
+    reconnect_at: Option<Instant>,
+}
+
+impl Link {
+    /// Wait out the backoff before the next attempt (its jitter drawn from the client, the
+    /// attempt and `salt`).
+    fn back_off(&mut self, plan: &Plan, me: &Me, salt: u64) {
+        let r = resilient::unit((me.i as u64) << 32 | self.attempt as u64 | salt);
+        self.reconnect_at = Some(Instant::now() + plan.backoff.delay(self.attempt, r));
+        self.attempt = self.attempt.saturating_add(1);
     }
-    // A socket that lived a while starts the backoff over (web/src/conn.ts).
-    if opened_at.elapsed() >= resilient::STABLE {
-        *attempt = 0;
+
+    /// The socket broke or closed: forget it and its catch-up, take back what was in flight, and
+    /// plan the reconnection (never, without `plan.reconnect`).
+    fn dropped(&mut self, outbox: &mut Outbox, live: &ClientLive, plan: &Plan, me: &Me) {
+        self.ws = None;
+        self.sync = None;
+        outbox.disconnected();
+        live.connected.store(false, Ordering::Relaxed);
+        live.in_flight.store(0, Ordering::Relaxed);
+        if !plan.reconnect {
+            self.reconnect_at = Some(Instant::now() + Duration::from_secs(365 * 86_400));
+            return;
+        }
+        // A socket that lived a while starts the backoff over (web/src/conn.ts).
+        if self.opened_at.elapsed() >= resilient::STABLE {
+            self.attempt = 0;
+        }
+        self.back_off(plan, me, 1 << 31);
     }
-    let r = resilient::unit((me.i as u64) << 32 | *attempt as u64 | 1 << 31);
-    *reconnect_at = Some(Instant::now() + plan.backoff.delay(*attempt, r));
-    *attempt = attempt.saturating_add(1);
 }
 
 // ---------------------------------------------------------------- setup
