@@ -116,6 +116,11 @@ pub struct Options {
     pub limits: Limits,
     pub edges: usize,
     pub edge: edge_ws::EdgeSettings,
+    /// The worker roles started (default: all); requests of a role left out get no answer.
+    pub roles: Vec<workers::Role>,
+    /// worker-dms's settings changed before it starts (its shard addresses, say), after the
+    /// database is migrated with the stack's real shards.
+    pub dms_database: Option<fn(&mut DatabaseSettings)>,
 }
 
 impl Default for Options {
@@ -129,6 +134,8 @@ impl Default for Options {
                 heartbeat_interval_ms: 500,
                 ..Default::default()
             },
+            roles: workers::Role::ALL.to_vec(),
+            dms_database: None,
         }
     }
 }
@@ -238,13 +245,17 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
     let stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     let mut health = std::collections::BTreeMap::new();
-    for role in workers::Role::ALL {
+    for role in opts.roles.iter().copied() {
         let addr = free_addr();
         health.insert(role.worker(), addr);
+        let mut db = database.clone();
+        if let (workers::Role::Dms, Some(change)) = (role, opts.dms_database) {
+            change(&mut db);
+        }
         let settings = workers::Settings {
             kafka: kafka.clone(),
             redis: redis.clone(),
-            database: database.clone(),
+            database: db,
             service: runtime::ServiceSettings {
                 name: role.worker(),
                 health_listen: addr.to_string(),

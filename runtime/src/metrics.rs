@@ -258,6 +258,8 @@ pub struct Inner {
     pub ws_frames_in: Counter,
     pub ws_frames_out: Counter,
     pub ws_frames_rejected: Counter,
+    pub ws_requests_timed_out: Counter,
+    pub ws_late_replies: Counter,
     pub ws_slow_clients_disconnected: Counter,
     pub http_requests: Counter,
     pub http_connections_closed: ByLabel<Counter>,
@@ -402,6 +404,8 @@ impl Metrics {
         let ws_frames_in = Counter::default();
         let ws_frames_out = Counter::default();
         let ws_frames_rejected = Counter::default();
+        let ws_requests_timed_out = Counter::default();
+        let ws_late_replies = Counter::default();
         let ws_slow_clients_disconnected = Counter::default();
         let http_requests = Counter::default();
         let http_connections_closed = ByLabel::new(
@@ -463,6 +467,16 @@ impl Metrics {
                 "sb_ws_frames_rejected",
                 "Error frames the edge answered itself",
                 ws_frames_rejected.clone(),
+            );
+            r.register(
+                "sb_ws_requests_timed_out",
+                "WebSocket requests the edge answered unavailable: no reply within edge.request_timeout_ms",
+                ws_requests_timed_out.clone(),
+            );
+            r.register(
+                "sb_ws_late_replies",
+                "Replies to WebSocket requests dropped: the request was answered already (at its deadline) or its connection had closed",
+                ws_late_replies.clone(),
             );
             r.register(
                 "sb_ws_slow_clients_disconnected",
@@ -567,6 +581,8 @@ impl Metrics {
             ws_frames_in,
             ws_frames_out,
             ws_frames_rejected,
+            ws_requests_timed_out,
+            ws_late_replies,
             ws_slow_clients_disconnected,
             http_requests,
             http_connections_closed,
@@ -752,6 +768,8 @@ mod tests {
             ("sb_ws_frames_in", "counter"),
             ("sb_ws_frames_out", "counter"),
             ("sb_ws_frames_rejected", "counter"),
+            ("sb_ws_requests_timed_out", "counter"),
+            ("sb_ws_late_replies", "counter"),
             ("sb_ws_slow_clients_disconnected", "counter"),
             ("sb_http_requests", "counter"),
             ("sb_http_connections_closed", "counter"),
@@ -796,6 +814,8 @@ mod tests {
             "sb_ws_frames_in_total",
             "sb_ws_frames_out_total",
             "sb_ws_frames_rejected_total",
+            "sb_ws_requests_timed_out_total",
+            "sb_ws_late_replies_total",
             "sb_ws_slow_clients_disconnected_total",
             "sb_http_requests_total",
             "sb_http_connections_closed_total{reason=\"header_timeout\"}",
