@@ -6,6 +6,7 @@
 //! `tests/platform.rs` talks to the processes `./sb` started, through their nginx.
 
 pub mod client;
+pub mod forward;
 pub mod nginx;
 
 pub use client::{Client, Http};
@@ -118,9 +119,9 @@ pub struct Options {
     pub edge: edge_ws::EdgeSettings,
     /// The worker roles started (default: all); requests of a role left out get no answer.
     pub roles: Vec<workers::Role>,
-    /// worker-dms's settings changed before it starts (its shard addresses, say), after the
-    /// database is migrated with the stack's real shards.
-    pub dms_database: Option<fn(&mut DatabaseSettings)>,
+    /// The shard addresses worker-dms uses instead of the stack's (a [`forward::Forwarder`] a
+    /// test can cut, say); the database is migrated through the stack's real ones.
+    pub dms_shards: Option<Vec<ShardSettings>>,
 }
 
 impl Default for Options {
@@ -135,7 +136,7 @@ impl Default for Options {
                 ..Default::default()
             },
             roles: workers::Role::ALL.to_vec(),
-            dms_database: None,
+            dms_shards: None,
         }
     }
 }
@@ -240,6 +241,7 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
         logical_shards: 16,
         logical_map: None,
         pool_max: 8,
+        ..Default::default()
     };
     workers::db::migrate(&database).await.expect("migrations");
     let stop = CancellationToken::new();
@@ -249,8 +251,8 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
         let addr = free_addr();
         health.insert(role.worker(), addr);
         let mut db = database.clone();
-        if let (workers::Role::Dms, Some(change)) = (role, opts.dms_database) {
-            change(&mut db);
+        if let (workers::Role::Dms, Some(shards)) = (role, &opts.dms_shards) {
+            db.shards = shards.clone();
         }
         let settings = workers::Settings {
             kafka: kafka.clone(),

@@ -46,6 +46,9 @@ pub fn topic_kinds() -> Vec<&'static str> {
 }
 /// What closed a consumer batch (`consume::Bound::as_str`).
 pub const BATCH_BOUNDS: [&str; 4] = ["records", "bytes", "wait", "closed"];
+/// Why a worker answered a request `unavailable` (`sb_requests_unavailable_total`): the
+/// breaker of a shard it needs was open, or trying the shard failed and opened it.
+pub const UNAVAILABLE_REASONS: [&str; 2] = ["breaker_open", "shard_failed"];
 /// Why an edge closed or refused an HTTP connection.
 pub const HTTP_CLOSE_REASONS: [&str; 4] = [
     "header_timeout",
@@ -274,6 +277,8 @@ pub struct Inner {
     pub account_checks: Counter,
     pub account_check_queries: Counter,
     pub revocations_unacknowledged: Counter,
+    pub requests_unavailable: ByLabel<Counter>,
+    shard_breaker_open: Family<Labels, Gauge>,
     pub messages_persisted: Counter,
     dm_commit_seconds: Family<Labels, Histogram, Ctor<Histogram>>,
     // router
@@ -508,6 +513,13 @@ impl Metrics {
         let account_checks = Counter::default();
         let account_check_queries = Counter::default();
         let revocations_unacknowledged = Counter::default();
+        let requests_unavailable = ByLabel::new(
+            "reason",
+            UNAVAILABLE_REASONS.to_vec(),
+            Counter::default,
+            |_, _| worker,
+        );
+        let shard_breaker_open: Family<Labels, Gauge> = Family::default();
         if worker {
             r.register(
                 "sb_requests_handled",
@@ -534,6 +546,16 @@ impl Metrics {
                 "sb_revocations_unacknowledged",
                 "Revocations answered unavailable: too few replicas acknowledged them in time",
                 revocations_unacknowledged.clone(),
+            );
+            r.register(
+                "sb_requests_unavailable",
+                "Requests a worker answered unavailable because a MariaDB shard they need is down, by reason: breaker_open (refused at once), shard_failed (tried; the failure opened the breaker)",
+                requests_unavailable.family.clone(),
+            );
+            r.register(
+                "sb_shard_breaker_open",
+                "1 while the circuit breaker of a MariaDB shard is open (requests that need it are answered unavailable), else 0, by shard",
+                shard_breaker_open.clone(),
             );
         }
         let messages_persisted = Counter::default();
@@ -596,10 +618,19 @@ impl Metrics {
             account_checks,
             account_check_queries,
             revocations_unacknowledged,
+            requests_unavailable,
+            shard_breaker_open,
             messages_persisted,
             dm_commit_seconds,
             deliveries_routed,
         }))
+    }
+
+    /// `sb_shard_breaker_open` of physical shard `shard`.
+    pub fn shard_breaker(&self, shard: usize) -> Gauge {
+        self.shard_breaker_open
+            .get_or_create(&vec![("shard", shard.to_string())])
+            .clone()
     }
 
     /// Show the commit-time histogram of shards `0..n` at zero (a dms worker, once it knows its
@@ -783,6 +814,7 @@ mod tests {
             ("sb_account_checks", "counter"),
             ("sb_account_check_queries", "counter"),
             ("sb_revocations_unacknowledged", "counter"),
+            ("sb_requests_unavailable", "counter"),
             ("sb_messages_persisted", "counter"),
             ("sb_dm_commit_duration_seconds", "histogram"),
             ("sb_deliveries_routed", "counter"),
@@ -824,6 +856,8 @@ mod tests {
             "sb_account_checks_total",
             "sb_account_check_queries_total",
             "sb_revocations_unacknowledged_total",
+            "sb_requests_unavailable_total{reason=\"breaker_open\"}",
+            "sb_requests_unavailable_total{reason=\"shard_failed\"}",
             "sb_messages_persisted_total",
             "sb_deliveries_routed_total",
             "sb_edge_request_duration_seconds_count{kind=\"ping\"}",

@@ -41,6 +41,17 @@ pub struct DatabaseSettings {
     pub logical_map: Option<Vec<usize>>,
     #[serde(default = "d_pool")]
     pub pool_max: usize,
+    /// The longest a guarded shard operation (a DM send's membership lookup or transaction) may
+    /// take, connecting included; past it the attempt counts as a failure of the shard.
+    #[serde(default = "d_shard_timeout")]
+    pub shard_timeout_ms: u64,
+    /// Failures in a row (unreachable, or no answer within `shard_timeout_ms`) that open a shard's
+    /// breaker: requests that need it are then answered `unavailable` at once.
+    #[serde(default = "d_breaker_failures")]
+    pub breaker_failures: u32,
+    /// How often an open breaker's shard is probed (`SELECT 1`); the first answer closes it.
+    #[serde(default = "d_breaker_probe")]
+    pub breaker_probe_ms: u64,
 }
 
 fn expose<S: serde::Serializer>(s: &SecretString, ser: S) -> Result<S::Ok, S::Error> {
@@ -53,6 +64,15 @@ fn d_logical() -> u32 {
 }
 fn d_pool() -> usize {
     32
+}
+fn d_shard_timeout() -> u64 {
+    1_000
+}
+fn d_breaker_failures() -> u32 {
+    2
+}
+fn d_breaker_probe() -> u64 {
+    1_000
 }
 
 impl Default for DatabaseSettings {
@@ -74,6 +94,9 @@ impl Default for DatabaseSettings {
             logical_shards: d_logical(),
             logical_map: None,
             pool_max: d_pool(),
+            shard_timeout_ms: d_shard_timeout(),
+            breaker_failures: d_breaker_failures(),
+            breaker_probe_ms: d_breaker_probe(),
         }
     }
 }
