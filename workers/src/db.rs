@@ -24,6 +24,9 @@ pub struct Shard {
     pub breaker: Arc<Breaker>,
     /// How long one guarded operation may take (`database.shard_timeout_ms`).
     pub timeout: Duration,
+    /// How long it may wait for a connection ([`Shard::primary_conn`],
+    /// `database.shard_connect_timeout_ms`).
+    pub connect_timeout: Duration,
 }
 
 impl Shard {
@@ -36,6 +39,17 @@ impl Shard {
     /// An operation cut by the timeout may still have committed (the answer was lost): callers
     /// must be safe to repeat, as a `dm.send` is (its `client_msg_id` finds it again).
     pub async fn guard<T>(&self, op: impl Future<Output = Result<T>>) -> Result<T> {
+        let failed = |e: Error| {
+            if self.breaker.failure() {
+                tracing::warn!(shard = self.index, error = %runtime::telemetry::Chain(&e), "shard unreachable");
+                Error::ShardDown {
+                    shard: self.index,
+                    tried: true,
+                }
+            } else {
+                e
+            }
+        };
         let down = |tried| Error::ShardDown {
             shard: self.index,
             tried,
@@ -45,18 +59,22 @@ impl Shard {
         }
         match tokio::time::timeout(self.timeout, op).await {
             Ok(Err(Error::Db(e))) if !matches!(e, mysql_async::Error::Server(_)) => {
-                if self.breaker.failure() {
-                    tracing::warn!(shard = self.index, error = %runtime::telemetry::Chain(&e), "shard unreachable");
-                    Err(down(true))
-                } else {
-                    Err(Error::Db(e))
-                }
+                Err(failed(Error::Db(e)))
             }
+            Ok(Err(e @ Error::ShardTimeout(_))) => Err(failed(e)),
             Ok(answered) => {
                 self.breaker.success();
                 answered
             }
-            Err(_) if self.breaker.failure() => Err(down(true)),
+            Err(_) => Err(failed(Error::ShardTimeout(self.index))),
+        }
+    }
+
+    /// A connection to the primary within `connect_timeout` ([`Error::ShardTimeout`] if none),
+    /// for operations run under [`Shard::guard`].
+    pub async fn primary_conn(&self) -> Result<mysql_async::Conn> {
+        match tokio::time::timeout(self.connect_timeout, self.primary.get_conn()).await {
+            Ok(c) => Ok(c?),
             Err(_) => Err(Error::ShardTimeout(self.index)),
         }
     }
@@ -64,7 +82,7 @@ impl Shard {
     /// One probe of a shard whose breaker is open: `SELECT 1` on its primary within `timeout`;
     /// an answer closes the breaker.
     async fn probe(&self) {
-        let answer = tokio::time::timeout(self.timeout, async {
+        let answer = tokio::time::timeout(self.connect_timeout, async {
             let mut c = self.primary.get_conn().await?;
             c.query_drop("SELECT 1").await
         })
@@ -181,6 +199,7 @@ impl Shards {
                     replica,
                     breaker: Arc::new(Breaker::new(s.breaker_failures)),
                     timeout: Duration::from_millis(s.shard_timeout_ms.max(1)),
+                    connect_timeout: Duration::from_millis(s.shard_connect_timeout_ms.max(1)),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -306,6 +325,7 @@ mod tests {
                 replica: None,
             }],
             shard_timeout_ms: timeout_ms,
+            shard_connect_timeout_ms: timeout_ms,
             breaker_failures: 2,
             ..Default::default()
         };
@@ -361,6 +381,8 @@ mod tests {
         assert!(shard.breaker.is_open());
         shard.breaker.success();
         assert_eq!(shard.guard(async { Ok(7) }).await.unwrap(), 7);
+        // nothing listens: refused, an error of the connection
+        assert!(matches!(shard.primary_conn().await, Err(Error::Db(_))));
     }
 
     #[tokio::test(start_paused = true)]

@@ -301,7 +301,7 @@ pub async fn send_gates(d: &Deps, sends: &[NewSend<'_>]) -> Result<Vec<Result<Ga
         );
         let params: Vec<mysql_async::Value> =
             pairs.iter().flat_map(|(me, conv)| [me.0.into(), conv.0.into()]).collect();
-        let mut c = shard.primary.get_conn().await?;
+        let mut c = shard.primary_conn().await?;
         let rows: Vec<(u64, u64, Option<String>)> = c.exec(sql, params).await?;
         Ok::<_, crate::Error>(rows)
         })
@@ -348,7 +348,7 @@ pub async fn commit_shard(
     convs.sort_unstable();
     convs.dedup();
     let shard = d.db.by_id(sends[items[0].0].conv);
-    let mut c = shard.primary.get_conn().await?;
+    let mut c = shard.primary_conn().await?;
     let started = std::time::Instant::now();
     let mut tx = c.start_transaction(TxOpts::default()).await?;
     let rows: Vec<(u64, u64, u64, u64)> = tx
