@@ -200,6 +200,32 @@ mod tests {
         drop(held);
     }
 
+    /// A connection with `MAX_IN_FLIGHT` requests waiting for their answer has its next frame
+    /// refused before it is published; an answer makes room again.
+    #[tokio::test]
+    async fn a_frame_past_the_in_flight_bound_is_refused_before_it_is_published() {
+        let edge = Edge::for_tests(Default::default());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        for req in 1..=crate::flights::MAX_IN_FLIGHT as u64 {
+            assert!(edge.hub.track(7, req, None, deadline));
+        }
+        let env = Envelope {
+            v: WIRE_VERSION,
+            edge: "edge-0".into(),
+            conn: 7,
+            req: edge.hub.next_id() + 1_000_000,
+            rid: Some("r".into()),
+            auth: auth(),
+            peer: None,
+            sent_at_ms: 0,
+            request: Request::Ping,
+        };
+        let err = publish_frame(&edge, &env).expect_err("bounded");
+        assert_eq!(err.code, ErrorCode::RateLimited);
+        assert!(edge.hub.settle(7, 1));
+        assert!(publish_frame(&edge, &env).is_ok(), "room again");
+    }
+
     /// A publish that waits for the broker counts against the call's own deadline: the caller
     /// hears `unavailable` after `request_timeout_ms`, not after the producer's longer
     /// `message_timeout_ms`, and is told the request may still arrive.
