@@ -6,6 +6,7 @@
 //! `tests/platform.rs` talks to the processes `./sb` started, through their nginx.
 
 pub mod client;
+pub mod forward;
 pub mod nginx;
 
 pub use client::{Client, Http};
@@ -116,6 +117,11 @@ pub struct Options {
     pub limits: Limits,
     pub edges: usize,
     pub edge: edge_ws::EdgeSettings,
+    /// The worker roles started (default: all); requests of a role left out get no answer.
+    pub roles: Vec<workers::Role>,
+    /// The shard addresses worker-dms uses instead of the stack's (a [`forward::Forwarder`] a
+    /// test can cut, say); the database is migrated through the stack's real ones.
+    pub dms_shards: Option<Vec<ShardSettings>>,
 }
 
 impl Default for Options {
@@ -129,6 +135,8 @@ impl Default for Options {
                 heartbeat_interval_ms: 500,
                 ..Default::default()
             },
+            roles: workers::Role::ALL.to_vec(),
+            dms_shards: None,
         }
     }
 }
@@ -233,18 +241,23 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
         logical_shards: 16,
         logical_map: None,
         pool_max: 8,
+        ..Default::default()
     };
     workers::db::migrate(&database).await.expect("migrations");
     let stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     let mut health = std::collections::BTreeMap::new();
-    for role in workers::Role::ALL {
+    for role in opts.roles.iter().copied() {
         let addr = free_addr();
         health.insert(role.worker(), addr);
+        let mut db = database.clone();
+        if let (workers::Role::Dms, Some(shards)) = (role, &opts.dms_shards) {
+            db.shards = shards.clone();
+        }
         let settings = workers::Settings {
             kafka: kafka.clone(),
             redis: redis.clone(),
-            database: database.clone(),
+            database: db,
             service: runtime::ServiceSettings {
                 name: role.worker(),
                 health_listen: addr.to_string(),

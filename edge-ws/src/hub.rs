@@ -2,6 +2,7 @@
 //! bounded outbound queue; a client too slow to drain it is disconnected rather than allowed to
 //! grow memory (policy: when full, drop the connection).
 
+use crate::flights::Flights;
 use runtime::metrics::Metrics;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,6 +54,9 @@ pub struct Hub {
     pending: Mutex<HashMap<u64, Pending>>,
     /// Requests published and not answered yet: when, and their kind (`Request::kind_index`).
     timed: Vec<Mutex<HashMap<u64, (Instant, usize)>>>,
+    /// Each connection's WebSocket requests waiting for their answer ([`Flights`]), sharded by
+    /// connection like `conns`.
+    flights: Vec<Mutex<HashMap<u64, Flights>>>,
     metrics: Metrics,
 }
 
@@ -64,6 +68,7 @@ impl Hub {
             conns: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             pending: Mutex::new(HashMap::new()),
             timed: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            flights: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             metrics,
         }
     }
@@ -84,6 +89,10 @@ impl Hub {
     }
 
     pub fn unregister(&self, conn: u64) -> Option<ConnHandle> {
+        self.flights[(conn as usize) % SHARDS]
+            .lock()
+            .expect("hub")
+            .remove(&conn);
         let h = self.shard(conn).lock().expect("hub").remove(&conn);
         if h.is_some() {
             self.metrics.ws_connections.dec();
@@ -200,6 +209,48 @@ impl Hub {
             .lock()
             .expect("hub")
             .remove(&req);
+    }
+
+    /// WebSocket request `req` of connection `conn` is about to be published: it waits for its
+    /// answer until `deadline`. False (and not tracked) when the connection already waits for
+    /// [`crate::flights::MAX_IN_FLIGHT`] answers.
+    pub fn track(&self, conn: u64, req: u64, rid: Option<String>, deadline: Instant) -> bool {
+        self.flights[(conn as usize) % SHARDS]
+            .lock()
+            .expect("hub")
+            .entry(conn)
+            .or_default()
+            .track(req, rid, deadline)
+    }
+
+    /// An answer to WebSocket request `req` of `conn` (its worker's reply, or the error for a
+    /// publish that failed): true when it is the request's first, to be written; false when the
+    /// request was answered already (by the edge at its deadline) or its connection is gone.
+    pub fn settle(&self, conn: u64, req: u64) -> bool {
+        self.flights[(conn as usize) % SHARDS]
+            .lock()
+            .expect("hub")
+            .get_mut(&conn)
+            .is_some_and(|f| f.settle(req))
+    }
+
+    /// The requests of `conn` unanswered at `now` past their deadline (their `rid`s, to answer
+    /// `unavailable`), and the deadline of the oldest one still waiting.
+    pub fn expire(&self, conn: u64, now: Instant) -> (Vec<Option<String>>, Option<Instant>) {
+        let mut flights = self.flights[(conn as usize) % SHARDS].lock().expect("hub");
+        match flights.get_mut(&conn) {
+            Some(f) => (f.expire(now), f.next_deadline()),
+            None => (Vec::new(), None),
+        }
+    }
+
+    /// The deadline of the oldest request of `conn` waiting for its answer.
+    pub fn next_deadline(&self, conn: u64) -> Option<Instant> {
+        self.flights[(conn as usize) % SHARDS]
+            .lock()
+            .expect("hub")
+            .get(&conn)
+            .and_then(Flights::next_deadline)
     }
 
     /// Hand an answer to whoever waits for `req`; gives it back when nobody does.

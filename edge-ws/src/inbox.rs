@@ -138,11 +138,17 @@ pub fn dispatch(hub: &Hub, metrics: &Metrics, msg: EdgeMessage) {
     };
     match msg {
         EdgeMessage::Reply { req, .. } => {
-            // An HTTP call or a handshake may be waiting for it; otherwise it answers a frame.
-            if let Some(EdgeMessage::Reply { conn, frame, .. }) = hub.answer(req, msg) {
-                if conn != 0 && hub.send(conn, Outbound::Text(frame.into())) {
-                    sent(1);
+            // An HTTP call or a handshake may be waiting for it; otherwise it answers a frame,
+            // unless that frame was answered already (at its deadline: `unavailable`).
+            match hub.answer(req, msg) {
+                Some(EdgeMessage::Reply { conn, frame, .. }) if conn != 0 => {
+                    if !hub.settle(conn, req) {
+                        metrics.ws_late_replies.inc();
+                    } else if hub.send(conn, Outbound::Text(frame.into())) {
+                        sent(1);
+                    }
                 }
+                _ => {}
             }
         }
         EdgeMessage::Deliver {
@@ -215,6 +221,12 @@ mod tests {
         }
     }
 
+    /// Connection `conn` sent request `req` over its socket and waits for its answer.
+    fn sent_frame(hub: &Hub, conn: u64, req: u64) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        assert!(hub.track(conn, req, None, deadline));
+    }
+
     fn drain(rx: &mut mpsc::Receiver<Outbound>) -> Vec<Outbound> {
         std::iter::from_fn(|| rx.try_recv().ok()).collect()
     }
@@ -228,6 +240,7 @@ mod tests {
         let metrics = Metrics::default();
         let hub = Hub::new(1, metrics.clone());
         let (mut a, mut b) = (conn(&hub, 1), conn(&hub, 2));
+        sent_frame(&hub, 1, 10);
         dispatch(
             &hub,
             &metrics,
@@ -305,21 +318,25 @@ mod tests {
             frame: frame.into(),
             persisted_at_ms: None,
         };
-        let record = EdgeMessage::Batch {
-            items: vec![
-                EdgeMessage::traced(reply(1, 10, "r"), Some(tp.into())),
-                EdgeMessage::traced(deliver("d"), Some(tp.into())),
-                deliver("plain"),
-                EdgeMessage::Broadcast { frame: "b".into() },
-            ],
+        // each record answers its own request (a request is answered once)
+        let record = |req| {
+            sent_frame(&hub, 1, req);
+            EdgeMessage::Batch {
+                items: vec![
+                    EdgeMessage::traced(reply(1, req, "r"), Some(tp.into())),
+                    EdgeMessage::traced(deliver("d"), Some(tp.into())),
+                    deliver("plain"),
+                    EdgeMessage::Broadcast { frame: "b".into() },
+                ],
+            }
         };
-        dispatch_in(&hub, &metrics, record.clone(), &header);
+        dispatch_in(&hub, &metrics, record(10), &header);
         let expected = vec![text("r"), text("d"), text("plain"), text("b")];
         assert_eq!(drain(&mut a), expected);
         // without any trace context, and through the untraced path: the same frames
-        dispatch_in(&hub, &metrics, record.clone(), &Carrier::default());
+        dispatch_in(&hub, &metrics, record(11), &Carrier::default());
         assert_eq!(drain(&mut a), expected);
-        dispatch(&hub, &metrics, record);
+        dispatch(&hub, &metrics, record(12));
         assert_eq!(drain(&mut a), expected);
         assert_eq!(item_conns(&deliver("x")), 1);
         assert_eq!(item_conns(&reply(1, 1, "x")), 1);
@@ -339,5 +356,36 @@ mod tests {
         dispatch(&hub, &metrics, reply(0, 11, "late"));
         assert!(drain(&mut a).is_empty());
         assert_eq!(metrics.ws_frames_out.get(), 0);
+    }
+
+    /// A frame's request is answered at most once: a second reply (a redelivered request), one
+    /// after the edge answered `unavailable` at the deadline, or one for a closed connection is
+    /// dropped and counted.
+    #[tokio::test(start_paused = true)]
+    async fn a_reply_to_a_request_answered_already_is_dropped_and_counted() {
+        let metrics = Metrics::default();
+        let hub = Hub::new(1, metrics.clone());
+        let mut a = conn(&hub, 1);
+        sent_frame(&hub, 1, 10);
+        sent_frame(&hub, 1, 11);
+        dispatch(&hub, &metrics, reply(1, 10, "first"));
+        dispatch(&hub, &metrics, reply(1, 10, "again"));
+        assert_eq!(drain(&mut a), vec![text("first")]);
+        assert_eq!(metrics.ws_late_replies.get(), 1);
+        tokio::time::advance(std::time::Duration::from_secs(5)).await;
+        let (due, next) = hub.expire(1, tokio::time::Instant::now());
+        assert_eq!(
+            (due, next),
+            (vec![None], None),
+            "11 is answered by the edge"
+        );
+        dispatch(&hub, &metrics, reply(1, 11, "late"));
+        assert!(drain(&mut a).is_empty());
+        assert_eq!(metrics.ws_late_replies.get(), 2);
+        sent_frame(&hub, 1, 12);
+        hub.unregister(1);
+        dispatch(&hub, &metrics, reply(1, 12, "closed"));
+        assert_eq!(metrics.ws_late_replies.get(), 3);
+        assert_eq!(metrics.ws_frames_out.get(), 1);
     }
 }

@@ -3,6 +3,7 @@
 //! arrives to the right sockets. No business logic and no database: what a request means is the
 //! workers' business.
 
+pub mod flights;
 pub mod http;
 pub mod hub;
 pub mod inbox;

@@ -1,7 +1,8 @@
 //! The round trip of a request: publish its envelope to its domain's topic and wait for the
 //! worker's answer on this edge's own topic ([`call`]: handshakes and HTTP calls). A WebSocket
 //! frame is only handed to the producer ([`publish_frame`]): its answer reaches the socket
-//! through the hub.
+//! through the hub, or, if none came within `edge.request_timeout_ms`, its connection answers
+//! `unavailable` ([`crate::flights`]).
 
 use crate::hub::{Hub, Outbound};
 use crate::Edge;
@@ -132,17 +133,33 @@ pub fn publish_frame(edge: &Edge, env: &Envelope) -> Result<(), ErrorBody> {
         )
     });
     let _inside = span.as_ref().map(tracing::Span::enter);
+    let (req, conn, rid) = (env.req, env.conn, env.rid.clone());
+    // Its answer is awaited from now on: the connection answers `unavailable` at the deadline.
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(edge.settings.request_timeout_ms);
+    if !edge.hub.track(conn, req, rid.clone(), deadline) {
+        return Err(ErrorBody::new(
+            ErrorCode::RateLimited,
+            "too many requests waiting for their answer; wait for some",
+        ));
+    }
     let topic = edge.topics.requests(env.domain());
     edge.hub.published(env.req, env.request.kind_index());
-    let (req, conn, rid) = (env.req, env.conn, env.rid.clone());
     let (hub, metrics) = (Arc::clone(&edge.hub), edge.metrics.clone());
     edge.publisher
         .enqueue(&topic, &env.key(), &env.encode(), move |e| {
-            let frame = ServerFrame::error(rid, not_published(&hub, req, &e)).to_json();
-            metrics.ws_frames_rejected.inc();
-            hub.send(conn, Outbound::Text(frame.into()));
+            let error = not_published(&hub, req, &e);
+            // unless the deadline came first and answered it already
+            if hub.settle(conn, req) {
+                let frame = ServerFrame::error(rid, error).to_json();
+                metrics.ws_frames_rejected.inc();
+                hub.send(conn, Outbound::Text(frame.into()));
+            }
         })
-        .map_err(|e| not_published(&edge.hub, env.req, &e))
+        .map_err(|e| {
+            edge.hub.settle(conn, req);
+            not_published(&edge.hub, env.req, &e)
+        })
 }
 
 /// A request that did not reach Kafka: no answer will come; the error for its client.
@@ -182,6 +199,32 @@ mod tests {
         assert!(!err.maybe_sent);
         assert_eq!(err.error.code, ErrorCode::Unavailable);
         drop(held);
+    }
+
+    /// A connection with `MAX_IN_FLIGHT` requests waiting for their answer has its next frame
+    /// refused before it is published; an answer makes room again.
+    #[tokio::test]
+    async fn a_frame_past_the_in_flight_bound_is_refused_before_it_is_published() {
+        let edge = Edge::for_tests(Default::default());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        for req in 1..=crate::flights::MAX_IN_FLIGHT as u64 {
+            assert!(edge.hub.track(7, req, None, deadline));
+        }
+        let env = Envelope {
+            v: WIRE_VERSION,
+            edge: "edge-0".into(),
+            conn: 7,
+            req: edge.hub.next_id() + 1_000_000,
+            rid: Some("r".into()),
+            auth: auth(),
+            peer: None,
+            sent_at_ms: 0,
+            request: Request::Ping,
+        };
+        let err = publish_frame(&edge, &env).expect_err("bounded");
+        assert_eq!(err.code, ErrorCode::RateLimited);
+        assert!(edge.hub.settle(7, 1));
+        assert!(publish_frame(&edge, &env).is_ok(), "room again");
     }
 
     /// A publish that waits for the broker counts against the call's own deadline: the caller

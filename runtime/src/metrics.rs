@@ -46,6 +46,9 @@ pub fn topic_kinds() -> Vec<&'static str> {
 }
 /// What closed a consumer batch (`consume::Bound::as_str`).
 pub const BATCH_BOUNDS: [&str; 4] = ["records", "bytes", "wait", "closed"];
+/// Why a worker answered a request `unavailable` (`sb_requests_unavailable_total`): the
+/// breaker of a shard it needs was open, or trying the shard failed and opened it.
+pub const UNAVAILABLE_REASONS: [&str; 2] = ["breaker_open", "shard_failed"];
 /// Why an edge closed or refused an HTTP connection.
 pub const HTTP_CLOSE_REASONS: [&str; 4] = [
     "header_timeout",
@@ -258,6 +261,8 @@ pub struct Inner {
     pub ws_frames_in: Counter,
     pub ws_frames_out: Counter,
     pub ws_frames_rejected: Counter,
+    pub ws_requests_timed_out: Counter,
+    pub ws_late_replies: Counter,
     pub ws_slow_clients_disconnected: Counter,
     pub http_requests: Counter,
     pub http_connections_closed: ByLabel<Counter>,
@@ -272,6 +277,8 @@ pub struct Inner {
     pub account_checks: Counter,
     pub account_check_queries: Counter,
     pub revocations_unacknowledged: Counter,
+    pub requests_unavailable: ByLabel<Counter>,
+    shard_breaker_open: Family<Labels, Gauge>,
     pub messages_persisted: Counter,
     dm_commit_seconds: Family<Labels, Histogram, Ctor<Histogram>>,
     // router
@@ -402,6 +409,8 @@ impl Metrics {
         let ws_frames_in = Counter::default();
         let ws_frames_out = Counter::default();
         let ws_frames_rejected = Counter::default();
+        let ws_requests_timed_out = Counter::default();
+        let ws_late_replies = Counter::default();
         let ws_slow_clients_disconnected = Counter::default();
         let http_requests = Counter::default();
         let http_connections_closed = ByLabel::new(
@@ -465,6 +474,16 @@ impl Metrics {
                 ws_frames_rejected.clone(),
             );
             r.register(
+                "sb_ws_requests_timed_out",
+                "WebSocket requests the edge answered unavailable: no reply within edge.request_timeout_ms",
+                ws_requests_timed_out.clone(),
+            );
+            r.register(
+                "sb_ws_late_replies",
+                "Replies to WebSocket requests dropped: the request was answered already (at its deadline) or its connection had closed",
+                ws_late_replies.clone(),
+            );
+            r.register(
                 "sb_ws_slow_clients_disconnected",
                 "Clients disconnected because their outbound queue was full",
                 ws_slow_clients_disconnected.clone(),
@@ -494,6 +513,13 @@ impl Metrics {
         let account_checks = Counter::default();
         let account_check_queries = Counter::default();
         let revocations_unacknowledged = Counter::default();
+        let requests_unavailable = ByLabel::new(
+            "reason",
+            UNAVAILABLE_REASONS.to_vec(),
+            Counter::default,
+            |_, _| worker,
+        );
+        let shard_breaker_open: Family<Labels, Gauge> = Family::default();
         if worker {
             r.register(
                 "sb_requests_handled",
@@ -520,6 +546,16 @@ impl Metrics {
                 "sb_revocations_unacknowledged",
                 "Revocations answered unavailable: too few replicas acknowledged them in time",
                 revocations_unacknowledged.clone(),
+            );
+            r.register(
+                "sb_requests_unavailable",
+                "Requests a worker answered unavailable because a MariaDB shard they need is down, by reason: breaker_open (refused at once), shard_failed (tried; the failure opened the breaker)",
+                requests_unavailable.family.clone(),
+            );
+            r.register(
+                "sb_shard_breaker_open",
+                "1 while the circuit breaker of a MariaDB shard is open (requests that need it are answered unavailable), else 0, by shard",
+                shard_breaker_open.clone(),
             );
         }
         let messages_persisted = Counter::default();
@@ -567,6 +603,8 @@ impl Metrics {
             ws_frames_in,
             ws_frames_out,
             ws_frames_rejected,
+            ws_requests_timed_out,
+            ws_late_replies,
             ws_slow_clients_disconnected,
             http_requests,
             http_connections_closed,
@@ -580,10 +618,19 @@ impl Metrics {
             account_checks,
             account_check_queries,
             revocations_unacknowledged,
+            requests_unavailable,
+            shard_breaker_open,
             messages_persisted,
             dm_commit_seconds,
             deliveries_routed,
         }))
+    }
+
+    /// `sb_shard_breaker_open` of physical shard `shard`.
+    pub fn shard_breaker(&self, shard: usize) -> Gauge {
+        self.shard_breaker_open
+            .get_or_create(&vec![("shard", shard.to_string())])
+            .clone()
     }
 
     /// Show the commit-time histogram of shards `0..n` at zero (a dms worker, once it knows its
@@ -752,6 +799,8 @@ mod tests {
             ("sb_ws_frames_in", "counter"),
             ("sb_ws_frames_out", "counter"),
             ("sb_ws_frames_rejected", "counter"),
+            ("sb_ws_requests_timed_out", "counter"),
+            ("sb_ws_late_replies", "counter"),
             ("sb_ws_slow_clients_disconnected", "counter"),
             ("sb_http_requests", "counter"),
             ("sb_http_connections_closed", "counter"),
@@ -765,6 +814,7 @@ mod tests {
             ("sb_account_checks", "counter"),
             ("sb_account_check_queries", "counter"),
             ("sb_revocations_unacknowledged", "counter"),
+            ("sb_requests_unavailable", "counter"),
             ("sb_messages_persisted", "counter"),
             ("sb_dm_commit_duration_seconds", "histogram"),
             ("sb_deliveries_routed", "counter"),
@@ -796,6 +846,8 @@ mod tests {
             "sb_ws_frames_in_total",
             "sb_ws_frames_out_total",
             "sb_ws_frames_rejected_total",
+            "sb_ws_requests_timed_out_total",
+            "sb_ws_late_replies_total",
             "sb_ws_slow_clients_disconnected_total",
             "sb_http_requests_total",
             "sb_http_connections_closed_total{reason=\"header_timeout\"}",
@@ -804,6 +856,8 @@ mod tests {
             "sb_account_checks_total",
             "sb_account_check_queries_total",
             "sb_revocations_unacknowledged_total",
+            "sb_requests_unavailable_total{reason=\"breaker_open\"}",
+            "sb_requests_unavailable_total{reason=\"shard_failed\"}",
             "sb_messages_persisted_total",
             "sb_deliveries_routed_total",
             "sb_edge_request_duration_seconds_count{kind=\"ping\"}",

@@ -1,11 +1,13 @@
 //! Sharded MariaDB: a logical-shard map over physical shards (each a primary and an optional
 //! replica). The migration runner is in [`crate::migrations`].
 
+use crate::breaker::Breaker;
 use crate::settings::DatabaseSettings;
 use crate::{Error, Result};
 use mysql_async::prelude::*;
 use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts};
 use secrecy::ExposeSecret;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +20,81 @@ pub struct Shard {
     pub primary: Pool,
     /// Reads that tolerate replication lag; the primary when there is no replica.
     pub replica: Pool,
+    /// Whether the shard is known down ([`Shard::guard`]).
+    pub breaker: Arc<Breaker>,
+    /// How long one guarded operation may take (`database.shard_timeout_ms`).
+    pub timeout: Duration,
+    /// How long it may wait for a connection ([`Shard::primary_conn`],
+    /// `database.shard_connect_timeout_ms`).
+    pub connect_timeout: Duration,
+}
+
+impl Shard {
+    /// Run `op`, which needs this shard, under its breaker ([`crate::breaker`]): refused at once
+    /// ([`Error::ShardDown`]) while the breaker is open; otherwise given at most `timeout`. A
+    /// failure to reach the shard (an error that is not the server's answer) or no answer in time
+    /// counts against the breaker, and is [`Error::ShardDown`] if it opened it; any answer of the
+    /// server, an error included, closes it.
+    ///
+    /// An operation cut by the timeout may still have committed (the answer was lost): callers
+    /// must be safe to repeat, as a `dm.send` is (its `client_msg_id` finds it again).
+    pub async fn guard<T>(&self, op: impl Future<Output = Result<T>>) -> Result<T> {
+        let failed = |e: Error| {
+            if self.breaker.failure() {
+                tracing::warn!(shard = self.index, error = %runtime::telemetry::Chain(&e), "shard unreachable");
+                Error::ShardDown {
+                    shard: self.index,
+                    tried: true,
+                }
+            } else {
+                e
+            }
+        };
+        let down = |tried| Error::ShardDown {
+            shard: self.index,
+            tried,
+        };
+        if self.breaker.is_open() {
+            return Err(down(false));
+        }
+        match tokio::time::timeout(self.timeout, op).await {
+            Ok(Err(Error::Db(e))) if !matches!(e, mysql_async::Error::Server(_)) => {
+                Err(failed(Error::Db(e)))
+            }
+            Ok(Err(e @ Error::ShardTimeout(_))) => Err(failed(e)),
+            Ok(answered) => {
+                self.breaker.success();
+                answered
+            }
+            Err(_) => Err(failed(Error::ShardTimeout(self.index))),
+        }
+    }
+
+    /// A connection to the primary within `connect_timeout` ([`Error::ShardTimeout`] if none),
+    /// for operations run under [`Shard::guard`].
+    pub async fn primary_conn(&self) -> Result<mysql_async::Conn> {
+        match tokio::time::timeout(self.connect_timeout, self.primary.get_conn()).await {
+            Ok(c) => Ok(c?),
+            Err(_) => Err(Error::ShardTimeout(self.index)),
+        }
+    }
+
+    /// One probe of a shard whose breaker is open: `SELECT 1` on its primary within `timeout`;
+    /// an answer closes the breaker.
+    async fn probe(&self) {
+        let answer = tokio::time::timeout(self.connect_timeout, async {
+            let mut c = self.primary.get_conn().await?;
+            c.query_drop("SELECT 1").await
+        })
+        .await;
+        match answer {
+            Ok(Ok(())) => self.breaker.success(),
+            Ok(Err(e)) => {
+                tracing::debug!(shard = self.index, error = %runtime::telemetry::Chain(&e), "shard still down")
+            }
+            Err(_) => tracing::debug!(shard = self.index, "shard still not answering"),
+        }
+    }
 }
 
 /// Where rows live.
@@ -25,6 +102,8 @@ pub struct Shard {
 pub struct Shards {
     shards: Arc<Vec<Shard>>,
     map: Arc<Vec<usize>>,
+    /// How often shards with an open breaker are probed.
+    probe_every: Duration,
 }
 
 /// splitmix64: spreads time-ordered ids evenly over logical shards.
@@ -118,13 +197,32 @@ impl Shards {
                     index,
                     primary,
                     replica,
+                    breaker: Arc::new(Breaker::new(s.breaker_failures)),
+                    timeout: Duration::from_millis(s.shard_timeout_ms.max(1)),
+                    connect_timeout: Duration::from_millis(s.shard_connect_timeout_ms.max(1)),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Shards {
             shards: Arc::new(shards),
             map: Arc::new(map),
+            probe_every: Duration::from_millis(s.breaker_probe_ms.max(1)),
         })
+    }
+
+    /// Until `stop`: every `database.breaker_probe_ms`, probe the shards whose breaker is open,
+    /// all at once ([`Shard::probe`]); requests never wait on a shard known down.
+    pub async fn probe(self, stop: tokio_util::sync::CancellationToken) {
+        let mut every = tokio::time::interval(self.probe_every);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            let open = self.shards.iter().filter(|s| s.breaker.is_open());
+            futures::future::join_all(open.map(Shard::probe)).await;
+        }
     }
 
     /// Readiness: every shard's primary answers `SELECT 1`.
@@ -217,6 +315,92 @@ mod tests {
         assert!(opts(&s, "nohost", None).is_err());
         assert!(opts(&s, "h:notaport", None).is_err());
         assert!(opts(&s, "127.0.0.1:1", Some("x")).is_ok());
+    }
+
+    /// A shard on which nothing listens, its breaker opening after two failures.
+    fn unreachable_shard(timeout_ms: u64) -> Shard {
+        let s = DatabaseSettings {
+            shards: vec![crate::settings::ShardSettings {
+                primary: "127.0.0.1:1".into(),
+                replica: None,
+            }],
+            shard_timeout_ms: timeout_ms,
+            shard_connect_timeout_ms: timeout_ms,
+            breaker_failures: 2,
+            ..Default::default()
+        };
+        Shards::connect(&s).unwrap().all()[0].clone()
+    }
+
+    fn io_error() -> Error {
+        Error::Db(mysql_async::Error::Io(mysql_async::IoError::Io(
+            std::io::ErrorKind::ConnectionRefused.into(),
+        )))
+    }
+
+    #[tokio::test]
+    async fn the_guard_opens_the_breaker_after_failures_in_a_row_and_then_refuses_at_once() {
+        let shard = unreachable_shard(1_000);
+        let r = shard.guard(async { Err::<(), _>(io_error()) }).await;
+        assert!(matches!(r, Err(Error::Db(_))), "below the threshold: {r:?}");
+        // a server's answer, even an error, closes it and resets the count
+        let server = mysql_async::ServerError {
+            code: 1062,
+            message: "dup".into(),
+            state: "23000".into(),
+        };
+        let r = shard
+            .guard(async { Err::<(), _>(Error::Db(server.into())) })
+            .await;
+        assert!(matches!(r, Err(Error::Db(mysql_async::Error::Server(_)))));
+        assert!(shard
+            .guard(async { Err::<(), _>(io_error()) })
+            .await
+            .is_err());
+        assert!(!shard.breaker.is_open(), "the count started again");
+        let r = shard.guard(async { Err::<(), _>(io_error()) }).await;
+        assert!(
+            matches!(
+                r,
+                Err(Error::ShardDown {
+                    shard: 0,
+                    tried: true
+                })
+            ),
+            "{r:?}"
+        );
+        let r = shard
+            .guard(async { unreachable!("not tried while open") })
+            .await;
+        assert!(matches!(
+            r,
+            Err::<(), _>(Error::ShardDown { tried: false, .. })
+        ));
+        // the probe finds nothing listening: still open
+        shard.probe().await;
+        assert!(shard.breaker.is_open());
+        shard.breaker.success();
+        assert_eq!(shard.guard(async { Ok(7) }).await.unwrap(), 7);
+        // nothing listens: refused, an error of the connection
+        assert!(matches!(shard.primary_conn().await, Err(Error::Db(_))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_operation_without_an_answer_counts_as_a_failure_at_the_timeout() {
+        let shard = unreachable_shard(1_000);
+        let hang = || shard.guard(futures::future::pending::<Result<()>>());
+        let t0 = tokio::time::Instant::now();
+        assert!(matches!(hang().await, Err(Error::ShardTimeout(0))));
+        assert_eq!(t0.elapsed(), Duration::from_secs(1));
+        assert!(matches!(
+            hang().await,
+            Err(Error::ShardDown { tried: true, .. })
+        ));
+        assert!(matches!(
+            hang().await,
+            Err(Error::ShardDown { tried: false, .. })
+        ));
+        assert_eq!(t0.elapsed(), Duration::from_secs(2), "refused at once");
     }
 
     proptest! {

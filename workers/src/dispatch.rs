@@ -26,6 +26,21 @@ impl Handler for Dispatcher {
     }
 }
 
+/// The answer to a request that needs a shard known down ([`Error::ShardDown`]): `unavailable`,
+/// counted by reason in `sb_requests_unavailable_total`. The request is not applied; its offset
+/// moves on, and the client resends (idempotent: a `dm.send`'s `client_msg_id`).
+pub fn shard_down(metrics: &runtime::metrics::Metrics, e: &Error) -> ErrorBody {
+    let reason = match e {
+        Error::ShardDown { tried: true, .. } => "shard_failed",
+        _ => "breaker_open",
+    };
+    metrics.requests_unavailable.get(reason).inc();
+    ErrorBody::new(
+        ErrorCode::Unavailable,
+        "a database shard this request needs is unavailable; retry",
+    )
+}
+
 /// How an infrastructure error is treated: server errors that retrying cannot fix are poison.
 pub fn classify(e: Error) -> Failure {
     let reason = runtime::telemetry::Chain(&e).to_string();
@@ -90,6 +105,11 @@ impl Dispatcher {
         .await;
         let kind = env.request.kind();
         let m = &self.deps.metrics;
+        // a request that needs a shard known down is answered, not retried
+        let result = result.map_err(|e| match e {
+            Error::ShardDown { .. } => Error::Reply(shard_down(m, &e)),
+            e => e,
+        });
         m.handler_seconds
             .at(env.request.kind_index())
             .observe(runtime::metrics::since(started));
@@ -595,5 +615,34 @@ mod tests {
             classify(Error::Unrouted("dm.send")),
             Failure::Poison(_)
         ));
+        // a record with no requester to answer keeps retrying while its shard is down
+        let down = Error::ShardDown {
+            shard: 1,
+            tried: false,
+        };
+        assert!(matches!(classify(down), Failure::Transient(_)));
+        assert!(matches!(
+            classify(Error::ShardTimeout(1)),
+            Failure::Transient(_)
+        ));
+    }
+
+    /// A request that needs a shard known down is answered `unavailable`, counted by reason.
+    #[test]
+    fn a_request_for_a_down_shard_is_answered_unavailable_by_reason() {
+        let m = runtime::metrics::Metrics::new(runtime::metrics::Role::Worker(Role::Dms));
+        let tried = Error::ShardDown {
+            shard: 1,
+            tried: true,
+        };
+        let refused = Error::ShardDown {
+            shard: 1,
+            tried: false,
+        };
+        assert_eq!(shard_down(&m, &tried).code, ErrorCode::Unavailable);
+        assert_eq!(shard_down(&m, &refused).code, ErrorCode::Unavailable);
+        assert_eq!(shard_down(&m, &refused).code, ErrorCode::Unavailable);
+        assert_eq!(m.requests_unavailable.get("shard_failed").get(), 1);
+        assert_eq!(m.requests_unavailable.get("breaker_open").get(), 2);
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod accounts;
 pub mod auth;
+pub mod breaker;
 pub mod context;
 pub mod db;
 pub mod dispatch;
@@ -59,6 +60,15 @@ pub enum Error {
     /// `topics::kinds` names a domain that does not handle it (a programming error, poison).
     #[error("{0} is not handled by its domain")]
     Unrouted(&'static str),
+    /// A MariaDB shard the request needs is known down: its breaker is open
+    /// ([`breaker`]). `tried`: this request's own attempt failed and opened it; otherwise it was
+    /// refused without trying. A request is answered `unavailable`; anything else retries.
+    #[error("shard {shard} is unavailable (breaker open)")]
+    ShardDown { shard: usize, tried: bool },
+    /// A shard did not answer within `database.shard_timeout_ms` (its breaker is still closed):
+    /// retried like any database error.
+    #[error("shard {0} did not answer in time")]
+    ShardTimeout(usize),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -98,6 +108,9 @@ pub async fn deps(settings: &Settings, metrics: Metrics) -> Result<Arc<Deps>> {
     };
     let db = db::Shards::connect(&settings.database)?;
     metrics.shards(db.all().len());
+    for shard in db.all() {
+        shard.breaker.report_to(metrics.shard_breaker(shard.index));
+    }
     Ok(Arc::new(Deps {
         publisher: Publisher::new(&settings.kafka, metrics.clone())?,
         registry: Registry {
@@ -156,6 +169,7 @@ pub async fn run(role: Role, settings: Settings, stop: CancellationToken) -> Res
         deps.ids.node(),
         stop.clone(),
     ));
+    let probe = tokio::spawn(deps.db.clone().probe(stop.clone()));
     let topic = deps.topics.requests(role);
     let group = deps.topics.group(&role.worker());
     let consumer = runtime::kafka::loop_consumer(&settings.kafka, &group, false)?;
@@ -204,6 +218,7 @@ pub async fn run(role: Role, settings: Settings, stop: CancellationToken) -> Res
         .flush(std::time::Duration::from_secs(5))
         .await;
     let _ = renew.await;
+    let _ = probe.await;
     health_stop.cancel();
     let _ = health.await;
     tracing::info!(role = %role.worker(), "worker stopped");

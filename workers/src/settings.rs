@@ -41,6 +41,23 @@ pub struct DatabaseSettings {
     pub logical_map: Option<Vec<usize>>,
     #[serde(default = "d_pool")]
     pub pool_max: usize,
+    /// The longest a guarded shard operation (a DM send's membership lookup or transaction) may
+    /// wait for a connection to the shard's primary (a server that accepts and never answers, or
+    /// a host that does not answer SYN); past it the attempt counts as a failure of the shard.
+    #[serde(default = "d_shard_connect_timeout")]
+    pub shard_connect_timeout_ms: u64,
+    /// The longest a guarded shard operation may take in all (a server that stalls mid-statement);
+    /// past it the attempt counts as a failure of the shard. Above the slowest commits seen under
+    /// load, so that a slow shard is not taken for a down one.
+    #[serde(default = "d_shard_timeout")]
+    pub shard_timeout_ms: u64,
+    /// Failures in a row (unreachable, or no answer within `shard_timeout_ms`) that open a shard's
+    /// breaker: requests that need it are then answered `unavailable` at once.
+    #[serde(default = "d_breaker_failures")]
+    pub breaker_failures: u32,
+    /// How often an open breaker's shard is probed (`SELECT 1`); the first answer closes it.
+    #[serde(default = "d_breaker_probe")]
+    pub breaker_probe_ms: u64,
 }
 
 fn expose<S: serde::Serializer>(s: &SecretString, ser: S) -> Result<S::Ok, S::Error> {
@@ -53,6 +70,18 @@ fn d_logical() -> u32 {
 }
 fn d_pool() -> usize {
     32
+}
+fn d_shard_connect_timeout() -> u64 {
+    1_000
+}
+fn d_shard_timeout() -> u64 {
+    5_000
+}
+fn d_breaker_failures() -> u32 {
+    2
+}
+fn d_breaker_probe() -> u64 {
+    1_000
 }
 
 impl Default for DatabaseSettings {
@@ -74,6 +103,10 @@ impl Default for DatabaseSettings {
             logical_shards: d_logical(),
             logical_map: None,
             pool_max: d_pool(),
+            shard_connect_timeout_ms: d_shard_connect_timeout(),
+            shard_timeout_ms: d_shard_timeout(),
+            breaker_failures: d_breaker_failures(),
+            breaker_probe_ms: d_breaker_probe(),
         }
     }
 }

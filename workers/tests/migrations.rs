@@ -43,6 +43,7 @@ impl TestDb {
                 logical_shards: 16,
                 logical_map: None,
                 pool_max: 4,
+                ..Default::default()
             },
         }
     }

@@ -128,6 +128,8 @@ enum Step {
     Kill,
     /// The frame bucket has a token again: read on.
     Resume,
+    /// The oldest request waiting for its answer reached its deadline.
+    Expire,
 }
 
 /// Run one connection until it ends. Returns the close code it ended with: the edge's own, or
@@ -171,6 +173,11 @@ where
     };
     // An outbound item taken from the queue while gathering frames for one write, handled next.
     let mut next_out: Option<Outbound> = None;
+    // One timer for every request waiting for its answer: set to the oldest one's deadline while
+    // any waits (`armed`), answering `unavailable` for those unanswered when it fires.
+    let deadline = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(deadline);
+    let mut armed = false;
     loop {
         let step = if let Some(o) = next_out.take() {
             Step::Out(Some(o))
@@ -178,6 +185,7 @@ where
             tokio::select! {
             m = socket.next(), if !paused => Step::In(m),
             _ = &mut resume, if paused => Step::Resume,
+            _ = &mut deadline, if armed => Step::Expire,
             o = rx.recv() => Step::Out(o),
             _ = ping.tick() => Step::Ping,
             _ = &mut idle_deadline => Step::Idle,
@@ -199,6 +207,29 @@ where
                 return Some(code);
             }
             Step::Resume => paused = false,
+            Step::Expire => {
+                let (due, next) = edge.hub.expire(ctx.conn, tokio::time::Instant::now());
+                armed = next.is_some();
+                if let Some(at) = next {
+                    deadline.as_mut().reset(at);
+                }
+                if !due.is_empty() {
+                    edge.metrics.ws_requests_timed_out.inc_by(due.len() as u64);
+                    let frames = due
+                        .into_iter()
+                        .map(|rid| {
+                            let error = ErrorBody::new(
+                                ErrorCode::Unavailable,
+                                "the service did not answer in time; retry",
+                            );
+                            Message::text(ServerFrame::error(rid, error).to_json())
+                        })
+                        .collect();
+                    if !put_all(&mut socket, frames).await {
+                        return None;
+                    }
+                }
+            }
             Step::In(Some(Ok(msg))) => {
                 let last_seen = now();
                 idle_deadline
@@ -214,9 +245,18 @@ where
                 let reply = if let Message::Text(text) = &msg {
                     edge.metrics.ws_frames_in.inc();
                     match prepare(&edge, &ctx, text.as_str(), within_rate) {
-                        Ok(env) => publish_frame(&edge, &env)
-                            .err()
-                            .map(|e| ServerFrame::error(env.rid.clone(), e)),
+                        Ok(env) => match publish_frame(&edge, &env) {
+                            Ok(()) => {
+                                if !armed {
+                                    if let Some(at) = edge.hub.next_deadline(ctx.conn) {
+                                        deadline.as_mut().reset(at);
+                                        armed = true;
+                                    }
+                                }
+                                None
+                            }
+                            Err(e) => Some(ServerFrame::error(env.rid.clone(), e)),
+                        },
                         Err(frame) => Some(*frame),
                     }
                 } else if msg.is_binary() {

@@ -3,7 +3,7 @@
 
 use super::{not_found, store};
 use crate::context::{event_to, Ctx, Deps, Outcome};
-use crate::Result;
+use crate::{Error, Result};
 use std::collections::BTreeMap;
 use topics::frames::Message;
 use topics::{validate, Delivery, ErrorBody, Event, Id, Response};
@@ -65,20 +65,36 @@ pub async fn send_many(
     let mut out: Vec<Option<std::result::Result<Stored, ErrorBody>>> = vec![None; sends.len()];
     let mut by_shard: BTreeMap<usize, Vec<(usize, bool)>> = BTreeMap::new();
     for (i, gate) in gates.into_iter().enumerate() {
-        match may_send(gate) {
-            Ok(connected) => by_shard
+        match gate.map(may_send) {
+            Ok(Ok(connected)) => by_shard
                 .entry(d.db.by_id(sends[i].conv).index)
                 .or_default()
                 .push((i, connected)),
-            Err(e) => out[i] = Some(Err(e)),
+            Ok(Err(e)) => out[i] = Some(Err(e)),
+            Err(e) => out[i] = Some(Err(crate::dispatch::shard_down(&d.metrics, &e))),
         }
     }
-    let commits = by_shard
-        .into_values()
-        .map(|items| store::commit_shard(d, sends, items));
-    for results in futures::future::try_join_all(commits).await? {
-        for (i, r) in results {
-            out[i] = Some(r);
+    // Each conversation shard's transaction under its breaker: the sends of a shard known down
+    // are answered `unavailable` and the others are stored; any other failure retries the batch
+    // (what was stored is found again by its client_msg_id).
+    let commits = by_shard.into_iter().map(|(shard, items)| {
+        let at: Vec<usize> = items.iter().map(|&(i, _)| i).collect();
+        let commit = d.db.all()[shard].guard(store::commit_shard(d, sends, items));
+        async move { (at, commit.await) }
+    });
+    for (at, results) in futures::future::join_all(commits).await {
+        match results {
+            Ok(results) => {
+                for (i, r) in results {
+                    out[i] = Some(r);
+                }
+            }
+            Err(e @ Error::ShardDown { .. }) => {
+                for i in at {
+                    out[i] = Some(Err(crate::dispatch::shard_down(&d.metrics, &e)));
+                }
+            }
+            Err(e) => return Err(e),
         }
     }
     Ok(out

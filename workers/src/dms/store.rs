@@ -280,8 +280,10 @@ fn any_of(n: usize, clause: &str) -> String {
 /// What each sender's own shard says before its sends: per (me, conversation), `None` when I am
 /// not a member, else the state of my link with the peer (`None` when there is no link). Both
 /// rows are keyed by my id: one query per shard of senders, on the primary, so that a removal
-/// is seen as soon as it is written.
-pub async fn send_gates(d: &Deps, sends: &[NewSend<'_>]) -> Result<Vec<Option<Option<String>>>> {
+/// is seen as soon as it is written. Each query runs under its shard's breaker
+/// ([`crate::db::Shard::guard`]): the sends of a sender shard known down get
+/// [`crate::Error::ShardDown`] (the others go on); any other failure fails them all.
+pub async fn send_gates(d: &Deps, sends: &[NewSend<'_>]) -> Result<Vec<Result<Gate>>> {
     let mut by_shard: BTreeMap<usize, Vec<(Id, Id)>> = BTreeMap::new();
     for s in sends {
         by_shard
@@ -291,28 +293,50 @@ pub async fn send_gates(d: &Deps, sends: &[NewSend<'_>]) -> Result<Vec<Option<Op
     }
     let lookups = by_shard.into_values().map(|pairs| async move {
         let shard = d.db.by_id(pairs[0].0);
+        let index = shard.index;
+        let rows = shard.guard(async {
         let sql = format!(
             "SELECT m.user_id, m.conversation_id, l.state FROM memberships m LEFT JOIN links l ON l.user_id = m.user_id AND l.peer_id = m.peer_id WHERE {}",
             any_of(pairs.len(), "m.user_id = ? AND m.conversation_id = ?")
         );
         let params: Vec<mysql_async::Value> =
             pairs.iter().flat_map(|(me, conv)| [me.0.into(), conv.0.into()]).collect();
-        let mut c = shard.primary.get_conn().await?;
+        let mut c = shard.primary_conn().await?;
         let rows: Vec<(u64, u64, Option<String>)> = c.exec(sql, params).await?;
         Ok::<_, crate::Error>(rows)
+        })
+        .await;
+        (index, rows)
     });
     let mut gates: HashMap<(u64, u64), Option<String>> = HashMap::new();
-    for rows in futures::future::try_join_all(lookups).await? {
-        gates.extend(
-            rows.into_iter()
-                .map(|(me, conv, state)| ((me, conv), state)),
-        );
+    let mut down: HashMap<usize, bool> = HashMap::new();
+    for (index, rows) in futures::future::join_all(lookups).await {
+        match rows {
+            Ok(rows) => gates.extend(
+                rows.into_iter()
+                    .map(|(me, conv, state)| ((me, conv), state)),
+            ),
+            Err(crate::Error::ShardDown { tried, .. }) => {
+                down.insert(index, tried);
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok(sends
         .iter()
-        .map(|s| gates.get(&(s.me.0, s.conv.0)).cloned())
+        .map(|s| {
+            let shard = d.db.by_id(s.me).index;
+            match down.get(&shard) {
+                Some(&tried) => Err(crate::Error::ShardDown { shard, tried }),
+                None => Ok(gates.get(&(s.me.0, s.conv.0)).cloned()),
+            }
+        })
         .collect())
 }
+
+/// What [`send_gates`] found of one send: `None` when the sender is not a member, else the
+/// state of the link with the peer.
+pub type Gate = Option<Option<String>>;
 
 /// One shard's transaction of [`super::send_many`]: `items` are (index into `sends`, connected).
 pub async fn commit_shard(
@@ -324,7 +348,7 @@ pub async fn commit_shard(
     convs.sort_unstable();
     convs.dedup();
     let shard = d.db.by_id(sends[items[0].0].conv);
-    let mut c = shard.primary.get_conn().await?;
+    let mut c = shard.primary_conn().await?;
     let started = std::time::Instant::now();
     let mut tx = c.start_transaction(TxOpts::default()).await?;
     let rows: Vec<(u64, u64, u64, u64)> = tx

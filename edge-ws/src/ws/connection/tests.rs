@@ -379,3 +379,40 @@ async fn a_publish_waiting_for_the_broker_does_not_hold_the_socket() {
     assert_eq!(edge.metrics.ws_frames_rejected.get(), 1);
     peer.ended.abort();
 }
+
+/// A frame nobody answers is answered `unavailable` for its `rid` by the edge exactly
+/// `request_timeout_ms` after it was published, once; each frame by its own deadline, from the
+/// connection's one timer. Paused time: the broker is never reached, and no publish fails
+/// within the test (librdkafka's timers are real time).
+#[tokio::test(start_paused = true)]
+async fn a_frame_without_an_answer_gets_unavailable_at_its_deadline() {
+    let edge = Edge::for_tests(EdgeSettings {
+        request_timeout_ms: 100,
+        ..Default::default()
+    });
+    let mut peer = start_on(edge.clone());
+    let t0 = tokio::time::Instant::now();
+    let send = |rid: &str| {
+        let frame = format!(r#"{{"type":"ping","rid":"{rid}"}}"#);
+        peer.tx.unbounded_send(Ok(Message::text(frame))).unwrap();
+    };
+    send("r1");
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    send("r2");
+    let error = |text: String| -> serde_json::Value { serde_json::from_str(&text).unwrap() };
+    let first = error(next_text(&mut peer.out).await);
+    assert_eq!(t0.elapsed(), Duration::from_millis(100));
+    assert_eq!(first["rid"], "r1", "{first}");
+    assert_eq!(first["type"], "error", "{first}");
+    assert_eq!(first["code"], "unavailable", "{first}");
+    let second = error(next_text(&mut peer.out).await);
+    assert_eq!(t0.elapsed(), Duration::from_millis(140));
+    assert_eq!(second["rid"], "r2", "{second}");
+    assert_eq!(second["code"], "unavailable", "{second}");
+    assert_eq!(edge.metrics.ws_requests_timed_out.get(), 2);
+    // nothing more: each is answered once, and the timer is idle with nothing waiting
+    let more = tokio::time::timeout(Duration::from_secs(1), peer.out.next()).await;
+    assert!(more.is_err(), "{more:?}");
+    assert_eq!(edge.hub.next_deadline(1), None);
+    peer.ended.abort();
+}
