@@ -221,6 +221,8 @@ async fn pools_count_connections_held_and_redis_requests_waiting() {
     let gauge = runtime::metrics::Gauge::default();
     let cluster = runtime::redis::cluster(&app.redis).unwrap().counted(&gauge);
     let mut c = cluster.get().await.unwrap();
+    // a cluster has only database 0
+    assert_eq!(runtime::redis::redis::aio::ConnectionLike::get_db(&c), 0);
     let key = format!("{}:in-flight", app.prefix);
     let waiting = async {
         let popped: Option<(String, String)> = runtime::redis::redis::cmd("BLPOP")
