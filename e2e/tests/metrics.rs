@@ -155,3 +155,114 @@ async fn one_dm_shows_in_the_histograms_of_the_edge_and_the_worker() {
     bob.close().await;
     app.stop().await;
 }
+
+/// `sb_mariadb_connections_in_use` / `_max` and `sb_redis_requests_in_flight` against the real
+/// MariaDB and Redis Cluster: a connection held counts until it goes back (dropped, or its holder
+/// cancelled), a Redis command waiting for its answer counts until answered, and the live
+/// workers and router show the series.
+#[tokio::test]
+async fn pools_count_connections_held_and_redis_requests_waiting() {
+    use mysql_async::prelude::*;
+    use runtime::metrics::{Metrics, Role};
+    let app = spawn_app().await;
+    let metrics = Metrics::new(Role::Worker(topics::Domain::Dms));
+    let db = workers::db::Shards::connect_counted(&app.database, &metrics).unwrap();
+    let in_use = |shard: usize, pool: &str| {
+        sample(
+            &metrics.render(),
+            &format!("sb_mariadb_connections_in_use{{shard=\"{shard}\",pool=\"{pool}\"}}"),
+        )
+    };
+    let max = app.database.pool_max as f64;
+    let text = metrics.render();
+    for s in 0..app.database.shards.len() {
+        for pool in ["primary", "replica"] {
+            assert_eq!(in_use(s, pool), Some(0.0), "{text}");
+            let m = format!("sb_mariadb_connections_max{{shard=\"{s}\",pool=\"{pool}\"}}");
+            assert_eq!(sample(&text, &m), Some(max), "{text}");
+        }
+    }
+    let shard = &db.all()[0];
+    let mut a = shard.primary.get_conn().await.unwrap();
+    let mut b = shard.primary.get_conn().await.unwrap();
+    let r = shard.replica.get_conn().await.unwrap();
+    assert_eq!(in_use(0, "primary"), Some(2.0));
+    assert_eq!(in_use(0, "replica"), Some(1.0));
+    assert_eq!(in_use(1, "primary"), Some(0.0));
+    // held through a transaction on the real server
+    let mut tx = a
+        .start_transaction(mysql_async::TxOpts::default())
+        .await
+        .unwrap();
+    let one: Option<u8> = tx.query_first("SELECT 1").await.unwrap();
+    assert_eq!(one, Some(1));
+    tx.commit().await.unwrap();
+    b.query_drop("SELECT 1").await.unwrap();
+    drop((a, r));
+    assert_eq!(in_use(0, "primary"), Some(1.0));
+    assert_eq!(in_use(0, "replica"), Some(0.0));
+    drop(b);
+    assert_eq!(in_use(0, "primary"), Some(0.0));
+    // a statement helper gives its connection back
+    workers::db::exec_drop(&shard.primary, "DO SLEEP(0)", ())
+        .await
+        .unwrap();
+    assert_eq!(in_use(0, "primary"), Some(0.0));
+    // a holder cancelled in the middle of a statement gives it back too
+    let held = tokio::time::timeout(std::time::Duration::from_millis(200), async {
+        let mut c = shard.primary.get_conn().await.unwrap();
+        c.query_drop("DO SLEEP(5)").await.unwrap();
+    })
+    .await;
+    assert!(held.is_err());
+    assert_eq!(in_use(0, "primary"), Some(0.0));
+
+    // Redis: a BLPOP answered after a second is in flight until then
+    let gauge = runtime::metrics::Gauge::default();
+    let cluster = runtime::redis::cluster(&app.redis).unwrap().counted(&gauge);
+    let mut c = cluster.get().await.unwrap();
+    // a cluster has only database 0
+    assert_eq!(runtime::redis::redis::aio::ConnectionLike::get_db(&c), 0);
+    let key = format!("{}:in-flight", app.prefix);
+    let waiting = async {
+        let popped: Option<(String, String)> = runtime::redis::redis::cmd("BLPOP")
+            .arg(&key)
+            .arg(1)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        popped
+    };
+    let watch = async {
+        eventually("the BLPOP in flight", || async {
+            (gauge.get() == 1).then_some(())
+        })
+        .await;
+    };
+    let (popped, ()) = futures::future::join(waiting, watch).await;
+    assert_eq!(popped, None);
+    assert_eq!(gauge.get(), 0);
+    // a pipeline is one request; the answer brings the count back
+    let (n,): (i64,) = runtime::redis::redis::pipe()
+        .cmd("DEL")
+        .arg(&key)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    assert_eq!(gauge.get(), 0);
+
+    // the live processes show them: workers both, the router Redis only
+    for process in ["worker-dms", "worker-auth", "router"] {
+        let (_, text) = scrape(app.health[process]).await;
+        assert!(
+            sample(&text, "sb_redis_requests_in_flight").is_some(),
+            "{process}: {text}"
+        );
+        let pools = sample(
+            &text,
+            "sb_mariadb_connections_max{shard=\"1\",pool=\"replica\"}",
+        );
+        assert_eq!(pools.is_some(), process != "router", "{process}: {text}");
+    }
+}

@@ -29,14 +29,15 @@ WORKLOADS = ("Deployment", "StatefulSet", "Job")
 APP_CONTAINERS = {"edge-ws", "router"} | {f"worker-{r}" for r in ("auth", "users", "invites", "dms", "presence")}
 # [section] -> settings struct of each binary (docs/operations.md, "Which sections each binary reads")
 SECTIONS = {
-    "edge.toml": {"kafka", "log", "edge"},
-    "worker.toml": {"kafka", "log", "redis", "database", "service", "limits"},
-    "router.toml": {"kafka", "log", "redis", "service", "router"},
+    "edge.toml": {"kafka", "log", "edge", "trace"},
+    "worker.toml": {"kafka", "log", "redis", "database", "service", "limits", "trace"},
+    "router.toml": {"kafka", "log", "redis", "service", "router", "trace"},
     "migrate.toml": {"database"},
 }
 STRUCTS = {
     "kafka": ("runtime/src/settings.rs", "KafkaSettings"),
     "log": ("runtime/src/settings.rs", "LogSettings"),
+    "trace": ("runtime/src/settings.rs", "TraceSettings"),
     "redis": ("runtime/src/settings.rs", "RedisSettings"),
     "service": ("runtime/src/settings.rs", "ServiceSettings"),
     "edge": ("edge-ws/src/settings.rs", "EdgeSettings"),
@@ -306,6 +307,53 @@ class Rendered(unittest.TestCase):
         self.assertEqual(edge, struct_fields(*STRUCTS["edge"]) - {"id", "listen", "internal_listen"})
         limits = set(schema["properties"]["limits"]["properties"])
         self.assertEqual(limits, struct_fields(*STRUCTS["limits"]))
+        # trace's values are camelCase: each is one field of [trace], and every field has one
+        trace = {re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), k)
+                 for k in schema["properties"]["trace"]["properties"]}
+        self.assertEqual(trace, struct_fields(*STRUCTS["trace"]))
+
+    # ------------------------------------------------------------ tracing
+
+    def traced(self, values: str) -> list[dict]:
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+            f.write(values)
+            f.flush()
+            r = helm_template(os.path.join(CHART, "ci", "minimal.yaml"), f.name)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return to_json(r.stdout)
+
+    def collector_egress(self, objs: list[dict]) -> dict[str, bool]:
+        """Per NetworkPolicy: whether it lets the pods out to port 4318 (the collector's)."""
+        return {o["metadata"]["name"]: any(p.get("port") == 4318 for e in o["spec"].get("egress", [])
+                                           for p in e.get("ports", []))
+                for o in objs if o["kind"] == "NetworkPolicy"}
+
+    def test_trace_is_written_only_with_an_endpoint(self):
+        # unset (every value set of ci/ but full.yaml): no [trace], so the binaries' tracing is off
+        # and no policy lets a pod out to a collector
+        for name, objs in self.all.items():
+            on = "full" in name
+            for file, cfg in self.config(objs).items():
+                self.assertEqual("trace" in cfg, on and file != "migrate.toml", (name, file))
+            if not on:
+                self.assertFalse(any(self.collector_egress(objs).values()), name)
+        objs = self.traced('trace: {otlpEndpoint: "http://otel.monitoring:4318/v1/traces", '
+                           "sampleRatio: 1, queueSpans: 512}\n")
+        cfg = self.config(objs)
+        for file in ("edge.toml", "worker.toml", "router.toml"):
+            self.assertEqual(cfg[file]["trace"], {"otlp_endpoint": "http://otel.monitoring:4318/v1/traces",
+                                                  "sample_ratio": 1, "queue_spans": 512}, file)
+        self.assertNotIn("trace", cfg["migrate.toml"])
+        egress = self.collector_egress(objs)
+        for name, out in egress.items():
+            # the app pods reach the collector; the front and the migrations do not export spans
+            app = re.search(r"-(edge|worker-[a-z]+|router)$", name) is not None
+            self.assertEqual(out, app, name)
+        self.assertEqual(sum(egress.values()), 7, egress)
+        # the defaults of the settings: a ratio of 0.1 stays a float
+        cfg = self.config(self.traced('trace: {otlpEndpoint: "https://otel:4318/v1/traces"}\n'))
+        self.assertEqual(cfg["edge.toml"]["trace"]["sample_ratio"], 0.1)
+        self.assertEqual(cfg["worker.toml"]["trace"]["queue_spans"], 2048)
 
     def test_no_secret_value_in_a_config_map(self):
         for name, objs in self.all.items():
@@ -448,6 +496,12 @@ class BadValues(unittest.TestCase):
 
     def test_an_unknown_log_format_is_refused(self):
         self.refused("logFormat: xml\n", "at '/logFormat'")
+
+    def test_bad_trace_values_are_refused(self):
+        self.refused("trace: {sampleRatio: 1.5}\n", "at '/trace/sampleRatio'")
+        self.refused("trace: {queueSpans: 0}\n", "at '/trace/queueSpans'")
+        self.refused('trace: {otlpEndpoint: "otel:4318"}\n', "at '/trace/otlpEndpoint'")
+        self.refused("trace: {endpoint: x}\n", "'endpoint' not allowed")
 
     def test_unknown_keys_are_refused(self):
         self.refused("edgee: {replicas: 2}\n", "additional properties 'edgee' not allowed")

@@ -114,7 +114,7 @@ pub async fn build(settings: &Settings, metrics: Metrics) -> Result<Arc<Router>>
     runtime::kafka::ensure_shared_topics(&settings.kafka).await?;
     Ok(Arc::new(Router {
         publisher: Publisher::new(&settings.kafka, metrics.clone())?,
-        redis: runtime::redis::cluster(&settings.redis)?,
+        redis: runtime::redis::cluster(&settings.redis)?.counted(&metrics.redis_requests_in_flight),
         registry: Registry {
             keys: Keys::new(settings.redis.key_prefix.clone()),
             liveness_ms: settings.router.edge_liveness_ms,

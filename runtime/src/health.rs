@@ -24,6 +24,10 @@ pub type Check = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send +
 /// The named checks of a process.
 pub type Checks = Vec<(&'static str, Check)>;
 
+/// Something a scrape asks before `/metrics` is rendered, to set gauges from a server's answer
+/// (the users workers' replica status). It sets its gauges itself, within [`CHECK_TIMEOUT`].
+pub type Probe = Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
+
 /// Wrap an async check.
 pub fn check<F, Fut>(f: F) -> Check
 where
@@ -62,6 +66,7 @@ pub fn redis(cluster: &crate::redis::Cluster) -> (&'static str, Check) {
 #[derive(Clone)]
 pub struct Readiness {
     checks: Arc<RwLock<Option<Checks>>>,
+    probe: Arc<RwLock<Option<Probe>>>,
     stop: CancellationToken,
 }
 
@@ -70,6 +75,7 @@ impl Readiness {
     pub fn new(stop: CancellationToken) -> Self {
         Readiness {
             checks: Arc::new(RwLock::new(None)),
+            probe: Arc::new(RwLock::new(None)),
             stop,
         }
     }
@@ -77,6 +83,12 @@ impl Readiness {
     /// The process is built: from now on it is ready while every check passes.
     pub fn set(&self, checks: Checks) {
         *self.checks.write().expect("readiness lock") = Some(checks);
+    }
+
+    /// From now on each scrape also runs `probe` (beside the checks, at most [`CHECK_TIMEOUT`])
+    /// while the process is not stopping.
+    pub fn set_probe(&self, probe: Probe) {
+        *self.probe.write().expect("readiness lock") = Some(probe);
     }
 
     /// Run every check at once, each within [`CHECK_TIMEOUT`]: each check's answer, or `None`
@@ -125,9 +137,17 @@ impl Readiness {
     }
 
     /// Set `sb_dependency_up` from the checks' answers now (left as they were while the process
-    /// is starting or stopping).
+    /// is starting or stopping), and run the probe if there is one.
     pub async fn record(&self, metrics: &Metrics) {
-        for (name, answer) in self.answers().await.unwrap_or_default() {
+        let probe = self.probe.read().expect("readiness lock").clone();
+        let probe = async {
+            if let (Some(p), false) = (probe, self.stop.is_cancelled()) {
+                // the probe bounds its own questions; this only stops one that does not
+                let _ = tokio::time::timeout(CHECK_TIMEOUT, p()).await;
+            }
+        };
+        let (answers, ()) = futures::future::join(self.answers(), probe).await;
+        for (name, answer) in answers.unwrap_or_default() {
             metrics.dependency_up.get(name).set(answer.is_ok() as i64);
         }
     }
@@ -327,6 +347,61 @@ mod tests {
         redis_up.store(true, std::sync::atomic::Ordering::Relaxed);
         stop.cancel();
         assert_eq!(dep(&scrape(&m, &r).await, "redis"), Some(0.0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_scrape_runs_the_probe_within_the_check_timeout_until_stopping() {
+        let stop = CancellationToken::new();
+        let r = Readiness::new(stop.clone());
+        let m = Metrics::new(crate::metrics::Role::Worker(topics::Domain::Users));
+        let (lag, up) = m.mariadb_replica(0);
+        let scrape = || async {
+            let resp = warp::test::request()
+                .path("/metrics")
+                .reply(&routes(m.clone(), r.clone()))
+                .await;
+            String::from_utf8_lossy(resp.body()).into_owned()
+        };
+        let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let n = runs.clone();
+        r.set_probe(Arc::new(move || {
+            let (lag, up, n) = (lag.clone(), up.clone(), n.clone());
+            Box::pin(async move {
+                let run = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                lag.set(run as f64 * 1.5);
+                up.set(1);
+                if run == 2 {
+                    // a probe that hangs is given up on at the timeout; its scrape still answers
+                    tokio::time::sleep(Duration::from_secs(600)).await;
+                }
+            })
+        }));
+        // (still starting: the probe runs anyway, the checks do not)
+        let text = scrape().await;
+        assert_eq!(
+            crate::metrics::sample(&text, "sb_mariadb_replica_lag_seconds{shard=\"0\"}"),
+            Some(1.5),
+            "{text}"
+        );
+        assert_eq!(
+            crate::metrics::sample(&text, "sb_mariadb_replica_up{shard=\"0\"}"),
+            Some(1.0)
+        );
+        let t0 = tokio::time::Instant::now();
+        let text = scrape().await;
+        assert_eq!(t0.elapsed(), CHECK_TIMEOUT);
+        assert_eq!(
+            crate::metrics::sample(&text, "sb_mariadb_replica_lag_seconds{shard=\"0\"}"),
+            Some(3.0)
+        );
+        assert_eq!(runs.load(std::sync::atomic::Ordering::Relaxed), 2);
+        stop.cancel();
+        scrape().await;
+        assert_eq!(
+            runs.load(std::sync::atomic::Ordering::Relaxed),
+            2,
+            "not while stopping"
+        );
     }
 
     /// One `GET` over a real socket: the status code, or `None` if nothing accepts.

@@ -17,6 +17,7 @@ pub use prometheus_client::metrics::gauge::Gauge;
 pub use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 use topics::kinds::KINDS;
@@ -60,6 +61,32 @@ pub const HTTP_CLOSE_REASONS: [&str; 4] = [
 /// The dependencies a readiness check asks (`health::kafka`, `health::redis`, the workers'
 /// `mariadb`): the values of `sb_dependency_up`'s `dependency` label.
 pub const DEPENDENCIES: [&str; 3] = ["kafka", "redis", "mariadb"];
+
+/// The connection pools of a MariaDB shard: the values of the `pool` label of
+/// `sb_mariadb_connections_in_use` / `_max`.
+pub const MARIADB_POOLS: [&str; 2] = ["primary", "replica"];
+
+/// A gauge of seconds that can be NaN (unknown).
+pub type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// Counts one use of something while it lives: the gauge goes up when it is made and down when
+/// it is dropped (a connection checked out of a pool, a Redis request waiting for its answer),
+/// whichever way its holder ends, cancelled or panicking included.
+#[derive(Debug)]
+pub struct InUse(Gauge);
+
+impl InUse {
+    pub fn new(gauge: &Gauge) -> Self {
+        gauge.inc();
+        InUse(gauge.clone())
+    }
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
 
 /// A label set: `(name, value)` pairs.
 pub type Labels = Vec<(&'static str, String)>;
@@ -281,6 +308,13 @@ pub struct Inner {
     shard_breaker_open: Family<Labels, Gauge>,
     pub messages_persisted: Counter,
     dm_commit_seconds: Family<Labels, Histogram, Ctor<Histogram>>,
+    mariadb_connections_in_use: Family<Labels, Gauge>,
+    mariadb_connections_max: Family<Labels, Gauge>,
+    // users workers: the shards' replicas, asked at each scrape
+    mariadb_replica_lag: Family<Labels, FloatGauge>,
+    mariadb_replica_up: Family<Labels, Gauge>,
+    // workers and the router: requests on the Redis Cluster connections
+    pub redis_requests_in_flight: Gauge,
     // router
     pub deliveries_routed: Counter,
 }
@@ -558,6 +592,43 @@ impl Metrics {
                 shard_breaker_open.clone(),
             );
         }
+        let mariadb_connections_in_use: Family<Labels, Gauge> = Family::default();
+        let mariadb_connections_max: Family<Labels, Gauge> = Family::default();
+        if worker {
+            r.register(
+                "sb_mariadb_connections_in_use",
+                "MariaDB connections checked out of the worker's pool, by shard and pool (primary, replica)",
+                mariadb_connections_in_use.clone(),
+            );
+            r.register(
+                "sb_mariadb_connections_max",
+                "The most connections the worker's MariaDB pool opens, by shard and pool (primary, replica)",
+                mariadb_connections_max.clone(),
+            );
+        }
+        let mariadb_replica_lag: Family<Labels, FloatGauge> = Family::default();
+        let mariadb_replica_up: Family<Labels, Gauge> = Family::default();
+        if role.handles(Domain::Users) {
+            r.register_with_unit(
+                "sb_mariadb_replica_lag",
+                "Seconds_Behind_Master of each shard's replica, asked at this scrape; NaN when unknown (sb_mariadb_replica_up 0)",
+                Unit::Seconds,
+                mariadb_replica_lag.clone(),
+            );
+            r.register(
+                "sb_mariadb_replica_up",
+                "1 if each shard's replica answered SHOW REPLICA STATUS at this scrape with both replication threads running, else 0",
+                mariadb_replica_up.clone(),
+            );
+        }
+        let redis_requests_in_flight = Gauge::default();
+        if worker || role.is(Role::Router) {
+            r.register(
+                "sb_redis_requests_in_flight",
+                "Redis commands and pipelines sent on the process's cluster connections and not answered yet",
+                redis_requests_in_flight.clone(),
+            );
+        }
         let messages_persisted = Counter::default();
         let dm_commit_seconds = Family::new_with_constructor(latency as Ctor<Histogram>);
         if role.handles(Domain::Dms) {
@@ -622,6 +693,11 @@ impl Metrics {
             shard_breaker_open,
             messages_persisted,
             dm_commit_seconds,
+            mariadb_connections_in_use,
+            mariadb_connections_max,
+            mariadb_replica_lag,
+            mariadb_replica_up,
+            redis_requests_in_flight,
             deliveries_routed,
         }))
     }
@@ -645,6 +721,28 @@ impl Metrics {
     pub fn dm_commit_seconds(&self, shard: usize) -> Histogram {
         self.dm_commit_seconds
             .get_or_create_owned(&vec![("shard", shard.to_string())])
+    }
+
+    /// The in-use gauge of the connection pool `pool` (of [`MARIADB_POOLS`]) of shard `shard`,
+    /// shown at zero, with its maximum `max` beside it (a worker, once it builds its pools).
+    pub fn mariadb_pool(&self, shard: usize, pool: &'static str, max: usize) -> Gauge {
+        let labels = vec![("shard", shard.to_string()), ("pool", pool.to_string())];
+        self.mariadb_connections_max
+            .get_or_create(&labels)
+            .set(max as i64);
+        self.mariadb_connections_in_use.get_or_create_owned(&labels)
+    }
+
+    /// The lag and up gauges of shard `shard`'s replica (a users worker, for each shard with a
+    /// replica): the lag starts as NaN (unknown), up at 0, until the first scrape asks.
+    pub fn mariadb_replica(&self, shard: usize) -> (FloatGauge, Gauge) {
+        let labels = vec![("shard", shard.to_string())];
+        let lag = self.mariadb_replica_lag.get_or_create_owned(&labels);
+        let up = self.mariadb_replica_up.get_or_create_owned(&labels);
+        if up.get() == 0 {
+            lag.set(f64::NAN);
+        }
+        (lag, up)
     }
 
     /// Run `f` before each rendering, to set gauges from state read at scrape time (the first
@@ -999,6 +1097,85 @@ mod tests {
         assert_eq!(value(&m.render(), "sb_ws_outbound_queued"), Some(4.0));
         n.store(9, std::sync::atomic::Ordering::Relaxed);
         assert_eq!(value(&m.render(), "sb_ws_outbound_queued"), Some(9.0));
+    }
+
+    #[test]
+    fn pool_and_replica_gauges_show_per_shard_and_in_use_counts_while_held() {
+        let m = Metrics::new(Role::Worker(Domain::Users));
+        let text = m.render();
+        assert!(text.contains("\n# TYPE sb_redis_requests_in_flight gauge\n"));
+        assert_eq!(value(&text, "sb_redis_requests_in_flight"), Some(0.0));
+        // the shards' series come with the pools (a worker, once it builds them)
+        assert!(!text.contains("sb_mariadb"), "{text}");
+
+        let primary = m.mariadb_pool(1, "primary", 16);
+        m.mariadb_pool(1, "replica", 16);
+        let (lag, up) = m.mariadb_replica(1);
+        let in_use = "sb_mariadb_connections_in_use{shard=\"1\",pool=\"primary\"}";
+        let text = m.render();
+        for family in [
+            "sb_mariadb_connections_in_use",
+            "sb_mariadb_connections_max",
+            "sb_mariadb_replica_up",
+            "sb_mariadb_replica_lag_seconds",
+        ] {
+            assert!(
+                text.contains(&format!("\n# TYPE {family} gauge\n")),
+                "{text}"
+            );
+            assert!(text.contains(&format!("# HELP {family} ")), "{family}");
+        }
+        assert!(text.contains("# UNIT sb_mariadb_replica_lag_seconds seconds"));
+        assert_eq!(value(&text, in_use), Some(0.0), "{text}");
+        assert_eq!(
+            value(
+                &text,
+                "sb_mariadb_connections_max{shard=\"1\",pool=\"replica\"}"
+            ),
+            Some(16.0)
+        );
+        // unknown until asked
+        assert_eq!(
+            value(&text, "sb_mariadb_replica_lag_seconds{shard=\"1\"}").map(f64::is_nan),
+            Some(true)
+        );
+        assert_eq!(
+            value(&text, "sb_mariadb_replica_up{shard=\"1\"}"),
+            Some(0.0)
+        );
+        up.set(1);
+        lag.set(4.0);
+        // asking for the gauges again (a second pool of the same shard) keeps what they show
+        let _ = m.mariadb_replica(1);
+        assert_eq!(
+            value(&m.render(), "sb_mariadb_replica_lag_seconds{shard=\"1\"}"),
+            Some(4.0)
+        );
+
+        let a = InUse::new(&primary);
+        let b = InUse::new(&primary);
+        assert_eq!(value(&m.render(), in_use), Some(2.0));
+        drop(a);
+        assert_eq!(value(&m.render(), in_use), Some(1.0));
+        let held = std::panic::catch_unwind(move || {
+            let _b = b;
+            panic!("a holder that panics still gives its count back");
+        });
+        assert!(held.is_err());
+        assert_eq!(value(&m.render(), in_use), Some(0.0));
+
+        // who shows what: every worker its pools, users workers the replicas, the router Redis
+        let dms = Metrics::new(Role::Worker(Domain::Dms));
+        dms.mariadb_pool(0, "primary", 4);
+        let _ = dms.mariadb_replica(0);
+        let dms = dms.render();
+        assert!(dms.contains("sb_mariadb_connections_max{shard=\"0\",pool=\"primary\"} 4"));
+        assert!(!dms.contains("sb_mariadb_replica"), "{dms}");
+        let router = Metrics::new(Role::Router).render();
+        assert!(router.contains("sb_redis_requests_in_flight 0"));
+        assert!(!router.contains("sb_mariadb"));
+        let edge = Metrics::new(Role::Edge).render();
+        assert!(!edge.contains("sb_redis") && !edge.contains("sb_mariadb"));
     }
 
     #[test]

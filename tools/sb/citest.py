@@ -16,6 +16,7 @@ import tempfile
 import time
 
 import chartcheck
+import dashboards
 import images
 import web
 from state import REPO
@@ -310,6 +311,8 @@ def test(args) -> int:
             [sys.executable, "-B", "-m", "unittest", "discover", "-s", os.path.join(REPO, "tools", "sb"),
              "-p", "test_*.py"]))
         r.step("promtool check rules + test rules (observability/)", promtool)
+        r.step("grafana dashboards decode strictly into Grafana's schema (tools/dashboards)",
+               dashboards.check)
         # a dependency declared in a package's Cargo.toml and not used fails the run (the
         # workspace's own [workspace.dependencies] list is not checked)
         r.step("cargo machete --skip-target-dir (unused dependencies)",

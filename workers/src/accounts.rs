@@ -27,7 +27,7 @@ pub struct AccountChecks {
 
 /// One shard's waiting checks.
 struct Queue {
-    primary: mysql_async::Pool,
+    primary: crate::db::CountedPool,
     state: Mutex<State>,
     queries: Counter,
 }

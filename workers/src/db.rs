@@ -5,7 +5,8 @@ use crate::breaker::Breaker;
 use crate::settings::DatabaseSettings;
 use crate::{Error, Result};
 use mysql_async::prelude::*;
-use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts};
+use mysql_async::{Conn, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts};
+use runtime::metrics::{Gauge, InUse, Metrics};
 use secrecy::ExposeSecret;
 use std::future::Future;
 use std::sync::Arc;
@@ -13,13 +14,65 @@ use std::time::Duration;
 
 pub use crate::migrations::migrate;
 
+/// A connection pool that counts its checked-out connections (`sb_mariadb_connections_in_use`):
+/// every connection the workers take goes through [`CountedPool::get_conn`].
+#[derive(Clone)]
+pub struct CountedPool {
+    pool: Pool,
+    in_use: Gauge,
+}
+
+/// A connection checked out of a [`CountedPool`]: it derefs to the connection, and going back
+/// to the pool (dropped, whichever way its holder ends) takes it off the in-use count.
+pub struct PooledConn {
+    // dropped in this order: the connection goes back to the pool, then the count goes down
+    conn: Conn,
+    _in_use: InUse,
+}
+
+impl std::ops::Deref for PooledConn {
+    type Target = Conn;
+    fn deref(&self) -> &Conn {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for PooledConn {
+    fn deref_mut(&mut self) -> &mut Conn {
+        &mut self.conn
+    }
+}
+
+impl CountedPool {
+    /// `pool`, counting in `in_use`.
+    pub fn new(pool: Pool, in_use: Gauge) -> Self {
+        CountedPool { pool, in_use }
+    }
+
+    /// A connection of the pool, counted while it is held.
+    pub async fn get_conn(&self) -> std::result::Result<PooledConn, mysql_async::Error> {
+        let conn = self.pool.get_conn().await?;
+        Ok(PooledConn {
+            conn,
+            _in_use: InUse::new(&self.in_use),
+        })
+    }
+
+    /// Close the pool's connections once they are back.
+    pub async fn disconnect(self) -> std::result::Result<(), mysql_async::Error> {
+        self.pool.disconnect().await
+    }
+}
+
 /// One physical shard.
 #[derive(Clone)]
 pub struct Shard {
     pub index: usize,
-    pub primary: Pool,
+    pub primary: CountedPool,
     /// Reads that tolerate replication lag; the primary when there is no replica.
-    pub replica: Pool,
+    pub replica: CountedPool,
+    /// Whether `replica` is a replica of its own (else it is the primary's pool).
+    pub has_replica: bool,
     /// Whether the shard is known down ([`Shard::guard`]).
     pub breaker: Arc<Breaker>,
     /// How long one guarded operation may take (`database.shard_timeout_ms`).
@@ -29,7 +82,59 @@ pub struct Shard {
     pub connect_timeout: Duration,
 }
 
+/// How long a scrape waits for one replica's `SHOW REPLICA STATUS`, connecting included.
+pub const REPLICA_STATUS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A replica's lag from its `SHOW REPLICA STATUS` (`Slave_IO_Running`, `Slave_SQL_Running`,
+/// `Seconds_Behind_Master`; `None` for a column that is NULL or absent): the seconds it is
+/// behind, or why that is unknown (a replication thread not running, no status at all).
+pub fn replica_lag(
+    io: Option<&str>,
+    sql: Option<&str>,
+    behind: Option<u64>,
+) -> std::result::Result<u64, String> {
+    match (io, sql, behind) {
+        (Some("Yes"), Some("Yes"), Some(s)) => Ok(s),
+        (Some("Yes"), Some("Yes"), None) => Err("Seconds_Behind_Master is NULL".into()),
+        (None, None, _) => Err("not a replica (SHOW REPLICA STATUS is empty)".into()),
+        (io, sql, _) => Err(format!(
+            "replication threads: I/O {}, SQL {}",
+            io.unwrap_or("NULL"),
+            sql.unwrap_or("NULL")
+        )),
+    }
+}
+
 impl Shard {
+    /// Ask the replica how far behind its primary it is (`SHOW REPLICA STATUS`), within
+    /// `timeout`: seconds, or why not (unreachable, refused, a thread stopped, no answer in time).
+    pub async fn replica_lag(&self, timeout: Duration) -> std::result::Result<u64, String> {
+        let ask = async {
+            let mut c = self.replica.get_conn().await.map_err(|e| e.to_string())?;
+            let row: Option<mysql_async::Row> = c
+                .query_first("SHOW REPLICA STATUS")
+                .await
+                .map_err(|e| e.to_string())?;
+            let Some(row) = row else {
+                return replica_lag(None, None, None);
+            };
+            let text = |name: &str| row.get_opt::<Option<String>, _>(name)?.ok().flatten();
+            let behind = row
+                .get_opt::<Option<u64>, _>("Seconds_Behind_Master")
+                .and_then(|v| v.ok())
+                .flatten();
+            replica_lag(
+                text("Slave_IO_Running").as_deref(),
+                text("Slave_SQL_Running").as_deref(),
+                behind,
+            )
+        };
+        match tokio::time::timeout(timeout, ask).await {
+            Ok(answer) => answer,
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+        }
+    }
+
     /// Run `op`, which needs this shard, under its breaker ([`crate::breaker`]): refused at once
     /// ([`Error::ShardDown`]) while the breaker is open; otherwise given at most `timeout`. A
     /// failure to reach the shard (an error that is not the server's answer) or no answer in time
@@ -72,7 +177,7 @@ impl Shard {
 
     /// A connection to the primary within `connect_timeout` ([`Error::ShardTimeout`] if none),
     /// for operations run under [`Shard::guard`].
-    pub async fn primary_conn(&self) -> Result<mysql_async::Conn> {
+    pub async fn primary_conn(&self) -> Result<PooledConn> {
         match tokio::time::timeout(self.connect_timeout, self.primary.get_conn()).await {
             Ok(c) => Ok(c?),
             Err(_) => Err(Error::ShardTimeout(self.index)),
@@ -181,22 +286,44 @@ pub(crate) fn opts(s: &DatabaseSettings, addr: &str, db: Option<&str>) -> Result
 }
 
 impl Shards {
+    /// The shards' pools, their connections counted nowhere (tests, tools).
     pub fn connect(s: &DatabaseSettings) -> Result<Self> {
+        Self::build(s, None)
+    }
+
+    /// The shards' pools, each counted in `metrics` (`sb_mariadb_connections_in_use` and `_max`
+    /// per shard and pool; a shard without a replica has only its primary's).
+    pub fn connect_counted(s: &DatabaseSettings, metrics: &Metrics) -> Result<Self> {
+        Self::build(s, Some(metrics))
+    }
+
+    fn build(s: &DatabaseSettings, metrics: Option<&Metrics>) -> Result<Self> {
         let map = build_map(s.logical_shards, s.shards.len(), s.logical_map.as_deref())?;
+        let max = s.pool_max.max(1);
+        let gauge = |index: usize, pool: &'static str| {
+            metrics.map_or_else(Gauge::default, |m| m.mariadb_pool(index, pool, max))
+        };
         let shards = s
             .shards
             .iter()
             .enumerate()
             .map(|(index, sh)| {
-                let primary = Pool::new(opts(s, &sh.primary, Some(&s.name))?);
+                let primary = CountedPool::new(
+                    Pool::new(opts(s, &sh.primary, Some(&s.name))?),
+                    gauge(index, "primary"),
+                );
                 let replica = match &sh.replica {
-                    Some(r) => Pool::new(opts(s, r, Some(&s.name))?),
+                    Some(r) => CountedPool::new(
+                        Pool::new(opts(s, r, Some(&s.name))?),
+                        gauge(index, "replica"),
+                    ),
                     None => primary.clone(),
                 };
                 Ok(Shard {
                     index,
                     primary,
                     replica,
+                    has_replica: sh.replica.is_some(),
                     breaker: Arc::new(Breaker::new(s.breaker_failures)),
                     timeout: Duration::from_millis(s.shard_timeout_ms.max(1)),
                     connect_timeout: Duration::from_millis(s.shard_connect_timeout_ms.max(1)),
@@ -248,6 +375,43 @@ impl Shards {
         &self.shards
     }
 
+    /// What each scrape of a users worker asks ([`runtime::health::Probe`]): every replica's
+    /// lag, into `sb_mariadb_replica_lag_seconds` and `sb_mariadb_replica_up` of its shard (the
+    /// replicas asked together, each within [`REPLICA_STATUS_TIMEOUT`]). A shard without a
+    /// replica has no series.
+    pub fn replica_probe(&self, metrics: &Metrics) -> runtime::health::Probe {
+        let gauges: Arc<Vec<_>> = Arc::new(
+            self.shards
+                .iter()
+                .filter(|s| s.has_replica)
+                .map(|s| (s.index, metrics.mariadb_replica(s.index)))
+                .collect(),
+        );
+        let db = self.clone();
+        Arc::new(move || {
+            let (db, gauges) = (db.clone(), gauges.clone());
+            Box::pin(async move {
+                futures::future::join_all(gauges.iter().map(|(i, (lag, up))| {
+                    let shard = &db.shards[*i];
+                    async move {
+                        match shard.replica_lag(REPLICA_STATUS_TIMEOUT).await {
+                            Ok(seconds) => {
+                                lag.set(seconds as f64);
+                                up.set(1);
+                            }
+                            Err(why) => {
+                                tracing::debug!(shard = i, %why, "replica status unknown");
+                                lag.set(f64::NAN);
+                                up.set(0);
+                            }
+                        }
+                    }
+                }))
+                .await;
+            })
+        })
+    }
+
     /// The shard of rows keyed by a user or conversation id.
     pub fn by_id(&self, id: topics::Id) -> &Shard {
         &self.shards[physical_of(&self.map, mix(id.0))]
@@ -270,7 +434,7 @@ impl Shards {
 
 /// One statement on a connection that goes back to the pool right after, so a handler never
 /// holds one connection while waiting for another of the same pool.
-pub async fn exec_drop<P>(pool: &Pool, sql: &str, params: P) -> Result<()>
+pub async fn exec_drop<P>(pool: &CountedPool, sql: &str, params: P) -> Result<()>
 where
     P: Into<mysql_async::Params> + Send,
 {
@@ -280,7 +444,7 @@ where
 }
 
 /// The rows of one query, on a connection returned right after.
-pub async fn rows<T, P>(pool: &Pool, sql: &str, params: P) -> Result<Vec<T>>
+pub async fn rows<T, P>(pool: &CountedPool, sql: &str, params: P) -> Result<Vec<T>>
 where
     T: mysql_async::prelude::FromRow + Send + 'static,
     P: Into<mysql_async::Params> + Send,
@@ -307,6 +471,31 @@ mod tests {
         assert!(build_map(2, 2, Some(&[0, 2])).is_err());
         assert!(build_map(0, 2, None).is_err());
         assert!(build_map(2, 0, None).is_err());
+    }
+
+    #[test]
+    fn a_replica_lags_only_while_both_threads_run() {
+        assert_eq!(replica_lag(Some("Yes"), Some("Yes"), Some(0)), Ok(0));
+        assert_eq!(replica_lag(Some("Yes"), Some("Yes"), Some(42)), Ok(42));
+        assert_eq!(
+            replica_lag(Some("Yes"), Some("Yes"), None),
+            Err("Seconds_Behind_Master is NULL".into())
+        );
+        assert_eq!(
+            replica_lag(Some("Yes"), Some("No"), None),
+            Err("replication threads: I/O Yes, SQL No".into())
+        );
+        assert_eq!(
+            replica_lag(Some("Connecting"), Some("Yes"), Some(3)),
+            Err("replication threads: I/O Connecting, SQL Yes".into())
+        );
+        assert_eq!(
+            replica_lag(None, Some("Yes"), None),
+            Err("replication threads: I/O NULL, SQL Yes".into())
+        );
+        assert!(replica_lag(None, None, None)
+            .unwrap_err()
+            .contains("not a replica"));
     }
 
     #[test]

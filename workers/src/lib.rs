@@ -91,7 +91,8 @@ pub type Role = Domain;
 pub async fn deps(settings: &Settings, metrics: Metrics) -> Result<Arc<Deps>> {
     let topics = settings.kafka.topics();
     runtime::kafka::ensure_shared_topics(&settings.kafka).await?;
-    let redis = runtime::redis::cluster(&settings.redis)?;
+    let redis =
+        runtime::redis::cluster(&settings.redis)?.counted(&metrics.redis_requests_in_flight);
     let keys = Keys::new(settings.redis.key_prefix.clone());
     // Redis Cluster may be slow to accept the first connections (a loaded machine, a failover in
     // progress): retry for a minute before giving up.
@@ -106,7 +107,7 @@ pub async fn deps(settings: &Settings, metrics: Metrics) -> Result<Arc<Deps>> {
             Err(e) => return Err(e),
         }
     };
-    let db = db::Shards::connect(&settings.database)?;
+    let db = db::Shards::connect_counted(&settings.database, &metrics)?;
     metrics.shards(db.all().len());
     for shard in db.all() {
         shard.breaker.report_to(metrics.shard_breaker(shard.index));
@@ -122,7 +123,8 @@ pub async fn deps(settings: &Settings, metrics: Metrics) -> Result<Arc<Deps>> {
         ids: ids::IdGen::new(node),
         limits: settings.limits.clone(),
         topics,
-        revocations: runtime::redis::cluster(&settings.redis)?,
+        revocations: runtime::redis::cluster(&settings.redis)?
+            .counted(&metrics.redis_requests_in_flight),
         redis,
         keys,
         metrics,
@@ -163,6 +165,11 @@ pub async fn run(role: Role, settings: Settings, stop: CancellationToken) -> Res
     tracing::info!(role = %role.worker(), %addr, "health endpoint up");
     let deps = deps(&settings, metrics.clone()).await?;
     readiness.set(readiness_checks(&deps));
+    // One role asks the replicas for their lag at each scrape (sb_mariadb_replica_*): the users
+    // workers, light and replica readers themselves; every role asking would only repeat it.
+    if role == Role::Users {
+        readiness.set_probe(deps.db.replica_probe(&deps.metrics));
+    }
     let renew = tokio::spawn(ids::renew_node(
         deps.redis.clone(),
         deps.keys.clone(),

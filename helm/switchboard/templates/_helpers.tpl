@@ -213,6 +213,13 @@ volumeMounts:
   {{- end }}
 {{- end -}}
 
+{{- /* Egress to the trace collector, only while tracing is on (trace.otlpEndpoint set). */ -}}
+{{- define "sb.egressTrace" -}}
+{{- if .Values.trace.otlpEndpoint -}}
+{{- include "sb.egressTo" .Values.networkPolicy.traceCollector -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "sb.metricsIngress" -}}
 - ports:
     - port: metrics
