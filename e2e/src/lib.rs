@@ -39,6 +39,27 @@ pub struct Stack {
     pub jaeger: Option<JaegerStack>,
 }
 
+impl Stack {
+    /// The URL of the platform's Jaeger (its query API).
+    pub fn jaeger_url(&self) -> String {
+        let j = self.jaeger.as_ref();
+        j.map(|j| j.url.clone())
+            .unwrap_or_else(|| no_tool("Jaeger"))
+    }
+
+    /// The URL of the platform's Prometheus.
+    pub fn prometheus_url(&self) -> String {
+        let p = self.prometheus.as_ref();
+        p.map(|p| p.url.clone())
+            .unwrap_or_else(|| no_tool("Prometheus"))
+    }
+}
+
+/// A stack without the platform's own tools (`--infra-only`, or an older launcher's).
+fn no_tool(name: &str) -> ! {
+    panic!("stack.json names no {name}: run the full platform (`./sb up`, `./sb test`)")
+}
+
 #[derive(Clone, Debug, Deserialize)]
 pub struct JaegerStack {
     /// The query API and UI, e.g. `http://127.0.0.1:18311`
@@ -91,6 +112,16 @@ pub fn stack_path() -> PathBuf {
     std::env::var("SB_STACK_FILE")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.sb/stack.json"))
+}
+
+/// The body of `/metrics` of the process whose health (internal) listener is `addr`.
+pub async fn scrape(addr: impl std::fmt::Display) -> String {
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 /// The stack `./sb up` (or `./sb test`) started.

@@ -27,12 +27,7 @@ fn repo() -> PathBuf {
 
 fn prometheus() -> (e2e::Stack, String) {
     let stack = e2e::stack();
-    let url = stack
-        .prometheus
-        .as_ref()
-        .expect("stack.json names no Prometheus: run the full platform (`./sb up`, `./sb test`)")
-        .url
-        .clone();
+    let url = stack.prometheus_url();
     (stack, url)
 }
 

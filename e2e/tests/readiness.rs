@@ -153,12 +153,7 @@ async fn a_router_whose_redis_is_down_is_not_ready_and_says_which() {
         .await;
     assert_eq!(status, 200);
     // and the scrape says which dependency is down
-    let text = reqwest::get(format!("http://{health}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = e2e::scrape(health).await;
     assert_eq!(
         runtime::metrics::sample(&text, "sb_dependency_up{dependency=\"redis\"}"),
         Some(0.0),

@@ -10,18 +10,8 @@ use common::eventually;
 use futures::FutureExt;
 use mysql_async::prelude::*;
 use runtime::metrics::{sample, Metrics, Role};
-use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use topics::Domain;
-
-async fn scrape(addr: SocketAddr) -> String {
-    reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
 
 fn lag(text: &str, shard: usize) -> Option<f64> {
     sample(
@@ -48,14 +38,14 @@ async fn the_users_worker_shows_how_far_each_real_replica_is_behind() {
     let users = app.health["worker-users"];
     // caught up: every replica answers, at most a few seconds behind
     eventually("every replica up and caught up", || async {
-        let text = scrape(users).await;
+        let text = e2e::scrape(users).await;
         (0..shards.all().len())
             .all(|i| up(&text, i) == Some(1.0) && lag(&text, i).is_some_and(|l| l < 5.0))
             .then_some(())
     })
     .await;
     // other workers do not ask
-    let dms = scrape(app.health["worker-dms"]).await;
+    let dms = e2e::scrape(app.health["worker-dms"]).await;
     assert!(!dms.contains("sb_mariadb_replica"), "{dms}");
 
     let shard = &shards.all()[1];
@@ -95,7 +85,7 @@ async fn the_users_worker_shows_how_far_each_real_replica_is_behind() {
         .unwrap();
     // The lock goes before any assertion can end the test, failed or not.
     let behind = AssertUnwindSafe(eventually("shard 1's replica behind", || async {
-        let text = scrape(users).await;
+        let text = e2e::scrape(users).await;
         let l = lag(&text, 1)?;
         (l >= (STAMPED_AGO - 60) as f64 && up(&text, 1) == Some(1.0)).then_some((l, lag(&text, 0)))
     }))
@@ -110,7 +100,7 @@ async fn the_users_worker_shows_how_far_each_real_replica_is_behind() {
         "shard 0 is not held: {other:?}"
     );
     eventually("shard 1's replica caught up again", || async {
-        let text = scrape(users).await;
+        let text = e2e::scrape(users).await;
         lag(&text, 1).is_some_and(|l| l < 5.0).then_some(())
     })
     .await;

@@ -37,12 +37,7 @@ async fn a_request_nobody_answers_gets_unavailable_at_the_edge_deadline() {
     ));
     // nothing more comes for the unanswered request
     assert!(c.event(Duration::from_millis(500)).await.is_none());
-    let metrics = reqwest::get(format!("http://{}/metrics", app.internal[0]))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = e2e::scrape(app.internal[0]).await;
     assert_eq!(
         runtime::metrics::sample(&metrics, "sb_ws_requests_timed_out_total"),
         Some(1.0),

@@ -85,12 +85,7 @@ async fn on_replica(app: &TestApp, key: &str) -> bool {
 
 /// `sb_revocations_unacknowledged_total` of the process serving `/metrics` at `addr`.
 async fn unacknowledged(addr: SocketAddr) -> f64 {
-    let text = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = e2e::scrape(addr).await;
     text.lines()
         .find_map(|l| l.strip_prefix("sb_revocations_unacknowledged_total "))
         .unwrap_or_else(|| panic!("no sb_revocations_unacknowledged_total: {text}"))

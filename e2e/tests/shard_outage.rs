@@ -21,16 +21,6 @@ fn send(conv: Id, client_msg_id: &str) -> serde_json::Value {
     json!({"type": "dm.send", "conversation_id": conv, "client_msg_id": client_msg_id, "text": "hi"})
 }
 
-async fn worker_metrics(app: &e2e::TestApp) -> String {
-    let addr = app.health["worker-dms"];
-    reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 fn unavailable(frame: &ServerFrame) -> bool {
     matches!(frame, ServerFrame::Error { code, message, .. }
         if code.as_str() == "unavailable" && message.contains("database shard"))
@@ -114,7 +104,7 @@ async fn a_down_shard_stalls_only_the_dms_that_need_it() {
         Response::Sent { .. }
     ));
     assert!(t1.elapsed() < Duration::from_secs(1), "{:?}", t1.elapsed());
-    let text = worker_metrics(&app).await;
+    let text = e2e::scrape(app.health["worker-dms"]).await;
     assert_eq!(
         sample(&text, "sb_shard_breaker_open{shard=\"1\"}"),
         Some(1.0),
@@ -160,7 +150,7 @@ async fn a_down_shard_stalls_only_the_dms_that_need_it() {
         ("d1", 1),
         "never stored before"
     );
-    let text = worker_metrics(&app).await;
+    let text = e2e::scrape(app.health["worker-dms"]).await;
     assert_eq!(
         sample(&text, "sb_shard_breaker_open{shard=\"1\"}"),
         Some(0.0),

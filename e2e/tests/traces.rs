@@ -17,12 +17,7 @@ use topics::Event;
 
 fn jaeger() -> (e2e::Stack, String) {
     let stack = e2e::stack();
-    let url = stack
-        .jaeger
-        .as_ref()
-        .expect("stack.json names no Jaeger: run the full platform (`./sb up`, `./sb test`)")
-        .url
-        .clone();
+    let url = stack.jaeger_url();
     (stack, url)
 }
 
@@ -340,12 +335,7 @@ async fn one_traced_dm(stack: &e2e::Stack, jaeger: &str) -> String {
 async fn screenshots_of_a_trace_in_jaeger_and_a_graph_in_prometheus() {
     let (stack, jaeger) = jaeger();
     let trace = one_traced_dm(&stack, &jaeger).await;
-    let prometheus = stack
-        .prometheus
-        .as_ref()
-        .expect("stack.json names no Prometheus")
-        .url
-        .clone();
+    let prometheus = stack.prometheus_url();
     let dir = std::env::var_os("SB_SCREENSHOT_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| {

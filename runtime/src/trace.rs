@@ -537,8 +537,13 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_hop_gets_a_new_span_whose_parent_is_the_previous_hop() {
+    /// A provider exporting into a [`Kept`], and a text subscriber (discarding its lines) whose
+    /// spans it exports; tracing turned on.
+    fn exporting() -> (
+        Kept,
+        SdkTracerProvider,
+        Box<dyn tracing::Subscriber + Send + Sync>,
+    ) {
         let kept = Kept::default();
         let provider = with_processor(
             BoundedBatch::new(kept.clone(), 64, DropCounters::default()).unwrap(),
@@ -551,6 +556,12 @@ mod tests {
             Some(provider.tracer("test")),
         );
         enable(1.0);
+        (kept, provider, sub)
+    }
+
+    #[test]
+    fn a_hop_gets_a_new_span_whose_parent_is_the_previous_hop() {
+        let (kept, provider, sub) = exporting();
         let carried = tracing::subscriber::with_default(sub, || {
             // one process: the publish span writes its context into the record's headers
             let publish = tracing::info_span!("kafka.publish");
@@ -724,18 +735,7 @@ mod tests {
     /// made inside one: no span is built for it, no context written.
     #[test]
     fn an_untraced_request_exports_nothing_and_carries_no_context() {
-        let kept = Kept::default();
-        let provider = with_processor(
-            BoundedBatch::new(kept.clone(), 64, DropCounters::default()).unwrap(),
-            "test",
-        );
-        let sub = crate::telemetry::subscriber(
-            crate::LogFormat::Text,
-            tracing_subscriber::EnvFilter::new("info"),
-            std::io::sink,
-            Some(provider.tracer("test")),
-        );
-        enable(1.0);
+        let (kept, provider, sub) = exporting();
         let (untraced, traced) = tracing::subscriber::with_default(sub, || {
             let look = |traced: bool| {
                 let span = crate::hop_span!(traced, "request", kind = "dm.send");
