@@ -129,8 +129,10 @@ async fn a_replica_that_does_not_answer_shows_down_with_an_unknown_lag() {
     let text = metrics.render();
     assert_eq!(up(&text, 0), Some(0.0), "{text}");
     assert!(lag(&text, 0).is_some_and(f64::is_nan), "{text}");
+    // shard 1's replica answers (how far behind it is depends on the test above, which holds
+    // that replica back on purpose while it runs beside this one)
     assert_eq!(up(&text, 1), Some(1.0), "{text}");
-    assert!(lag(&text, 1).is_some_and(|l| l < 5.0), "{text}");
+    assert!(lag(&text, 1).is_some_and(f64::is_finite), "{text}");
     // a primary asked for a replica's status is not a replica
     let lag0 = workers::db::Shard {
         replica: shards.all()[1].primary.clone(),
