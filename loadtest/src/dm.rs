@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
-use topics::{Event, Id, Request, Response, ServerFrame};
+use topics::{ErrorCode, Event, Id, Request, Response, ServerFrame};
 
 /// The edge allows 50 frames/s per connection; stay below it with room for jitter.
 pub const MAX_PER_CONNECTION_RATE: f64 = 40.0;
@@ -44,6 +44,9 @@ pub struct DmResult {
     pub unanswered: u64,
     /// Unanswered and not delivered either.
     pub unanswered_not_delivered: u64,
+    /// Answered `unavailable` (e.g. by the edge at its request deadline) and delivered all the
+    /// same: stored after the client was told to retry. The drain waits for these too.
+    pub unavailable_delivered: u64,
     /// Arrived at the peer's socket (first time).
     pub delivered: u64,
     /// Acknowledged as durable but never delivered to the peer by the end of the drain.
@@ -95,6 +98,10 @@ impl Rows for DmResult {
             (
                 "**lost** (acked, not delivered by the end of the drain + 5 s)".into(),
                 format!("**{}**", self.lost),
+            ),
+            (
+                "answered unavailable, delivered all the same".into(),
+                self.unavailable_delivered.to_string(),
             ),
             (
                 "unanswered at the end of the drain".into(),
@@ -160,6 +167,7 @@ struct PairOut {
     delivered: u64,
     lost: u64,
     unanswered_not_delivered: u64,
+    unavailable_delivered: u64,
     duplicated: u64,
     out_of_order: u64,
     duplicate_acks: u64,
@@ -186,6 +194,9 @@ struct Msg {
     delivered: bool,
     /// Came back to the sender's own socket (every device of both users gets it).
     echoed: bool,
+    /// Answered `unavailable`: it may still be stored and delivered (an answer past the edge's
+    /// request deadline), so the drain waits for it.
+    unavailable: bool,
 }
 
 /// Send one request and wait for its answer, skipping events: the reply data or the error code.
@@ -378,6 +389,7 @@ async fn pair(
                         acked: false,
                         delivered: false,
                         echoed: false,
+                        unavailable: false,
                     },
                 );
                 out.sent += 1;
@@ -412,6 +424,7 @@ async fn pair(
                     }) => {
                         if let Some(m) = msgs.get_mut(&r).filter(|m| !m.replied) {
                             m.replied = true;
+                            m.unavailable = matches!(code, ErrorCode::Unavailable);
                             *out.rejected.entry(code.as_str().to_string()).or_default() += 1;
                             live.rejected.fetch_add(1, Ordering::Relaxed);
                         }
@@ -459,9 +472,11 @@ async fn pair(
             }
         }
         if !sending
-            && msgs
-                .values()
-                .all(|m| m.replied && (!m.acked || (m.delivered && m.echoed)))
+            && msgs.values().all(|m| {
+                m.replied
+                    && (!m.acked || (m.delivered && m.echoed))
+                    && (!m.unavailable || m.delivered)
+            })
         {
             break;
         }
@@ -475,6 +490,9 @@ async fn pair(
             if !m.delivered {
                 out.unanswered_not_delivered += 1;
             }
+        }
+        if m.unavailable && m.delivered {
+            out.unavailable_delivered += 1;
         }
         if m.acked && !m.delivered {
             out.lost += 1;
@@ -602,6 +620,7 @@ pub async fn run(a: DmArgs) -> Result<Report<DmResult>> {
         r.delivered += o.delivered;
         r.lost += o.lost;
         r.unanswered_not_delivered += o.unanswered_not_delivered;
+        r.unavailable_delivered += o.unavailable_delivered;
         r.duplicated += o.duplicated;
         r.out_of_order += o.out_of_order;
         r.duplicate_acks += o.duplicate_acks;
