@@ -50,6 +50,7 @@ async fn poison_records_are_dead_lettered_and_the_partition_keeps_flowing() {
         },
         peer: None,
         sent_at_ms: runtime::now_ms(),
+        deadline_ms: None,
         request: Request::DmSend {
             conversation_id: conv,
             client_msg_id: "from-the-future".into(),

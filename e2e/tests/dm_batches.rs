@@ -47,6 +47,7 @@ fn send_env(edge: &str, req: u64, token: &str, conv: Id, cmid: &str, text: &str)
         },
         peer: None,
         sent_at_ms: runtime::now_ms(),
+        deadline_ms: None,
         request: Request::DmSend {
             conversation_id: conv,
             client_msg_id: cmid.into(),
@@ -331,5 +332,105 @@ async fn client_msg_ids_that_differ_only_in_case_or_trailing_space_are_two_messa
         .map(|(_, cmid)| cmid)
         .collect();
     assert_eq!(stored, ["a1", "A1", "a1 "]);
+    app.stop().await;
+}
+
+/// Requests whose deadline passed before a worker got to them (their edge has answered
+/// `unavailable`, the client retries) are dropped: not stored, not answered, counted; the same
+/// batch's requests still in time, and those without a deadline (written by an older edge), are
+/// handled as usual. Sequence numbers skip nothing: a dropped send takes none.
+#[tokio::test]
+async fn requests_past_their_deadline_are_dropped_unapplied_and_the_rest_of_the_batch_goes_on() {
+    let app = spawn_app().await;
+    let Chat {
+        ann_token,
+        bob_token,
+        conv,
+        ..
+    } = chat(&app).await;
+    let now = runtime::now_ms();
+    let (past, future) = (Some(now - 1), Some(now + 60_000));
+    let send = |req, token: &str, cmid: &str, deadline| {
+        let mut env = send_env("edge-0", req, token, conv, cmid, cmid);
+        env.deadline_ms = deadline;
+        env
+    };
+    let mut late_history = send(1005, &ann_token, "-", past);
+    late_history.request = Request::DmHistory {
+        conversation_id: conv,
+        before_seq: None,
+        after_seq: None,
+        limit: Some(10),
+    };
+    let mut late_ping = send(1006, &ann_token, "-", past);
+    late_ping.request = Request::Ping;
+    let dms = [
+        send(1001, &ann_token, "late-1", past),
+        send(1002, &bob_token, "in-time", future),
+        send(1003, &ann_token, "late-2", past),
+        send(1004, &bob_token, "no-deadline", None),
+        late_history,
+    ];
+    let topics = app.kafka.topics();
+    let producer = runtime::kafka::producer(&app.kafka).expect("producer");
+    let to = |domain, env: &Envelope| {
+        let (topic, key, payload) = (topics.requests(domain), env.key(), env.encode());
+        let producer = &producer;
+        async move {
+            producer
+                .send(
+                    FutureRecord::to(&topic).key(&key).payload(&payload),
+                    Duration::from_secs(10),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .expect("published");
+        }
+    };
+    for env in &dms {
+        to(Domain::Dms, env).await;
+    }
+    to(Domain::Auth, &late_ping).await;
+
+    // A send through the edge after them, on the same partition: in time, so stored after the
+    // two that were; the late ones took no sequence number.
+    let (s, body) = rpc(
+        &app,
+        0,
+        &ann_token,
+        json!({"type": "dm.send", "conversation_id": conv, "client_msg_id": "after", "text": "after"}),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["message"]["seq"], 3, "{body}");
+    assert_eq!(
+        history(&app, &ann_token, conv).await,
+        [(1, "in-time"), (2, "no-deadline"), (3, "after")].map(|(s, c)| (s, c.to_string())),
+    );
+
+    // Answered: the two in time; the late ones got no answer from a worker.
+    let answered: Vec<u64> = edge_records(&app, 2)
+        .await
+        .into_iter()
+        .map(|(_, m)| match m {
+            EdgeMessage::Reply { req, error, .. } => {
+                assert_eq!(error, None, "{req}");
+                req
+            }
+            other => panic!("unexpected record {other:?}"),
+        })
+        .collect();
+    assert_eq!(answered, [1002, 1004]);
+    let expired = |text: &str, kind: &str| {
+        runtime::metrics::sample(
+            text,
+            &format!("sb_requests_expired_total{{kind=\"{kind}\"}}"),
+        )
+    };
+    let dms_metrics = e2e::scrape(app.health["worker-dms"]).await;
+    assert_eq!(expired(&dms_metrics, "dm.send"), Some(2.0), "{dms_metrics}");
+    assert_eq!(expired(&dms_metrics, "dm.history"), Some(1.0));
+    let auth_metrics = e2e::scrape(app.health["worker-auth"]).await;
+    assert_eq!(expired(&auth_metrics, "ping"), Some(1.0), "{auth_metrics}");
     app.stop().await;
 }

@@ -260,6 +260,7 @@ async fn a_handshake_its_edge_abandoned_is_never_registered() {
             },
             peer: None,
             sent_at_ms: runtime::now_ms() - age_ms,
+            deadline_ms: None,
             request: Request::Verify,
         };
         let (producer, replies, topic) =

@@ -55,17 +55,7 @@ async fn call_untraced(
     peer: Option<String>,
 ) -> Result<EdgeMessage, NoAnswer> {
     let req = edge.hub.next_id();
-    let env = Envelope {
-        v: WIRE_VERSION,
-        edge: edge.settings.id.clone(),
-        conn,
-        req,
-        rid: None,
-        auth,
-        peer,
-        sent_at_ms: runtime::now_ms(),
-        request,
-    };
+    let env = envelope(edge, conn, req, None, auth, peer, request);
     let Some(answer) = edge.hub.expect(req) else {
         return Err(NoAnswer {
             error: ErrorBody::new(ErrorCode::Unavailable, "this edge is overloaded; retry"),
@@ -99,6 +89,33 @@ async fn call_untraced(
                 maybe_sent: true,
             })
         }
+    }
+}
+
+/// A request of connection `conn` (0: an HTTP call) wrapped now, with its deadline: this edge
+/// answers `unavailable` at `sent_at_ms + edge.request_timeout_ms` if no answer came by then, and a
+/// worker that reaches it later drops it ([`Envelope::expired`]).
+pub fn envelope(
+    edge: &Edge,
+    conn: u64,
+    req: u64,
+    rid: Option<String>,
+    auth: Auth,
+    peer: Option<String>,
+    request: Request,
+) -> Envelope {
+    let sent_at_ms = runtime::now_ms();
+    Envelope {
+        v: WIRE_VERSION,
+        edge: edge.settings.id.clone(),
+        conn,
+        req,
+        rid,
+        auth,
+        peer,
+        sent_at_ms,
+        deadline_ms: Some(sent_at_ms + edge.settings.request_timeout_ms),
+        request,
     }
 }
 
@@ -219,6 +236,7 @@ mod tests {
             auth: auth(),
             peer: None,
             sent_at_ms: 0,
+            deadline_ms: None,
             request: Request::Ping,
         };
         let err = publish_frame(&edge, &env).expect_err("bounded");

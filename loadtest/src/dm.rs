@@ -45,7 +45,9 @@ pub struct DmResult {
     /// Unanswered and not delivered either.
     pub unanswered_not_delivered: u64,
     /// Answered `unavailable` (e.g. by the edge at its request deadline) and delivered all the
-    /// same: stored after the client was told to retry. The drain waits for these too.
+    /// same: stored after the client was told to retry. The drain waits for these too, as long as
+    /// frames keep arriving (a pair that reads nothing for 5 s stops waiting: the rest were
+    /// dropped at their deadline).
     pub unavailable_delivered: u64,
     /// Arrived at the peer's socket (first time).
     pub delivered: u64,
@@ -345,11 +347,23 @@ async fn pair(
     let mut k: u64 = 0;
     let mut deadline = drain_end;
     let mut grace = false;
+    // When this pair last read a frame: in the drain, sends answered `unavailable` are waited for
+    // only while frames still come ([`QUIET`]).
+    let mut last_read = Instant::now();
     loop {
         let sending = next < end;
         let [x, y] = &mut sides;
         let got = tokio::select! {
             _ = tokio::time::sleep_until(next), if sending => None,
+            _ = tokio::time::sleep_until(last_read + QUIET), if !sending => {
+                // Nothing for a while: a send answered `unavailable` that is not delivered by now
+                // was dropped at its deadline (or never reached a worker), not stored late.
+                if msgs.values().all(|m| m.replied && (!m.acked || (m.delivered && m.echoed))) {
+                    break;
+                }
+                last_read = Instant::now();
+                continue;
+            }
             m = x.ws.next() => Some((0, m)),
             m = y.ws.next() => Some((1, m)),
             _ = tokio::time::sleep_until(deadline) => {
@@ -404,6 +418,7 @@ async fn pair(
             }
             Some((s, Some(Ok(Message::Text(t))))) => {
                 let now = Instant::now();
+                last_read = now;
                 match serde_json::from_str::<ServerFrame>(&t) {
                     Ok(ServerFrame::Reply {
                         rid: Some(r),
@@ -503,6 +518,11 @@ async fn pair(
 
 /// How long past the drain the deliveries of acknowledged messages are still waited for.
 const DELIVERY_GRACE: Duration = Duration::from_secs(5);
+
+/// In the drain, once every send is answered and every acknowledged one delivered, how long a
+/// pair still waits with nothing arriving for sends answered `unavailable` that may yet be
+/// delivered (stored after their edge's deadline).
+const QUIET: Duration = Duration::from_secs(5);
 
 pub async fn run(a: DmArgs) -> Result<Report<DmResult>> {
     let c = &a.common;

@@ -299,6 +299,7 @@ pub struct Inner {
     pub ws_outbound_queue_max: Gauge,
     // workers
     pub requests_handled: ByLabel<Counter>,
+    pub requests_expired: ByLabel<Counter>,
     pub request_errors: ByKindCode,
     pub handler_seconds: ByLabel<Histogram>,
     pub account_checks: Counter,
@@ -540,6 +541,9 @@ impl Metrics {
         let requests_handled = ByLabel::new("kind", kinds.clone(), Counter::default, |i, _| {
             role.handles(KINDS[i].domain)
         });
+        let requests_expired = ByLabel::new("kind", kinds.clone(), Counter::default, |i, _| {
+            role.handles(KINDS[i].domain)
+        });
         let request_errors = ByKindCode::new(r, |d| role.handles(d));
         let handler_seconds = ByLabel::new("kind", kinds, latency as Ctor<Histogram>, |i, _| {
             role.handles(KINDS[i].domain)
@@ -559,6 +563,11 @@ impl Metrics {
                 "sb_requests_handled",
                 "Requests workers answered successfully, by request kind",
                 requests_handled.family.clone(),
+            );
+            r.register(
+                "sb_requests_expired",
+                "Requests a worker dropped unapplied because their deadline had passed (their edge answered the client unavailable), by request kind",
+                requests_expired.family.clone(),
             );
             r.register_with_unit(
                 "sb_request_handler_duration",
@@ -684,6 +693,7 @@ impl Metrics {
             ws_outbound_queued,
             ws_outbound_queue_max,
             requests_handled,
+            requests_expired,
             request_errors,
             handler_seconds,
             account_checks,
@@ -907,6 +917,7 @@ mod tests {
             ("sb_ws_outbound_queued", "gauge"),
             ("sb_ws_outbound_queue_max", "gauge"),
             ("sb_requests_handled", "counter"),
+            ("sb_requests_expired", "counter"),
             ("sb_request_errors", "counter"),
             ("sb_request_handler_duration_seconds", "histogram"),
             ("sb_account_checks", "counter"),
@@ -950,6 +961,7 @@ mod tests {
             "sb_http_requests_total",
             "sb_http_connections_closed_total{reason=\"header_timeout\"}",
             "sb_requests_handled_total{kind=\"dm.send\"}",
+            "sb_requests_expired_total{kind=\"dm.send\"}",
             "sb_request_errors_total{kind=\"dm.send\",code=\"forbidden\"}",
             "sb_account_checks_total",
             "sb_account_check_queries_total",

@@ -39,6 +39,12 @@ pub struct Envelope {
     /// Client address as the edge saw it (first `X-Forwarded-For` hop behind nginx).
     pub peer: Option<String>,
     pub sent_at_ms: u64,
+    /// When the edge stops waiting for the answer (wall clock, ms since the epoch): by then it has
+    /// answered the client `unavailable` itself, so a worker that finds the request still
+    /// unhandled at that time drops it without applying it ([`Envelope::expired`]). `None`: no
+    /// deadline (records from before it existed, requests no client waits for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
     pub request: Request,
 }
 
@@ -53,6 +59,12 @@ impl Envelope {
             return Err(Error::Version(env.v));
         }
         Ok(env)
+    }
+
+    /// Whether the request's deadline has passed at `now_ms`: its client was told `unavailable`
+    /// and retries, so applying it now would only be work whose answer nobody reads.
+    pub fn expired(&self, now_ms: u64) -> bool {
+        self.deadline_ms.is_some_and(|d| now_ms > d)
     }
 
     /// The worker domain that handles this request.
@@ -391,6 +403,7 @@ mod tests {
             auth,
             peer: None,
             sent_at_ms: 1,
+            deadline_ms: None,
             request,
         }
     }
@@ -471,12 +484,33 @@ mod tests {
         ]
     }
 
+    /// A deadline is optional on the wire both ways: an envelope without one (an edge from
+    /// before deadlines) decodes and never expires, and one without a deadline writes no field,
+    /// so workers from before deadlines read what a new edge writes for internal requests alike.
+    #[test]
+    fn a_deadline_is_optional_and_expires_only_once_passed() {
+        let mut e = env(Request::Ping, Auth::None);
+        let text = String::from_utf8(e.encode()).unwrap();
+        assert!(!text.contains("deadline"), "{text}");
+        let old = Envelope::decode(text.as_bytes()).unwrap();
+        assert_eq!(old.deadline_ms, None);
+        assert!(!old.expired(u64::MAX));
+
+        e.deadline_ms = Some(1_000);
+        let back = Envelope::decode(&e.encode()).unwrap();
+        assert_eq!(back.deadline_ms, Some(1_000));
+        assert!(!back.expired(999));
+        assert!(!back.expired(1_000), "not before the deadline has passed");
+        assert!(back.expired(1_001));
+    }
+
     proptest! {
         #[test]
-        fn envelopes_round_trip(request in arb_request(), auth in arb_auth(), conn in any::<u64>(), req in any::<u64>()) {
+        fn envelopes_round_trip(request in arb_request(), auth in arb_auth(), conn in any::<u64>(), req in any::<u64>(), deadline_ms in proptest::option::of(any::<u64>())) {
             let mut e = env(request, auth);
             e.conn = conn;
             e.req = req;
+            e.deadline_ms = deadline_ms;
             let back = Envelope::decode(&e.encode()).unwrap();
             prop_assert_eq!(&back, &e);
             prop_assert_eq!(back.key(), e.key());

@@ -91,7 +91,24 @@ impl Dispatcher {
         self.handle_envelope(env).instrument(span).await
     }
 
+    /// True if `env`'s deadline has passed: it is dropped, unapplied and unanswered (its edge has
+    /// answered the client `unavailable`, and the client retries), and counted in
+    /// `sb_requests_expired_total`. Under overload this sheds what nobody waits for any more
+    /// instead of doing it late, so the queue drains back to requests that can still be answered.
+    pub fn expired(&self, env: &Envelope) -> bool {
+        if !env.expired(runtime::now_ms()) {
+            return false;
+        }
+        let kind = env.request.kind_index();
+        self.deps.metrics.requests_expired.at(kind).inc();
+        tracing::debug!(kind = env.request.kind(), edge = %env.edge, "request expired unapplied");
+        true
+    }
+
     async fn handle_envelope(&self, env: Envelope) -> Result<(), Failure> {
+        if self.expired(&env) {
+            return Ok(());
+        }
         let started = std::time::Instant::now();
         let result = async {
             let caller = authenticate(&*self.deps, &env).await?;
@@ -465,6 +482,7 @@ mod tests {
             auth,
             peer: None,
             sent_at_ms: 0,
+            deadline_ms: None,
             request,
         }
     }

@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use topics::frames::{parse_client_frame, salvage_rid};
-use topics::{Auth, EdgeEvent, Envelope, ErrorBody, ErrorCode, Id, ServerFrame, WIRE_VERSION};
+use topics::{Auth, EdgeEvent, Envelope, ErrorBody, ErrorCode, Id, ServerFrame};
 use warp::hyper::upgrade::OnUpgrade;
 
 /// Close codes this edge uses (4000–4999 are the application's own).
@@ -81,20 +81,18 @@ pub fn prepare(
             ),
         )));
     }
-    Ok(Envelope {
-        v: WIRE_VERSION,
-        edge: edge.settings.id.clone(),
-        conn: ctx.conn,
-        req: edge.hub.next_id(),
-        rid: frame.rid,
-        auth: Auth::Session {
+    Ok(crate::rpc::envelope(
+        edge,
+        ctx.conn,
+        edge.hub.next_id(),
+        frame.rid,
+        Auth::Session {
             session_id: ctx.session_id.clone(),
             user_id: ctx.user_id,
         },
-        peer: ctx.peer.clone(),
-        sent_at_ms: runtime::now_ms(),
-        request: frame.request,
-    })
+        ctx.peer.clone(),
+        frame.request,
+    ))
 }
 
 /// How long one write may take before the client counts as gone.

@@ -416,3 +416,23 @@ async fn a_frame_without_an_answer_gets_unavailable_at_its_deadline() {
     assert_eq!(edge.hub.next_deadline(1), None);
     peer.ended.abort();
 }
+
+/// A frame's envelope carries its deadline: `edge.request_timeout_ms` after it was wrapped, when
+/// this edge answers `unavailable` if no answer came, so that a worker reaching it later drops it.
+#[test]
+fn a_frame_carries_the_time_its_edge_stops_waiting() {
+    let edge = Edge::for_tests(EdgeSettings {
+        request_timeout_ms: 1_500,
+        ..Default::default()
+    });
+    let ctx = ConnCtx {
+        conn: 7,
+        user_id: topics::Id(1),
+        session_id: "s".into(),
+        peer: None,
+    };
+    let env = prepare(&edge, &ctx, r#"{"type":"ping","rid":"r1"}"#, true).expect("a ping");
+    assert_eq!(env.deadline_ms, Some(env.sent_at_ms + 1_500));
+    assert!(!env.expired(env.sent_at_ms + 1_500));
+    assert!(env.expired(env.sent_at_ms + 1_501));
+}
