@@ -150,9 +150,12 @@ pub struct Options {
     pub edge: edge_ws::EdgeSettings,
     /// The worker roles started (default: all); requests of a role left out get no answer.
     pub roles: Vec<workers::Role>,
-    /// The shard addresses worker-dms uses instead of the stack's (a [`forward::Forwarder`] a
-    /// test can cut, say); the database is migrated through the stack's real ones.
-    pub dms_shards: Option<Vec<ShardSettings>>,
+    /// The shard addresses the workers of `shard_roles` use instead of the stack's (a
+    /// [`forward::Forwarder`] a test can cut, say); the database is migrated through the stack's
+    /// real ones.
+    pub shards: Option<Vec<ShardSettings>>,
+    /// The roles that use `shards` (default: every role).
+    pub shard_roles: Vec<workers::Role>,
 }
 
 impl Default for Options {
@@ -167,7 +170,8 @@ impl Default for Options {
                 ..Default::default()
             },
             roles: workers::Role::ALL.to_vec(),
-            dms_shards: None,
+            shards: None,
+            shard_roles: workers::Role::ALL.to_vec(),
         }
     }
 }
@@ -282,7 +286,11 @@ pub async fn spawn_app_with(opts: Options) -> TestApp {
         let addr = free_addr();
         health.insert(role.worker(), addr);
         let mut db = database.clone();
-        if let (workers::Role::Dms, Some(shards)) = (role, &opts.dms_shards) {
+        if let Some(shards) = opts
+            .shards
+            .as_ref()
+            .filter(|_| opts.shard_roles.contains(&role))
+        {
             db.shards = shards.clone();
         }
         let settings = workers::Settings {

@@ -203,11 +203,17 @@ async fn pools_count_connections_held_and_redis_requests_waiting() {
     assert_eq!(in_use(0, "replica"), Some(0.0));
     drop(b);
     assert_eq!(in_use(0, "primary"), Some(0.0));
-    // a statement helper gives its connection back
-    workers::db::exec_drop(&shard.primary, "DO SLEEP(0)", ())
+    // a statement helper gives its connection back, and so does a replica read
+    workers::db::exec_drop(shard, "DO SLEEP(0)", ())
         .await
         .unwrap();
     assert_eq!(in_use(0, "primary"), Some(0.0));
+    let one: Option<u8> = shard
+        .on_replica(async |c| Ok(c.query_first("SELECT 1").await?))
+        .await
+        .unwrap();
+    assert_eq!(one, Some(1));
+    assert_eq!(in_use(0, "replica"), Some(0.0));
     // a holder cancelled in the middle of a statement gives it back too
     let held = tokio::time::timeout(std::time::Duration::from_millis(200), async {
         let mut c = shard.primary.get_conn().await.unwrap();

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{befriend, open_dm};
+use common::{befriend, invite_code, open_dm};
 use e2e::client::{ok, Client};
 use e2e::forward::Forwarder;
 use e2e::{spawn_app_with, Options};
@@ -14,7 +14,8 @@ use runtime::metrics::sample;
 use serde_json::json;
 use std::time::{Duration, Instant};
 use topics::{Event, Id, Response, ServerFrame};
-use workers::db::{build_map, mix, physical_of};
+use workers::db::{build_map, fnv1a, mix, physical_of};
+use workers::dms::pair_key;
 use workers::settings::ShardSettings;
 
 fn send(conv: Id, client_msg_id: &str) -> serde_json::Value {
@@ -39,7 +40,8 @@ async fn a_down_shard_stalls_only_the_dms_that_need_it() {
         replica: None,
     };
     let app = spawn_app_with(Options {
-        dms_shards: Some(shards),
+        shards: Some(shards),
+        shard_roles: vec![workers::Role::Dms],
         ..Default::default()
     })
     .await;
@@ -159,5 +161,267 @@ async fn a_down_shard_stalls_only_the_dms_that_need_it() {
     a.close().await;
     a2.close().await;
     bob.close().await;
+    app.stop().await;
+}
+
+/// An HTTP answer of `unavailable` because a shard is down.
+fn http_unavailable((status, body): &(u16, serde_json::Value)) -> bool {
+    *status == 503
+        && body["code"] == "unavailable"
+        && body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("database shard"))
+}
+
+/// Every role's requests that need a down shard (the caller's, a peer's, a conversation's, a
+/// username's) are answered `unavailable` — within about `breaker_failures` connect timeouts
+/// the first time, at once once that role's breaker is open — while the same kinds for users and
+/// conversations on the healthy shard go on; once the shard is back, they succeed again.
+#[tokio::test]
+async fn a_down_shard_stalls_only_the_requests_that_need_it() {
+    let stack = e2e::stack();
+    let n = stack.mariadb.shards.len();
+    assert!(n >= 2, "needs two shards");
+    let bad = 1;
+    let forwarder = Forwarder::start(&stack.mariadb.shards[bad].primary).await;
+    let mut shards = stack.mariadb.shards.clone();
+    shards[bad] = ShardSettings {
+        primary: forwarder.addr.to_string(),
+        replica: None,
+    };
+    let mut opts = Options {
+        shards: Some(shards),
+        ..Default::default()
+    };
+    // the set-up signs up and logs in a few dozen users from one address
+    opts.limits.signups_per_address_per_minute = 1_000;
+    opts.limits.login_attempts_per_address_per_minute = 1_000;
+    let app = spawn_app_with(opts).await;
+    let map = build_map(16, n, None).unwrap();
+    let shard_of = |id: Id| physical_of(&map, mix(id.0));
+    let key_shard = |key: &str| physical_of(&map, fnv1a(key));
+    // a user whose row and username are on `shard` (a login reads both)
+    let user_on = async |shard: usize| loop {
+        let (id, name, token) = app.user(0).await;
+        if shard_of(id) == shard && key_shard(&name) == shard {
+            break (id, name, token);
+        }
+    };
+
+    // ann and bob on the healthy shard, their pair and conversation too; one conversation of
+    // ann's on the down shard; carl (on the down shard) connected to ann, dave (down shard) not.
+    let (ann, ann_name, ann_token) = user_on(0).await;
+    let (mut bob, mut healthy, mut down) = (None, None, None);
+    for _ in 0..48 {
+        if bob.is_some() && down.is_some() {
+            break;
+        }
+        let (peer, _, peer_token) = app.user(1).await;
+        let fits = shard_of(peer) != bad && key_shard(&pair_key(ann, peer)) != bad;
+        if !fits && down.is_some() {
+            continue;
+        }
+        befriend(&app, (ann, &ann_token), (peer, &peer_token)).await;
+        let conv = open_dm(&app, &ann_token, peer).await;
+        if shard_of(conv) == bad {
+            down.get_or_insert(conv);
+        } else if fits && bob.is_none() {
+            (bob, healthy) = (Some(peer), Some(conv));
+        }
+    }
+    let (bob, healthy, down) = (
+        bob.expect("a healthy peer"),
+        healthy.expect("a healthy conversation"),
+        down.expect("a conversation on the down shard"),
+    );
+    let (carl, carl_name, carl_token) = user_on(bad).await;
+    befriend(&app, (ann, &ann_token), (carl, &carl_token)).await;
+    let (_, _, dave_token) = user_on(bad).await;
+    let dave_code = invite_code(&app, &dave_token).await;
+    let mut a = Client::connect(&app.ws_url(0), &ann_token).await;
+    let mut a2 = Client::connect(&app.ws_url(1), &ann_token).await;
+    let mut c = Client::connect(&app.ws_url(1), &carl_token).await;
+    let name_on = |shard: usize| loop {
+        let name = e2e::unique("u");
+        if key_shard(&name) == shard {
+            break name;
+        }
+    };
+    let signup = async |name: &str| {
+        app.http(0)
+            .post(
+                "/api/v1/users",
+                json!({"username": name, "password": "pass-word-1"}),
+                None,
+            )
+            .await
+    };
+    let login = async |name: &str| {
+        app.http(1)
+            .post(
+                "/api/v1/sessions",
+                json!({"username": name, "password": "pass-word-1"}),
+                None,
+            )
+            .await
+    };
+    let me = async |token: &str| app.http(0).get("/api/v1/users/me", Some(token)).await;
+
+    forwarder.down();
+    // Each role's first request for the down shard opens that role's breaker, after
+    // `breaker_failures` (2) connect timeouts (1 s); the healthy one sent behind it is answered.
+    // dms: history of a conversation on the down shard / on the healthy one
+    let history = |conv: Id| json!({"type": "dm.history", "conversation_id": conv});
+    // users: carl's own profile (on the down shard) / ann's
+    let own = json!({"type": "user.me"});
+    // invites: carl's links / ann's
+    let links = json!({"type": "invite.list"});
+    for (from_carl, bad_frame, good_frame) in [
+        (false, history(down), history(healthy)),
+        (true, own.clone(), own.clone()),
+        (true, links.clone(), links.clone()),
+    ] {
+        let t0 = Instant::now();
+        let on = if from_carl { &mut c } else { &mut a };
+        let stuck = on.sdk().send_json(bad_frame.clone()).await.unwrap();
+        ok(a2.request(good_frame).await);
+        let refused = if from_carl {
+            c.wait_reply(&stuck).await
+        } else {
+            a.wait_reply(&stuck).await
+        };
+        assert!(unavailable(&refused), "{bad_frame}: {refused:?}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(4),
+            "{bad_frame}: {:?}",
+            t0.elapsed()
+        );
+    }
+    // auth: a login reads the account's row on its shard
+    assert!(http_unavailable(&login(&carl_name).await));
+
+    // Every role's breaker is open: each request that needs the down shard is refused at once
+    // (well under the edge's 5 s deadline), the same kinds for the healthy shard go on.
+    let quick = Duration::from_secs(1);
+    let ws_cases = [
+        // dms: a conversation on the down shard; opening the one with a user on it
+        (history(down), history(healthy), true),
+        (
+            json!({"type": "dm.open", "user_id": carl}),
+            json!({"type": "dm.open", "user_id": bob}),
+            true,
+        ),
+        // users: a profile on the down shard
+        (
+            json!({"type": "user.lookup", "user_id": carl}),
+            json!({"type": "user.lookup", "user_id": bob}),
+            true,
+        ),
+        (own.clone(), own.clone(), false),
+        // invites: inviting a user on the down shard (two shards: ann's is fine)
+        (
+            json!({"type": "invite.send", "code": dave_code}),
+            links.clone(),
+            true,
+        ),
+        (links.clone(), links.clone(), false),
+    ];
+    for (bad_frame, good_frame, from_ann) in &ws_cases {
+        let t0 = Instant::now();
+        let refused = if *from_ann {
+            a.request(bad_frame.clone()).await
+        } else {
+            c.request(bad_frame.clone()).await
+        };
+        assert!(unavailable(&refused), "{bad_frame}: {refused:?}");
+        assert!(t0.elapsed() < quick, "{bad_frame}: {:?}", t0.elapsed());
+        ok(a.request(good_frame.clone()).await);
+    }
+    // HTTP: a bearer token's account check (users worker), a login (auth), a sign-up whose
+    // name's directory entry is on the down shard; the healthy ones answer, and a new account's
+    // row goes to a shard that is up.
+    let bad_name = name_on(bad);
+    for (what, answer) in [
+        ("me", me(&carl_token).await),
+        ("login", login(&carl_name).await),
+        ("signup", signup(&bad_name).await),
+    ] {
+        assert!(http_unavailable(&answer), "{what}: {answer:?}");
+    }
+    let t0 = Instant::now();
+    let _ = me(&carl_token).await;
+    assert!(t0.elapsed() < quick, "{:?}", t0.elapsed());
+    assert_eq!(me(&ann_token).await.0, 200);
+    assert_eq!(login(&ann_name).await.0, 200);
+    for _ in 0..8 {
+        let (s, body) = signup(&name_on(0)).await;
+        assert_eq!(s, 201, "{body}");
+        let id: Id = serde_json::from_value(body["user"]["user_id"].clone()).unwrap();
+        assert_ne!(
+            shard_of(id),
+            bad,
+            "a new account goes to a shard that is up"
+        );
+    }
+    for role in [
+        "worker-users",
+        "worker-invites",
+        "worker-dms",
+        "worker-auth",
+    ] {
+        let text = e2e::scrape(app.health[role]).await;
+        assert_eq!(
+            sample(&text, "sb_shard_breaker_open{shard=\"1\"}"),
+            Some(1.0),
+            "{role}: {text}"
+        );
+        assert_eq!(
+            sample(&text, "sb_shard_breaker_open{shard=\"0\"}"),
+            Some(0.0),
+            "{role}: {text}"
+        );
+    }
+
+    // Back up: the probes close the breakers and the same requests succeed.
+    forwarder.up();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for (bad_frame, _, from_ann) in &ws_cases {
+        loop {
+            let answer = if *from_ann {
+                a.request(bad_frame.clone()).await
+            } else {
+                c.request(bad_frame.clone()).await
+            };
+            match answer {
+                ServerFrame::Reply { .. } => break,
+                other => assert!(unavailable(&other), "{bad_frame}: {other:?}"),
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{bad_frame} does not succeed again"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    loop {
+        let answers = [me(&carl_token).await, login(&carl_name).await];
+        if answers.iter().all(|(s, _)| *s == 200) {
+            break;
+        }
+        assert!(
+            answers.iter().all(|a| a.0 == 200 || http_unavailable(a)),
+            "{answers:?}"
+        );
+        assert!(Instant::now() < deadline, "{answers:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        signup(&bad_name).await.0,
+        201,
+        "the name was not taken by the refusal"
+    );
+    a.close().await;
+    a2.close().await;
+    c.close().await;
     app.stop().await;
 }

@@ -5,7 +5,7 @@
 //! (`WHERE id IN (…)`): group commit, for reads. Alone, a check costs one query and waits for
 //! nothing; under load the queries grow in size, not in number.
 
-use crate::db::Shards;
+use crate::db::{Shard, Shards};
 use crate::{Error, Result};
 use mysql_async::prelude::*;
 use runtime::metrics::{Counter, Metrics};
@@ -27,16 +27,43 @@ pub struct AccountChecks {
 
 /// One shard's waiting checks.
 struct Queue {
-    primary: crate::db::CountedPool,
+    shard: Shard,
     state: Mutex<State>,
     queries: Counter,
+}
+
+/// Why a round of checks failed, for each check it answered.
+#[derive(Clone, Debug)]
+enum Failed {
+    /// The shard is known down ([`Error::ShardDown`]): the requests are answered `unavailable`.
+    Down { shard: usize, tried: bool },
+    /// Anything else: retried with their records.
+    Other(String),
+}
+
+impl From<Error> for Failed {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::ShardDown { shard, tried } => Failed::Down { shard, tried },
+            e => Failed::Other(runtime::telemetry::Chain(&e).to_string()),
+        }
+    }
+}
+
+impl From<Failed> for Error {
+    fn from(f: Failed) -> Self {
+        match f {
+            Failed::Down { shard, tried } => Error::ShardDown { shard, tried },
+            Failed::Other(why) => Error::AccountCheck(why),
+        }
+    }
 }
 
 #[derive(Default)]
 struct State {
     /// A task is answering this queue; a new check just waits for it.
     running: bool,
-    waiting: Vec<(u64, oneshot::Sender<Result<bool, String>>)>,
+    waiting: Vec<(u64, oneshot::Sender<Result<bool, Failed>>)>,
 }
 
 impl AccountChecks {
@@ -50,7 +77,7 @@ impl AccountChecks {
                 .iter()
                 .map(|s| {
                     Arc::new(Queue {
-                        primary: s.primary.clone(),
+                        shard: s.clone(),
                         state: Mutex::default(),
                         queries: queries.clone(),
                     })
@@ -61,8 +88,10 @@ impl AccountChecks {
         }
     }
 
-    /// Is `user` an account that is not deleted? Read from the primary of its shard. A failed
-    /// query fails every check it was answering (transient: retried with their records).
+    /// Is `user` an account that is not deleted? Read from the primary of its shard, under its
+    /// breaker ([`Shard::on_primary`]). A failed query fails every check it was answering:
+    /// [`Error::ShardDown`] when the shard is known down (answered `unavailable`), otherwise
+    /// [`Error::AccountCheck`] (transient: retried with their records).
     pub async fn exists(&self, user: Id) -> Result<bool> {
         let queue = &self.shards[self.db.by_id(user).index];
         self.checks.inc();
@@ -79,7 +108,7 @@ impl AccountChecks {
             tokio::spawn(queue.clone().answer());
         }
         match rx.await {
-            Ok(answer) => answer.map_err(Error::AccountCheck),
+            Ok(answer) => answer.map_err(Error::from),
             Err(_) => Err(Error::AccountCheck("the check was dropped".into())),
         }
     }
@@ -110,7 +139,7 @@ impl Queue {
             };
             let ids: BTreeSet<u64> = round.iter().map(|(id, _)| *id).collect();
             self.queries.inc();
-            let live = self.live(&ids).await.map_err(|e| e.to_string());
+            let live = self.live(&ids).await.map_err(Failed::from);
             for (id, tx) in round {
                 // A caller that went away no longer needs its answer.
                 let _ = tx.send(live.as_ref().map(|l| l.contains(&id)).map_err(Clone::clone));
@@ -121,13 +150,12 @@ impl Queue {
     /// Which of `ids` are accounts that are not deleted. The ids are integers written into the
     /// statement (text protocol): a prepared statement per list length would churn the
     /// statement cache.
-    async fn live(&self, ids: &BTreeSet<u64>) -> Result<HashSet<u64>, mysql_async::Error> {
+    async fn live(&self, ids: &BTreeSet<u64>) -> Result<HashSet<u64>> {
         let list = ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
-        let mut c = self.primary.get_conn().await?;
-        let found: Vec<u64> = c
-            .query(format!(
-                "SELECT id FROM users WHERE id IN ({list}) AND deleted_at_ms IS NULL"
-            ))
+        let sql = format!("SELECT id FROM users WHERE id IN ({list}) AND deleted_at_ms IS NULL");
+        let found: Vec<u64> = self
+            .shard
+            .on_primary(async |c| Ok(c.query(sql).await?))
             .await?;
         Ok(found.into_iter().collect())
     }
@@ -144,5 +172,32 @@ impl Drop for Running<'_> {
             s.running = false;
             s.waiting.clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_round_on_a_shard_known_down_fails_each_of_its_checks_as_shard_down() {
+        let down = Failed::from(Error::ShardDown {
+            shard: 1,
+            tried: true,
+        });
+        for _ in 0..2 {
+            assert!(matches!(
+                Error::from(down.clone()),
+                Error::ShardDown {
+                    shard: 1,
+                    tried: true
+                }
+            ));
+        }
+        // anything else is an account check failure, retried
+        let other = Failed::from(Error::ShardTimeout(0));
+        assert!(
+            matches!(Error::from(other), Error::AccountCheck(ref why) if why.contains("shard 0")),
+        );
     }
 }

@@ -184,6 +184,67 @@ impl Shard {
         }
     }
 
+    /// `op` on a connection to the primary ([`Shard::primary_conn`]) under the shard's breaker
+    /// ([`Shard::guard`]): how every request reaches a shard's primary. Refused at once with
+    /// [`Error::ShardDown`] while the shard is known down.
+    pub async fn on_primary<T>(
+        &self,
+        op: impl AsyncFnOnce(&mut PooledConn) -> Result<T>,
+    ) -> Result<T> {
+        self.guard(async {
+            let mut c = self.primary_conn().await?;
+            op(&mut c).await
+        })
+        .await
+    }
+
+    /// `op`, a read that tolerates replication lag, on the replica, else on the primary: how
+    /// every request reads a replica. A connection to the replica is asked for first, within
+    /// `connect_timeout` and outside the breaker (which says whether the *primary* answers:
+    /// while it is down, the replica's reads go on); `op` then runs on it within `timeout` (no
+    /// answer in time is [`Error::ShardTimeout`], retried). If the replica gives no connection in
+    /// time, or the shard has none, `op` runs on the primary under the breaker
+    /// ([`Shard::on_primary`]). A replica that is down thus costs each read a refused connect
+    /// (or `connect_timeout`, for one that does not answer) and sends it to the primary.
+    pub async fn on_replica<T>(
+        &self,
+        op: impl AsyncFnOnce(&mut PooledConn) -> Result<T>,
+    ) -> Result<T> {
+        if self.has_replica {
+            match tokio::time::timeout(self.connect_timeout, self.replica.get_conn()).await {
+                Ok(Ok(mut c)) => {
+                    return tokio::time::timeout(self.timeout, op(&mut c))
+                        .await
+                        .unwrap_or(Err(Error::ShardTimeout(self.index)));
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(shard = self.index, error = %runtime::telemetry::Chain(&e), "replica unreachable: reading from the primary")
+                }
+                Err(_) => {
+                    tracing::debug!(
+                        shard = self.index,
+                        "no replica connection in time: reading from the primary"
+                    )
+                }
+            }
+        }
+        self.on_primary(op).await
+    }
+
+    /// `Ok` unless the shard is known down ([`Error::ShardDown`], not tried): asked before the
+    /// first write of a request that writes several shards, so that it does not start what a
+    /// shard known down would leave half done.
+    pub fn up(&self) -> Result<()> {
+        if self.breaker.is_open() {
+            Err(Error::ShardDown {
+                shard: self.index,
+                tried: false,
+            })
+        } else {
+            Ok(())
+        }
+    }
+
     /// One probe of a shard whose breaker is open: `SELECT 1` on its primary within `timeout`;
     /// an answer closes the breaker.
     async fn probe(&self) {
@@ -422,6 +483,20 @@ impl Shards {
         &self.shards[physical_of(&self.map, fnv1a(key))]
     }
 
+    /// A fresh id for a new row (an account, a conversation), from `draw`, whose shard is not
+    /// known down: the place of a new row is free to choose, so a request does not start what a
+    /// shard known down would leave half done. After [`DRAWS`] draws on shards known down the
+    /// last one is taken (its writes are then refused as usual).
+    pub fn live_id(&self, draw: impl FnMut() -> topics::Id) -> topics::Id {
+        first_live(draw, |id| !self.by_id(*id).breaker.is_open())
+    }
+
+    /// A fresh string key for a new row (an invite code), from `draw`, whose shard is not known
+    /// down; as [`Shards::live_id`].
+    pub fn live_key(&self, draw: impl FnMut() -> String) -> String {
+        first_live(draw, |key| !self.by_key(key).breaker.is_open())
+    }
+
     pub async fn disconnect(self) {
         if let Ok(shards) = Arc::try_unwrap(self.shards) {
             for s in shards {
@@ -432,25 +507,43 @@ impl Shards {
     }
 }
 
-/// One statement on a connection that goes back to the pool right after, so a handler never
-/// holds one connection while waiting for another of the same pool.
-pub async fn exec_drop<P>(pool: &CountedPool, sql: &str, params: P) -> Result<()>
+/// How many draws [`Shards::live_id`] and [`Shards::live_key`] make at most.
+pub const DRAWS: usize = 64;
+
+/// The first of up to [`DRAWS`] values of `draw` that is `live`, else the last one drawn.
+fn first_live<T>(mut draw: impl FnMut() -> T, live: impl Fn(&T) -> bool) -> T {
+    let mut value = draw();
+    for _ in 1..DRAWS {
+        if live(&value) {
+            break;
+        }
+        value = draw();
+    }
+    value
+}
+
+/// One statement on the primary of `shard`, under its breaker ([`Shard::on_primary`]), on a
+/// connection that goes back to the pool right after, so a handler never holds one connection
+/// while waiting for another of the same pool.
+pub async fn exec_drop<P>(shard: &Shard, sql: &str, params: P) -> Result<()>
 where
     P: Into<mysql_async::Params> + Send,
 {
-    let mut c = pool.get_conn().await?;
-    c.exec_drop(sql, params).await?;
-    Ok(())
+    shard
+        .on_primary(async |c| Ok(c.exec_drop(sql, params).await?))
+        .await
 }
 
-/// The rows of one query, on a connection returned right after.
-pub async fn rows<T, P>(pool: &CountedPool, sql: &str, params: P) -> Result<Vec<T>>
+/// The rows of one query on the primary of `shard`, under its breaker, on a connection returned
+/// right after.
+pub async fn rows<T, P>(shard: &Shard, sql: &str, params: P) -> Result<Vec<T>>
 where
     T: mysql_async::prelude::FromRow + Send + 'static,
     P: Into<mysql_async::Params> + Send,
 {
-    let mut c = pool.get_conn().await?;
-    Ok(c.exec(sql, params).await?)
+    shard
+        .on_primary(async |c| Ok(c.exec(sql, params).await?))
+        .await
 }
 
 /// MariaDB's duplicate-key error.
@@ -590,6 +683,119 @@ mod tests {
             Err(Error::ShardDown { tried: false, .. })
         ));
         assert_eq!(t0.elapsed(), Duration::from_secs(2), "refused at once");
+    }
+
+    #[tokio::test]
+    async fn requests_reach_a_shard_only_through_its_breaker() {
+        let shard = unreachable_shard(1_000);
+        let select = async |c: &mut PooledConn| Ok(c.query_drop("SELECT 1").await?);
+        // nothing listens: an error of the connection, counted
+        assert!(matches!(shard.on_primary(select).await, Err(Error::Db(_))));
+        assert!(matches!(
+            exec_drop(&shard, "SELECT 1", ()).await,
+            Err(Error::ShardDown { tried: true, .. })
+        ));
+        assert!(matches!(
+            shard.up(),
+            Err(Error::ShardDown { tried: false, .. })
+        ));
+        let r: Result<Vec<u64>> = rows(&shard, "SELECT 1", ()).await;
+        assert!(matches!(r, Err(Error::ShardDown { tried: false, .. })));
+        shard.breaker.success();
+        assert!(shard.up().is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_replica_read_goes_to_the_primary_when_the_replica_gives_no_connection() {
+        let mut shard = unreachable_shard(1_000);
+        shard.has_replica = true;
+        let select = async |c: &mut PooledConn| Ok(c.query_drop("SELECT 1").await?);
+        // the replica refuses, then the primary (under the breaker) does too: counted once
+        assert!(matches!(shard.on_replica(select).await, Err(Error::Db(_))));
+        assert!(!shard.breaker.is_open());
+        assert!(matches!(
+            shard.on_replica(select).await,
+            Err(Error::ShardDown { tried: true, .. })
+        ));
+        // the primary known down: the replica is still tried first, then refused at once
+        assert!(matches!(
+            shard.on_replica(select).await,
+            Err(Error::ShardDown { tried: false, .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_replica_that_does_not_answer_costs_a_read_the_connect_timeout_at_most() {
+        // a listener that accepts and never answers, as the shard's replica
+        let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut shard = unreachable_shard(1_000);
+        shard.replica = CountedPool::new(
+            Pool::new(
+                opts(
+                    &DatabaseSettings::default(),
+                    &hung.local_addr().unwrap().to_string(),
+                    None,
+                )
+                .unwrap(),
+            ),
+            Gauge::default(),
+        );
+        shard.has_replica = true;
+        let t0 = std::time::Instant::now();
+        let r = shard
+            .on_replica(async |c: &mut PooledConn| Ok(c.query_drop("SELECT 1").await?))
+            .await;
+        assert!(
+            matches!(r, Err(Error::Db(_))),
+            "the primary's refusal: {r:?}"
+        );
+        let took = t0.elapsed();
+        assert!(
+            (Duration::from_secs(1)..Duration::from_millis(1_900)).contains(&took),
+            "one connect timeout: {took:?}"
+        );
+    }
+
+    #[test]
+    fn new_rows_are_placed_on_shards_not_known_down() {
+        let s = DatabaseSettings {
+            shards: vec![
+                crate::settings::ShardSettings {
+                    primary: "127.0.0.1:1".into(),
+                    replica: None,
+                },
+                crate::settings::ShardSettings {
+                    primary: "127.0.0.1:2".into(),
+                    replica: None,
+                },
+            ],
+            breaker_failures: 1,
+            ..Default::default()
+        };
+        let db = Shards::connect(&s).unwrap();
+        db.all()[1].breaker.failure();
+        let mut next = 0u64;
+        for _ in 0..50 {
+            let id = db.live_id(|| {
+                next += 1;
+                topics::Id(next)
+            });
+            assert_eq!(db.by_id(id).index, 0);
+            let mut n = 0;
+            let key = db.live_key(|| {
+                n += 1;
+                format!("code{next}-{n}")
+            });
+            assert_eq!(db.by_key(&key).index, 0);
+        }
+        // every shard down: the last draw is taken
+        db.all()[0].breaker.failure();
+        let mut draws = 0;
+        let id = db.live_id(|| {
+            draws += 1;
+            topics::Id(draws)
+        });
+        assert_eq!((draws, id), (DRAWS as u64, topics::Id(DRAWS as u64)));
     }
 
     proptest! {

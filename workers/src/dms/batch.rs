@@ -16,7 +16,8 @@
 //! dead-lettered.
 
 use crate::dispatch::{
-    authenticate, classify, close_message, error_message, reply_message, revokes, Dispatcher,
+    authenticate, classify, close_message, error_message, reply_message, revokes, shard_down,
+    Dispatcher,
 };
 use crate::dms::{self, NewSend};
 use futures::future::BoxFuture;
@@ -183,6 +184,8 @@ impl DmBatch {
             let caller = match caller {
                 Ok(c) => c.ok_or_else(|| ErrorBody::new(ErrorCode::Unauthorized, "no session")),
                 Err(crate::Error::Reply(body)) => Err(body),
+                // a bearer token's account check needs the caller's shard
+                Err(e @ crate::Error::ShardDown { .. }) => Err(shard_down(&deps.metrics, &e)),
                 Err(e) => return Err(classify(e)),
             };
             checked.push(caller.and_then(|caller| {

@@ -21,7 +21,13 @@ pub async fn open(ctx: &Ctx<'_>, peer: Id) -> Result<Outcome> {
         Some(l) if l.state == InviteState::Accepted => {}
         _ => return Err(not_connected().into()),
     }
-    let conv = store::pair_conversation(&d.db, &pair_key(me, peer), d.ids.next())
+    // Nothing is written while a shard the pair needs is known down (each step below is
+    // idempotent, so a retry completes what an outage cuts short).
+    let key = pair_key(me, peer);
+    for shard in [d.db.by_id(me), d.db.by_id(peer), d.db.by_key(&key)] {
+        shard.up()?;
+    }
+    let conv = store::pair_conversation(&d.db, &key, d.db.live_id(|| d.ids.next()))
         .await?
         .ok_or_else(|| refuse(ErrorCode::Unavailable, "retry"))?;
     let (lo, hi) = if me <= peer { (me, peer) } else { (peer, me) };

@@ -4,7 +4,7 @@
 
 use super::{not_connected, not_found, NewSend, Stored};
 use crate::context::Deps;
-use crate::db::{exec_drop, Shards};
+use crate::db::{exec_drop, rows, Shards};
 use crate::users::DELETED;
 use crate::Result;
 use mysql_async::prelude::*;
@@ -42,29 +42,35 @@ pub fn to_message(conv: Id, r: MsgRow, names: &HashMap<Id, (String, bool)>) -> M
 
 /// (user_lo, user_hi, last_seq) of a conversation, if it exists.
 pub async fn conversation(db: &Shards, conv: Id) -> Result<Option<(Id, Id, u64)>> {
-    let mut c = db.by_id(conv).primary.get_conn().await?;
-    let row: Option<(u64, u64, u64)> = c
-        .exec_first(
-            "SELECT user_lo, user_hi, last_seq FROM conversations WHERE id = ?",
-            (conv.0,),
-        )
+    let row: Option<(u64, u64, u64)> = db
+        .by_id(conv)
+        .on_primary(async |c| {
+            Ok(c.exec_first(
+                "SELECT user_lo, user_hi, last_seq FROM conversations WHERE id = ?",
+                (conv.0,),
+            )
+            .await?)
+        })
         .await?;
     Ok(row.map(|(lo, hi, last)| (Id(lo), Id(hi), last)))
 }
 
 /// The conversation of the pair `key`: the one already in the directory, else `fresh`.
 pub async fn pair_conversation(db: &Shards, key: &str, fresh: Id) -> Result<Option<Id>> {
-    let mut c = db.by_key(key).primary.get_conn().await?;
-    c.exec_drop(
-        "INSERT IGNORE INTO dm_pairs (pair_key, conversation_id) VALUES (?, ?)",
-        (key, fresh.0),
-    )
-    .await?;
-    let conv: Option<u64> = c
-        .exec_first(
-            "SELECT conversation_id FROM dm_pairs WHERE pair_key = ?",
-            (key,),
-        )
+    let conv: Option<u64> = db
+        .by_key(key)
+        .on_primary(async |c| {
+            c.exec_drop(
+                "INSERT IGNORE INTO dm_pairs (pair_key, conversation_id) VALUES (?, ?)",
+                (key, fresh.0),
+            )
+            .await?;
+            Ok(c.exec_first(
+                "SELECT conversation_id FROM dm_pairs WHERE pair_key = ?",
+                (key,),
+            )
+            .await?)
+        })
         .await?;
     Ok(conv.map(Id))
 }
@@ -72,7 +78,7 @@ pub async fn pair_conversation(db: &Shards, key: &str, fresh: Id) -> Result<Opti
 /// Create the conversation row of `lo` and `hi` (once).
 pub async fn add_conversation(db: &Shards, conv: Id, lo: Id, hi: Id, now: u64) -> Result<()> {
     exec_drop(
-        &db.by_id(conv).primary,
+        db.by_id(conv),
         "INSERT IGNORE INTO conversations (id, user_lo, user_hi, last_seq, created_at_ms) VALUES (?, ?, ?, 0, ?)",
         (conv.0, lo.0, hi.0, now),
     )
@@ -82,7 +88,7 @@ pub async fn add_conversation(db: &Shards, conv: Id, lo: Id, hi: Id, now: u64) -
 /// Make `user` a member of `conv` (once), on the user's shard.
 pub async fn add_membership(db: &Shards, user: Id, conv: Id, peer: Id) -> Result<()> {
     exec_drop(
-        &db.by_id(user).primary,
+        db.by_id(user),
         "INSERT IGNORE INTO memberships (user_id, conversation_id, peer_id, last_read_seq) VALUES (?, ?, ?, 0)",
         (user.0, conv.0, peer.0),
     )
@@ -91,30 +97,33 @@ pub async fn add_membership(db: &Shards, user: Id, conv: Id, peer: Id) -> Result
 
 /// My read position in `conv` (0 when I am not a member).
 pub async fn read_position(db: &Shards, me: Id, conv: Id) -> Result<u64> {
-    let mut c = db.by_id(me).primary.get_conn().await?;
-    Ok(c.exec_first(
-        "SELECT last_read_seq FROM memberships WHERE user_id = ? AND conversation_id = ?",
-        (me.0, conv.0),
-    )
-    .await?
-    .unwrap_or(0))
+    let seq: Option<u64> = db
+        .by_id(me)
+        .on_primary(async |c| {
+            Ok(c.exec_first(
+                "SELECT last_read_seq FROM memberships WHERE user_id = ? AND conversation_id = ?",
+                (me.0, conv.0),
+            )
+            .await?)
+        })
+        .await?;
+    Ok(seq.unwrap_or(0))
 }
 
 /// Move my read position up to `seq` (never backwards).
 pub async fn mark_read(db: &Shards, me: Id, conv: Id, seq: u64) -> Result<()> {
-    let mut c = db.by_id(me).primary.get_conn().await?;
-    c.exec_drop(
+    exec_drop(
+        db.by_id(me),
         "UPDATE memberships SET last_read_seq = GREATEST(last_read_seq, ?) WHERE user_id = ? AND conversation_id = ?",
         (seq, me.0, conv.0),
     )
-    .await?;
-    Ok(())
+    .await
 }
 
 /// Delete all my memberships (the peers keep theirs, and the conversations stay).
 pub async fn delete_memberships(db: &Shards, me: Id) -> Result<()> {
     exec_drop(
-        &db.by_id(me).primary,
+        db.by_id(me),
         "DELETE FROM memberships WHERE user_id = ?",
         (me.0,),
     )
@@ -123,13 +132,12 @@ pub async fn delete_memberships(db: &Shards, me: Id) -> Result<()> {
 
 /// My conversations (at most 500) with my read position in each: (conversation, last_read_seq).
 pub async fn memberships(db: &Shards, me: Id) -> Result<Vec<(Id, u64)>> {
-    let mut c = db.by_id(me).primary.get_conn().await?;
-    let rows: Vec<(u64, u64)> = c
-        .exec(
-            "SELECT conversation_id, last_read_seq FROM memberships WHERE user_id = ? LIMIT 500",
-            (me.0,),
-        )
-        .await?;
+    let rows: Vec<(u64, u64)> = rows(
+        db.by_id(me),
+        "SELECT conversation_id, last_read_seq FROM memberships WHERE user_id = ? LIMIT 500",
+        (me.0,),
+    )
+    .await?;
     Ok(rows
         .into_iter()
         .map(|(conv, read)| (Id(conv), read))
@@ -189,14 +197,15 @@ pub async fn heads(db: &Shards, convs: &[Id]) -> Result<HashMap<Id, Head>> {
     let Some(first) = convs.first() else {
         return Ok(HashMap::new());
     };
-    let mut c = db.by_id(*first).primary.get_conn().await?;
-    let rows: Vec<HeadRow> = c
-        .query(format!(
-            "SELECT c.id, c.user_lo, c.user_hi, c.last_seq, m.seq, m.id, m.author_id, m.client_msg_id, m.body, m.sent_at_ms \
-             FROM conversations c LEFT JOIN messages m ON m.conversation_id = c.id AND m.seq = c.last_seq \
-             WHERE c.id IN ({})",
-            id_list(convs.iter().map(|c| c.0))
-        ))
+    let sql = format!(
+        "SELECT c.id, c.user_lo, c.user_hi, c.last_seq, m.seq, m.id, m.author_id, m.client_msg_id, m.body, m.sent_at_ms \
+         FROM conversations c LEFT JOIN messages m ON m.conversation_id = c.id AND m.seq = c.last_seq \
+         WHERE c.id IN ({})",
+        id_list(convs.iter().map(|c| c.0))
+    );
+    let rows: Vec<HeadRow> = db
+        .by_id(*first)
+        .on_primary(async |c| Ok(c.query(sql).await?))
         .await?;
     Ok(rows.into_iter().map(to_head).collect())
 }
@@ -220,8 +229,10 @@ pub async fn unread(db: &Shards, me: Id, convs: &[(Id, u64)]) -> Result<HashMap<
         })
         .collect::<Vec<_>>()
         .join(" UNION ALL ");
-    let mut c = db.by_id(*first).primary.get_conn().await?;
-    let rows: Vec<(u64, u64)> = c.query(counts).await?;
+    let rows: Vec<(u64, u64)> = db
+        .by_id(*first)
+        .on_primary(async |c| Ok(c.query(counts).await?))
+        .await?;
     Ok(rows.into_iter().map(|(conv, n)| (Id(conv), n)).collect())
 }
 
@@ -239,24 +250,35 @@ pub async fn page(
     let shard = db.by_id(conv);
     let mut rows: Vec<MsgRow> = match (before, after) {
         (_, Some(a)) => {
-            let mut c = shard.primary.get_conn().await?;
-            c.exec(
-                format!("{cols} AND seq > ? ORDER BY seq ASC LIMIT ?"),
-                (conv.0, a, n),
-            )
-            .await?
+            shard
+                .on_primary(async |c| {
+                    Ok(c.exec(
+                        format!("{cols} AND seq > ? ORDER BY seq ASC LIMIT ?"),
+                        (conv.0, a, n),
+                    )
+                    .await?)
+                })
+                .await?
         }
         (Some(b), None) => {
-            let mut c = shard.replica.get_conn().await?;
-            c.exec(
-                format!("{cols} AND seq < ? ORDER BY seq DESC LIMIT ?"),
-                (conv.0, b, n),
-            )
-            .await?
+            shard
+                .on_replica(async |c| {
+                    Ok(c.exec(
+                        format!("{cols} AND seq < ? ORDER BY seq DESC LIMIT ?"),
+                        (conv.0, b, n),
+                    )
+                    .await?)
+                })
+                .await?
         }
         (None, None) => {
-            let mut c = shard.primary.get_conn().await?;
-            c.exec(format!("{cols} ORDER BY seq DESC LIMIT ?"), (conv.0, n))
+            shard
+                .on_primary(async |c| {
+                    Ok(
+                        c.exec(format!("{cols} ORDER BY seq DESC LIMIT ?"), (conv.0, n))
+                            .await?,
+                    )
+                })
                 .await?
         }
     };
@@ -294,18 +316,13 @@ pub async fn send_gates(d: &Deps, sends: &[NewSend<'_>]) -> Result<Vec<Result<Ga
     let lookups = by_shard.into_values().map(|pairs| async move {
         let shard = d.db.by_id(pairs[0].0);
         let index = shard.index;
-        let rows = shard.guard(async {
         let sql = format!(
             "SELECT m.user_id, m.conversation_id, l.state FROM memberships m LEFT JOIN links l ON l.user_id = m.user_id AND l.peer_id = m.peer_id WHERE {}",
             any_of(pairs.len(), "m.user_id = ? AND m.conversation_id = ?")
         );
         let params: Vec<mysql_async::Value> =
             pairs.iter().flat_map(|(me, conv)| [me.0.into(), conv.0.into()]).collect();
-        let mut c = shard.primary_conn().await?;
-        let rows: Vec<(u64, u64, Option<String>)> = c.exec(sql, params).await?;
-        Ok::<_, crate::Error>(rows)
-        })
-        .await;
+        let rows: Result<Vec<(u64, u64, Option<String>)>> = rows(shard, &sql, params).await;
         (index, rows)
     });
     let mut gates: HashMap<(u64, u64), Option<String>> = HashMap::new();

@@ -41,12 +41,15 @@ fn to_link(r: LinkRow) -> Link {
 
 /// My link with `peer`, if any (primary: must see my own writes).
 pub async fn link(db: &Shards, me: Id, peer: Id) -> Result<Option<Link>> {
-    let mut c = db.by_id(me).primary.get_conn().await?;
-    let r: Option<LinkRow> = c
-        .exec_first(
-            "SELECT peer_id, peer_username, state, direction, updated_at_ms FROM links WHERE user_id = ? AND peer_id = ?",
-            (me.0, peer.0),
-        )
+    let r: Option<LinkRow> = db
+        .by_id(me)
+        .on_primary(async |c| {
+            Ok(c.exec_first(
+                "SELECT peer_id, peer_username, state, direction, updated_at_ms FROM links WHERE user_id = ? AND peer_id = ?",
+                (me.0, peer.0),
+            )
+            .await?)
+        })
         .await?;
     Ok(r.map(to_link))
 }
@@ -62,48 +65,50 @@ pub async fn put(
     dir: Direction,
     now: u64,
 ) -> Result<()> {
-    let mut c = db.by_id(owner).primary.get_conn().await?;
     let dir = if dir == Direction::Incoming {
         "incoming"
     } else {
         "outgoing"
     };
-    c.exec_drop(
+    exec_drop(
+        db.by_id(owner),
         "INSERT INTO links (user_id, peer_id, peer_username, state, direction, updated_at_ms) VALUES (?, ?, ?, ?, ?, ?) \
          ON DUPLICATE KEY UPDATE state = VALUES(state), direction = VALUES(direction), updated_at_ms = VALUES(updated_at_ms)",
         (owner.0, peer.0, peer_name, state_str(state), dir, now),
     )
-    .await?;
-    Ok(())
+    .await
 }
 
 /// How many of my invites wait for an answer.
 pub async fn pending_outgoing(db: &Shards, me: Id) -> Result<u64> {
-    let mut c = db.by_id(me).primary.get_conn().await?;
-    Ok(c.exec_first(
-        "SELECT COUNT(*) FROM links WHERE user_id = ? AND direction = 'outgoing' AND state = 'pending'",
-        (me.0,),
-    )
-    .await?
-    .unwrap_or(0))
+    let n: Option<u64> = db
+        .by_id(me)
+        .on_primary(async |c| {
+            Ok(c.exec_first(
+                "SELECT COUNT(*) FROM links WHERE user_id = ? AND direction = 'outgoing' AND state = 'pending'",
+                (me.0,),
+            )
+            .await?)
+        })
+        .await?;
+    Ok(n.unwrap_or(0))
 }
 
 /// My links, the most recently changed first (at most 1000).
 pub async fn links(db: &Shards, me: Id) -> Result<Vec<Link>> {
-    let mut c = db.by_id(me).primary.get_conn().await?;
-    let rows: Vec<LinkRow> = c
-        .exec(
-            "SELECT peer_id, peer_username, state, direction, updated_at_ms FROM links WHERE user_id = ? ORDER BY updated_at_ms DESC LIMIT 1000",
-            (me.0,),
-        )
-        .await?;
-    Ok(rows.into_iter().map(to_link).collect())
+    let found: Vec<LinkRow> = rows(
+        db.by_id(me),
+        "SELECT peer_id, peer_username, state, direction, updated_at_ms FROM links WHERE user_id = ? ORDER BY updated_at_ms DESC LIMIT 1000",
+        (me.0,),
+    )
+    .await?;
+    Ok(found.into_iter().map(to_link).collect())
 }
 
 /// Delete `owner`'s row for `peer`.
 pub async fn delete_link(db: &Shards, owner: Id, peer: Id) -> Result<()> {
     exec_drop(
-        &db.by_id(owner).primary,
+        db.by_id(owner),
         "DELETE FROM links WHERE user_id = ? AND peer_id = ?",
         (owner.0, peer.0),
     )
@@ -113,7 +118,7 @@ pub async fn delete_link(db: &Shards, owner: Id, peer: Id) -> Result<()> {
 /// Everyone I have a row for.
 pub async fn peers(db: &Shards, me: Id) -> Result<Vec<Id>> {
     let peers: Vec<u64> = rows(
-        &db.by_id(me).primary,
+        db.by_id(me),
         "SELECT peer_id FROM links WHERE user_id = ?",
         (me.0,),
     )
@@ -123,12 +128,7 @@ pub async fn peers(db: &Shards, me: Id) -> Result<Vec<Id>> {
 
 /// Delete all my rows.
 pub async fn delete_links(db: &Shards, me: Id) -> Result<()> {
-    exec_drop(
-        &db.by_id(me).primary,
-        "DELETE FROM links WHERE user_id = ?",
-        (me.0,),
-    )
-    .await
+    exec_drop(db.by_id(me), "DELETE FROM links WHERE user_id = ?", (me.0,)).await
 }
 
 #[cfg(test)]

@@ -25,7 +25,9 @@ pub async fn create(ctx: &Ctx<'_>, username: &str, password: &str) -> Result<Out
         ));
     }
     let key = ctx.request_key();
-    let fresh = d.ids.next();
+    // The account's row and its code go to shards not known down: with one shard down, only
+    // the names whose directory entry lives there cannot sign up.
+    let fresh = d.db.live_id(|| d.ids.next());
     let user = match store::claim_username(&d.db, &name, fresh, &key).await? {
         Claim::Claimed => fresh,
         Claim::Owned { owner, request_key } if request_key == key => owner,
@@ -34,7 +36,8 @@ pub async fn create(ctx: &Ctx<'_>, username: &str, password: &str) -> Result<Out
     };
     let hash = hash_password(password.to_string()).await?;
     let now = runtime::now_ms();
-    store::add_user(&d.db, user, &name, &hash, &new_invite_code(), now).await?;
+    let code = d.db.live_key(new_invite_code);
+    store::add_user(&d.db, user, &name, &hash, &code, now).await?;
     let r = store::row(&d.db, user, true)
         .await?
         .ok_or_else(|| refuse(ErrorCode::Unavailable, "retry"))?;

@@ -21,7 +21,7 @@ pub async fn rotate_invite_code(ctx: &Ctx<'_>) -> Result<Outcome> {
     let old = &r.3;
     store::free_invite_code(&d.db, old, me).await?;
     let code = loop {
-        let code = new_invite_code();
+        let code = d.db.live_key(new_invite_code);
         // A code that already names someone else: draw another.
         if store::claim_invite_code(&d.db, &code, me).await? {
             break code;

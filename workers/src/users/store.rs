@@ -1,7 +1,7 @@
 //! The SQL of accounts: the `users` rows (on the user's shard), the username directory and the
 //! invite codes (each sharded by its key).
 
-use crate::db::{exec_drop, is_duplicate, Shards};
+use crate::db::{exec_drop, is_duplicate, PooledConn, Shards};
 use crate::{Error, Result};
 use mysql_async::prelude::*;
 use std::collections::HashMap;
@@ -12,36 +12,38 @@ pub type UserRow = (u64, String, String, String, u64, Option<u64>);
 
 /// A user's row, from the primary or the replica.
 pub async fn row(db: &Shards, user: Id, primary: bool) -> Result<Option<UserRow>> {
-    let shard = db.by_id(user);
-    let pool = if primary {
-        &shard.primary
-    } else {
-        &shard.replica
+    let read = async |c: &mut PooledConn| {
+        Ok(c.exec_first(
+            "SELECT id, username, password_hash, invite_code, created_at_ms, deleted_at_ms FROM users WHERE id = ?",
+            (user.0,),
+        )
+        .await?)
     };
-    let mut c = pool.get_conn().await?;
-    Ok(c.exec_first(
-        "SELECT id, username, password_hash, invite_code, created_at_ms, deleted_at_ms FROM users WHERE id = ?",
-        (user.0,),
-    )
-    .await?)
+    let shard = db.by_id(user);
+    if primary {
+        shard.on_primary(read).await
+    } else {
+        shard.on_replica(read).await
+    }
 }
 
 /// The id the username directory gives `username`.
 pub async fn id_of(db: &Shards, username: &str, primary: bool) -> Result<Option<Id>> {
-    let shard = db.by_key(username);
-    let pool = if primary {
-        &shard.primary
-    } else {
-        &shard.replica
+    let read = async |c: &mut PooledConn| {
+        let id: Option<u64> = c
+            .exec_first(
+                "SELECT user_id FROM usernames WHERE username = ?",
+                (username,),
+            )
+            .await?;
+        Ok(id.map(Id))
     };
-    let mut c = pool.get_conn().await?;
-    let id: Option<u64> = c
-        .exec_first(
-            "SELECT user_id FROM usernames WHERE username = ?",
-            (username,),
-        )
-        .await?;
-    Ok(id.map(Id))
+    let shard = db.by_key(username);
+    if primary {
+        shard.on_primary(read).await
+    } else {
+        shard.on_replica(read).await
+    }
 }
 
 /// Public profiles of these users, deleted ones included (`deleted` true), from replicas.
@@ -52,16 +54,18 @@ pub async fn profiles(db: &Shards, users: &[Id]) -> Result<HashMap<Id, (String, 
     }
     let mut out = HashMap::new();
     for (shard, ids) in by_shard {
-        let mut c = db.all()[shard].replica.get_conn().await?;
         let list = ids
             .iter()
             .map(|i| i.to_string())
             .collect::<Vec<_>>()
             .join(",");
-        let rows: Vec<(u64, String, Option<u64>)> = c
-            .query(format!(
-                "SELECT id, username, deleted_at_ms FROM users WHERE id IN ({list})"
-            ))
+        let rows: Vec<(u64, String, Option<u64>)> = db.all()[shard]
+            .on_replica(async |c| {
+                Ok(c.query(format!(
+                    "SELECT id, username, deleted_at_ms FROM users WHERE id IN ({list})"
+                ))
+                .await?)
+            })
             .await?;
         for (id, name, deleted) in rows {
             out.insert(Id(id), (name, deleted.is_some()));
@@ -83,32 +87,35 @@ pub enum Claim {
 
 /// Claim `name` for `fresh` in the username directory, tagged with the claiming request's key.
 pub async fn claim_username(db: &Shards, name: &str, fresh: Id, key: &str) -> Result<Claim> {
-    let mut c = db.by_key(name).primary.get_conn().await?;
-    match c
-        .exec_drop(
-            "INSERT INTO usernames (username, user_id, request_key) VALUES (?, ?, ?)",
-            (name, fresh.0, key),
-        )
-        .await
-    {
-        Ok(()) => Ok(Claim::Claimed),
-        Err(e) if is_duplicate(&e) => {
-            let owned: Option<(u64, String)> = c
-                .exec_first(
-                    "SELECT user_id, request_key FROM usernames WHERE username = ?",
-                    (name,),
+    db.by_key(name)
+        .on_primary(async |c| {
+            match c
+                .exec_drop(
+                    "INSERT INTO usernames (username, user_id, request_key) VALUES (?, ?, ?)",
+                    (name, fresh.0, key),
                 )
-                .await?;
-            Ok(match owned {
-                Some((owner, request_key)) => Claim::Owned {
-                    owner: Id(owner),
-                    request_key,
-                },
-                None => Claim::Gone,
-            })
-        }
-        Err(e) => Err(e.into()),
-    }
+                .await
+            {
+                Ok(()) => Ok(Claim::Claimed),
+                Err(e) if is_duplicate(&e) => {
+                    let owned: Option<(u64, String)> = c
+                        .exec_first(
+                            "SELECT user_id, request_key FROM usernames WHERE username = ?",
+                            (name,),
+                        )
+                        .await?;
+                    Ok(match owned {
+                        Some((owner, request_key)) => Claim::Owned {
+                            owner: Id(owner),
+                            request_key,
+                        },
+                        None => Claim::Gone,
+                    })
+                }
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await
 }
 
 /// Create the user's row (once).
@@ -121,7 +128,7 @@ pub async fn add_user(
     now: u64,
 ) -> Result<()> {
     exec_drop(
-        &db.by_id(user).primary,
+        db.by_id(user),
         "INSERT IGNORE INTO users (id, username, password_hash, invite_code, created_at_ms) VALUES (?, ?, ?, ?, ?)",
         (user.0, name, hash, code, now),
     )
@@ -131,7 +138,7 @@ pub async fn add_user(
 /// Point the invite code `code` at `user` (once).
 pub async fn add_invite_code(db: &Shards, code: &str, user: Id) -> Result<()> {
     exec_drop(
-        &db.by_key(code).primary,
+        db.by_key(code),
         "INSERT IGNORE INTO invite_codes (code, user_id) VALUES (?, ?)",
         (code, user.0),
     )
@@ -140,9 +147,14 @@ pub async fn add_invite_code(db: &Shards, code: &str, user: Id) -> Result<()> {
 
 /// The owner of an invite code.
 pub async fn code_owner(db: &Shards, code: &str) -> Result<Option<Id>> {
-    let mut c = db.by_key(code).primary.get_conn().await?;
-    let owner: Option<u64> = c
-        .exec_first("SELECT user_id FROM invite_codes WHERE code = ?", (code,))
+    let owner: Option<u64> = db
+        .by_key(code)
+        .on_primary(async |c| {
+            Ok(
+                c.exec_first("SELECT user_id FROM invite_codes WHERE code = ?", (code,))
+                    .await?,
+            )
+        })
         .await?;
     Ok(owner.map(Id))
 }
@@ -150,7 +162,7 @@ pub async fn code_owner(db: &Shards, code: &str) -> Result<Option<Id>> {
 /// Mark the account deleted (keeping the first time) and forget its password.
 pub async fn mark_deleted(db: &Shards, user: Id, now: u64) -> Result<()> {
     exec_drop(
-        &db.by_id(user).primary,
+        db.by_id(user),
         "UPDATE users SET deleted_at_ms = COALESCE(deleted_at_ms, ?), password_hash = '' WHERE id = ?",
         (now, user.0),
     )
@@ -160,7 +172,7 @@ pub async fn mark_deleted(db: &Shards, user: Id, now: u64) -> Result<()> {
 /// Free `name` in the username directory, if it is still `user`'s.
 pub async fn free_username(db: &Shards, name: &str, user: Id) -> Result<()> {
     exec_drop(
-        &db.by_key(name).primary,
+        db.by_key(name),
         "DELETE FROM usernames WHERE username = ? AND user_id = ?",
         (name, user.0),
     )
@@ -170,7 +182,7 @@ pub async fn free_username(db: &Shards, name: &str, user: Id) -> Result<()> {
 /// Free the invite code `code`, if it is still `user`'s.
 pub async fn free_invite_code(db: &Shards, code: &str, user: Id) -> Result<()> {
     exec_drop(
-        &db.by_key(code).primary,
+        db.by_key(code),
         "DELETE FROM invite_codes WHERE code = ? AND user_id = ?",
         (code, user.0),
     )
@@ -180,7 +192,7 @@ pub async fn free_invite_code(db: &Shards, code: &str, user: Id) -> Result<()> {
 /// Store a fresh invite code of mine; false when the code already names someone.
 pub async fn claim_invite_code(db: &Shards, code: &str, user: Id) -> Result<bool> {
     match exec_drop(
-        &db.by_key(code).primary,
+        db.by_key(code),
         "INSERT INTO invite_codes (code, user_id) VALUES (?, ?)",
         (code, user.0),
     )
@@ -194,11 +206,14 @@ pub async fn claim_invite_code(db: &Shards, code: &str, user: Id) -> Result<bool
 
 /// Make `new` my invite code if `old` still is and the account lives; whether it did.
 pub async fn replace_invite_code(db: &Shards, user: Id, old: &str, new: &str) -> Result<bool> {
-    let mut c = db.by_id(user).primary.get_conn().await?;
-    c.exec_drop(
-        "UPDATE users SET invite_code = ? WHERE id = ? AND invite_code = ? AND deleted_at_ms IS NULL",
-        (new, user.0, old),
-    )
-    .await?;
-    Ok(c.affected_rows() == 1)
+    db.by_id(user)
+        .on_primary(async |c| {
+            c.exec_drop(
+                "UPDATE users SET invite_code = ? WHERE id = ? AND invite_code = ? AND deleted_at_ms IS NULL",
+                (new, user.0, old),
+            )
+            .await?;
+            Ok(c.affected_rows() == 1)
+        })
+        .await
 }
