@@ -1,8 +1,11 @@
-//! One MariaDB shard unreachable for worker-dms (through a forwarder the test cuts, never the
-//! shared stack's server): a DM in a conversation on a healthy shard is still stored and delivered
-//! promptly, while one on the down shard is answered `unavailable` by the worker (its breaker
-//! opens, then refuses at once); once the shard is back the probe closes the breaker and the
-//! resend, same `client_msg_id`, is stored.
+//! One MariaDB shard unreachable (through a forwarder the test cuts, never the shared stack's
+//! server). For worker-dms alone: a DM in a conversation on a healthy shard is still stored and
+//! delivered promptly, while one on the down shard is answered `unavailable` by the worker (its
+//! breaker opens, then refuses at once); once the shard is back the probe closes the breaker and
+//! the resend, same `client_msg_id`, is stored. For every role: history, `dm.open`, profiles,
+//! invites, logins, sign-ups and bearer-token calls that need the down shard are answered
+//! `unavailable` at once once each role's breaker is open, the same kinds for the healthy shard
+//! go on, and all succeed again once it is back.
 
 mod common;
 

@@ -41,7 +41,7 @@ pub struct DatabaseSettings {
     pub logical_map: Option<Vec<usize>>,
     #[serde(default = "d_pool")]
     pub pool_max: usize,
-    /// The longest a guarded shard operation (a DM send's membership lookup or transaction) may
+    /// The longest a guarded shard operation (any statement of a request) may
     /// wait for a connection to the shard's primary (a server that accepts and never answers, or
     /// a host that does not answer SYN); past it the attempt counts as a failure of the shard.
     #[serde(default = "d_shard_connect_timeout")]
