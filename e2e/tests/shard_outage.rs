@@ -346,14 +346,21 @@ async fn a_down_shard_stalls_only_the_requests_that_need_it() {
     // A handshake checks the account on the primary: refused, 503.
     let refused = e2e::client::connect(&app.ws_url(0), Some(&carl_token), None).await;
     assert_eq!(refused.err(), Some(503));
-    // HTTP: a bearer token's account check (users worker), a login (auth), a sign-up whose
-    // name's directory entry is on the down shard; the healthy ones answer, and a new account's
-    // row goes to a shard that is up.
+    // HTTP: a bearer token's account check (users worker, and a send in worker-dms' batch), a
+    // login (auth), a sign-up whose name's directory entry is on the down shard; the healthy ones
+    // answer, and a new account's row goes to a shard that is up.
     let bad_name = name_on(bad);
     for (what, answer) in [
         ("me", me(&carl_token).await),
         ("login", login(&carl_name).await),
         ("signup", signup(&bad_name).await),
+        // a send in a batch of worker-dms, its bearer token's account on the down shard
+        (
+            "dm.send",
+            app.http(0)
+                .post("/api/v1/rpc", send(healthy, "c1"), Some(&carl_token))
+                .await,
+        ),
     ] {
         assert!(http_unavailable(&answer), "{what}: {answer:?}");
     }
