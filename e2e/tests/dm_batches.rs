@@ -336,11 +336,12 @@ async fn client_msg_ids_that_differ_only_in_case_or_trailing_space_are_two_messa
 }
 
 /// Requests whose deadline passed before a worker got to them (their edge has answered
-/// `unavailable`, the client retries) are dropped: not stored, not answered, counted; the same
-/// batch's requests still in time, and those without a deadline (written by an older edge), are
-/// handled as usual. Sequence numbers skip nothing: a dropped send takes none.
+/// `unavailable`, the client retries) are dropped: not applied, not answered, counted. Sends are
+/// the exception: a late send is stored in its place, so that its resend cannot land after its
+/// author's later messages (it is answered as a duplicate). Envelopes without a deadline (written
+/// by an older edge) are handled as usual.
 #[tokio::test]
-async fn requests_past_their_deadline_are_dropped_unapplied_and_the_rest_of_the_batch_goes_on() {
+async fn requests_past_their_deadline_are_dropped_unapplied_but_sends_keep_their_order() {
     let app = spawn_app().await;
     let Chat {
         ann_token,
@@ -362,7 +363,10 @@ async fn requests_past_their_deadline_are_dropped_unapplied_and_the_rest_of_the_
         after_seq: None,
         limit: Some(10),
     };
-    let mut late_ping = send(1006, &ann_token, "-", past);
+    let mut history_in_time = late_history.clone();
+    history_in_time.req = 1006;
+    history_in_time.deadline_ms = future;
+    let mut late_ping = send(1007, &ann_token, "-", past);
     late_ping.request = Request::Ping;
     let dms = [
         send(1001, &ann_token, "late-1", past),
@@ -370,6 +374,7 @@ async fn requests_past_their_deadline_are_dropped_unapplied_and_the_rest_of_the_
         send(1003, &ann_token, "late-2", past),
         send(1004, &bob_token, "no-deadline", None),
         late_history,
+        history_in_time,
     ];
     let topics = app.kafka.topics();
     let producer = runtime::kafka::producer(&app.kafka).expect("producer");
@@ -392,8 +397,8 @@ async fn requests_past_their_deadline_are_dropped_unapplied_and_the_rest_of_the_
     }
     to(Domain::Auth, &late_ping).await;
 
-    // A send through the edge after them, on the same partition: in time, so stored after the
-    // two that were; the late ones took no sequence number.
+    // A send through the edge after them, on the same partition: every send before it is stored,
+    // the late ones included, in the order published.
     let (s, body) = rpc(
         &app,
         0,
@@ -402,14 +407,19 @@ async fn requests_past_their_deadline_are_dropped_unapplied_and_the_rest_of_the_
     )
     .await;
     assert_eq!(s, 200, "{body}");
-    assert_eq!(body["message"]["seq"], 3, "{body}");
+    assert_eq!(body["message"]["seq"], 5, "{body}");
     assert_eq!(
         history(&app, &ann_token, conv).await,
-        [(1, "in-time"), (2, "no-deadline"), (3, "after")].map(|(s, c)| (s, c.to_string())),
+        ["late-1", "in-time", "late-2", "no-deadline", "after"]
+            .iter()
+            .zip(1..)
+            .map(|(c, s)| (s, c.to_string()))
+            .collect::<Vec<_>>(),
     );
 
-    // Answered: the two in time; the late ones got no answer from a worker.
-    let answered: Vec<u64> = edge_records(&app, 2)
+    // Answered: the four sends and the history asked in time; the late history and the late ping
+    // got no answer from a worker.
+    let mut answered: Vec<u64> = edge_records(&app, 5)
         .await
         .into_iter()
         .map(|(_, m)| match m {
@@ -420,7 +430,8 @@ async fn requests_past_their_deadline_are_dropped_unapplied_and_the_rest_of_the_
             other => panic!("unexpected record {other:?}"),
         })
         .collect();
-    assert_eq!(answered, [1002, 1004]);
+    answered.sort_unstable();
+    assert_eq!(answered, [1001, 1002, 1003, 1004, 1006]);
     let expired = |text: &str, kind: &str| {
         runtime::metrics::sample(
             text,
@@ -428,8 +439,12 @@ async fn requests_past_their_deadline_are_dropped_unapplied_and_the_rest_of_the_
         )
     };
     let dms_metrics = e2e::scrape(app.health["worker-dms"]).await;
-    assert_eq!(expired(&dms_metrics, "dm.send"), Some(2.0), "{dms_metrics}");
-    assert_eq!(expired(&dms_metrics, "dm.history"), Some(1.0));
+    assert_eq!(
+        expired(&dms_metrics, "dm.history"),
+        Some(1.0),
+        "{dms_metrics}"
+    );
+    assert_eq!(expired(&dms_metrics, "dm.send"), Some(0.0));
     let auth_metrics = e2e::scrape(app.health["worker-auth"]).await;
     assert_eq!(expired(&auth_metrics, "ping"), Some(1.0), "{auth_metrics}");
     app.stop().await;

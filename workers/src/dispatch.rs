@@ -95,8 +95,12 @@ impl Dispatcher {
     /// answered the client `unavailable`, and the client retries), and counted in
     /// `sb_requests_expired_total`. Under overload this sheds what nobody waits for any more
     /// instead of doing it late, so the queue drains back to requests that can still be answered.
+    ///
+    /// A `dm.send` is never dropped: its author's later sends, younger and so still in time,
+    /// would be stored meanwhile, and the resend after them, out of the order typed. It is stored
+    /// late instead, and the resend answered as a duplicate.
     pub fn expired(&self, env: &Envelope) -> bool {
-        if !env.expired(runtime::now_ms()) {
+        if matches!(env.request, Request::DmSend { .. }) || !env.expired(runtime::now_ms()) {
             return false;
         }
         let kind = env.request.kind_index();
