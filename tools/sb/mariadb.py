@@ -29,11 +29,17 @@ REPL_PASSWORD = "switchboard-repl"
 REPLICATIONS = ("async", "galera")
 GALERA_PROVIDER = "/usr/lib/galera/libgalera_smm.so"
 GALERA_COMMANDS = {"garbd": "galera-arbitrator-4", "mariabackup": "mariadb-backup", "socat": "socat"}
-# Galera's failure detection, tightened for loopback (the defaults, 5 s to suspect a silent node
-# and 15 s to drop it, are for real networks): a killed node leaves the cluster's view after
-# ~1.5-3 s, during which the survivor's commits wait.
-GALERA_EVS = ("evs.keepalive_period=PT0.5S;evs.suspect_timeout=PT1.5S;evs.inactive_timeout=PT3S;"
-              "evs.inactive_check_period=PT0.5S;evs.install_timeout=PT3S")
+# Galera's failure detection, tightened for loopback (the default, 5 s to suspect a silent node,
+# is for real networks): a killed node leaves the cluster's view after ~1.5-3 s, during which the
+# survivor's commits wait. The view installation keeps its default timeout (7.5 s): at 3 s, on a
+# loaded machine, a node's rejoin once left the survivor outside the primary component for 2 s.
+GALERA_EVS = ("evs.keepalive_period=PT0.5S;evs.suspect_timeout=PT1.5S;evs.inactive_timeout=PT10S;"
+              "evs.inactive_check_period=PT0.5S")
+# No automatic recovery of the last primary component (gvwstate.dat): with it, a node started
+# again within seconds came back under its old identity, which the others had just dropped, and
+# the survivor fell out of the primary component for 2 s. A full-cluster restart is `./sb up`'s
+# job (pick_bootstrap).
+GALERA_PC = "pc.recovery=FALSE"
 
 
 def galera(ctx) -> bool:
@@ -128,7 +134,7 @@ wsrep_cluster_name = sb-shard{shard}
 wsrep_cluster_address = {cluster_address(ctx, shard)}
 wsrep_node_name = {name(shard, replica, ctx)}
 wsrep_node_address = 127.0.0.1:{g}
-wsrep_provider_options = "gmcast.listen_addr=tcp://127.0.0.1:{g};ist.recv_addr=127.0.0.1:{g + 1};gcache.size=256M;{GALERA_EVS}"
+wsrep_provider_options = "gmcast.listen_addr=tcp://127.0.0.1:{g};ist.recv_addr=127.0.0.1:{g + 1};gcache.size=256M;{GALERA_EVS};{GALERA_PC}"
 wsrep_sst_receive_address = 127.0.0.1:{g + 2}
 # full state transfer (a new or long-gone node) by mariabackup, streamed with socat; rsync's
 # daemon, started as root, writes as `nobody` and cannot open the joiner's files

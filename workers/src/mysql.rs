@@ -4,6 +4,9 @@
 /// A Galera node that cannot take statements now: "WSREP has not yet prepared node for
 /// application use" (outside the cluster's primary component, or still joining it).
 pub const ER_UNKNOWN_COM_ERROR: u16 = 1047;
+/// A commit failed in the storage engine or, on a Galera node, in replication ("Error while
+/// appending streaming replication fragment", "Not connected to Primary Component").
+pub const ER_ERROR_DURING_COMMIT: u16 = 1180;
 /// A unique key already holds the value (`INSERT` of an existing username, pair, message id).
 pub const ER_DUP_ENTRY: u16 = 1062;
 /// The server has no connection slot left.
@@ -29,6 +32,7 @@ pub fn retry_may_fix(code: u16) -> bool {
         ER_LOCK_WAIT_TIMEOUT
             | ER_LOCK_DEADLOCK
             | ER_UNKNOWN_COM_ERROR
+            | ER_ERROR_DURING_COMMIT
             | ER_OPTION_PREVENTS_STATEMENT
             | ER_READ_ONLY_MODE
             | ER_CON_COUNT_ERROR
@@ -42,7 +46,7 @@ mod tests {
 
     #[test]
     fn busy_locked_and_read_only_servers_are_worth_a_retry() {
-        for code in [1205, 1213, 1290, 1836, 1040, 1927, 1047] {
+        for code in [1205, 1213, 1290, 1836, 1040, 1927, 1047, 1180] {
             assert!(retry_may_fix(code), "{code}");
         }
         for code in [ER_DUP_ENTRY, 1064, 1146, 1406] {
