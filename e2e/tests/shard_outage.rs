@@ -40,7 +40,7 @@ async fn a_down_shard_stalls_only_the_dms_that_need_it() {
     let mut shards = stack.mariadb.shards.clone();
     shards[bad] = ShardSettings {
         primary: forwarder.addr.to_string(),
-        replica: None,
+        ..Default::default()
     };
     let app = spawn_app_with(Options {
         shards: Some(shards),

@@ -140,7 +140,13 @@ pub fn victim(fault: &str, procs: &[Proc]) -> std::result::Result<Proc, String> 
         "edge" => first(&|p| p.kind == "edge"),
         "router" => first(&|p| p.kind == "router"),
         "nginx" => first(&|p| p.kind == "nginx"),
-        "mariadb-primary" => first(&|p| p.kind == "mariadb" && p.role == "primary"),
+        // an asynchronous shard's primary, or a Galera shard's node 0 (the writer while it is
+        // Synced; `./sb up --shard-replication galera`): the workers move to node 1, and the node
+        // the supervisor starts again rejoins the cluster
+        "mariadb-primary" => first(&|p| {
+            p.kind == "mariadb"
+                && (p.role == "primary" || (p.role == "node" && p.name.ends_with("-node0")))
+        }),
         "redis-master" => {
             first(&|p| p.kind == "redis" && redis_role(p.port).as_deref() == Some("master"))
         }
@@ -1266,6 +1272,17 @@ mod tests {
         assert_eq!(name("worker-dms-1").unwrap(), "worker-dms-1");
         assert!(name("kafka").unwrap_err().contains("--kafka-brokers 3"));
         assert!(name("worker-nope").is_err());
+        let galera = vec![
+            p("mariadb-shard1-node0", "mariadb", "node"),
+            p("mariadb-shard0-node1", "mariadb", "node"),
+            p("mariadb-shard0-garbd", "mariadb", "arbitrator"),
+            p("mariadb-shard0-node0", "mariadb", "node"),
+        ];
+        assert_eq!(
+            victim("mariadb-primary", &galera).unwrap().name,
+            "mariadb-shard0-node0",
+            "a Galera shard's writer"
+        );
         // no Redis answers on port 0
         assert!(name("redis-master").is_err());
         let mut three = procs.clone();

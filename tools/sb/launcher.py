@@ -31,7 +31,7 @@ class Ctx:
 
     def __init__(self, state: State, ports: Ports, kafka_brokers: int, edges: int, infra_only: bool,
                  bin_dir: str, release: bool, limits: str = "default", workers: dict[str, int] | None = None,
-                 trace_ratio: float = jaeger.SAMPLE_RATIO):
+                 trace_ratio: float = jaeger.SAMPLE_RATIO, shard_replication: str = "async"):
         self.repo = REPO
         self.state = state
         self.ports = ports
@@ -43,6 +43,7 @@ class Ctx:
         self.limits = limits  # a key of services.LIMIT_PROFILES
         self.workers = workers or {}  # processes per worker role (`--workers`; a missing role: 1)
         self.trace_ratio = trace_ratio  # the apps' [trace] sample_ratio (`--trace-ratio`; 0: no [trace])
+        self.shard_replication = shard_replication  # `--shard-replication`: async or galera (tools/sb/mariadb.py)
         self.infra_env = dict(os.environ)
         self.app_env = dict(os.environ)
         self.app_env.setdefault("RUST_LOG", "info")
@@ -84,7 +85,7 @@ def up(args) -> int:
     bin_dir = os.path.abspath(args.bin_dir) if args.bin_dir else default_bin_dir(args.release)
     workers = services.parse_workers(args.workers)
     ctx = Ctx(state, ports, args.kafka_brokers, args.edges, args.infra_only, bin_dir, args.release, args.limits,
-              workers, args.trace_ratio)
+              workers, args.trace_ratio, args.shard_replication)
 
     # --- already running? -----------------------------------------------------------------
     running_before = state.any_running()
@@ -92,7 +93,7 @@ def up(args) -> int:
         old = state.layout
         for key, new in (("port_offset", args.port_offset), ("kafka_brokers", args.kafka_brokers),
                          ("edges", args.edges), ("limits", args.limits), ("workers", workers),
-                         ("trace_ratio", args.trace_ratio)):
+                         ("trace_ratio", args.trace_ratio), ("shard_replication", args.shard_replication)):
             if key in old and old[key] != new and not (key in ("edges", "workers") and args.infra_only):
                 raise SbError(f"a platform is running from {_rel(state.dir)} with {key}={old[key]} "
                               f"(asked for {new}); run `./sb down` first")
@@ -120,7 +121,7 @@ def up(args) -> int:
         return 1
     state.data["layout"] = {"port_offset": args.port_offset, "kafka_brokers": args.kafka_brokers,
                             "edges": args.edges, "limits": args.limits, "workers": workers,
-                            "trace_ratio": args.trace_ratio,
+                            "trace_ratio": args.trace_ratio, "shard_replication": args.shard_replication,
                             "infra_only": args.infra_only and (not running_before
                                                                or state.layout.get("infra_only", True)),
                             "bin_dir": bin_dir}
@@ -130,7 +131,8 @@ def up(args) -> int:
          f"{args.kafka_brokers} Kafka broker(s), " + ("infra only" if args.infra_only else f"{args.edges} edge(s)")
          + ("" if args.infra_only or set(workers.values()) == {1}
             else ", worker processes " + ",".join(f"{w}={n}" for w, n in workers.items()))
-         + ("" if args.limits == "default" else f", {args.limits} limits"))
+         + ("" if args.limits == "default" else f", {args.limits} limits")
+         + ("" if args.shard_replication == "async" else f", {args.shard_replication} shards"))
 
     try:
         ensure_packages(SYSTEM_COMMANDS)
@@ -248,9 +250,11 @@ def _preflight(ctx: Ctx) -> None:
                 ours.add(c["port"] + 1)
             if c["kind"] == "redis":
                 ours.add(c["port"] + (ctx.ports.redis_bus(0) - ctx.ports.redis(0)))
+            if c["kind"] == "mariadb" and c.get("role") == "node":  # its Galera, IST and SST ports
+                ours |= {ctx.ports.galera(c["shard"], c["node"]) + k for k in range(3)}
     busy = []
     for group, plist in ctx.ports.all_listening(ctx.kafka_brokers, ctx.edges, not ctx.infra_only,
-                                                ctx.workers).items():
+                                                ctx.workers, mariadb.galera(ctx)).items():
         for p in plist:
             if p not in ours and not port_free(p):
                 busy.append(f"{group} port {p}: {port_owner(p)}")
@@ -289,10 +293,13 @@ def down(args) -> int:
     for group, timeout in STOP_ORDER:
         members = [c for c in comps if c.get("group") == group]
         live = [c for c in members if alive(c.get("pid"), c.get("starttime"))]
-        if live:
-            killed = stop_many([(c["name"], c["pid"], c.get("starttime")) for c in live], signal.SIGTERM, timeout)
+        # in waves (`stop_wave`, default 0): a Galera shard's node 0 leaves last, so that it is
+        # the one marked safe to bootstrap the cluster again (tools/sb/mariadb.py)
+        for wave in sorted({c.get("stop_wave", 0) for c in live}):
+            batch = [c for c in live if c.get("stop_wave", 0) == wave]
+            killed = stop_many([(c["name"], c["pid"], c.get("starttime")) for c in batch], signal.SIGTERM, timeout)
             extra = f" (SIGKILL after {timeout:.0f}s: {', '.join(killed)})" if killed else ""
-            line(group if group != "app" else "switchboard", f"stopped {len(live)} process(es){extra}", True)
+            line(group if group != "app" else "switchboard", f"stopped {len(batch)} process(es){extra}", True)
         for c in members:
             state.remove(c["name"])
     # anything recorded outside the known groups
@@ -327,6 +334,8 @@ def _check(state: State, c: dict) -> dict:
         role = (redis.role(c["port"]) if ok or alive(c.get("pid"), c.get("starttime")) else None) or role
     elif kind == "mariadb":
         ok = mariadb.healthy(c)
+        if c.get("role") == "node":
+            role = mariadb.node_role(state, c, ok)
     elif kind == "nginx":
         ok = nginx.healthy(c, any(x["kind"] == "edge" for x in state.components))
     elif kind in ("discovery", "supervisor"):

@@ -1,4 +1,12 @@
-"""MariaDB shards: each a primary + a GTID replica, plus running sb-migrate."""
+"""MariaDB shards, plus running sb-migrate. Each shard is either (`--shard-replication async`, the
+default) a primary + a GTID replica, or (`galera`) a Galera cluster of two data nodes (on the same
+ports) and an arbitrator (garbd), so that losing one data node keeps a majority (2 of 3).
+
+Galera: the first start bootstraps node 0 (`--wsrep-new-cluster`) and the others join it (a full state
+transfer, SST, by mariabackup). The command line recorded for the supervisor never bootstraps: a node it starts again
+joins the running cluster (IST from the other node). When no node of a shard runs (`./sb down`,
+or both lost), `./sb up` bootstraps the node that can (`safe_to_bootstrap: 1` in its grastate.dat,
+else the highest position `mariadbd --wsrep-recover` finds) and the others join it."""
 
 from __future__ import annotations
 
@@ -9,7 +17,7 @@ import time
 
 from ports import MARIADB_SHARDS, addr
 from state import write_atomic
-from util import SbError, alive, line, spawn, tail, wait_until, warn, which
+from util import SbError, alive, ensure_packages, line, port_free, spawn, tail, wait_until, warn, which
 
 DB_USER = "switchboard"
 DB_PASSWORD = "switchboard"
@@ -18,8 +26,34 @@ REPL_USER = "repl"
 REPL_PASSWORD = "switchboard-repl"
 
 
-def name(shard: int, replica: bool) -> str:
+REPLICATIONS = ("async", "galera")
+GALERA_PROVIDER = "/usr/lib/galera/libgalera_smm.so"
+GALERA_COMMANDS = {"garbd": "galera-arbitrator-4", "mariabackup": "mariadb-backup", "socat": "socat"}
+# Galera's failure detection, tightened for loopback (the default, 5 s to suspect a silent node,
+# is for real networks): a killed node leaves the cluster's view after ~1.5-3 s, during which the
+# survivor's commits wait. The view installation keeps its default timeout (7.5 s): at 3 s, on a
+# loaded machine, a node's rejoin once left the survivor outside the primary component for 2 s.
+GALERA_EVS = ("evs.keepalive_period=PT0.5S;evs.suspect_timeout=PT1.5S;evs.inactive_timeout=PT10S;"
+              "evs.inactive_check_period=PT0.5S")
+# No automatic recovery of the last primary component (gvwstate.dat): with it, a node started
+# again within seconds came back under its old identity, which the others had just dropped, and
+# the survivor fell out of the primary component for 2 s. A full-cluster restart is `./sb up`'s
+# job (pick_bootstrap).
+GALERA_PC = "pc.recovery=FALSE"
+
+
+def galera(ctx) -> bool:
+    return getattr(ctx, "shard_replication", "async") == "galera"
+
+
+def name(shard: int, replica: bool, ctx=None) -> str:
+    if ctx is not None and galera(ctx):
+        return f"mariadb-shard{shard}-node{1 if replica else 0}"
     return f"mariadb-shard{shard}-{'replica' if replica else 'primary'}"
+
+
+def garbd_name(shard: int) -> str:
+    return f"mariadb-shard{shard}-garbd"
 
 
 def instances():
@@ -29,7 +63,7 @@ def instances():
 
 
 def inst_dir(ctx, shard: int, replica: bool) -> str:
-    return ctx.state.path("mariadb", name(shard, replica))
+    return ctx.state.path("mariadb", name(shard, replica, ctx))
 
 
 def cnf_path(ctx, shard: int, replica: bool) -> str:
@@ -58,7 +92,7 @@ socket = {sock}
 pid-file = {os.path.join(d, 'mysqld.pid')}
 datadir = {os.path.join(d, 'data')}
 tmpdir = {os.path.join(d, 'tmp')}
-log-error = {ctx.state.log(name(shard, replica))}
+log-error = {ctx.state.log(name(shard, replica, ctx))}
 skip-name-resolve
 character-set-server = utf8mb4
 collation-server = utf8mb4_unicode_ci
@@ -66,19 +100,47 @@ max_connections = 500
 # Workers keep up to 512 prepared statements per connection (batched statements differ by their
 # row count); the default server-wide cap of 16,382 could be reached by one busy worker-dms.
 max_prepared_stmt_count = 262144
-# replication (GTID)
 server_id = {server_id(shard, replica)}
-log_bin = mysql-bin
-relay_log = relay-bin
 binlog_format = ROW
-gtid_strict_mode = 1
-log_slave_updates = 1
-{'read_only = 1' if replica else '# primary: writable'}
+{galera_cnf(ctx, shard, replica) if galera(ctx) else gtid_cnf(replica)}
 # durability
 innodb_flush_log_at_trx_commit = 1
-sync_binlog = 1
 innodb_buffer_pool_size = 256M
 """
+
+
+def gtid_cnf(replica: bool) -> str:
+    return f"""# replication (GTID)
+log_bin = mysql-bin
+log_slave_updates = 1
+sync_binlog = 1
+relay_log = relay-bin
+gtid_strict_mode = 1
+{'read_only = 1' if replica else '# primary: writable'}"""
+
+
+def cluster_address(ctx, shard: int) -> str:
+    return "gcomm://" + ",".join(addr(ctx.ports.galera(shard, n)) for n in (0, 1, 2))
+
+
+def galera_cnf(ctx, shard: int, replica: bool) -> str:
+    g = ctx.ports.galera(shard, 1 if replica else 0)
+    return f"""# Galera: one synchronous cluster per shard (two data nodes and garbd); both nodes writable.
+# No binary log: Galera replicates write sets itself, and a commit is durable once certified and
+# received by the other node.
+wsrep_on = ON
+wsrep_provider = {GALERA_PROVIDER}
+wsrep_cluster_name = sb-shard{shard}
+wsrep_cluster_address = {cluster_address(ctx, shard)}
+wsrep_node_name = {name(shard, replica, ctx)}
+wsrep_node_address = 127.0.0.1:{g}
+wsrep_provider_options = "gmcast.listen_addr=tcp://127.0.0.1:{g};ist.recv_addr=127.0.0.1:{g + 1};gcache.size=256M;{GALERA_EVS};{GALERA_PC}"
+wsrep_sst_receive_address = 127.0.0.1:{g + 2}
+# full state transfer (a new or long-gone node) by mariabackup, streamed with socat; rsync's
+# daemon, started as root, writes as `nobody` and cannot open the joiner's files
+wsrep_sst_method = mariabackup
+wsrep_sst_auth = root:
+innodb_autoinc_lock_mode = 2"""
 
 
 def sql(ctx, shard: int, replica: bool, query: str, timeout: float = 30) -> str:
@@ -87,7 +149,7 @@ def sql(ctx, shard: int, replica: bool, query: str, timeout: float = 30) -> str:
            "-N", "-B", "--connect-timeout=2", "-e", query]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if r.returncode != 0:
-        raise SbError(f"{name(shard, replica)}: SQL failed: {query[:200]}\n{r.stderr.strip()}")
+        raise SbError(f"{name(shard, replica, ctx)}: SQL failed: {query[:200]}\n{r.stderr.strip()}")
     return r.stdout
 
 
@@ -114,13 +176,159 @@ def slave_status(cnf_file: str) -> dict[str, str]:
     return out
 
 
+def wsrep_status(cnf_file: str) -> dict[str, str]:
+    """The node's `wsrep_%` status variables (empty when it does not answer)."""
+    cmd = [which("mariadb") or "mariadb", f"--defaults-file={cnf_file}", "--connect-timeout=1", "-N", "-B",
+           "-e", "SHOW GLOBAL STATUS LIKE 'wsrep_%'"]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=5)
+    except subprocess.TimeoutExpired:
+        return {}
+    return dict(ln.split("\t", 1) for ln in r.stdout.splitlines() if "\t" in ln)
+
+
+def synced(st: dict[str, str]) -> bool:
+    """A Galera node that serves: in the primary component and Synced (local state 4)."""
+    return st.get("wsrep_ready") == "ON" and st.get("wsrep_local_state") == "4"
+
+
 def healthy(comp: dict) -> bool:
     if not alive(comp.get("pid"), comp.get("starttime")):
         return False
+    if comp["role"] == "arbitrator":
+        return not port_free(comp["port"])
+    if comp["role"] == "node":
+        return synced(wsrep_status(comp["cnf"]))
     if comp["role"] == "primary":
         return _ping(comp["cnf"])
     st = slave_status(comp["cnf"])
     return st.get("Slave_IO_Running") == "Yes" and st.get("Slave_SQL_Running") == "Yes"
+
+
+def _marker(ctx) -> str:
+    """The file that records which replication the shards' datadirs were made for."""
+    return ctx.state.path("mariadb", "replication")
+
+
+def check_replication(recorded: str | None, wanted: str, has_data: bool) -> None:
+    """The datadirs of one replication cannot serve the other: refuse, naming the way out."""
+    if has_data and (recorded or "async") != wanted:
+        raise SbError(f"the MariaDB data in this state dir is for --shard-replication {recorded or 'async'}, "
+                      f"not {wanted}: `./sb down --purge` first (deletes the data)")
+
+
+def grastate(path: str) -> dict | None:
+    """grastate.dat of a Galera node: {"safe": safe_to_bootstrap, "seqno": int}; None if absent."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None
+    fields = dict(ln.split(":", 1) for ln in text.splitlines() if ":" in ln and not ln.startswith("#"))
+    try:
+        seqno = int(fields.get("seqno", "-1").strip())
+    except ValueError:
+        seqno = -1
+    return {"safe": fields.get("safe_to_bootstrap", "0").strip() == "1", "seqno": seqno}
+
+
+def recovered_seqno(log_text: str) -> int:
+    """The position `mariadbd --wsrep-recover` wrote to its log ("WSREP: Recovered position:
+    <uuid>:<seqno>"), or -1."""
+    seqno = -1
+    for ln in log_text.splitlines():
+        if "Recovered position:" in ln:
+            try:
+                seqno = int(ln.rsplit(":", 1)[1].strip())
+            except ValueError:
+                pass
+    return seqno
+
+
+def pick_bootstrap(nodes: list[dict | None]) -> int:
+    """Which node of a shard whose nodes are all stopped starts the cluster again: the one
+    Galera marked `safe_to_bootstrap` (the last to leave a cleanly stopped cluster), else the one
+    with the highest position (a crash of all nodes), the first in order on a tie. `nodes[i]` is
+    None for a node that never ran under Galera (a fresh datadir: node 0 starts a new cluster)."""
+    known = [(i, n) for i, n in enumerate(nodes) if n is not None]
+    if not known:
+        return 0
+    safe = [i for i, n in known if n["safe"]]
+    if safe:
+        return safe[0]
+    return max(known, key=lambda x: (x[1]["seqno"], -x[0]))[0]
+
+
+def _galera_position(ctx, s: int, r: bool) -> dict | None:
+    """grastate.dat of a stopped node, its seqno completed by `--wsrep-recover` after a crash."""
+    data = os.path.join(inst_dir(ctx, s, r), "data")
+    st = grastate(os.path.join(data, "grastate.dat"))
+    if st is None or st["safe"] or st["seqno"] >= 0:
+        return st
+    log = os.path.join(inst_dir(ctx, s, r), "tmp", "wsrep-recover.log")
+    cmd = [which("mariadbd") or "mariadbd", f"--defaults-file={cnf_path(ctx, s, r)}", "--wsrep-recover",
+           f"--log-error={log}"]
+    subprocess.run(cmd, capture_output=True, timeout=120)
+    try:
+        with open(log) as f:
+            st["seqno"] = recovered_seqno(f.read())
+    except FileNotFoundError:
+        pass
+    return st
+
+
+def _allow_bootstrap(ctx, s: int, r: bool) -> None:
+    """Galera refuses to bootstrap from a node without `safe_to_bootstrap: 1` (it may not have the
+    last commits): the node `pick_bootstrap` chose has them, so say so, as an operator would."""
+    path = os.path.join(inst_dir(ctx, s, r), "data", "grastate.dat")
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return
+    write_atomic(path, text.replace("safe_to_bootstrap: 0", "safe_to_bootstrap: 1"), 0o660)
+
+
+def _spawn(ctx, s: int, r: bool, extra: tuple[str, ...] = ()) -> dict:
+    """Start one mariadbd; the command line recorded for the supervisor is without `extra` (a
+    Galera node it starts again joins, never bootstraps)."""
+    n, cf = name(s, r, ctx), cnf_path(ctx, s, r)
+    argv, out, cwd = [which("mariadbd"), f"--defaults-file={cf}"], ctx.state.log(n) + ".out", inst_dir(ctx, s, r)
+    pid, stt = spawn(argv + list(extra), out, env=ctx.infra_env, cwd=cwd)
+    port = ctx.ports.mariadb(s, r)
+    role = "node" if galera(ctx) else "replica" if r else "primary"
+    # argv, cwd, out: what the supervisor starts again after a crash
+    comp = {"name": n, "kind": "mariadb", "role": role, "addr": addr(port),
+            "port": port, "pid": pid, "starttime": stt, "group": "mariadb", "log": ctx.state.log(n),
+            "cnf": cf, "shard": s, "argv": argv, "cwd": cwd, "out": out}
+    if galera(ctx):
+        comp["node"] = 1 if r else 0
+        # `./sb down` stops node 1 and garbd first: node 0, the last to leave, may bootstrap next time
+        comp["stop_wave"] = 0 if r else 1
+    ctx.state.put(comp)
+    return comp
+
+
+def _spawn_garbd(ctx, s: int) -> None:
+    n, port = garbd_name(s), ctx.ports.galera(s, 2)
+    nodes = ",".join(addr(ctx.ports.galera(s, i)) for i in (0, 1))
+    argv = [which("garbd") or "garbd", "--address", f"gcomm://{nodes}", "--group", f"sb-shard{s}", "--name", n,
+            "--options", f"gmcast.listen_addr=tcp://127.0.0.1:{port};{GALERA_EVS}"]
+    log = ctx.state.log(n)
+    pid, stt = spawn(argv, log, env=ctx.infra_env, cwd=ctx.state.path("mariadb"))
+    ctx.state.put({"name": n, "kind": "mariadb", "role": "arbitrator", "addr": addr(port), "port": port,
+                   "pid": pid, "starttime": stt, "group": "mariadb", "log": log, "shard": s, "argv": argv,
+                   "cwd": ctx.state.path("mariadb"), "out": log, "stop_wave": 0})
+
+
+def node_role(state, comp: dict, ok: bool) -> str:
+    """`./sb status`'s role of a Galera data node: `writer` if it is the first node of its shard,
+    in order, that is Synced (the one every worker writes to, workers/src/db.rs), else `node`."""
+    if not ok:
+        return "node"
+    earlier = [c for c in state.components if c.get("kind") == "mariadb" and c.get("role") == "node"
+               and c.get("shard") == comp.get("shard") and c.get("node", 0) < comp.get("node", 0)]
+    return "node" if any(healthy(c) for c in earlier) else "writer"
 
 
 def start(ctx) -> None:
@@ -128,7 +336,25 @@ def start(ctx) -> None:
     install = which("mariadb-install-db")
     if not mariadbd or not install:
         raise SbError("mariadbd / mariadb-install-db not found")
-    todo = [(s, r) for s, r in instances() if not ctx.state.running(name(s, r))]
+    if galera(ctx):
+        ensure_packages(GALERA_COMMANDS)
+        if not os.path.exists(GALERA_PROVIDER):
+            raise SbError(f"{GALERA_PROVIDER} not found (Debian package galera-4)")
+    todo = [(s, r) for s, r in instances() if not ctx.state.running(name(s, r, ctx))]
+    try:
+        with open(_marker(ctx)) as f:
+            recorded = f.read().strip()
+    except FileNotFoundError:
+        recorded = None
+    has_data = any(os.path.isdir(os.path.join(inst_dir(ctx, s, r), "data", "mysql")) for s, r in instances())
+    # the other mode's datadirs live under other names: any instance dir counts
+    has_data |= os.path.isdir(ctx.state.path("mariadb")) and any(
+        os.path.isdir(os.path.join(ctx.state.path("mariadb"), d, "data", "mysql"))
+        for d in os.listdir(ctx.state.path("mariadb")))
+    check_replication(recorded, ctx.shard_replication, has_data)
+    write_atomic(_marker(ctx), ctx.shard_replication + "\n")
+    # which stopped Galera nodes ran before (their grastate.dat), before install-db adds datadirs
+    positions = {(s, r): _galera_position(ctx, s, r) for s, r in todo} if galera(ctx) else {}
     # initialize missing datadirs in parallel (~0.5-1.5 s each)
     installs = []
     for s, r in todo:
@@ -143,23 +369,44 @@ def start(ctx) -> None:
             except FileNotFoundError:
                 pass
             cmd = [install, f"--defaults-file={cf}", "--skip-test-db", "--auth-root-authentication-method=normal"]
-            installs.append((name(s, r), cmd, subprocess.Popen(cmd, stdout=subprocess.PIPE,
-                                                                stderr=subprocess.STDOUT, text=True)))
+            installs.append((name(s, r, ctx), cmd, subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                                                                     stderr=subprocess.STDOUT, text=True)))
     for n, cmd, p in installs:
         out, _ = p.communicate(timeout=300)
         if p.returncode != 0:
             raise SbError(f"{n}: mariadb-install-db failed:\n  {' '.join(cmd)}\n{out[-3000:]}")
-    for s, r in todo:
-        n, cf = name(s, r), cnf_path(ctx, s, r)
-        argv, out, cwd = [mariadbd, f"--defaults-file={cf}"], ctx.state.log(n) + ".out", inst_dir(ctx, s, r)
-        pid, stt = spawn(argv, out, env=ctx.infra_env, cwd=cwd)
-        port = ctx.ports.mariadb(s, r)
-        # argv, cwd, out: what the supervisor starts again after a crash
-        ctx.state.put({"name": n, "kind": "mariadb", "role": "replica" if r else "primary", "addr": addr(port),
-                       "port": port, "pid": pid, "starttime": stt, "group": "mariadb", "log": ctx.state.log(n),
-                       "cnf": cf, "shard": s, "argv": argv, "cwd": cwd, "out": out})
+    if not galera(ctx):
+        for s, r in todo:
+            _spawn(ctx, s, r)
+    else:
+        _start_galera(ctx, todo, positions)
     extra = f", {len(installs)} datadir(s) initialized" if installs else ""
     line("mariadb", f"started {len(todo)} instance(s){extra}" if todo else "already running")
+
+
+def _start_galera(ctx, todo: list[tuple[int, bool]], positions: dict) -> None:
+    """Per shard: with a node still running, the stopped ones join it; with none, the node
+    `pick_bootstrap` names starts the cluster again and, once it is Synced, the others join."""
+    boots = []
+    for s in range(MARIADB_SHARDS):
+        down = [r for ss, r in todo if ss == s]
+        if len(down) == 2:
+            b = bool(pick_bootstrap([positions[(s, False)], positions[(s, True)]]))
+            _allow_bootstrap(ctx, s, b)
+            boots.append((s, b, _spawn(ctx, s, b, ("--wsrep-new-cluster",))))
+    for s, b, c in boots:
+        ok = wait_until(lambda c=c: synced(wsrep_status(c["cnf"])), 120, 0.2,
+                        lambda c=c: not alive(c["pid"], c["starttime"]))
+        if not ok:
+            raise SbError(f"{c['name']} did not start the shard's Galera cluster; log {c['log']}:\n{tail(c['log'])}")
+        line(c["name"], f"bootstrapped shard {s}'s Galera cluster", True)
+    booted = {(s, b) for s, b, _ in boots}
+    for s, r in todo:
+        if (s, r) not in booted:
+            _spawn(ctx, s, r)
+    for s in range(MARIADB_SHARDS):
+        if not ctx.state.running(garbd_name(s)):
+            _spawn_garbd(ctx, s)
 
 
 def _setup_primary(ctx, s: int) -> None:
@@ -189,9 +436,11 @@ def _setup_replica(ctx, s: int) -> None:
 
 
 def wait(ctx, timeout: float = 60.0) -> None:
+    if galera(ctx):
+        return _wait_galera(ctx, max(timeout, 180.0))
     # 1. every instance answers
     for s, r in instances():
-        c = ctx.state.get(name(s, r))
+        c = ctx.state.get(name(s, r, ctx))
         if not wait_until(lambda c=c: _ping(c["cnf"]), timeout, 0.1, lambda c=c: not alive(c["pid"], c["starttime"])):
             raise SbError(f"{c['name']} does not answer on {c['addr']}; log {c['log']}:\n{tail(c['log'])}")
     # 2. first start only: users + database on the primary, then attach the replica (users replicate)
@@ -223,6 +472,42 @@ def wait(ctx, timeout: float = 60.0) -> None:
     shards = ", ".join(f"shard{s} {addr(ctx.ports.mariadb(s, False))}->{ctx.ports.mariadb(s, True)}"
                        for s in range(MARIADB_SHARDS))
     line("mariadb", f"{MARIADB_SHARDS} shards healthy, replicas replicating ({shards})", True)
+
+
+def _setup_galera(ctx, s: int, r: bool) -> None:
+    """Users and database of a new Galera shard, on one node (Galera replicates them)."""
+    users = "".join(
+        f"CREATE USER IF NOT EXISTS '{DB_USER}'@'{h}' IDENTIFIED BY '{DB_PASSWORD}';"
+        f"GRANT ALL PRIVILEGES ON *.* TO '{DB_USER}'@'{h}' WITH GRANT OPTION;"
+        for h in ("127.0.0.1", "localhost")
+    )
+    sql(ctx, s, r, users + f"CREATE DATABASE IF NOT EXISTS `{DB_NAME}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;")
+
+
+def _wait_galera(ctx, timeout: float) -> None:
+    # 1. every data node Synced (a joiner answers once its state transfer is done) and garbd up
+    for s, r in instances():
+        c = ctx.state.get(name(s, r, ctx))
+        if not wait_until(lambda c=c: healthy(c), timeout, 0.2, lambda c=c: not alive(c["pid"], c["starttime"])):
+            st = wsrep_status(c["cnf"])
+            raise SbError(f"{c['name']} is not a Synced Galera node (ready {st.get('wsrep_ready')}, state "
+                          f"{st.get('wsrep_local_state_comment')}); log {c['log']}:\n{tail(c['log'])}")
+    # 2. each cluster whole: two data nodes and the arbitrator (a majority survives one loss)
+    for s in range(MARIADB_SHARDS):
+        g = ctx.state.get(garbd_name(s))
+        c = ctx.state.get(name(s, False, ctx))
+        if not wait_until(lambda c=c: wsrep_status(c["cnf"]).get("wsrep_cluster_size") == "3", 60, 0.2,
+                          lambda g=g: not alive(g["pid"], g["starttime"])):
+            raise SbError(f"shard {s}: the Galera cluster is not 3 members (garbd log {g['log']}):\n{tail(g['log'])}")
+    # 3. first start only: users + database (replicated to the other node)
+    for s in range(MARIADB_SHARDS):
+        marker = os.path.join(inst_dir(ctx, s, False), "sb-initialized")
+        if not os.path.exists(marker):
+            _setup_galera(ctx, s, False)
+            write_atomic(marker, "ok\n")
+    shards = ", ".join(f"shard{s} {addr(ctx.ports.mariadb(s, False))}+{ctx.ports.mariadb(s, True)}+garbd"
+                       for s in range(MARIADB_SHARDS))
+    line("mariadb", f"{MARIADB_SHARDS} Galera shards, every node Synced ({shards})", True)
 
 
 def migrate(ctx) -> None:

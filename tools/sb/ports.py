@@ -27,6 +27,11 @@ BASE = {
     "redis_bus_shift": 10000,  # not a port: Redis' own default bus offset, kept explicit
     # MariaDB: shard s primary on mariadb_first + 2*s, its replica on mariadb_first + 2*s + 1.
     "mariadb_first": 13306,
+    # Galera (`--shard-replication galera`): node n of shard s (n 0: the primary's instance, 1: the
+    # replica's) talks to its cluster on galera_first + 10*s + 3*n, receives incremental state
+    # transfers on the next port and full ones (SST) on the one after; the shard's arbitrator
+    # (garbd) on galera_first + 10*s + 6.
+    "galera_first": 13320,
     # nginx instance i on nginx_first + i.
     "nginx_first": 18080,
     # edge-i listens on edge_first + i (HTTP + WebSocket + /healthz) ...
@@ -92,6 +97,11 @@ class Ports:
     def mariadb(self, shard: int, replica: bool) -> int:
         return self._p["mariadb_first"] + 2 * shard + (1 if replica else 0)
 
+    def galera(self, shard: int, node: int) -> int:
+        """Node `node`'s group communication port (its IST port is the next, its SST port the one
+        after); node 2 is the shard's arbitrator."""
+        return self._p["galera_first"] + 10 * shard + 3 * node
+
     # --- nginx / app -----------------------------------------------------
     def nginx(self, i: int) -> int:
         return self._p["nginx_first"] + i
@@ -124,15 +134,18 @@ class Ports:
 
     # --- everything, for pre-flight "is this port free" checks -----------
     def all_listening(self, kafka_brokers: int, edges: int, apps: bool,
-                      workers: dict[str, int] | None = None) -> dict[str, list[int]]:
+                      workers: dict[str, int] | None = None, galera: bool = False) -> dict[str, list[int]]:
         """Component group -> every port that group will listen on (`workers`: processes per
-        role, default one each)."""
+        role, default one each; `galera`: the shards are Galera clusters)."""
         out = {
             "kafka": [p for i in range(kafka_brokers) for p in (self.kafka_client(i), self.kafka_controller(i))],
             "redis": [p for i in range(REDIS_NODES) for p in (self.redis(i), self.redis_bus(i))],
             "mariadb": [self.mariadb(s, r) for s in range(MARIADB_SHARDS) for r in (False, True)],
             "nginx": [self.nginx(i) for i in range(NGINX_INSTANCES)],
         }
+        if galera:
+            out["mariadb"] += [self.galera(s, n) + k for s in range(MARIADB_SHARDS) for n in (0, 1)
+                               for k in range(3)] + [self.galera(s, 2) for s in range(MARIADB_SHARDS)]
         if apps:
             out["edges"] = [self.edge(i) for i in range(edges)] + [self.edge_internal(i) for i in range(edges)]
             out["workers"] = [self.worker_health(w, j) for w in WORKERS for j in range((workers or {}).get(w, 1))]

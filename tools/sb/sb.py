@@ -2,7 +2,7 @@
 """sb -- the Switchboard local launcher. Python 3.11 standard library only.
 
     ./sb up [--edges N] [--workers N|ROLE=N,...] [--kafka-brokers 1|3] [--infra-only] [--bin-dir DIR] [--release]
-            [--limits default|bench] [--trace-ratio R]
+            [--limits default|bench] [--trace-ratio R] [--shard-replication async|galera]
     ./sb down [--purge]
     ./sb status [--json]
     ./sb test [--test-threads N] [-- ARGS for the test harness]
@@ -62,6 +62,11 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--limits", choices=["default", "bench"], default="default",
                     help="workers' [limits] and edges' per-client limits: default = the product's; "
                          "bench = rate limits and connection caps lifted for load tests")
+
+    up.add_argument("--shard-replication", choices=["async", "galera"], default="async",
+                    help="MariaDB shards: async = a primary + a GTID replica each (promotion is manual); "
+                         "galera = a Galera cluster of two nodes + garbd each, the workers write to the "
+                         "first Synced node and fail over by themselves (docs/operations.md)")
 
     down = sub.add_parser("down", parents=[common], help="stop everything `up` started")
     down.add_argument("--purge", action="store_true", help="also delete the state dir (all data)")

@@ -41,7 +41,11 @@ def redis_nodes(ctx) -> list[str]:
 
 
 def db_shards(ctx) -> list[dict]:
+    """Every shard's two instances; `failover`: they are nodes of one Galera cluster, and the
+    workers write to the first of them that is Synced (workers::settings::ShardSettings)."""
+    galera = getattr(ctx, "shard_replication", "async") == "galera"
     return [{"primary": addr(ctx.ports.mariadb(s, False)), "replica": addr(ctx.ports.mariadb(s, True))}
+            | ({"failover": True} if galera else {})
             for s in range(MARIADB_SHARDS)]
 
 
@@ -109,6 +113,8 @@ def _database_section(ctx) -> str:
     out = f"[database]\nuser = {q(DB_USER)}\npassword = {q(DB_PASSWORD)}\nname = {q(DB_NAME)}\n"
     for sh in db_shards(ctx):
         out += f"\n[[database.shards]]\nprimary = {q(sh['primary'])}\nreplica = {q(sh['replica'])}\n"
+        if sh.get("failover"):
+            out += "failover = true\n"
     return out
 
 
@@ -202,7 +208,8 @@ def stack(ctx, edges: list[dict]) -> dict:
     return {
         "kafka": {"brokers": kafka_brokers(ctx), "replication_factor": replication_factor(ctx)},
         "redis": {"nodes": redis_nodes(ctx)},
-        "mariadb": {"user": DB_USER, "password": DB_PASSWORD, "database": DB_NAME, "shards": db_shards(ctx)},
+        "mariadb": {"user": DB_USER, "password": DB_PASSWORD, "database": DB_NAME, "shards": db_shards(ctx),
+                    "replication": getattr(ctx, "shard_replication", "async")},
         "nginx": nginx_addrs(ctx),
         "edges": edges,
         "nginx_prefixes": [ctx.state.path(f"nginx-{i}") for i in range(NGINX_INSTANCES)],

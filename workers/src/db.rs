@@ -1,5 +1,6 @@
 //! Sharded MariaDB: a logical-shard map over physical shards (each a primary and an optional
-//! replica). The migration runner is in [`crate::migrations`].
+//! replica, or two nodes of a Galera cluster that the workers fail over between by themselves,
+//! [`Cluster`]). The migration runner is in [`crate::migrations`].
 
 use crate::breaker::Breaker;
 use crate::settings::DatabaseSettings;
@@ -9,17 +10,229 @@ use mysql_async::{Conn, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts};
 use runtime::metrics::{Gauge, InUse, Metrics};
 use secrecy::ExposeSecret;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use crate::migrations::migrate;
 
 /// A connection pool that counts its checked-out connections (`sb_mariadb_connections_in_use`):
-/// every connection the workers take goes through [`CountedPool::get_conn`].
+/// every connection the workers take goes through [`CountedPool::get_conn`]. Its connections go
+/// to one server or, for a Galera shard, to the node its [`Cluster`] currently elects for the
+/// pool's use (writes, or reads that tolerate lag).
 #[derive(Clone)]
 pub struct CountedPool {
-    pool: Pool,
+    target: Target,
     in_use: Gauge,
+}
+
+#[derive(Clone)]
+enum Target {
+    One(Pool),
+    Elected(Arc<Cluster>, Use),
+}
+
+/// What a pool of a [`Cluster`] is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Use {
+    /// Writes and the reads that must see them: the elected writer.
+    Write,
+    /// Reads that tolerate lag: the other node while it serves, else the writer.
+    Read,
+}
+
+/// A Galera node's answer about itself: it serves (in the primary component, `wsrep_ready` ON,
+/// and Synced, `wsrep_local_state` 4), or not. A server without Galera reports neither.
+pub fn serves(ready: Option<&str>, local_state: Option<&str>) -> bool {
+    ready == Some("ON") && local_state == Some("4")
+}
+
+/// The writer of a cluster whose nodes, in configuration order, do or do not serve: the first
+/// that serves, so that every worker, asking the same nodes, picks the same one. `None` when
+/// none serves (the current choice stays).
+pub fn elect_writer(serving: &[bool]) -> Option<usize> {
+    serving.iter().position(|&s| s)
+}
+
+/// The node for reads that tolerate lag: the first serving node that is not the writer, else
+/// the writer itself.
+pub fn elect_reader(serving: &[bool], writer: usize) -> usize {
+    (0..serving.len())
+        .find(|&i| i != writer && serving[i])
+        .unwrap_or(writer)
+}
+
+/// The nodes of one Galera shard and which of them each [`Use`] goes to. Every worker elects
+/// on its own, by the same rule ([`elect_writer`]): in steady state all write to one node. A
+/// worker that lost its writer (a connection error, no answer in time, [`Cluster::suspect`])
+/// elects again at once, and otherwise every `database.breaker_probe_ms` ([`Cluster::watch`]),
+/// which also moves it back to a node earlier in order once that node is Synced again.
+///
+/// Two workers briefly writing to different nodes (one has moved, the other not yet) cannot
+/// assign one sequence number twice: Galera certifies each commit against the write sets
+/// ordered before it, and the later of two conflicting transactions fails with a deadlock
+/// error (1213), which is retried.
+pub struct Cluster {
+    shard: usize,
+    addrs: Vec<String>,
+    /// Per node: the pool of writes, and the pool of reads that tolerate lag.
+    write: Vec<Pool>,
+    read: Vec<Pool>,
+    writer: AtomicUsize,
+    reader: AtomicUsize,
+    /// Elect again now (a suspected writer).
+    wake: tokio::sync::Notify,
+    /// How long a node may take to say how it is.
+    ask_timeout: Duration,
+}
+
+/// The shortest time between two elections of one cluster.
+const ELECTION_GAP: Duration = Duration::from_millis(100);
+
+impl Cluster {
+    fn new(shard: usize, addrs: Vec<String>, s: &DatabaseSettings) -> Result<Self> {
+        let pools = || {
+            addrs
+                .iter()
+                .map(|a| Ok(Pool::new(opts(s, a, Some(&s.name))?)))
+                .collect::<Result<Vec<_>>>()
+        };
+        Ok(Cluster {
+            shard,
+            write: pools()?,
+            read: pools()?,
+            reader: AtomicUsize::new(elect_reader(&vec![true; addrs.len()], 0)),
+            addrs,
+            writer: AtomicUsize::new(0),
+            wake: tokio::sync::Notify::new(),
+            ask_timeout: Duration::from_millis(s.shard_connect_timeout_ms.max(1)),
+        })
+    }
+
+    /// The node `use_` goes to now (an index into the configured nodes).
+    pub fn node(&self, use_: Use) -> usize {
+        match use_ {
+            Use::Write => self.writer.load(Ordering::Acquire),
+            Use::Read => self.reader.load(Ordering::Acquire),
+        }
+    }
+
+    /// The address of node `i`.
+    pub fn addr(&self, i: usize) -> &str {
+        &self.addrs[i]
+    }
+
+    fn pool(&self, use_: Use) -> &Pool {
+        match use_ {
+            Use::Write => &self.write[self.node(use_)],
+            Use::Read => &self.read[self.node(use_)],
+        }
+    }
+
+    /// The writer may be gone: elect again now rather than at the next round.
+    pub fn suspect(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Ask node `i` whether it serves, within `ask_timeout`.
+    async fn ask(&self, i: usize) -> bool {
+        let asked = tokio::time::timeout(self.ask_timeout, async {
+            let mut c = self.write[i].get_conn().await?;
+            let rows: Vec<(String, String)> = c
+                .query("SHOW GLOBAL STATUS WHERE Variable_name IN ('wsrep_ready', 'wsrep_local_state')")
+                .await?;
+            Ok::<_, mysql_async::Error>(rows)
+        })
+        .await;
+        match asked {
+            Ok(Ok(rows)) => {
+                let get = |k: &str| rows.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+                serves(get("wsrep_ready"), get("wsrep_local_state"))
+            }
+            _ => false,
+        }
+    }
+
+    /// Wait until node `i` has applied every write set committed in the cluster before now
+    /// (`wsrep_sync_wait`): a new writer then reads what the old one acknowledged.
+    async fn catch_up(&self, i: usize) -> bool {
+        let waited = tokio::time::timeout(self.ask_timeout * 5, async {
+            let mut c = self.write[i].get_conn().await?;
+            c.query_drop("SET STATEMENT wsrep_sync_wait = 1 FOR SELECT 1")
+                .await
+        })
+        .await;
+        matches!(waited, Ok(Ok(())))
+    }
+
+    /// One election: ask every node at once, then move the writer and the reader by
+    /// [`elect_writer`] and [`elect_reader`]. A new writer first catches up ([`Cluster::catch_up`]);
+    /// when it cannot, the writer stays.
+    pub async fn elect(&self) {
+        let serving = futures::future::join_all((0..self.addrs.len()).map(|i| self.ask(i))).await;
+        let before = self.node(Use::Write);
+        let writer = match elect_writer(&serving) {
+            Some(w) if w != before => {
+                if self.catch_up(w).await {
+                    tracing::warn!(shard = self.shard, from = %self.addrs[before], to = %self.addrs[w], "shard writer moved");
+                    self.writer.store(w, Ordering::Release);
+                    w
+                } else {
+                    before
+                }
+            }
+            Some(w) => w,
+            None => {
+                tracing::debug!(shard = self.shard, "no node of the shard serves");
+                before
+            }
+        };
+        self.reader
+            .store(elect_reader(&serving, writer), Ordering::Release);
+    }
+
+    /// Until `stop`: elect every `every`, and at once when [`Cluster::suspect`] says so (at most
+    /// one election per [`ELECTION_GAP`]).
+    pub async fn watch(
+        self: Arc<Self>,
+        every: Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            self.elect().await;
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(ELECTION_GAP) => {}
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+                _ = self.wake.notified() => {}
+            }
+        }
+    }
+
+    /// For `sb_mariadb_replica_*`: 0 when reads that tolerate lag have a Synced node of their
+    /// own (Galera applies each write set on every node under flow control: it has no lag in
+    /// seconds to report); else why not (the shard is down to its writer, or the node does not
+    /// answer in `timeout` or is not Synced).
+    pub async fn reader_lag(&self, timeout: Duration) -> std::result::Result<u64, String> {
+        let (r, w) = (self.node(Use::Read), self.node(Use::Write));
+        if r == w {
+            return Err(format!("only {} serves the shard", self.addrs[w]));
+        }
+        match tokio::time::timeout(timeout, self.ask(r)).await {
+            Ok(true) => Ok(0),
+            Ok(false) => Err(format!("{} is not a Synced node", self.addrs[r])),
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+        }
+    }
+
+    async fn disconnect(&self) {
+        for p in self.write.iter().chain(&self.read) {
+            let _ = p.clone().disconnect().await;
+        }
+    }
 }
 
 /// A connection checked out of a [`CountedPool`]: it derefs to the connection, and going back
@@ -46,12 +259,43 @@ impl std::ops::DerefMut for PooledConn {
 impl CountedPool {
     /// `pool`, counting in `in_use`.
     pub fn new(pool: Pool, in_use: Gauge) -> Self {
-        CountedPool { pool, in_use }
+        CountedPool {
+            target: Target::One(pool),
+            in_use,
+        }
     }
 
-    /// A connection of the pool, counted while it is held.
+    /// The pool of `cluster`'s node elected for `use_`, counting in `in_use`.
+    pub fn elected(cluster: Arc<Cluster>, use_: Use, in_use: Gauge) -> Self {
+        CountedPool {
+            target: Target::Elected(cluster, use_),
+            in_use,
+        }
+    }
+
+    /// The cluster this pool follows, if it is a Galera shard's.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        match &self.target {
+            Target::One(_) => None,
+            Target::Elected(c, _) => Some(c),
+        }
+    }
+
+    /// A connection of the pool, counted while it is held. For a cluster's pool, one to the
+    /// node elected now; failing to connect to it makes the cluster elect again at once.
     pub async fn get_conn(&self) -> std::result::Result<PooledConn, mysql_async::Error> {
-        let conn = self.pool.get_conn().await?;
+        let conn = match &self.target {
+            Target::One(pool) => pool.get_conn().await?,
+            Target::Elected(cluster, use_) => match cluster.pool(*use_).get_conn().await {
+                Ok(c) => c,
+                Err(e) => {
+                    if unreachable(&e) {
+                        cluster.suspect();
+                    }
+                    return Err(e);
+                }
+            },
+        };
         Ok(PooledConn {
             conn,
             _in_use: InUse::new(&self.in_use),
@@ -60,7 +304,23 @@ impl CountedPool {
 
     /// Close the pool's connections once they are back.
     pub async fn disconnect(self) -> std::result::Result<(), mysql_async::Error> {
-        self.pool.disconnect().await
+        match self.target {
+            Target::One(pool) => pool.disconnect().await,
+            Target::Elected(cluster, _) => {
+                cluster.disconnect().await;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// An error that says the server cannot serve this connection: not an answer to the statement
+/// (the connection failed), or a Galera node that is not ready (1047: outside the primary
+/// component, or still joining).
+pub fn unreachable(e: &mysql_async::Error) -> bool {
+    match e {
+        mysql_async::Error::Server(s) => s.code == crate::mysql::ER_UNKNOWN_COM_ERROR,
+        _ => true,
     }
 }
 
@@ -109,6 +369,9 @@ impl Shard {
     /// Ask the replica how far behind its primary it is (`SHOW REPLICA STATUS`), within
     /// `timeout`: seconds, or why not (unreachable, refused, a thread stopped, no answer in time).
     pub async fn replica_lag(&self, timeout: Duration) -> std::result::Result<u64, String> {
+        if let Some(cluster) = self.replica.cluster() {
+            return cluster.reader_lag(timeout).await;
+        }
         let ask = async {
             let mut c = self.replica.get_conn().await.map_err(|e| e.to_string())?;
             let row: Option<mysql_async::Row> = c
@@ -145,6 +408,9 @@ impl Shard {
     /// must be safe to repeat, as a `dm.send` is (its `client_msg_id` finds it again).
     pub async fn guard<T>(&self, op: impl Future<Output = Result<T>>) -> Result<T> {
         let failed = |e: Error| {
+            if let Some(cluster) = self.primary.cluster() {
+                cluster.suspect();
+            }
             if self.breaker.failure() {
                 tracing::warn!(shard = self.index, error = %runtime::telemetry::Chain(&e), "shard unreachable");
                 Error::ShardDown {
@@ -163,9 +429,7 @@ impl Shard {
             return Err(down(false));
         }
         match tokio::time::timeout(self.timeout, op).await {
-            Ok(Err(Error::Db(e))) if !matches!(e, mysql_async::Error::Server(_)) => {
-                Err(failed(Error::Db(e)))
-            }
+            Ok(Err(Error::Db(e))) if unreachable(&e) => Err(failed(Error::Db(e))),
             Ok(Err(e @ Error::ShardTimeout(_))) => Err(failed(e)),
             Ok(answered) => {
                 self.breaker.success();
@@ -369,16 +633,38 @@ impl Shards {
             .iter()
             .enumerate()
             .map(|(index, sh)| {
-                let primary = CountedPool::new(
-                    Pool::new(opts(s, &sh.primary, Some(&s.name))?),
-                    gauge(index, "primary"),
-                );
-                let replica = match &sh.replica {
-                    Some(r) => CountedPool::new(
-                        Pool::new(opts(s, r, Some(&s.name))?),
-                        gauge(index, "replica"),
-                    ),
-                    None => primary.clone(),
+                let (primary, replica) = match (&sh.replica, sh.failover) {
+                    (Some(r), true) => {
+                        let cluster =
+                            Arc::new(Cluster::new(index, vec![sh.primary.clone(), r.clone()], s)?);
+                        (
+                            CountedPool::elected(
+                                cluster.clone(),
+                                Use::Write,
+                                gauge(index, "primary"),
+                            ),
+                            CountedPool::elected(cluster, Use::Read, gauge(index, "replica")),
+                        )
+                    }
+                    (None, true) => {
+                        return Err(Error::Config(format!(
+                            "shard {index}: failover needs the cluster's other node as replica"
+                        )))
+                    }
+                    (r, false) => {
+                        let primary = CountedPool::new(
+                            Pool::new(opts(s, &sh.primary, Some(&s.name))?),
+                            gauge(index, "primary"),
+                        );
+                        let replica = match r {
+                            Some(r) => CountedPool::new(
+                                Pool::new(opts(s, r, Some(&s.name))?),
+                                gauge(index, "replica"),
+                            ),
+                            None => primary.clone(),
+                        };
+                        (primary, replica)
+                    }
                 };
                 Ok(Shard {
                     index,
@@ -399,8 +685,22 @@ impl Shards {
     }
 
     /// Until `stop`: every `database.breaker_probe_ms`, probe the shards whose breaker is open,
-    /// all at once ([`Shard::probe`]); requests never wait on a shard known down.
+    /// all at once ([`Shard::probe`]); requests never wait on a shard known down. Meanwhile
+    /// each Galera shard's [`Cluster`] elects its writer ([`Cluster::watch`]).
     pub async fn probe(self, stop: tokio_util::sync::CancellationToken) {
+        let clusters = self
+            .shards
+            .iter()
+            .filter_map(|s| s.primary.cluster().cloned())
+            .map(|c| c.watch(self.probe_every, stop.clone()));
+        futures::future::join(
+            self.clone().probe_breakers(stop.clone()),
+            futures::future::join_all(clusters),
+        )
+        .await;
+    }
+
+    async fn probe_breakers(self, stop: tokio_util::sync::CancellationToken) {
         let mut every = tokio::time::interval(self.probe_every);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -604,7 +904,7 @@ mod tests {
         let s = DatabaseSettings {
             shards: vec![crate::settings::ShardSettings {
                 primary: "127.0.0.1:1".into(),
-                replica: None,
+                ..Default::default()
             }],
             shard_timeout_ms: timeout_ms,
             shard_connect_timeout_ms: timeout_ms,
@@ -762,11 +1062,11 @@ mod tests {
             shards: vec![
                 crate::settings::ShardSettings {
                     primary: "127.0.0.1:1".into(),
-                    replica: None,
+                    ..Default::default()
                 },
                 crate::settings::ShardSettings {
                     primary: "127.0.0.1:2".into(),
-                    replica: None,
+                    ..Default::default()
                 },
             ],
             breaker_failures: 1,
@@ -796,6 +1096,102 @@ mod tests {
             topics::Id(draws)
         });
         assert_eq!((draws, id), (DRAWS as u64, topics::Id(DRAWS as u64)));
+    }
+
+    #[test]
+    fn only_a_ready_and_synced_galera_node_serves() {
+        assert!(serves(Some("ON"), Some("4")));
+        assert!(
+            !serves(Some("OFF"), Some("4")),
+            "outside the primary component"
+        );
+        assert!(!serves(Some("ON"), Some("2")), "a donor or joiner");
+        assert!(!serves(None, None), "no Galera");
+    }
+
+    #[test]
+    fn the_first_serving_node_writes_and_another_one_reads() {
+        assert_eq!(elect_writer(&[true, true]), Some(0));
+        assert_eq!(elect_writer(&[false, true]), Some(1));
+        assert_eq!(elect_writer(&[false, false]), None);
+        assert_eq!(elect_reader(&[true, true], 0), 1);
+        assert_eq!(elect_reader(&[true, true], 1), 0);
+        assert_eq!(elect_reader(&[false, true], 1), 1, "the writer alone");
+        assert_eq!(elect_reader(&[true, false, true], 0), 2);
+    }
+
+    fn cluster_settings(failover: bool, replica: Option<&str>) -> DatabaseSettings {
+        DatabaseSettings {
+            shards: vec![crate::settings::ShardSettings {
+                primary: "127.0.0.1:1".into(),
+                replica: replica.map(String::from),
+                failover,
+            }],
+            shard_connect_timeout_ms: 200,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn failover_needs_the_other_node() {
+        let Err(Error::Config(e)) = Shards::connect(&cluster_settings(true, None)) else {
+            panic!("accepted");
+        };
+        assert!(e.contains("failover"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_cluster_whose_nodes_do_not_answer_keeps_its_writer_and_says_why() {
+        let db = Shards::connect(&cluster_settings(true, Some("127.0.0.1:2"))).unwrap();
+        let shard = &db.all()[0];
+        let cluster = shard.primary.cluster().unwrap().clone();
+        assert!(shard.replica.cluster().is_some());
+        assert_eq!((cluster.node(Use::Write), cluster.node(Use::Read)), (0, 1));
+        assert_eq!(cluster.addr(1), "127.0.0.1:2");
+        cluster.elect().await;
+        assert_eq!(
+            cluster.node(Use::Write),
+            0,
+            "nobody serves: the writer stays"
+        );
+        assert_eq!(cluster.node(Use::Read), 0, "and reads go to it");
+        let lag = shard.replica_lag(REPLICA_STATUS_TIMEOUT).await.unwrap_err();
+        assert!(lag.contains("only 127.0.0.1:1"), "{lag}");
+        // a failed connection asks for an election at once
+        assert!(shard.primary.get_conn().await.is_err());
+        tokio::time::timeout(Duration::from_secs(1), cluster.wake.notified())
+            .await
+            .expect("woken");
+        cluster.reader.store(1, Ordering::Release);
+        let lag = cluster
+            .reader_lag(REPLICA_STATUS_TIMEOUT)
+            .await
+            .unwrap_err();
+        assert!(lag.contains("not a Synced node"), "{lag}");
+        assert!(!cluster.catch_up(1).await);
+        // the guard counts an unreachable writer against the breaker and wakes the election
+        let r = shard.guard(async { Err::<(), _>(io_error()) }).await;
+        assert!(r.is_err());
+        let stop = tokio_util::sync::CancellationToken::new();
+        stop.cancel();
+        db.clone().probe(stop).await;
+        db.disconnect().await;
+    }
+
+    #[test]
+    fn a_node_that_is_not_ready_is_unreachable_and_other_answers_are_not() {
+        let server = |code| {
+            mysql_async::Error::Server(mysql_async::ServerError {
+                code,
+                message: String::new(),
+                state: String::new(),
+            })
+        };
+        assert!(unreachable(&server(1047)));
+        assert!(!unreachable(&server(1062)));
+        assert!(unreachable(&mysql_async::Error::Io(
+            mysql_async::IoError::Io(std::io::ErrorKind::ConnectionRefused.into())
+        )));
     }
 
     proptest! {

@@ -94,10 +94,12 @@ impl Default for DatabaseSettings {
                 ShardSettings {
                     primary: "127.0.0.1:13306".into(),
                     replica: Some("127.0.0.1:13307".into()),
+                    failover: false,
                 },
                 ShardSettings {
                     primary: "127.0.0.1:13308".into(),
                     replica: Some("127.0.0.1:13309".into()),
+                    failover: false,
                 },
             ],
             logical_shards: d_logical(),
@@ -111,12 +113,24 @@ impl Default for DatabaseSettings {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// One physical shard: a primary and an optional replica (asynchronous replication), or, with
+/// `failover`, two nodes of one synchronous cluster (MariaDB Galera).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShardSettings {
+    /// Where writes go. With `failover`: the node preferred for writes.
     pub primary: String,
+    /// Reads that tolerate lag. With `failover`: the other node of the cluster.
     #[serde(default)]
     pub replica: Option<String>,
+    /// `primary` and `replica` are nodes of one Galera cluster, where a commit is acknowledged
+    /// only once the other node has it: every worker writes to the first of them, in that order,
+    /// that answers and reports itself ready and Synced (`wsrep_ready` ON, `wsrep_local_state`
+    /// 4), moves to the other by itself when it stops answering, and back once it is Synced
+    /// again ([`crate::db::Cluster`]). Needs `replica`. Never set it on an asynchronous replica:
+    /// it would not be chosen (it reports no Synced state), but promotion stays manual there.
+    #[serde(default)]
+    pub failover: bool,
 }
 
 /// Product limits; the defaults are what users get.
