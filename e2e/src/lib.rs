@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod forward;
+pub mod launcher;
 pub mod nginx;
 
 pub use client::{Client, Http};

@@ -9,8 +9,8 @@
 mod common;
 
 use e2e::client::{ok, Client, Http};
+use e2e::launcher::{processes, Proc};
 use mysql_async::prelude::*;
-use serde::Deserialize;
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,32 +25,6 @@ const KEPT_DOWN: Duration = Duration::from_secs(10);
 const RECOVERS_WITHIN: Duration = Duration::from_secs(10);
 /// The restarted node is Synced and holds every message within this.
 const REJOINS_WITHIN: Duration = Duration::from_secs(90);
-
-#[derive(Clone, Debug, Deserialize)]
-struct Proc {
-    name: String,
-    pid: u32,
-    #[serde(default)]
-    starttime: u64,
-    addr: String,
-}
-
-#[derive(Deserialize)]
-struct StateFile {
-    components: Vec<Proc>,
-}
-
-fn processes() -> HashMap<String, Proc> {
-    let path = e2e::stack_path().with_file_name("state.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("no launcher state at {}: {e}", path.display()));
-    let state: StateFile = serde_json::from_str(&text).expect("state.json is valid");
-    state
-        .components
-        .into_iter()
-        .map(|p| (p.name.clone(), p))
-        .collect()
-}
 
 fn signal(p: &Proc, sig: &str) {
     let status = std::process::Command::new("kill")

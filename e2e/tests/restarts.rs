@@ -6,10 +6,9 @@
 mod common;
 
 use e2e::client::{Client, Http};
+use e2e::launcher::{processes, Proc};
 use e2e::unique;
-use serde::Deserialize;
 use serde_json::json;
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use topics::{ErrorCode, Event, Id, ServerFrame};
 
@@ -19,46 +18,6 @@ const BACK_WITHIN: Duration = Duration::from_secs(20);
 /// edge) within this after the kill. A killed consumer's partitions wait for its group session
 /// to time out (10 s) before a sibling or its restarted self takes them.
 const SERVING_WITHIN: Duration = Duration::from_secs(40);
-
-/// One process in the launcher's `state.json` (beside `stack.json`).
-#[derive(Clone, Debug, Deserialize)]
-struct Proc {
-    name: String,
-    kind: String,
-    #[serde(default)]
-    role: String,
-    pid: u32,
-    #[serde(default)]
-    starttime: u64,
-    addr: String,
-    #[serde(default)]
-    metrics_addr: Option<String>,
-    #[serde(default)]
-    restarts: u32,
-}
-
-impl Proc {
-    fn health_addr(&self) -> &str {
-        self.metrics_addr.as_deref().unwrap_or(&self.addr)
-    }
-}
-
-#[derive(Deserialize)]
-struct StateFile {
-    components: Vec<Proc>,
-}
-
-fn processes() -> HashMap<String, Proc> {
-    let path = e2e::stack_path().with_file_name("state.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("no launcher state at {}: {e}", path.display()));
-    let state: StateFile = serde_json::from_str(&text).expect("state.json is valid");
-    state
-        .components
-        .into_iter()
-        .map(|p| (p.name.clone(), p))
-        .collect()
-}
 
 /// The process `pid` exists and is the one that started at `starttime` (a PID can be reused).
 fn alive(pid: u32, starttime: u64) -> bool {
