@@ -243,10 +243,11 @@ async fn api_calls_past_the_address_rate_get_429_even_with_fresh_tokens() {
         statuses[..first].iter().all(|s| *s == 401),
         "unknown tokens are 401 until then: {statuses:?}"
     );
-    // At most the burst (less what the readiness pings spent) and a token a second got through.
+    // At most the burst (less what the readiness pings spent) and a token a second got through,
+    // before the first refusal too: on a slow machine the burst's own requests take seconds.
     let passed = statuses.iter().filter(|s| **s == 401).count();
     assert!(
-        first <= 30 && passed <= 30 + secs,
+        first <= 30 + secs && passed <= 30 + secs,
         "burst 30 at 1/s over {secs} s: {statuses:?}"
     );
     assert_eq!(passed + statuses.iter().filter(|s| **s == 429).count(), 60);
