@@ -41,8 +41,9 @@ pub struct Envelope {
     pub sent_at_ms: u64,
     /// When the edge stops waiting for the answer (wall clock, ms since the epoch): by then it has
     /// answered the client `unavailable` itself, so a worker that finds the request still
-    /// unhandled at that time drops it without applying it ([`Envelope::expired`]). `None`: no
-    /// deadline (records from before it existed, requests no client waits for).
+    /// unhandled at that time may drop it without applying it ([`Envelope::expired`]; workers
+    /// drop every kind but `dm.send`). `None`: no deadline (records from before it existed,
+    /// requests no client waits for).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_ms: Option<u64>,
     pub request: Request,
