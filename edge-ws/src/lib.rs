@@ -109,6 +109,23 @@ fn edge_kafka(mut kafka: runtime::KafkaSettings) -> runtime::KafkaSettings {
     kafka
 }
 
+/// The `edge-ws` binary: settings, telemetry, serve until a signal, on a multi-threaded Tokio
+/// runtime. A plain function the binary calls rather than a future it awaits, so the edge's code
+/// is compiled once, in this library, not again in the binary.
+#[tokio::main]
+pub async fn start() -> anyhow::Result<()> {
+    let settings: Settings = runtime::settings::load_or_exit();
+    let telemetry =
+        runtime::telemetry::init_or_exit(&settings.edge.id, &settings.log, &settings.trace);
+    let stop = runtime::shutdown::on_signal();
+    Application::build(settings)
+        .await?
+        .run_until_stopped(stop)
+        .await;
+    telemetry.shutdown().await;
+    Ok(())
+}
+
 pub struct Application {
     edge: Arc<Edge>,
     listener: tokio::net::TcpListener,

@@ -29,6 +29,7 @@ pub mod report;
 pub mod resilient;
 pub mod stack;
 
+use clap::Parser;
 pub use cli::{Cli, Scenario};
 
 #[derive(Debug, thiserror::Error)]
@@ -100,5 +101,63 @@ pub(crate) fn via(direct: bool) -> String {
 pub(crate) fn say(quiet: bool, line: impl std::fmt::Display) {
     if !quiet {
         println!("{line}");
+    }
+}
+
+/// The `loadtest` binary: parse the command line, run the scenario, report. A plain function the
+/// binary calls, so the scenarios are compiled once, in this library.
+pub fn run_cli() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    crate::net::raise_nofile();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = rt.block_on(async move {
+        match cli.scenario {
+            Scenario::Connections(a) => {
+                let out = a.common.out.clone();
+                crate::connections::run(a).await?.emit(out.as_deref())
+            }
+            Scenario::Dm(a) => {
+                let out = a.common.out.clone();
+                crate::dm::run(a).await?.emit(out.as_deref())
+            }
+            Scenario::Broadcast(a) => {
+                let out = a.common.out.clone();
+                crate::broadcast::run(a).await?.emit(out.as_deref())
+            }
+            Scenario::Chaos(a) => {
+                let out = a.common.out.clone();
+                let ci = a.ci;
+                let r = crate::chaos::run(a).await?;
+                r.emit(out.as_deref())?;
+                let table = r.result.table();
+                println!("{table}");
+                if let Some(p) = out.as_deref().map(|p| p.with_extension("md")) {
+                    let md = r.markdown() + "\n" + &table;
+                    std::fs::write(&p, md).map_err(|e| {
+                        crate::Error::Setup(format!("writing {}: {e}", p.display()))
+                    })?;
+                }
+                if ci && !r.result.failures.is_empty() {
+                    return Err(crate::Error::Setup(format!(
+                        "the fault run failed: {}",
+                        r.result.failures.join("; ")
+                    )));
+                }
+                Ok(())
+            }
+            Scenario::Child => crate::fleet::run_child().await,
+        }
+    });
+    // Sockets still open in detached tasks must not delay the exit.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }

@@ -125,6 +125,18 @@ pub async fn build(settings: &Settings, metrics: Metrics) -> Result<Arc<Router>>
 }
 
 /// Run until `stop`: consume the delivery topic, drain, flush.
+/// The `router` binary: settings, telemetry, run until a signal, on a multi-threaded Tokio
+/// runtime; a plain function so that the router's code is compiled once, in this library.
+#[tokio::main]
+pub async fn start() -> anyhow::Result<()> {
+    let settings: Settings = runtime::settings::load_or_exit();
+    let telemetry = runtime::telemetry::init_or_exit("router", &settings.log, &settings.trace);
+    let stop = runtime::shutdown::on_signal();
+    let result = run(settings, stop).await;
+    telemetry.shutdown().await;
+    Ok(result?)
+}
+
 pub async fn run(settings: Settings, stop: CancellationToken) -> Result<()> {
     let metrics = Metrics::new(runtime::metrics::Role::Router);
     let readiness = runtime::health::Readiness::new(stop.clone());

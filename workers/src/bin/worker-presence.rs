@@ -1,4 +1,3 @@
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    workers::main_for(workers::Role::Presence).await
+fn main() -> anyhow::Result<()> {
+    workers::start(workers::Role::Presence)
 }
