@@ -32,6 +32,7 @@ async fn send(s: &mut Socket, conv: Id, text: &str) -> u64 {
             conversation_id: conv,
             client_msg_id: format!("c-{text}"),
             text: text.into(),
+            after_client_msg_id: None,
         })
         .await
         .unwrap()

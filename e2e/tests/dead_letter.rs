@@ -55,6 +55,7 @@ async fn poison_records_are_dead_lettered_and_the_partition_keeps_flowing() {
             conversation_id: conv,
             client_msg_id: "from-the-future".into(),
             text: "written by a newer edge".into(),
+            after_client_msg_id: None,
         },
     };
     let mut future: Value = serde_json::from_slice(&env.encode()).unwrap();

@@ -52,6 +52,7 @@ fn send_env(edge: &str, req: u64, token: &str, conv: Id, cmid: &str, text: &str)
             conversation_id: conv,
             client_msg_id: cmid.into(),
             text: text.into(),
+            after_client_msg_id: None,
         },
     }
 }
@@ -335,13 +336,94 @@ async fn client_msg_ids_that_differ_only_in_case_or_trailing_space_are_two_messa
     app.stop().await;
 }
 
-/// Requests whose deadline passed before a worker got to them (their edge has answered
-/// `unavailable`, the client retries) are dropped: not applied, not answered, counted. Sends are
-/// the exception: a late send is stored in its place, so that its resend cannot land after its
-/// author's later messages (it is answered as a duplicate). Envelopes without a deadline (written
-/// by an older edge) are handled as usual.
+/// A send that names the message its author typed before it (`after_client_msg_id`) is stored
+/// only after that one: while it is missing the send is refused `out_of_order` (HTTP 409) and
+/// nothing is stored; once it is stored — earlier, or earlier in the same batch — the send is.
+/// So a resend of a lost first attempt never lands behind its author's later messages.
 #[tokio::test]
-async fn requests_past_their_deadline_are_dropped_unapplied_but_sends_keep_their_order() {
+async fn a_send_is_stored_only_after_the_message_it_names() {
+    let app = spawn_app().await;
+    let Chat {
+        ann_token,
+        bob_token,
+        conv,
+        ..
+    } = chat(&app).await;
+    let send = |token: String, cmid: &'static str, after: Option<&'static str>| {
+        let app = &app;
+        async move {
+            let frame = json!({"type": "dm.send", "conversation_id": conv, "client_msg_id": cmid,
+                               "text": cmid, "after_client_msg_id": after});
+            rpc(app, 0, &token, frame).await
+        }
+    };
+    let (s, body) = send(ann_token.clone(), "a2", Some("a1")).await;
+    assert_eq!((s, &body["code"]), (409, &json!("out_of_order")), "{body}");
+    // Bob's "a1" is not Ann's.
+    let (s, body) = send(bob_token.clone(), "a1", None).await;
+    assert_eq!((s, &body["message"]["seq"]), (200, &json!(1)), "{body}");
+    let (s, body) = send(ann_token.clone(), "a2", Some("a1")).await;
+    assert_eq!((s, &body["code"]), (409, &json!("out_of_order")), "{body}");
+    let (s, body) = send(ann_token.clone(), "a2", Some("a2")).await;
+    assert_eq!((s, &body["code"]), (400, &json!("invalid_input")), "{body}");
+    assert_eq!(
+        history(&app, &ann_token, conv).await.len(),
+        1,
+        "nothing stored"
+    );
+
+    // One burst on the conversation's partition, as a client that resends would publish it: the
+    // first "a2" reaches the worker before "a1" and is refused; its resend and "a3" follow.
+    let burst = [
+        send_env("edge-0", 1101, &ann_token, conv, "a2", "a2"),
+        send_env("edge-0", 1102, &ann_token, conv, "a1", "a1"),
+        send_env("edge-0", 1103, &ann_token, conv, "a2", "a2"),
+        send_env("edge-0", 1104, &ann_token, conv, "a3", "a3"),
+    ];
+    let afters = [Some("a1"), None, Some("a1"), Some("a2")];
+    let producer = runtime::kafka::producer(&app.kafka).expect("producer");
+    let topic = app.kafka.topics().requests(Domain::Dms);
+    for (mut env, after) in burst.into_iter().zip(afters) {
+        if let Request::DmSend {
+            after_client_msg_id,
+            ..
+        } = &mut env.request
+        {
+            *after_client_msg_id = after.map(Into::into);
+        }
+        let (key, payload) = (env.key(), env.encode());
+        producer
+            .send(
+                FutureRecord::to(&topic).key(&key).payload(&payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("published");
+    }
+    let want: Vec<(u64, String)> = [(1, "a1"), (2, "a1"), (3, "a2"), (4, "a3")]
+        .map(|(seq, c)| (seq, c.to_string()))
+        .into();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut stored = history(&app, &ann_token, conv).await;
+    while stored.len() < want.len() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stored = history(&app, &ann_token, conv).await;
+    }
+    assert_eq!(stored, want, "in the order typed");
+    // A message already stored is returned as a duplicate whatever it names.
+    let (s, body) = send(ann_token.clone(), "a2", Some("never-sent")).await;
+    assert_eq!((s, &body["duplicate"]), (200, &json!(true)), "{body}");
+    app.stop().await;
+}
+
+/// Requests whose deadline passed before a worker got to them (their edge has answered
+/// `unavailable`, the client retries) are dropped: not applied, not answered, counted — sends
+/// too. The author's next send, which names the dropped one, is refused `out_of_order` rather
+/// than stored ahead of it; resent in order, both land in the order typed. Envelopes without a
+/// deadline (written by an older edge) are handled as usual.
+#[tokio::test]
+async fn requests_past_their_deadline_are_dropped_unapplied_and_sends_keep_their_order() {
     let app = spawn_app().await;
     let Chat {
         ann_token,
@@ -368,10 +450,18 @@ async fn requests_past_their_deadline_are_dropped_unapplied_but_sends_keep_their
     history_in_time.deadline_ms = future;
     let mut late_ping = send(1007, &ann_token, "-", past);
     late_ping.request = Request::Ping;
+    let mut next = send(1003, &ann_token, "next", future);
+    if let Request::DmSend {
+        after_client_msg_id,
+        ..
+    } = &mut next.request
+    {
+        *after_client_msg_id = Some("late".into());
+    }
     let dms = [
-        send(1001, &ann_token, "late-1", past),
+        send(1001, &ann_token, "late", past),
         send(1002, &bob_token, "in-time", future),
-        send(1003, &ann_token, "late-2", past),
+        next,
         send(1004, &bob_token, "no-deadline", None),
         late_history,
         history_in_time,
@@ -397,41 +487,46 @@ async fn requests_past_their_deadline_are_dropped_unapplied_but_sends_keep_their
     }
     to(Domain::Auth, &late_ping).await;
 
-    // A send through the edge after them, on the same partition: every send before it is stored,
-    // the late ones included, in the order published.
-    let (s, body) = rpc(
-        &app,
-        0,
-        &ann_token,
-        json!({"type": "dm.send", "conversation_id": conv, "client_msg_id": "after", "text": "after"}),
-    )
-    .await;
-    assert_eq!(s, 200, "{body}");
-    assert_eq!(body["message"]["seq"], 5, "{body}");
+    // Answered: the sends in time ("next" refused: "late" is not stored) and the history asked
+    // in time; the late send, the late history and the late ping got no answer from a worker.
+    let mut answered: Vec<(u64, Option<ErrorCode>)> = edge_records(&app, 4)
+        .await
+        .into_iter()
+        .map(|(_, m)| match m {
+            EdgeMessage::Reply { req, error, .. } => (req, error),
+            other => panic!("unexpected record {other:?}"),
+        })
+        .collect();
+    answered.sort_unstable_by_key(|a| a.0);
+    assert_eq!(
+        answered,
+        [
+            (1002, None),
+            (1003, Some(ErrorCode::OutOfOrder)),
+            (1004, None),
+            (1006, None)
+        ]
+    );
+    // Ann resends both, in order, through the edge: they land after Bob's.
+    for (cmid, after) in [("late", None), ("next", Some("late"))] {
+        let (s, body) = rpc(
+            &app,
+            0,
+            &ann_token,
+            json!({"type": "dm.send", "conversation_id": conv, "client_msg_id": cmid, "text": cmid,
+                   "after_client_msg_id": after}),
+        )
+        .await;
+        assert_eq!((s, &body["duplicate"]), (200, &json!(false)), "{body}");
+    }
     assert_eq!(
         history(&app, &ann_token, conv).await,
-        ["late-1", "in-time", "late-2", "no-deadline", "after"]
+        ["in-time", "no-deadline", "late", "next"]
             .iter()
             .zip(1..)
             .map(|(c, s)| (s, c.to_string()))
             .collect::<Vec<_>>(),
     );
-
-    // Answered: the four sends and the history asked in time; the late history and the late ping
-    // got no answer from a worker.
-    let mut answered: Vec<u64> = edge_records(&app, 5)
-        .await
-        .into_iter()
-        .map(|(_, m)| match m {
-            EdgeMessage::Reply { req, error, .. } => {
-                assert_eq!(error, None, "{req}");
-                req
-            }
-            other => panic!("unexpected record {other:?}"),
-        })
-        .collect();
-    answered.sort_unstable();
-    assert_eq!(answered, [1001, 1002, 1003, 1004, 1006]);
     let expired = |text: &str, kind: &str| {
         runtime::metrics::sample(
             text,
@@ -444,7 +539,7 @@ async fn requests_past_their_deadline_are_dropped_unapplied_but_sends_keep_their
         Some(1.0),
         "{dms_metrics}"
     );
-    assert_eq!(expired(&dms_metrics, "dm.send"), Some(0.0));
+    assert_eq!(expired(&dms_metrics, "dm.send"), Some(1.0));
     let auth_metrics = e2e::scrape(app.health["worker-auth"]).await;
     assert_eq!(expired(&auth_metrics, "ping"), Some(1.0), "{auth_metrics}");
     app.stop().await;

@@ -343,13 +343,15 @@ async fn client(
         if link.sync.is_none() {
             if let Some(w) = link.ws.as_mut() {
                 let mut broken = false;
-                for (cmid, text) in outbox.due(now) {
+                for write in outbox.due(now) {
+                    let rid = format!("s:{}", write.cmid);
                     let req = Request::DmSend {
                         conversation_id: me.conv,
-                        client_msg_id: cmid.clone(),
-                        text,
+                        client_msg_id: write.cmid,
+                        text: write.text,
+                        after_client_msg_id: write.after,
                     };
-                    if w.send(frame(format!("s:{cmid}"), req)).await.is_err() {
+                    if w.send(frame(rid, req)).await.is_err() {
                         broken = true;
                         break;
                     }
@@ -434,6 +436,8 @@ async fn client(
                 let cmid = &rid[2..];
                 if matches!(code, ErrorCode::Unavailable | ErrorCode::RateLimited) {
                     outbox.later(cmid, now + Duration::from_secs(1));
+                } else if code == ErrorCode::OutOfOrder {
+                    outbox.out_of_order(cmid);
                 } else if outbox.refused(cmid) {
                     if let Some(s) = log.sent.get_mut(cmid) {
                         s.refused = Some(code.as_str().to_string());

@@ -383,7 +383,12 @@ async fn pair(
                 let from = (k % 2) as usize;
                 let cmid = format!("{}-{i}-{k}", plan.run);
                 let text = format!("t={} {pad}", unix_us());
-                let frame = json!({"type": "dm.send", "rid": cmid, "conversation_id": conv, "client_msg_id": cmid, "text": text});
+                let mut frame = json!({"type": "dm.send", "rid": cmid, "conversation_id": conv, "client_msg_id": cmid, "text": text});
+                // As the web client: name this side's previous message while it is unanswered.
+                let before = k.checked_sub(2).map(|b| format!("{}-{i}-{b}", plan.run));
+                if let Some(b) = before.filter(|b| msgs.get(b).is_some_and(|m| !m.replied)) {
+                    frame["after_client_msg_id"] = json!(b);
+                }
                 let now = Instant::now();
                 // A send that fails locally counts as refused: the client knows.
                 let failed = sides[from]

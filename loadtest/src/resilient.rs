@@ -5,7 +5,8 @@
 //!   (`ceiling / 2 + r × ceiling / 2`, the web client's formula);
 //! - [`Outbox`]: messages not yet acknowledged; each is sent again with the same
 //!   `client_msg_id` after a reconnect, after `unavailable` / `rate_limited`, or when its answer
-//!   is overdue;
+//!   is overdue, naming the one typed before it while that one is not acknowledged
+//!   (`after_client_msg_id`), and after `out_of_order` right behind that one;
 //! - [`View`]: the messages of one conversation this client has seen (events, `sent` replies,
 //!   `dm.sync`), and the newest sequence up to which it holds every message — where a catch-up
 //!   `dm.sync` starts;
@@ -62,6 +63,19 @@ pub struct Pending {
     pub not_before: Option<Instant>,
     /// Times written to a socket.
     pub tries: u32,
+    /// The `after_client_msg_id` it was last written with.
+    pub after: Option<String>,
+    /// Refused `out_of_order`: written again right after this message (its `after`), once that
+    /// one has been written more than this many times, or as soon as it has left the outbox.
+    pub held: Option<(String, u32)>,
+}
+
+/// One `dm.send` to write: its id, its text, and the message it must be stored after.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Write {
+    pub cmid: String,
+    pub text: String,
+    pub after: Option<String>,
 }
 
 /// The messages typed and not acknowledged, in the order they were typed.
@@ -97,6 +111,8 @@ impl Outbox {
                 sent_at: None,
                 not_before: None,
                 tries: 0,
+                after: None,
+                held: None,
             },
         );
     }
@@ -119,11 +135,19 @@ impl Outbox {
 
     /// What to write now on an open socket, oldest first, each marked as written: every message
     /// not written on this socket yet, and (with `resend`) every one whose answer is overdue.
-    /// Without `resend` a message is written once, ever.
-    pub fn due(&mut self, now: Instant) -> Vec<(String, String)> {
+    /// Without `resend` a message is written once, ever. Each names the message before it that
+    /// is not acknowledged (if any), which the server stores first; a message refused
+    /// `out_of_order` waits for that one to be written again (or to leave), then follows it.
+    pub fn due(&mut self, now: Instant) -> Vec<Write> {
         let mut out = Vec::new();
+        let mut before: Option<(String, u32)> = None;
         for p in self.pending.values_mut() {
-            if p.not_before.is_some_and(|t| now < t) {
+            let prev = before.replace((p.cmid.clone(), p.tries));
+            let held = p.held.as_ref().is_some_and(|(w, tries)| {
+                self.index.contains_key(w)
+                    && prev.as_ref().is_none_or(|(c, t)| c != w || t <= tries)
+            });
+            if held || p.not_before.is_some_and(|t| now < t) {
                 continue;
             }
             let overdue = p.sent_at.is_some_and(|t| now >= t + self.answer_within);
@@ -133,8 +157,15 @@ impl Outbox {
             }
             p.sent_at = Some(now);
             p.not_before = None;
+            p.held = None;
             p.tries += 1;
-            out.push((p.cmid.clone(), p.text.clone()));
+            p.after = prev.map(|(c, _)| c);
+            before = Some((p.cmid.clone(), p.tries));
+            out.push(Write {
+                cmid: p.cmid.clone(),
+                text: p.text.clone(),
+                after: p.after.clone(),
+            });
         }
         out
     }
@@ -172,6 +203,24 @@ impl Outbox {
         if let Some(p) = self.index.get(cmid).and_then(|k| self.pending.get_mut(k)) {
             p.sent_at = None;
             p.not_before = Some(at);
+        }
+    }
+
+    /// `out_of_order`: the message it named is not stored yet; it is written again right after
+    /// that one ([`Outbox::due`]).
+    pub fn out_of_order(&mut self, cmid: &str) {
+        let Some(&k) = self.index.get(cmid) else {
+            return;
+        };
+        let after = self.pending.get(&k).and_then(|p| p.after.clone());
+        let held = after.and_then(|a| {
+            let tries = self.pending.get(self.index.get(&a)?)?.tries;
+            Some((a, tries))
+        });
+        if let Some(p) = self.pending.get_mut(&k) {
+            p.sent_at = None;
+            p.not_before = None;
+            p.held = held;
         }
     }
 
@@ -463,23 +512,29 @@ mod tests {
         o.add(0, "c0".into(), "hello".into());
         o.add(1, "c1".into(), "again".into());
         assert_eq!(o.next_due(), None);
+        let w = |c: &str, t: &str, a: Option<&str>| Write {
+            cmid: c.into(),
+            text: t.into(),
+            after: a.map(Into::into),
+        };
         assert_eq!(
             o.due(t0),
-            vec![("c0".into(), "hello".into()), ("c1".into(), "again".into())]
+            vec![w("c0", "hello", None), w("c1", "again", Some("c0"))]
         );
         assert_eq!((o.in_flight(), o.due(t0)), (2, vec![]));
         assert_eq!(o.next_due(), Some(t0 + Duration::from_secs(15)));
         // The socket drops before any answer: both go again, with their ids.
         o.disconnected();
         assert_eq!(o.in_flight(), 0);
-        let again: Vec<String> = o.due(t0 + ms(10)).into_iter().map(|x| x.0).collect();
+        let again: Vec<String> = o.due(t0 + ms(10)).into_iter().map(|x| x.cmid).collect();
         assert_eq!(again, ["c0", "c1"]);
         // One is answered; the other's answer is overdue and it goes a third time.
         assert!(o.acked("c0"));
         assert!(!o.acked("c0"));
         assert_eq!(o.due(t0 + Duration::from_secs(14)), vec![]);
         let third = o.due(t0 + Duration::from_secs(16));
-        assert_eq!(third, vec![("c1".into(), "again".into())]);
+        // c0 is acknowledged: c1 no longer names it
+        assert_eq!(third, vec![w("c1", "again", None)]);
         assert_eq!(o.waiting().map(|p| p.tries).collect::<Vec<_>>(), [3]);
         // `unavailable`: not before the given time.
         o.later("c1", t0 + Duration::from_secs(20));
@@ -489,6 +544,47 @@ mod tests {
         assert!(o.refused("c1"));
         assert!(o.is_empty());
         o.later("gone", t0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_refused_out_of_order_goes_again_right_behind_the_one_it_named() {
+        let mut o = Outbox::new(true, Duration::from_secs(15));
+        let t0 = Instant::now();
+        for k in 0..3 {
+            o.add(k, format!("c{k}"), "x".into());
+        }
+        let afters: Vec<Option<String>> = o.due(t0).into_iter().map(|x| x.after).collect();
+        assert_eq!(afters, [None, Some("c0".into()), Some("c1".into())]);
+        // c0's first write is lost on the way; c1 reached the server first and was refused
+        o.out_of_order("c1");
+        assert_eq!(o.next_due(), Some(t0 + Duration::from_secs(15)));
+        assert_eq!(
+            o.due(t0 + ms(10)),
+            vec![],
+            "held while c0 is not written again"
+        );
+        // c0 is answered `unavailable`: when it goes again, c1 follows it in the same write
+        o.later("c0", t0 + Duration::from_secs(1));
+        let next: Vec<(String, Option<String>)> = o
+            .due(t0 + Duration::from_secs(1))
+            .into_iter()
+            .map(|x| (x.cmid, x.after))
+            .collect();
+        assert_eq!(
+            next,
+            [("c0".into(), None), ("c1".into(), Some("c0".into()))]
+        );
+        // c2 was refused too (it named c1); c1 is acknowledged: c2 goes, naming nothing (c0 is
+        // acknowledged as well)
+        o.out_of_order("c2");
+        assert_eq!(o.due(t0 + Duration::from_secs(2)), vec![]);
+        assert!(o.acked("c0") && o.acked("c1"));
+        let last = o.due(t0 + Duration::from_secs(2));
+        assert_eq!(
+            (last.len(), last[0].cmid.as_str(), last[0].after.as_deref()),
+            (1, "c2", None)
+        );
+        o.out_of_order("gone");
     }
 
     #[tokio::test(start_paused = true)]
@@ -503,7 +599,7 @@ mod tests {
         let next: Vec<String> = o
             .due(t0 + Duration::from_secs(5))
             .into_iter()
-            .map(|x| x.0)
+            .map(|x| x.cmid)
             .collect();
         assert_eq!(next, ["c1"]);
         assert_eq!(o.due(t0 + Duration::from_secs(9)), vec![]);

@@ -460,10 +460,13 @@ mod tests {
                     after_seq,
                     limit
                 }),
-            (any::<u64>(), s, s).prop_map(|(c, m, text)| Request::DmSend {
-                conversation_id: Id(c),
-                client_msg_id: m,
-                text
+            (any::<u64>(), s, s, proptest::option::of(s)).prop_map(|(c, m, text, after)| {
+                Request::DmSend {
+                    conversation_id: Id(c),
+                    client_msg_id: m,
+                    text,
+                    after_client_msg_id: after,
+                }
             }),
             (any::<u64>(), any::<u64>()).prop_map(|(c, seq)| Request::DmRead {
                 conversation_id: Id(c),
@@ -574,6 +577,7 @@ mod tests {
                     conversation_id: Id(c),
                     client_msg_id: "m".into(),
                     text: "t".into(),
+                    after_client_msg_id: None,
                 },
                 Auth::Session {
                     session_id: "s".into(),

@@ -21,11 +21,14 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// A dependency is down or too slow; safe to retry.
     Unavailable,
+    /// A message names the one typed before it (`after_client_msg_id`) and that one is not
+    /// stored yet: nothing was stored; send the earlier one first, then this one again.
+    OutOfOrder,
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 9] = [
+    pub const ALL: [ErrorCode; 10] = [
         ErrorCode::InvalidInput,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -34,6 +37,7 @@ impl ErrorCode {
         ErrorCode::RateLimited,
         ErrorCode::PayloadTooLarge,
         ErrorCode::Unavailable,
+        ErrorCode::OutOfOrder,
         ErrorCode::Internal,
     ];
 
@@ -44,7 +48,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => 401,
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
-            ErrorCode::Conflict => 409,
+            ErrorCode::Conflict | ErrorCode::OutOfOrder => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,
@@ -62,6 +66,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::OutOfOrder => "out_of_order",
             ErrorCode::Internal => "internal",
         }
     }

@@ -100,6 +100,11 @@ pub enum Request {
         conversation_id: Id,
         client_msg_id: String,
         text: String,
+        /// The `client_msg_id` of the message this device typed just before this one in this
+        /// conversation, while that one is not acknowledged yet: this one is stored only after
+        /// it (else `out_of_order`), so a resent earlier message never lands behind a later one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after_client_msg_id: Option<String>,
     },
     #[serde(rename = "dm.read")]
     DmRead { conversation_id: Id, seq: u64 },
@@ -366,10 +371,27 @@ mod tests {
             Request::DmSend {
                 conversation_id: Id(42),
                 client_msg_id: "c1".into(),
-                text: "hi".into()
+                text: "hi".into(),
+                after_client_msg_id: None,
             }
         );
         assert_eq!(f.request.kind(), "dm.send");
+        let f = parse_client_frame(
+            r#"{"type":"dm.send","conversation_id":"42","client_msg_id":"c2","text":"yo","after_client_msg_id":"c1"}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            f.request,
+            Request::DmSend { after_client_msg_id: Some(ref a), .. } if a == "c1"
+        ));
+        let json = serde_json::to_string(&Request::DmSend {
+            conversation_id: Id(42),
+            client_msg_id: "c1".into(),
+            text: "hi".into(),
+            after_client_msg_id: None,
+        })
+        .unwrap();
+        assert!(!json.contains("after"), "absent, not null: {json}");
     }
 
     #[test]

@@ -367,6 +367,7 @@ mod tests {
             conversation_id: Id(3),
             client_msg_id: "c".into(),
             text: "t".into(),
+            after_client_msg_id: None,
         };
         assert_eq!(send.spec().key, KeyBy::Conversation);
         assert_eq!(send.conversation_id(), Some(Id(3)));

@@ -88,6 +88,18 @@ pub fn client_msg_id(raw: &str) -> Result<(), ErrorBody> {
     Ok(())
 }
 
+/// A send's `after_client_msg_id`: absent, or another message's id.
+pub fn after_client_msg_id(own: &str, after: Option<&str>) -> Result<(), ErrorBody> {
+    let Some(after) = after else { return Ok(()) };
+    client_msg_id(after)?;
+    if after == own {
+        return Err(invalid(
+            "after_client_msg_id must name the message typed before this one, not this one",
+        ));
+    }
+    Ok(())
+}
+
 /// Clamp a requested page size to 1..=PAGE_MAX (default `default`).
 pub fn page(limit: Option<u32>, default: u32) -> u32 {
     limit.unwrap_or(default).clamp(1, PAGE_MAX)
@@ -129,6 +141,10 @@ mod tests {
         );
         assert!(client_msg_id("c-1").is_ok());
         assert!(client_msg_id("").is_err());
+        assert!(after_client_msg_id("c-2", None).is_ok());
+        assert!(after_client_msg_id("c-2", Some("c-1")).is_ok());
+        assert!(after_client_msg_id("c-2", Some("c-2")).is_err());
+        assert!(after_client_msg_id("c-2", Some("")).is_err());
         assert!(client_msg_id(&"x".repeat(65)).is_err());
         assert_eq!(page(None, 50), 50);
         assert_eq!(page(Some(0), 50), 1);

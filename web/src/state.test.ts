@@ -62,6 +62,10 @@ function server(t: FakeTransport, stored: Message[], conv = summary()) {
       case "dm.send": {
         const existing = stored.find((m) => m.client_msg_id === f.client_msg_id && m.author_id === ME.user_id);
         if (existing) return { kind: "sent", message: existing, duplicate: true };
+        const after = f.after_client_msg_id;
+        if (after !== undefined && !stored.some((m) => m.client_msg_id === after && m.author_id === ME.user_id)) {
+          throw new RequestError("out_of_order", `the message typed before this one (${String(after)}) is not stored yet`);
+        }
         const m = msg(stored.length + 1, { client_msg_id: f.client_msg_id as string, text: f.text as string });
         stored.push(m);
         return { kind: "sent", message: m, duplicate: false };
@@ -250,6 +254,72 @@ describe("ChatState", () => {
     expect(sends[0].client_msg_id).toBe(sends[1].client_msg_id);
     expect(stored).toHaveLength(1);
     expect(s.entries("9").map((e) => [e.text, e.state])).toEqual([["once", "sent"]]);
+  });
+
+  it("keeps the typed order when a later message reaches the server before an earlier one", async () => {
+    const stored: Message[] = [];
+    server(t, stored);
+    await s.connected(false);
+    const inner = t.handler;
+    let release!: () => void;
+    const late = new Promise<void>((r) => (release = r));
+    let first = true;
+    t.handler = (f) => {
+      if (f.type === "dm.send" && first) {
+        first = false;
+        return late.then(() => inner(f)); // reaches the server after the next one
+      }
+      return inner(f);
+    };
+    s.send("9", "one");
+    s.send("9", "two");
+    await flush();
+    await flush();
+    expect(stored).toHaveLength(0); // "two" was refused: "one" is not stored yet
+    expect(s.entries("9").map((e) => [e.text, e.state])).toEqual([["one", "sending"], ["two", "sending"]]);
+    release();
+    await flush();
+    await flush();
+    await flush();
+    expect(stored.map((m) => m.text)).toEqual(["one", "two"]);
+    const sends = t.of("dm.send").map((f) => [f.text, f.after_client_msg_id]);
+    const one = t.of("dm.send")[0].client_msg_id;
+    expect(sends).toEqual([["one", undefined], ["two", one], ["two", undefined]]);
+    expect(s.outboxSize).toBe(0);
+  });
+
+  it("leaves a failed message out of the chain: the next one goes without it", async () => {
+    const stored: Message[] = [];
+    server(t, stored);
+    await s.connected(false);
+    const inner = t.handler;
+    let release!: () => void;
+    const late = new Promise<void>((r) => (release = r));
+    let first = true;
+    t.handler = (f) => {
+      if (f.type === "dm.send" && first) {
+        first = false;
+        return late.then(() => {
+          throw new RequestError("unavailable", "a database shard this request needs is unavailable; retry");
+        });
+      }
+      return inner(f);
+    };
+    s.send("9", "one");
+    s.send("9", "two");
+    await flush();
+    await flush();
+    release();
+    await flush();
+    await flush();
+    await flush();
+    expect(stored.map((m) => m.text)).toEqual(["two"]);
+    expect(s.entries("9").map((e) => [e.text, e.state])).toEqual([["one", "failed"]]);
+    expect(t.of("dm.send").map((f) => [f.text, f.after_client_msg_id === undefined])).toEqual([
+      ["one", true],
+      ["two", false], // named "one", which was not stored: refused, then sent again without it
+      ["two", true],
+    ]);
   });
 
   it("marks a refused send failed; retry reuses its id", async () => {

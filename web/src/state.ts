@@ -41,6 +41,11 @@ export interface PendingSend {
   error?: string;
   created_ms: number;
   inFlight: boolean;
+  /**
+   * Refused `out_of_order`: the message it named (typed before it) was not stored yet. It waits
+   * while that one is in flight and goes again right behind it.
+   */
+  heldFor?: string;
 }
 
 export interface Conv {
@@ -430,13 +435,36 @@ export class ChatState {
     return n;
   }
 
+  /**
+   * The message typed before `p` here that is still being sent: the server stores `p` only
+   * after it, so a resent message never lands behind a later one. Failed messages are out of
+   * the chain (the user retries them by hand; they land last).
+   */
+  private sendsAfter(c: Conv, p: PendingSend): string | undefined {
+    const i = c.pending.indexOf(p);
+    for (let j = i - 1; j >= 0; j--) {
+      if (c.pending[j].state === "sending") return c.pending[j].client_msg_id;
+    }
+    return undefined;
+  }
+
   private async transmit(c: Conv, p: PendingSend): Promise<void> {
     if (p.inFlight || !this.transport.isOpen()) return; // flushOutbox sends it once connected
+    const waitsFor = p.heldFor;
+    if (waitsFor && c.pending.some((x) => x.client_msg_id === waitsFor && x.inFlight)) return; // released when it settles
+    p.heldFor = undefined;
     const id = c.summary.conversation_id;
+    const after = this.sendsAfter(c, p);
     p.inFlight = true;
     try {
       const r = await this.ask(
-        { type: "dm.send", conversation_id: id, client_msg_id: p.client_msg_id, text: p.text },
+        {
+          type: "dm.send",
+          conversation_id: id,
+          client_msg_id: p.client_msg_id,
+          text: p.text,
+          ...(after ? { after_client_msg_id: after } : {}),
+        },
         "sent",
         SEND_TIMEOUT_MS,
       );
@@ -449,7 +477,9 @@ export class ChatState {
       }
       this.emit("convs");
     } catch (e) {
-      if (e instanceof RequestError && e.transient) {
+      if (e instanceof RequestError && e.code === "out_of_order") {
+        p.heldFor = after; // the one before it is not stored yet: goes again right behind it
+      } else if (e instanceof RequestError && e.transient) {
         p.state = "sending"; // the socket went away: resent with the same id after the reconnect
       } else {
         p.state = "failed";
@@ -461,6 +491,13 @@ export class ChatState {
     this.emit(`conv:${id}`);
     // The socket may have come back while this was in flight: nothing waits for a second flush.
     if (p.state === "sending" && c.pending.includes(p) && this.transport.isOpen()) void this.transmit(c, p);
+    // Messages refused because this one was not stored go now, behind it (or its resend).
+    for (const q of c.pending) {
+      if (q.heldFor === p.client_msg_id) {
+        q.heldFor = undefined;
+        void this.transmit(c, q);
+      }
+    }
   }
 
   /**

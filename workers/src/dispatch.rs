@@ -96,11 +96,11 @@ impl Dispatcher {
     /// `sb_requests_expired_total`. Under overload this sheds what nobody waits for any more
     /// instead of doing it late, so the queue drains back to requests that can still be answered.
     ///
-    /// A `dm.send` is never dropped: its author's later sends, younger and so still in time,
-    /// would be stored meanwhile, and the resend after them, out of the order typed. It is stored
-    /// late instead, and the resend answered as a duplicate.
+    /// A `dm.send` too: its author's later sends name it while it is unacknowledged
+    /// (`after_client_msg_id`) and are refused `out_of_order` until its resend is stored, so
+    /// dropping it cannot put them ahead of it.
     pub fn expired(&self, env: &Envelope) -> bool {
-        if matches!(env.request, Request::DmSend { .. }) || !env.expired(runtime::now_ms()) {
+        if !env.expired(runtime::now_ms()) {
             return false;
         }
         let kind = env.request.kind_index();

@@ -29,7 +29,13 @@ export type ClientFrame = { rid?: string | null, } & ({ "type": "ping" }
   | { "type": "dm.open", user_id: Id, }
   | { "type": "dm.list" }
   | { "type": "dm.history", conversation_id: Id, before_seq?: number | null, after_seq?: number | null, limit?: number | null, }
-  | { "type": "dm.send", conversation_id: Id, client_msg_id: string, text: string, }
+  | { "type": "dm.send", conversation_id: Id, client_msg_id: string, text: string,
+    /**
+     * The `client_msg_id` of the message this device typed just before this one in this
+     * conversation, while that one is not acknowledged yet: this one is stored only after
+     * it (else `out_of_order`), so a resent earlier message never lands behind a later one.
+     */
+    after_client_msg_id?: string | null, }
   | { "type": "dm.read", conversation_id: Id, seq: number, }
   | { "type": "dm.sync", since: { [key in Id]: number }, });
 
@@ -62,7 +68,13 @@ export type Request =
   | { "type": "dm.open", user_id: Id, }
   | { "type": "dm.list" }
   | { "type": "dm.history", conversation_id: Id, before_seq?: number | null, after_seq?: number | null, limit?: number | null, }
-  | { "type": "dm.send", conversation_id: Id, client_msg_id: string, text: string, }
+  | { "type": "dm.send", conversation_id: Id, client_msg_id: string, text: string,
+    /**
+     * The `client_msg_id` of the message this device typed just before this one in this
+     * conversation, while that one is not acknowledged yet: this one is stored only after
+     * it (else `out_of_order`), so a resent earlier message never lands behind a later one.
+     */
+    after_client_msg_id?: string | null, }
   | { "type": "dm.read", conversation_id: Id, seq: number, }
   | { "type": "dm.sync", since: { [key in Id]: number }, };
 
@@ -94,6 +106,7 @@ export type ErrorCode =
   | "rate_limited"
   | "payload_too_large"
   | "unavailable"
+  | "out_of_order"
   | "internal";
 
 /**

@@ -8,9 +8,8 @@
 //! is not on its path.
 //!
 //! Every other request of the batch is handled on its own by the [`Dispatcher`], each key's in
-//! order and the keys at once ([`by_key`], as for every other role), and dropped if its deadline
-//! has passed ([`Dispatcher::expired`]); a send never is: it is stored even late, so that a
-//! resend cannot land after its author's later messages.
+//! order and the keys at once ([`by_key`], as for every other role). Any request whose deadline
+//! has passed, sends included, is dropped unanswered ([`Dispatcher::expired`]).
 //! An infrastructure failure during the batched path retries the batch's sends (a stored message
 //! is found again by its client_msg_id, so nothing is stored twice); an error that retrying
 //! cannot fix sends them through the one-at-a-time path, where only the record at fault is
@@ -40,6 +39,7 @@ struct SendRecord<'a> {
     conv: Id,
     client_msg_id: String,
     text: String,
+    after: Option<String>,
 }
 
 /// The record as a `dm.send` to batch, or `None` (anything else is handled on its own).
@@ -49,6 +49,7 @@ fn as_send(record: &Inbound) -> Option<SendRecord<'_>> {
         conversation_id,
         client_msg_id,
         text,
+        after_client_msg_id,
     } = &env.request
     else {
         return None;
@@ -58,6 +59,7 @@ fn as_send(record: &Inbound) -> Option<SendRecord<'_>> {
         conv: *conversation_id,
         client_msg_id: client_msg_id.clone(),
         text: text.clone(),
+        after: after_client_msg_id.clone(),
         env,
     })
 }
@@ -74,6 +76,7 @@ impl BatchHandler for DmBatch {
             let mut others: Vec<usize> = Vec::new();
             for (i, record) in records.iter().enumerate() {
                 match as_send(record) {
+                    Some(send) if self.dispatcher.expired(&send.env) => out[i] = Some(Ok(())),
                     Some(send) => {
                         send_at.push(i);
                         sends.push(send);
@@ -190,12 +193,14 @@ impl DmBatch {
             checked.push(caller.and_then(|caller| {
                 validate::text(&s.text)?;
                 validate::client_msg_id(&s.client_msg_id)?;
+                validate::after_client_msg_id(&s.client_msg_id, s.after.as_deref())?;
                 Ok(NewSend {
                     me: caller.user_id,
                     username: caller.username,
                     conv: s.conv,
                     client_msg_id: &s.client_msg_id,
                     text: &s.text,
+                    after: s.after.as_deref(),
                 })
             }));
         }

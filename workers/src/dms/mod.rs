@@ -39,7 +39,11 @@ pub async fn handle(ctx: &Ctx<'_>) -> crate::Result<Outcome> {
             conversation_id,
             client_msg_id,
             text,
-        } => send::send(ctx, *conversation_id, client_msg_id, text).await,
+            after_client_msg_id,
+        } => {
+            let after = after_client_msg_id.as_deref();
+            send::send(ctx, *conversation_id, client_msg_id, text, after).await
+        }
         Request::DmRead {
             conversation_id,
             seq,
@@ -140,6 +144,14 @@ fn not_connected() -> ErrorBody {
     ErrorBody::new(
         ErrorCode::Forbidden,
         "you can only message your connections",
+    )
+}
+
+/// A send whose `after_client_msg_id` is not stored: the earlier message must land first.
+fn out_of_order(after: &str) -> ErrorBody {
+    ErrorBody::new(
+        ErrorCode::OutOfOrder,
+        format!("the message typed before this one ({after}) is not stored yet: send it first, then this one again"),
     )
 }
 

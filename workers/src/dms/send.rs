@@ -27,6 +27,8 @@ pub struct NewSend<'a> {
     pub conv: Id,
     pub client_msg_id: &'a str,
     pub text: &'a str,
+    /// The sender's message that must be stored before this one (`after_client_msg_id`).
+    pub after: Option<&'a str>,
 }
 
 /// A send that was stored now, or earlier (`duplicate`: a retry of the same client_msg_id).
@@ -40,6 +42,11 @@ pub struct Stored {
 
 /// Store a batch of messages, each once per client_msg_id, and say per send what it became:
 /// [`Stored`] or the refusal the sender gets.
+///
+/// A send that names the message typed before it (`after`) is stored only once that one is —
+/// stored earlier, or earlier in this batch — and refused `out_of_order` otherwise, storing
+/// nothing: a resend of a message whose first attempt was lost or refused can then never land
+/// behind its author's later messages, which wait for it and are sent again after it.
 ///
 /// The sends of one conversation shard are committed in one transaction: the conversation rows
 /// locked in id order (`FOR UPDATE`, so concurrent batches on other workers queue rather than
@@ -105,16 +112,24 @@ pub async fn send_many(
 
 /// `dm.send` on its own: a batch of one ([`send_many`]); acknowledged to the sender and
 /// delivered to every device of both members.
-pub async fn send(ctx: &Ctx<'_>, conv: Id, client_msg_id: &str, text: &str) -> Result<Outcome> {
+pub async fn send(
+    ctx: &Ctx<'_>,
+    conv: Id,
+    client_msg_id: &str,
+    text: &str,
+    after: Option<&str>,
+) -> Result<Outcome> {
     let caller = ctx.caller()?;
     validate::text(text)?;
     validate::client_msg_id(client_msg_id)?;
+    validate::after_client_msg_id(client_msg_id, after)?;
     let one = NewSend {
         me: caller.user_id,
         username: caller.username.clone(),
         conv,
         client_msg_id,
         text,
+        after,
     };
     let stored = send_many(ctx.deps, &[one])
         .await?

@@ -2,7 +2,7 @@
 //! conversation rows and their messages (on the conversation's shard), and the memberships (on
 //! each member's shard). The commands of this folder read as parse → check → store → reply.
 
-use super::{not_connected, not_found, NewSend, Stored};
+use super::{not_connected, not_found, out_of_order, NewSend, Stored};
 use crate::context::Deps;
 use crate::db::{exec_drop, rows, Shards};
 use crate::users::DELETED;
@@ -390,21 +390,27 @@ pub async fn commit_shard(
                 .is_some_and(|&(lo, hi, _)| lo == s.me || hi == s.me)
         })
         .collect();
-    // Keyed by (conversation, author, client_msg_id), which compares byte for byte.
+    // Keyed by (conversation, author, client_msg_id), which compares byte for byte: the sends'
+    // own ids (a retry returns the stored message) and the ones they must follow.
     let mut stored: HashMap<(u64, u64, String), MsgRow> = HashMap::new();
-    if !members.is_empty() {
-        let params: Vec<mysql_async::Value> = members
+    let wanted: Vec<(u64, u64, &str)> = members
+        .iter()
+        .flat_map(|&i| {
+            let s = &sends[i];
+            let after = s.after.map(|a| (s.conv.0, s.me.0, a));
+            std::iter::once((s.conv.0, s.me.0, s.client_msg_id)).chain(after)
+        })
+        .collect();
+    if !wanted.is_empty() {
+        let params: Vec<mysql_async::Value> = wanted
             .iter()
-            .flat_map(|&i| {
-                let s = &sends[i];
-                [s.conv.0.into(), s.me.0.into(), s.client_msg_id.into()]
-            })
+            .flat_map(|&(conv, me, cmid)| [conv.into(), me.into(), cmid.into()])
             .collect();
         let found: Vec<(u64, u64, u64, u64, String, String, u64)> = tx
             .exec(
                 format!(
                     "SELECT conversation_id, seq, id, author_id, client_msg_id, body, sent_at_ms FROM messages WHERE {}",
-                    any_of(members.len(), "conversation_id = ? AND author_id = ? AND client_msg_id = ?")
+                    any_of(wanted.len(), "conversation_id = ? AND author_id = ? AND client_msg_id = ?")
                 ),
                 params,
             )
@@ -428,13 +434,20 @@ pub async fn commit_shard(
             continue;
         };
         let key = (s.conv.0, s.me.0, s.client_msg_id.to_string());
-        let (row, duplicate) = match stored.get(&key) {
-            Some(row) => (row.clone(), true),
-            None if !connected => {
+        let missing = s
+            .after
+            .filter(|a| !stored.contains_key(&(s.conv.0, s.me.0, a.to_string())));
+        let (row, duplicate) = match (stored.get(&key), missing) {
+            (Some(row), _) => (row.clone(), true),
+            (None, _) if !connected => {
                 out.push((i, Err(not_connected())));
                 continue;
             }
-            None => {
+            (None, Some(after)) => {
+                out.push((i, Err(out_of_order(after))));
+                continue;
+            }
+            (None, None) => {
                 let seq = last_seq + 1;
                 last.insert(s.conv.0, (lo, hi, seq));
                 let id = d.ids.next();
