@@ -8,8 +8,8 @@
 //! is not on its path.
 //!
 //! Every other request of the batch is handled on its own by the [`Dispatcher`], each key's in
-//! order and the keys at once ([`by_key`], as for every other role). Any request whose deadline
-//! has passed, sends included, is dropped unanswered ([`Dispatcher::expired`]).
+//! order and the keys at once ([`by_key`], as for every other role), and dropped if its deadline
+//! has passed ([`Dispatcher::expired`]); a send never is: it is stored even late (see there).
 //! An infrastructure failure during the batched path retries the batch's sends (a stored message
 //! is found again by its client_msg_id, so nothing is stored twice); an error that retrying
 //! cannot fix sends them through the one-at-a-time path, where only the record at fault is
@@ -76,7 +76,6 @@ impl BatchHandler for DmBatch {
             let mut others: Vec<usize> = Vec::new();
             for (i, record) in records.iter().enumerate() {
                 match as_send(record) {
-                    Some(send) if self.dispatcher.expired(&send.env) => out[i] = Some(Ok(())),
                     Some(send) => {
                         send_at.push(i);
                         sends.push(send);
