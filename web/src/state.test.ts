@@ -256,21 +256,30 @@ describe("ChatState", () => {
     expect(s.entries("9").map((e) => [e.text, e.state])).toEqual([["once", "sent"]]);
   });
 
-  it("keeps the typed order when a later message reaches the server before an earlier one", async () => {
-    const stored: Message[] = [];
+  /**
+   * A server holding `stored` that gets the first `dm.send` only when the returned function is
+   * called, after the ones written behind it; `late` says what becomes of it then.
+   */
+  async function holdFirstSend(stored: Message[], late: (f: Frame, inner: (f: Frame) => Promise<Reply>) => Promise<Reply>) {
     server(t, stored);
     await s.connected(false);
     const inner = t.handler;
     let release!: () => void;
-    const late = new Promise<void>((r) => (release = r));
+    const held = new Promise<void>((r) => (release = r));
     let first = true;
     t.handler = (f) => {
       if (f.type === "dm.send" && first) {
         first = false;
-        return late.then(() => inner(f)); // reaches the server after the next one
+        return held.then(() => late(f, async (g) => inner(g)));
       }
       return inner(f);
     };
+    return release;
+  }
+
+  it("keeps the typed order when a later message reaches the server before an earlier one", async () => {
+    const stored: Message[] = [];
+    const release = await holdFirstSend(stored, (f, inner) => inner(f));
     s.send("9", "one");
     s.send("9", "two");
     await flush();
@@ -290,21 +299,9 @@ describe("ChatState", () => {
 
   it("leaves a failed message out of the chain: the next one goes without it", async () => {
     const stored: Message[] = [];
-    server(t, stored);
-    await s.connected(false);
-    const inner = t.handler;
-    let release!: () => void;
-    const late = new Promise<void>((r) => (release = r));
-    let first = true;
-    t.handler = (f) => {
-      if (f.type === "dm.send" && first) {
-        first = false;
-        return late.then(() => {
-          throw new RequestError("unavailable", "a database shard this request needs is unavailable; retry");
-        });
-      }
-      return inner(f);
-    };
+    const release = await holdFirstSend(stored, async () => {
+      throw new RequestError("unavailable", "a database shard this request needs is unavailable; retry");
+    });
     s.send("9", "one");
     s.send("9", "two");
     await flush();
