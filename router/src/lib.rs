@@ -124,7 +124,6 @@ pub async fn build(settings: &Settings, metrics: Metrics) -> Result<Arc<Router>>
     }))
 }
 
-/// Run until `stop`: consume the delivery topic, drain, flush.
 /// The `router` binary: settings, telemetry, run until a signal, on a multi-threaded Tokio
 /// runtime; a plain function so that the router's code is compiled once, in this library.
 #[tokio::main]
@@ -137,6 +136,7 @@ pub async fn start() -> anyhow::Result<()> {
     Ok(result?)
 }
 
+/// Run until `stop`: consume the delivery topic, drain, flush.
 pub async fn run(settings: Settings, stop: CancellationToken) -> Result<()> {
     let metrics = Metrics::new(runtime::metrics::Role::Router);
     let readiness = runtime::health::Readiness::new(stop.clone());

@@ -232,15 +232,6 @@ pub async fn run(role: Role, settings: Settings, stop: CancellationToken) -> Res
     Ok(())
 }
 
-/// Entry point of every worker binary: settings (exit 64 when bad), telemetry, run until signal,
-/// on a multi-threaded Tokio runtime. A plain function the binaries call, rather than a future
-/// they await: the code it runs is compiled once, in this library, instead of again in each of
-/// the six binaries (a release build spent ~55 s per binary on that).
-#[tokio::main]
-pub async fn start(role: Role) -> anyhow::Result<()> {
-    main_for(role).await
-}
-
 /// `sb-migrate`: apply the schema migrations to every shard (see [`start`] for why it lives here).
 #[tokio::main]
 pub async fn migrate_main() -> anyhow::Result<()> {
@@ -256,7 +247,12 @@ pub async fn migrate_main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn main_for(role: Role) -> anyhow::Result<()> {
+/// Entry point of every worker binary: settings (exit 64 when bad), telemetry, run until signal,
+/// on a multi-threaded Tokio runtime. A plain function the binaries call, rather than a future
+/// they await: the code it runs is compiled once, in this library, instead of again in each of
+/// the six binaries (a release build spent ~55 s per binary on that).
+#[tokio::main]
+pub async fn start(role: Role) -> anyhow::Result<()> {
     let mut settings: Settings = runtime::settings::load_or_exit();
     if settings.service.name.is_empty() {
         settings.service.name = role.worker();
