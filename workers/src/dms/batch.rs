@@ -25,7 +25,7 @@ use runtime::consume::{by_key, BatchHandler, Failure, Inbound};
 use runtime::registry::{plan, users_of};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use topics::{validate, Delivery, EdgeMessage, Envelope, ErrorBody, ErrorCode, Id, Request};
+use topics::{Delivery, EdgeMessage, Envelope, ErrorBody, ErrorCode, Id, Request};
 use tracing::Instrument;
 
 pub struct DmBatch {
@@ -190,17 +190,13 @@ impl DmBatch {
                 Err(e) => return Err(classify(e)),
             };
             checked.push(caller.and_then(|caller| {
-                validate::text(&s.text)?;
-                validate::client_msg_id(&s.client_msg_id)?;
-                validate::after_client_msg_id(&s.client_msg_id, s.after.as_deref())?;
-                Ok(NewSend {
-                    me: caller.user_id,
-                    username: caller.username,
-                    conv: s.conv,
-                    client_msg_id: &s.client_msg_id,
-                    text: &s.text,
-                    after: s.after.as_deref(),
-                })
+                NewSend::checked(
+                    caller,
+                    s.conv,
+                    &s.client_msg_id,
+                    &s.text,
+                    s.after.as_deref(),
+                )
             }));
         }
         let to_store: Vec<NewSend> = checked

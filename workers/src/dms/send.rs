@@ -2,7 +2,7 @@
 //! as part of a batch ([`super::batch`]).
 
 use super::{not_found, store};
-use crate::context::{event_to, Ctx, Deps, Outcome};
+use crate::context::{event_to, Caller, Ctx, Deps, Outcome};
 use crate::{Error, Result};
 use std::collections::BTreeMap;
 use topics::frames::Message;
@@ -29,6 +29,29 @@ pub struct NewSend<'a> {
     pub text: &'a str,
     /// The sender's message that must be stored before this one (`after_client_msg_id`).
     pub after: Option<&'a str>,
+}
+
+impl<'a> NewSend<'a> {
+    /// `caller`'s send, its input validated (the same checks alone or in a batch).
+    pub fn checked(
+        caller: Caller,
+        conv: Id,
+        client_msg_id: &'a str,
+        text: &'a str,
+        after: Option<&'a str>,
+    ) -> std::result::Result<NewSend<'a>, ErrorBody> {
+        validate::text(text)?;
+        validate::client_msg_id(client_msg_id)?;
+        validate::after_client_msg_id(client_msg_id, after)?;
+        Ok(NewSend {
+            me: caller.user_id,
+            username: caller.username,
+            conv,
+            client_msg_id,
+            text,
+            after,
+        })
+    }
 }
 
 /// A send that was stored now, or earlier (`duplicate`: a retry of the same client_msg_id).
@@ -119,18 +142,7 @@ pub async fn send(
     text: &str,
     after: Option<&str>,
 ) -> Result<Outcome> {
-    let caller = ctx.caller()?;
-    validate::text(text)?;
-    validate::client_msg_id(client_msg_id)?;
-    validate::after_client_msg_id(client_msg_id, after)?;
-    let one = NewSend {
-        me: caller.user_id,
-        username: caller.username.clone(),
-        conv,
-        client_msg_id,
-        text,
-        after,
-    };
+    let one = NewSend::checked(ctx.caller()?.clone(), conv, client_msg_id, text, after)?;
     let stored = send_many(ctx.deps, &[one])
         .await?
         .pop()
