@@ -65,9 +65,9 @@ pub struct Pending {
     pub tries: u32,
     /// The `after_client_msg_id` it was last written with.
     pub after: Option<String>,
-    /// Refused `out_of_order`: written again right after this message (its `after`), once that
-    /// one has been written more than this many times, or as soon as it has left the outbox.
-    pub held: Option<(String, u32)>,
+    /// Refused `out_of_order`: written again right after the message it named (`after`), once
+    /// that one has been written more than this many times, or as soon as it has left the outbox.
+    pub held: Option<u32>,
 }
 
 /// One `dm.send` to write: its id, its text, and the message it must be stored after.
@@ -143,9 +143,9 @@ impl Outbox {
         let mut before: Option<(String, u32)> = None;
         for p in self.pending.values_mut() {
             let prev = before.replace((p.cmid.clone(), p.tries));
-            let held = p.held.as_ref().is_some_and(|(w, tries)| {
+            let held = p.held.zip(p.after.as_ref()).is_some_and(|(tries, w)| {
                 self.index.contains_key(w)
-                    && prev.as_ref().is_none_or(|(c, t)| c != w || t <= tries)
+                    && prev.as_ref().is_none_or(|(c, t)| c != w || *t <= tries)
             });
             if held || p.not_before.is_some_and(|t| now < t) {
                 continue;
@@ -212,11 +212,11 @@ impl Outbox {
         let Some(&k) = self.index.get(cmid) else {
             return;
         };
-        let after = self.pending.get(&k).and_then(|p| p.after.clone());
-        let held = after.and_then(|a| {
-            let tries = self.pending.get(self.index.get(&a)?)?.tries;
-            Some((a, tries))
-        });
+        let after = self.pending.get(&k).and_then(|p| p.after.as_ref());
+        let held = after
+            .and_then(|a| self.index.get(a))
+            .and_then(|k| self.pending.get(k))
+            .map(|named| named.tries);
         if let Some(p) = self.pending.get_mut(&k) {
             p.sent_at = None;
             p.not_before = None;
