@@ -24,6 +24,8 @@ pub use crate::migrations::migrate;
 pub struct CountedPool {
     target: Target,
     in_use: Gauge,
+    /// Most connections the pool opens (`database.pool_max`).
+    max: usize,
 }
 
 #[derive(Clone)]
@@ -257,20 +259,28 @@ impl std::ops::DerefMut for PooledConn {
 }
 
 impl CountedPool {
-    /// `pool`, counting in `in_use`.
-    pub fn new(pool: Pool, in_use: Gauge) -> Self {
+    /// `pool` of at most `max` connections, counting in `in_use`.
+    pub fn new(pool: Pool, in_use: Gauge, max: usize) -> Self {
         CountedPool {
             target: Target::One(pool),
             in_use,
+            max,
         }
     }
 
     /// The pool of `cluster`'s node elected for `use_`, counting in `in_use`.
-    pub fn elected(cluster: Arc<Cluster>, use_: Use, in_use: Gauge) -> Self {
+    pub fn elected(cluster: Arc<Cluster>, use_: Use, in_use: Gauge, max: usize) -> Self {
         CountedPool {
             target: Target::Elected(cluster, use_),
             in_use,
+            max,
         }
+    }
+
+    /// Whether every connection the pool may open is held: a wait for one is then a wait for
+    /// another request to finish, not a sign that the server is unreachable.
+    pub fn saturated(&self) -> bool {
+        self.in_use.get() >= self.max as i64
     }
 
     /// The cluster this pool follows, if it is a Galera shard's.
@@ -402,7 +412,8 @@ impl Shard {
     /// ([`Error::ShardDown`]) while the breaker is open; otherwise given at most `timeout`. A
     /// failure to reach the shard (an error that is not the server's answer) or no answer in time
     /// counts against the breaker, and is [`Error::ShardDown`] if it opened it; any answer of the
-    /// server, an error included, closes it.
+    /// server, an error included, closes it. A pool with every connection held
+    /// ([`Error::ShardBusy`]) does neither.
     ///
     /// An operation cut by the timeout may still have committed (the answer was lost): callers
     /// must be safe to repeat, as a `dm.send` is (its `client_msg_id` finds it again).
@@ -431,6 +442,8 @@ impl Shard {
         match tokio::time::timeout(self.timeout, op).await {
             Ok(Err(Error::Db(e))) if unreachable(&e) => Err(failed(Error::Db(e))),
             Ok(Err(e @ Error::ShardTimeout(_))) => Err(failed(e)),
+            // every connection held by other requests: neither a failure nor an answer
+            Ok(Err(e @ Error::ShardBusy(_))) => Err(e),
             Ok(answered) => {
                 self.breaker.success();
                 answered
@@ -439,11 +452,14 @@ impl Shard {
         }
     }
 
-    /// A connection to the primary within `connect_timeout` ([`Error::ShardTimeout`] if none),
-    /// for operations run under [`Shard::guard`].
+    /// A connection to the primary within `connect_timeout`, for operations run under
+    /// [`Shard::guard`]. None in time is [`Error::ShardBusy`] when every connection of the pool
+    /// was held meanwhile (the workers' own load, which says nothing about the server), else
+    /// [`Error::ShardTimeout`].
     pub async fn primary_conn(&self) -> Result<PooledConn> {
         match tokio::time::timeout(self.connect_timeout, self.primary.get_conn()).await {
             Ok(c) => Ok(c?),
+            Err(_) if self.primary.saturated() => Err(Error::ShardBusy(self.index)),
             Err(_) => Err(Error::ShardTimeout(self.index)),
         }
     }
@@ -642,8 +658,9 @@ impl Shards {
                                 cluster.clone(),
                                 Use::Write,
                                 gauge(index, "primary"),
+                                max,
                             ),
-                            CountedPool::elected(cluster, Use::Read, gauge(index, "replica")),
+                            CountedPool::elected(cluster, Use::Read, gauge(index, "replica"), max),
                         )
                     }
                     (None, true) => {
@@ -655,11 +672,13 @@ impl Shards {
                         let primary = CountedPool::new(
                             Pool::new(opts(s, &sh.primary, Some(&s.name))?),
                             gauge(index, "primary"),
+                            max,
                         );
                         let replica = match r {
                             Some(r) => CountedPool::new(
                                 Pool::new(opts(s, r, Some(&s.name))?),
                                 gauge(index, "replica"),
+                                max,
                             ),
                             None => primary.clone(),
                         };
@@ -1039,6 +1058,7 @@ mod tests {
                 .unwrap(),
             ),
             Gauge::default(),
+            1,
         );
         shard.has_replica = true;
         let t0 = std::time::Instant::now();
@@ -1053,6 +1073,48 @@ mod tests {
         assert!(
             (Duration::from_secs(1)..Duration::from_millis(1_900)).contains(&took),
             "one connect timeout: {took:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn waiting_for_a_connection_while_every_one_is_held_is_not_a_failure_of_the_shard() {
+        // a primary that accepts and never answers: no connection comes, whatever the count says
+        let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut shard = unreachable_shard(2_000);
+        shard.connect_timeout = Duration::from_millis(200);
+        let in_use = Gauge::default();
+        shard.primary = CountedPool::new(
+            Pool::new(
+                opts(
+                    &DatabaseSettings::default(),
+                    &hung.local_addr().unwrap().to_string(),
+                    None,
+                )
+                .unwrap(),
+            ),
+            in_use.clone(),
+            2,
+        );
+        let select = async |c: &mut PooledConn| Ok(c.query_drop("SELECT 1").await?);
+        // every connection held by other requests: busy, however often, and the breaker stays shut
+        in_use.set(2);
+        for _ in 0..3 {
+            let r = shard.on_primary(select).await;
+            assert!(matches!(r, Err(Error::ShardBusy(0))), "{r:?}");
+        }
+        assert!(!shard.breaker.is_open());
+        assert!(matches!(
+            crate::dispatch::classify(Error::ShardBusy(0)),
+            runtime::consume::Failure::Transient(_)
+        ));
+        // with a connection free, the same wait says the server does not answer: two open it
+        in_use.set(1);
+        let r = shard.on_primary(select).await;
+        assert!(matches!(r, Err(Error::ShardTimeout(0))), "{r:?}");
+        let r = shard.on_primary(select).await;
+        assert!(
+            matches!(r, Err(Error::ShardDown { tried: true, .. })),
+            "{r:?}"
         );
     }
 

@@ -69,6 +69,11 @@ pub enum Error {
     /// retried like any database error.
     #[error("shard {0} did not answer in time")]
     ShardTimeout(usize),
+    /// Every connection of the shard's pool stayed held by other requests for
+    /// `database.shard_connect_timeout_ms`: the workers' own load, not a failure of the shard
+    /// (its breaker does not count it); retried like any database error.
+    #[error("shard {0}: every pooled connection busy")]
+    ShardBusy(usize),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
