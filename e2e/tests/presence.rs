@@ -362,3 +362,81 @@ async fn a_handshake_its_edge_abandoned_is_never_registered() {
     assert!(!listed(late).await);
     app.stop().await;
 }
+
+/// A connection whose `disconnected` never reached the registry (a failed publish, say) does not
+/// stay there for the life of its edge process: the edge's periodic `present` lists its open
+/// connections, and the registry entry of any other one it handed out earlier is taken out. Live
+/// connections stay.
+#[tokio::test]
+async fn a_lost_disconnect_is_repaired_by_the_edges_next_sweep() {
+    use runtime::redis::redis::AsyncCommands;
+    use topics::EdgeEvent;
+    let mut opts = e2e::Options::default();
+    opts.edge.request_timeout_ms = 1_000;
+    opts.edge.registry_sweep_ms = 1_000;
+    let app = e2e::spawn_app_with(opts).await;
+    let (me, _, token) = app.user(0).await;
+    let mut viewer = Client::connect(&app.ws_url(0), &token).await;
+    let (ghost, _, _) = app.user(1).await;
+    let (redis, registry) = common::registry(&app);
+    let conns_of = |user: Id| {
+        let (redis, key) = (&redis, registry.conns_key(user));
+        async move {
+            let mut c = redis.get().await.expect("redis");
+            let all: std::collections::HashMap<String, String> =
+                c.hgetall(key).await.expect("hgetall");
+            all.into_keys()
+                .filter_map(|f| runtime::registry::parse_conn_field(&f))
+                .collect::<Vec<_>>()
+        }
+    };
+    let mine = eventually("the viewer registered", || async {
+        conns_of(me).await.into_iter().next()
+    })
+    .await;
+    // A connection of the viewer's edge process that is not open (the process' first id) is put
+    // in the registry as its handshake would, and its `disconnected` never comes.
+    let (edge, epoch) = (mine.0.clone(), topics::bus::conn_epoch(mine.1));
+    let closed = topics::bus::conn_id(epoch, 0);
+    assert_ne!(closed, mine.1);
+    let producer = runtime::kafka::producer(&app.kafka).expect("producer");
+    publish(
+        &app,
+        &producer,
+        EdgeEvent::Connected {
+            edge: edge.clone(),
+            conn: closed,
+            user_id: ghost,
+            username: "ghost".into(),
+            session_id: "lost".into(),
+        },
+    )
+    .await;
+    // Applied (registering also records the username, which nothing takes out), then taken out
+    // by the edge's sweep (every 2 s here): no longer listed, no longer online.
+    eventually("the ghost registered", || {
+        let (redis, key) = (&redis, registry.unames_key());
+        async move {
+            let mut c = redis.get().await.expect("redis");
+            let name: Option<String> = c.hget(key, ghost.to_string()).await.expect("hget");
+            (name.as_deref() == Some("ghost")).then_some(())
+        }
+    })
+    .await;
+    eventually("the ghost's entry swept", || async {
+        conns_of(ghost).await.is_empty().then_some(())
+    })
+    .await;
+    online_until(&mut viewer, "the ghost offline", |ids| {
+        !ids.contains(&ghost)
+    })
+    .await;
+    assert_eq!(conns_of(me).await, vec![mine], "the open connection stays");
+    let ids = online_until(&mut viewer, "the viewer still online", |ids| {
+        ids.contains(&me)
+    })
+    .await;
+    assert!(!ids.contains(&ghost));
+    viewer.close().await;
+    app.stop().await;
+}

@@ -111,6 +111,19 @@ impl Hub {
         self.len() == 0
     }
 
+    /// The id the next [`Hub::next_id`] hands out: every id handed out so far is below it.
+    pub fn id_mark(&self) -> u64 {
+        topics::bus::conn_id(self.epoch, self.next.load(Ordering::Relaxed))
+    }
+
+    /// The ids of the connections in the hub now.
+    pub fn conn_ids(&self) -> Vec<u64> {
+        self.conns
+            .iter()
+            .flat_map(|s| s.lock().expect("hub").keys().copied().collect::<Vec<_>>())
+            .collect()
+    }
+
     /// Frames waiting in the outbound queues: (all of them, the fullest queue's).
     pub fn queued(&self) -> (usize, usize) {
         let (mut sum, mut max) = (0, 0);

@@ -229,6 +229,7 @@ impl Application {
         .await;
         tasks.spawn(inbox::run(edge.clone(), consumer, stop.clone()));
         tasks.spawn(heartbeat(edge.clone(), stop.clone()));
+        tasks.spawn(registry_sweep(edge.clone(), stop.clone()));
         let limits = server::Limits::of(&edge.settings);
         let max_handshakes = edge.settings.max_handshakes;
         tasks.spawn(server::serve(
@@ -290,6 +291,38 @@ async fn heartbeat(edge: Arc<Edge>, stop: CancellationToken) {
                     epoch: edge.epoch,
                     connections: edge.hub.len() as u64,
                 }).await;
+            }
+        }
+    }
+}
+
+/// Every `edge.registry_sweep_ms`, tell presence which of this process' connections are open
+/// ([`EdgeEvent::Present`]), so that a registry entry whose `disconnected` was lost (a publish
+/// that failed, say) is taken out rather than kept until the process ends. The ids covered are
+/// those handed out before the previous tick: a handshake ends within `request_timeout_ms`
+/// (shorter than the period, [`settings::EdgeSettings::sweep_period`]), so by now each of those
+/// is in the hub or finished, and none still on its way into the registry is taken for gone.
+async fn registry_sweep(edge: Arc<Edge>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(edge.settings.sweep_period());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut mark = None;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {
+                if let Some(below) = mark {
+                    let events = topics::bus::present(
+                        &edge.settings.id,
+                        edge.epoch,
+                        below,
+                        edge.hub.conn_ids(),
+                        topics::bus::PRESENT_CHUNK,
+                    );
+                    for ev in events {
+                        edge.emit(ev).await;
+                    }
+                }
+                mark = Some(edge.hub.id_mark());
             }
         }
     }

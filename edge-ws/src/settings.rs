@@ -50,6 +50,10 @@ pub struct EdgeSettings {
     pub request_timeout_ms: u64,
     #[serde(default = "d_heartbeat")]
     pub heartbeat_interval_ms: u64,
+    /// How often the edge tells presence which of its connections are open, so that registry
+    /// entries whose `disconnected` was lost are taken out ([`EdgeSettings::sweep_period`]).
+    #[serde(default = "d_registry_sweep")]
+    pub registry_sweep_ms: u64,
     /// Connections this process accepts before refusing with 503.
     #[serde(default = "d_max_conns")]
     pub max_connections: usize,
@@ -129,6 +133,9 @@ fn d_req_timeout() -> u64 {
 fn d_heartbeat() -> u64 {
     2_000
 }
+fn d_registry_sweep() -> u64 {
+    60_000
+}
 fn d_max_conns() -> usize {
     19_000
 }
@@ -169,6 +176,7 @@ impl Default for EdgeSettings {
             outbound_queue: d_queue(),
             request_timeout_ms: d_req_timeout(),
             heartbeat_interval_ms: d_heartbeat(),
+            registry_sweep_ms: d_registry_sweep(),
             max_connections: d_max_conns(),
             max_connections_per_user: d_conns_per_user(),
             max_connections_per_address: d_conns_per_address(),
@@ -182,5 +190,31 @@ impl Default for EdgeSettings {
             max_handshakes: d_max_handshakes(),
             secure_cookies: false,
         }
+    }
+}
+
+impl EdgeSettings {
+    /// How often the registry sweep runs: `registry_sweep_ms`, but never within twice
+    /// `request_timeout_ms`, the longest a handshake waits for its check; the sweep relies on
+    /// every handshake begun before its previous tick having ended.
+    pub fn sweep_period(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            self.registry_sweep_ms
+                .max(self.request_timeout_ms.saturating_mul(2))
+                .max(1),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sweep_never_runs_within_twice_the_handshake_timeout() {
+        let mut s = EdgeSettings::default();
+        assert_eq!(s.sweep_period().as_millis(), 60_000);
+        s.registry_sweep_ms = 1_000;
+        assert_eq!(s.sweep_period().as_millis(), 10_000);
     }
 }

@@ -265,6 +265,61 @@ pub enum EdgeEvent {
     /// The edge gave up on a handshake before its check answered (a timeout, a failed publish):
     /// the check may still register the connection, so it is marked, and taken out if it is in.
     Abandoned { edge: String, conn: u64 },
+    /// Of this edge process' connection ids in `from..below`, exactly `conns` are open: a
+    /// connection in that range that the registry holds and this list does not is gone (its
+    /// `disconnected` was lost), and is taken out. Sent every `edge.registry_sweep_ms`, with
+    /// `below` an id handed out at least that long before, so that every handshake below it has
+    /// ended ([`present`]).
+    Present {
+        edge: String,
+        epoch: u64,
+        from: u64,
+        below: u64,
+        conns: Vec<u64>,
+    },
+}
+
+/// Most connection ids in one `present` event (about 21 bytes each in JSON, so ≤ ~220 KB a
+/// record, well under Kafka's 1 MB default).
+pub const PRESENT_CHUNK: usize = 10_000;
+
+/// The `present` events that tell, for edge process `epoch`, that of its ids below `below`
+/// exactly `open` are open connections: `open` sorted and cut into chunks of at most `chunk`,
+/// each covering the range from its first id (the first from the epoch's first id) to the next
+/// chunk's first (the last up to `below`), so the ranges tile `conn_id(epoch, 0)..below`. Ids of
+/// `open` outside that range are left out.
+pub fn present(
+    edge: &str,
+    epoch: u64,
+    below: u64,
+    mut open: Vec<u64>,
+    chunk: usize,
+) -> Vec<EdgeEvent> {
+    let first = conn_id(epoch, 0);
+    open.retain(|c| (first..below).contains(c));
+    open.sort_unstable();
+    open.dedup();
+    let chunks: Vec<&[u64]> = if open.is_empty() {
+        vec![&[]]
+    } else {
+        open.chunks(chunk.max(1)).collect()
+    };
+    let starts: Vec<u64> = chunks
+        .iter()
+        .enumerate()
+        .map(|(i, c)| if i == 0 { first } else { c[0] })
+        .collect();
+    chunks
+        .iter()
+        .enumerate()
+        .map(|(i, c)| EdgeEvent::Present {
+            edge: edge.to_string(),
+            epoch,
+            from: starts[i],
+            below: starts.get(i + 1).copied().unwrap_or(below),
+            conns: c.to_vec(),
+        })
+        .collect()
 }
 
 /// Record of the presence topic: either an edge event or a client request envelope.
@@ -282,7 +337,8 @@ impl EdgeEvent {
             | EdgeEvent::Heartbeat { edge, .. }
             | EdgeEvent::Connected { edge, .. }
             | EdgeEvent::Disconnected { edge, .. }
-            | EdgeEvent::Abandoned { edge, .. } => edge,
+            | EdgeEvent::Abandoned { edge, .. }
+            | EdgeEvent::Present { edge, .. } => edge,
         }
     }
 
@@ -315,10 +371,13 @@ impl EdgeEvent {
     /// The Kafka key of this event. What must stay in order is per connection (its `connected`
     /// before its `disconnected`) and per edge process (`started` before its heartbeats), so
     /// connection events are keyed by connection and spread over every partition and lane: one
-    /// edge's 19,000 reconnecting clients are registered in parallel, not one by one.
+    /// edge's 19,000 reconnecting clients are registered in parallel, not one by one. `present`
+    /// goes with its edge's `started`, after it.
     pub fn key(&self) -> String {
         match self {
-            EdgeEvent::Started { edge, .. } | EdgeEvent::Heartbeat { edge, .. } => edge.clone(),
+            EdgeEvent::Started { edge, .. }
+            | EdgeEvent::Heartbeat { edge, .. }
+            | EdgeEvent::Present { edge, .. } => edge.clone(),
             EdgeEvent::Connected { edge, conn, .. }
             | EdgeEvent::Disconnected { edge, conn, .. }
             | EdgeEvent::Abandoned { edge, conn } => conn_key(edge, *conn),
@@ -538,7 +597,38 @@ mod tests {
             prop_assert_eq!(gone.key(), connected.key());
             prop_assert_eq!(EdgeEvent::Abandoned { edge: edge.clone(), conn }.key(), connected.key());
             prop_assert_eq!(EdgeEvent::Started { edge: edge.clone(), epoch: conn }.key(), "edge-1");
-            prop_assert_eq!(EdgeEvent::Heartbeat { edge, epoch: conn, connections: u }.key(), "edge-1");
+            prop_assert_eq!(EdgeEvent::Heartbeat { edge: edge.clone(), epoch: conn, connections: u }.key(), "edge-1");
+            prop_assert_eq!(EdgeEvent::Present { edge, epoch: 1, from: 0, below: conn, conns: vec![] }.key(), "edge-1");
+        }
+
+        #[test]
+        fn present_events_tile_the_range_and_list_every_open_id_once(
+            counters in proptest::collection::vec(0u64..5_000, 0..300),
+            below in 0u64..6_000,
+            chunk in 1usize..50,
+        ) {
+            let epoch = 7;
+            let (first, below) = (conn_id(epoch, 0), conn_id(epoch, below));
+            let open: Vec<u64> = counters.iter().map(|c| conn_id(epoch, *c)).collect();
+            let events = present("e", epoch, below, open.clone(), chunk);
+            let mut at = first;
+            let mut listed = Vec::new();
+            for ev in &events {
+                let EdgeEvent::Present { edge, epoch: e, from, below: b, conns } = ev else {
+                    panic!("{ev:?}");
+                };
+                prop_assert_eq!((edge.as_str(), *e), ("e", epoch));
+                prop_assert_eq!(*from, at, "ranges are contiguous");
+                prop_assert!(conns.len() <= chunk);
+                prop_assert!(conns.iter().all(|c| (*from..*b).contains(c)));
+                listed.extend(conns.iter().copied());
+                at = *b;
+            }
+            prop_assert_eq!(at, below.max(first), "the last range ends at below");
+            let mut want: Vec<u64> = open.into_iter().filter(|c| *c < below).collect();
+            want.sort_unstable();
+            want.dedup();
+            prop_assert_eq!(listed, want);
         }
 
         #[test]
@@ -549,6 +639,7 @@ mod tests {
                 EdgeEvent::Connected { edge: "e".into(), conn, user_id: Id(u), username: "n".into(), session_id: "s".into() },
                 EdgeEvent::Disconnected { edge: "e".into(), conn, user_id: Id(u) },
                 EdgeEvent::Abandoned { edge: "e".into(), conn },
+                EdgeEvent::Present { edge: "e".into(), epoch: 1, from: conn_id(1, 0), below: conn, conns: vec![conn, u] },
             ] {
                 let rec: PresenceRecord = decode_versioned(&ev.encode()).unwrap();
                 prop_assert_eq!(rec, PresenceRecord::Edge { v: WIRE_VERSION, edge_event: ev.clone() });

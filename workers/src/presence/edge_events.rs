@@ -1,11 +1,12 @@
-//! Edge events (started, heartbeat, connected, disconnected, abandoned) written to the connection
-//! registry, and [`register`], which the handshake check (`session.verify`, worker-auth) calls so
-//! that a connection is in the registry before its edge answers the upgrade.
+//! Edge events (started, heartbeat, connected, disconnected, abandoned, present) written to the
+//! connection registry, and [`register`], which the handshake check (`session.verify`,
+//! worker-auth) calls so that a connection is in the registry before its edge answers the upgrade.
 
 use crate::context::Deps;
 use crate::Result;
 use runtime::redis::redis::{self, AsyncCommands};
 use runtime::registry::{conn_field, edge_value, parse_edge_value};
+use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
 use topics::{EdgeEvent, Id};
 
@@ -197,6 +198,77 @@ pub async fn apply_edge_event(d: &Deps, ev: EdgeEvent) -> Result<()> {
             user_id,
         } => unregister(d, &edge, conn, user_id).await?,
         EdgeEvent::Abandoned { edge, conn } => abandon(d, &edge, conn).await?,
+        EdgeEvent::Present {
+            edge,
+            epoch,
+            from,
+            below,
+            conns,
+        } => {
+            let gone = sweep(d, &edge, epoch, from..below, &conns).await?;
+            if gone > 0 {
+                tracing::info!(%edge, gone, "registry entries of closed connections removed");
+            }
+        }
     }
     Ok(())
+}
+
+/// The connections of `edge`'s process `epoch` counted in the registry with an id in `range`
+/// that `open` does not list: gone without their `disconnected` reaching the registry.
+pub fn stale_in(
+    members: &HashMap<String, String>,
+    range: &std::ops::Range<u64>,
+    open: &HashSet<u64>,
+) -> Vec<(u64, Id)> {
+    members
+        .iter()
+        .filter_map(|(conn, user)| Some((conn.parse::<u64>().ok()?, Id(user.parse().ok()?))))
+        .filter(|(conn, _)| range.contains(conn) && !open.contains(conn))
+        .collect()
+}
+
+/// Take out of the registry the connections of `edge`'s process `epoch` in `range` that are not
+/// in `open` (a `present` event): each as its lost `disconnected` would have. Returns how many.
+async fn sweep(
+    d: &Deps,
+    edge: &str,
+    epoch: u64,
+    range: std::ops::Range<u64>,
+    open: &[u64],
+) -> Result<usize> {
+    let mut c = d.redis.get().await?;
+    let members: HashMap<String, String> = c.hgetall(d.registry.members_key(edge, epoch)).await?;
+    let open: HashSet<u64> = open.iter().copied().collect();
+    let gone = stale_in(&members, &range, &open);
+    for (conn, user) in &gone {
+        unregister(d, edge, *conn, *user).await?;
+    }
+    Ok(gone.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_connections_are_those_in_range_that_the_edge_does_not_list() {
+        let members: HashMap<String, String> = [
+            ("10", "1"), // below the range: another event's
+            ("20", "2"), // listed: open
+            ("21", "2"), // not listed: gone
+            ("29", "3"), // not listed: gone
+            ("30", "4"), // at `below`: may still be in its handshake
+            ("x", "5"),  // unreadable fields are left alone
+            ("22", "y"),
+        ]
+        .into_iter()
+        .map(|(c, u)| (c.to_string(), u.to_string()))
+        .collect();
+        let open: HashSet<u64> = [20, 25].into();
+        let mut gone = stale_in(&members, &(20..30), &open);
+        gone.sort();
+        assert_eq!(gone, vec![(21, Id(2)), (29, Id(3))]);
+        assert!(stale_in(&members, &(20..30), &[20, 21, 29].into()).is_empty());
+    }
 }
