@@ -101,6 +101,79 @@ async fn signup_validates_usernames_and_passwords() {
     app.stop().await;
 }
 
+/// A sign-up resent with its `client_request_id` (its answer lost, say) is the same sign-up: it
+/// completes what the first left undone, or is answered as the first was; with another password
+/// or without the id, the name is taken. A bad id is refused and claims nothing.
+#[tokio::test]
+async fn a_signup_resent_with_its_request_id_is_the_same_signup() {
+    let app = spawn_app().await;
+    let h = app.http(0);
+    let signup = |name: &str, password: &str, id: Option<&str>| {
+        let mut body = json!({"username": name, "password": password});
+        if let Some(id) = id {
+            body["client_request_id"] = json!(id);
+        }
+        h.post("/api/v1/users", body, None)
+    };
+    let name = e2e::unique("r");
+    let (s, first) = signup(&name, PASSWORD, Some("k-1")).await;
+    assert_eq!(s, 201, "{first}");
+    let (s, again) = signup(&name, PASSWORD, Some("k-1")).await;
+    assert_eq!((s, &again), (201, &first), "answered as the first was");
+    for (password, id) in [
+        ("another-pass-1", Some("k-1")),
+        (PASSWORD, Some("k-2")),
+        (PASSWORD, None),
+    ] {
+        let (s, body) = signup(&name, password, id).await;
+        assert_eq!(
+            (s, body["code"].as_str()),
+            (409, Some("conflict")),
+            "{password} {id:?}: {body}"
+        );
+    }
+
+    // The first attempt claimed the name and was cut before the account: the resend completes it,
+    // with the id the claim holds; another sign-up of the name is refused.
+    let name = e2e::unique("r");
+    let owner = topics::Id(runtime::now_ms() * 1_000 + 7);
+    let shards = workers::db::Shards::connect(&app.database).unwrap();
+    let key = workers::users::create::client_key("k-3");
+    let claim = workers::users::store::claim_username(&shards, &name, owner, &key)
+        .await
+        .unwrap();
+    assert!(matches!(claim, workers::users::store::Claim::Claimed));
+    let (s, body) = signup(&name, PASSWORD, None).await;
+    assert_eq!(s, 409, "{body}");
+    let (s, body) = signup(&name, PASSWORD, Some("k-3")).await;
+    assert_eq!(s, 201, "{body}");
+    assert_eq!(id(&body["user"]["user_id"]), owner);
+    let token = h.login(&name, PASSWORD).await;
+    let (s, me) = h.get("/api/v1/users/me", Some(&token)).await;
+    assert_eq!((s, &me["invite_code"]), (200, &body["invite_code"]), "{me}");
+
+    // Bad ids are refused before anything is claimed.
+    let name = e2e::unique("r");
+    for bad in [json!(""), json!("x".repeat(65)), json!(5)] {
+        let (s, body) = h
+            .post(
+                "/api/v1/users",
+                json!({"username": name, "password": PASSWORD, "client_request_id": bad}),
+                None,
+            )
+            .await;
+        assert_eq!(
+            (s, body["code"].as_str()),
+            (400, Some("invalid_input")),
+            "{bad}: {body}"
+        );
+    }
+    let (s, body) = signup(&name, PASSWORD, None).await;
+    assert_eq!(s, 201, "the name is still free: {body}");
+    shards.disconnect().await;
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn usernames_are_unique_whatever_their_case() {
     let app = spawn_app().await;

@@ -481,9 +481,10 @@ mod tests {
             Just(Request::InviteCodeRotate),
             Just(Request::InviteList),
             Just(Request::DmList),
-            (s, s).prop_map(|(u, p)| Request::UserCreate {
+            (s, s, proptest::option::of(s)).prop_map(|(u, p, id)| Request::UserCreate {
                 username: u,
-                password: p
+                password: p,
+                client_request_id: id,
             }),
             (s, s, proptest::option::of(s)).prop_map(|(u, p, device)| Request::Login {
                 username: u,

@@ -24,7 +24,15 @@ pub enum Request {
     Ping,
     /// Sign up (HTTP `POST /api/v1/users`).
     #[serde(rename = "user.create")]
-    UserCreate { username: String, password: String },
+    UserCreate {
+        username: String,
+        password: String,
+        /// Chosen by the client, unguessable (a random UUID), the same for every resend of this
+        /// sign-up: a resend then completes what the first left undone, or is answered as the
+        /// first was (with the same password), instead of `conflict` "username is taken".
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_request_id: Option<String>,
+    },
     /// Log in (HTTP `POST /api/v1/sessions`).
     #[serde(rename = "session.login")]
     Login {

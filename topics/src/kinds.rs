@@ -433,9 +433,15 @@ mod tests {
             r,
             Request::UserCreate {
                 username: "ann".into(),
-                password: "pw123456!".into()
+                password: "pw123456!".into(),
+                client_request_id: None,
             }
         );
+        let resend = br#"{"username":"ann","password":"pw123456!","client_request_id":"k1"}"#;
+        assert!(matches!(
+            from_http(Method::Post, "/users", &q, resend).unwrap().0,
+            Request::UserCreate { client_request_id: Some(ref k), .. } if k == "k1"
+        ));
         assert_eq!(
             call(Method::Delete, "/sessions/current", &[], b"").unwrap(),
             Request::Logout { session_id: None }

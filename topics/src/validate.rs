@@ -88,6 +88,19 @@ pub fn client_msg_id(raw: &str) -> Result<(), ErrorBody> {
     Ok(())
 }
 
+/// Longest `client_request_id` of a sign-up, in bytes.
+pub const CLIENT_REQUEST_ID_MAX: usize = 64;
+
+/// A sign-up's `client_request_id`: 1-64 bytes.
+pub fn client_request_id(raw: &str) -> Result<(), ErrorBody> {
+    if raw.is_empty() || raw.len() > CLIENT_REQUEST_ID_MAX {
+        return Err(invalid(format!(
+            "client_request_id must be 1-{CLIENT_REQUEST_ID_MAX} bytes"
+        )));
+    }
+    Ok(())
+}
+
 /// A send's `after_client_msg_id`: absent, or another message's id.
 pub fn after_client_msg_id(own: &str, after: Option<&str>) -> Result<(), ErrorBody> {
     let Some(after) = after else { return Ok(()) };
@@ -146,6 +159,9 @@ mod tests {
         assert!(after_client_msg_id("c-2", Some("c-2")).is_err());
         assert!(after_client_msg_id("c-2", Some("")).is_err());
         assert!(client_msg_id(&"x".repeat(65)).is_err());
+        assert!(client_request_id("6f9c1d2e-0b7a-4c55-9f0e-3d2b1a0c9e8f").is_ok());
+        assert!(client_request_id("").is_err());
+        assert!(client_request_id(&"x".repeat(65)).is_err());
         assert_eq!(page(None, 50), 50);
         assert_eq!(page(Some(0), 50), 1);
         assert_eq!(page(Some(1000), 50), PAGE_MAX);

@@ -64,8 +64,10 @@ async function call<T extends Reply>(method: string, path: string, body?: unknow
 }
 
 export const api = {
-  signup: (username: string, password: string) =>
-    call<ReplyOf<"user">>("POST", "/users", { username, password }),
+  /** `requestId`: the same for every retry of one sign-up, so that a retry of one that went
+   * through (its answer lost, or the login after it failed) is answered as it was, not "taken". */
+  signup: (username: string, password: string, requestId: string) =>
+    call<ReplyOf<"user">>("POST", "/users", { username, password, client_request_id: requestId }),
   login: (username: string, password: string) =>
     call<ReplyOf<"session">>("POST", "/sessions", { username, password }),
   /** Keep-alive: extends the session's idle lifetime; the edge rotates the cookie. */

@@ -5,7 +5,13 @@
  * A client frame: an optional request id the reply echoes, and the request.
  */
 export type ClientFrame = { rid?: string | null, } & ({ "type": "ping" }
-  | { "type": "user.create", username: string, password: string, }
+  | { "type": "user.create", username: string, password: string,
+    /**
+     * Chosen by the client, unguessable (a random UUID), the same for every resend of this
+     * sign-up: a resend then completes what the first left undone, or is answered as the
+     * first was (with the same password), instead of `conflict` "username is taken".
+     */
+    client_request_id?: string | null, }
   | { "type": "session.login", username: string, password: string,
     /**
      * Set by the edge from the `User-Agent` ([`crate::device::label`]), never by clients.
@@ -44,7 +50,13 @@ export type ClientFrame = { rid?: string | null, } & ({ "type": "ping" }
  */
 export type Request =
   | { "type": "ping" }
-  | { "type": "user.create", username: string, password: string, }
+  | { "type": "user.create", username: string, password: string,
+    /**
+     * Chosen by the client, unguessable (a random UUID), the same for every resend of this
+     * sign-up: a resend then completes what the first left undone, or is answered as the
+     * first was (with the same password), instead of `conflict` "username is taken".
+     */
+    client_request_id?: string | null, }
   | { "type": "session.login", username: string, password: string,
     /**
      * Set by the edge from the `User-Agent` ([`crate::device::label`]), never by clients.

@@ -3,6 +3,7 @@
 
 import { api, describe, type ApiError } from "../api";
 import { h } from "../dom";
+import { newClientMsgId } from "../state";
 import type { ReplyOf } from "../types";
 
 export interface LoginNotice {
@@ -72,6 +73,14 @@ export function loginView(
     error.textContent = "";
   };
 
+  // One sign-up's id, kept while the username and password stay the same: a retry after an
+  // error (a lost answer, a failed login right after) is then the same sign-up to the server.
+  let attempt: { u: string; p: string; id: string } | null = null;
+  const signupId = (u: string, p: string): string => {
+    if (!attempt || attempt.u !== u || attempt.p !== p) attempt = { u, p, id: newClientMsgId() };
+    return attempt.id;
+  };
+
   const form = h(
     "form",
     {
@@ -96,7 +105,7 @@ export function loginView(
         const label = submit.textContent ?? "";
         submit.textContent = mode === "signup" ? "Creating account…" : "Logging in…";
         try {
-          if (mode === "signup") await api.signup(u, p);
+          if (mode === "signup") await api.signup(u, p, signupId(u, p));
           const s = await api.login(u, p);
           pass.value = "";
           onSession(s);

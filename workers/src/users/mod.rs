@@ -23,7 +23,11 @@ use topics::{Id, Request};
 /// The users domain's requests.
 pub async fn handle(ctx: &Ctx<'_>) -> crate::Result<Outcome> {
     match &ctx.env.request {
-        Request::UserCreate { username, password } => create::create(ctx, username, password).await,
+        Request::UserCreate {
+            username,
+            password,
+            client_request_id,
+        } => create::create(ctx, username, password, client_request_id.as_deref()).await,
         Request::Me => me::me(ctx).await,
         Request::UserLookup { username, user_id } => {
             lookup::lookup(ctx, username.as_deref(), *user_id).await
