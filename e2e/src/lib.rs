@@ -137,6 +137,12 @@ pub fn stack() -> Stack {
     serde_json::from_str(&text).expect("stack.json is valid")
 }
 
+/// Whether the stack's MariaDB shards are Galera clusters (`./sb up`'s default for new data;
+/// `--shard-replication async` makes primaries with GTID replicas).
+pub fn galera_shards(stack: &Stack) -> bool {
+    stack.mariadb.shards.iter().all(|s| s.failover)
+}
+
 /// A unique name for this test's topics, keys and database.
 pub fn unique(prefix: &str) -> String {
     use rand::Rng;

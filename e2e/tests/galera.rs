@@ -150,7 +150,7 @@ async fn node_holds(addr: &str, db: &str, conv: Id) -> Option<(String, u64)> {
 #[tokio::test]
 async fn losing_a_shards_writer_node_loses_no_acknowledged_message_and_it_rejoins() {
     let stack = e2e::stack();
-    if !stack.mariadb.shards.iter().all(|s| s.failover) {
+    if !e2e::galera_shards(&stack) {
         eprintln!("skipped: the platform's shards are not Galera clusters (`./sb up --shard-replication galera`)");
         return;
     }

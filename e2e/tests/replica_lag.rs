@@ -20,6 +20,12 @@ async fn replication(shards: &workers::db::Shards, statement: &str) {
 
 #[tokio::test]
 async fn a_new_account_is_invited_by_its_code_while_replicas_lag() {
+    if e2e::galera_shards(&e2e::stack()) {
+        // a Galera node that falls behind stops serving reads (the workers read from Synced nodes
+        // only): nothing lags to test. `./sb test` runs this file on a platform with async shards.
+        eprintln!("skipped: the platform's shards are Galera clusters (`./sb up --shard-replication async`)");
+        return;
+    }
     let app = e2e::spawn_app().await;
     let (_, _, ann_token) = app.user(0).await;
     let shards = workers::db::Shards::connect(&app.database).unwrap();

@@ -46,11 +46,13 @@ TEST_TRACE_RATIO = "1"
 CHAOS_ARGS = ["--kill", "worker-dms,edge,redis-master", "--pairs", "8", "--rate", "48", "--warmup", "5",
               "--settle", "10", "--kill-in-flight", "2", "--user-prefix", "ci_chaos_", "--quiet", "--ci"]
 HEALTHY_WITHIN = 90.0
-# A second, short-lived platform whose shards are Galera clusters (`--shard-replication galera`),
-# at the test platform's port offset + GALERA_OFFSET, for e2e/tests/galera.rs alone: the writer
-# node of a shard is SIGKILLed under DM sends and rejoins (~1.5 min with its start and stop). Its
-# binaries are the instrumented ones, so the failover code counts in the coverage report.
-GALERA_OFFSET = 1000
+# The test platform's shards are Galera clusters (`./sb up`'s default; e2e/tests/galera.rs kills a
+# writer node there). The tests of GTID replicas (their lag, `SHOW REPLICA STATUS`) run on a second,
+# short-lived infrastructure whose shards are a primary + a replica (`--shard-replication async`),
+# at the test platform's port offset + ASYNC_OFFSET; they run in-process (`e2e::spawn_app`), built
+# instrumented, so their code counts in the coverage report.
+ASYNC_OFFSET = 1000
+ASYNC_TESTS = ["replica_lag", "replica_metrics"]
 
 
 def promtool() -> str:
@@ -305,18 +307,18 @@ def test(args) -> int:
         sb("down", *sb_flags, env=env)
         platform["up"] = False
 
-    galera_flags = ["--state-dir", state_dir + "-galera", "--port-offset", str(args.port_offset + GALERA_OFFSET)]
+    async_flags = ["--state-dir", state_dir + "-async", "--port-offset", str(args.port_offset + ASYNC_OFFSET)]
 
-    def galera():
-        sb("down", "--purge", *galera_flags)
-        platform["galera"] = True
+    def async_shards():
+        sb("down", "--purge", *async_flags)
+        platform["async"] = True
         try:
-            sb("up", *galera_flags, "--bin-dir", coverage_bin_dir(env), "--shard-replication", "galera", env=env)
-            run(["cargo", "test", "-p", "e2e", "--test", "galera"],
-                env=dict(env, SB_STACK_FILE=os.path.join(state_dir + "-galera", "stack.json")))
+            sb("up", *async_flags, "--infra-only", "--shard-replication", "async", env=env)
+            run(["cargo", "test", "-p", "e2e", *[a for t in ASYNC_TESTS for a in ("--test", t)]],
+                env=dict(env, SB_STACK_FILE=os.path.join(state_dir + "-async", "stack.json")))
         finally:
-            sb("down", "--purge", *galera_flags, env=env)
-            platform["galera"] = False
+            sb("down", "--purge", *async_flags, env=env)
+            platform["async"] = False
 
     def set_env():
         nonlocal env
@@ -351,7 +353,8 @@ def test(args) -> int:
                lambda: fault_run(env, stack_file, sb_flags))
         r.step("browser tests (web/)", lambda: browser_tests(dict(env, SB_STACK_FILE=stack_file)))
         r.step("sb down (graceful: binaries flush coverage profiles)", down)
-        r.step("Galera shards: sb up --shard-replication galera, e2e/tests/galera.rs, sb down", galera)
+        r.step("async shards: sb up --infra-only --shard-replication async, "
+               + ", ".join(f"e2e/tests/{t}.rs" for t in ASYNC_TESTS) + ", sb down", async_shards)
         r.step("coverage report", lambda: coverage_report(env))
         # the container images from release binaries (buildah, no registry, no daemon): the chart's
         # images, non-root, nothing writable, `--version` in each, every app container of the
@@ -363,11 +366,11 @@ def test(args) -> int:
         failed = f"interrupted ({e or 'SIGINT'})"
         warn(failed)
     finally:
-        if platform.get("galera"):
+        if platform.get("async"):
             try:
-                sb("down", "--purge", *galera_flags, env=env or None)
+                sb("down", "--purge", *async_flags, env=env or None)
             except SbError as e:
-                warn(f"teardown of the Galera platform failed: {e}")
+                warn(f"teardown of the async-shards platform failed: {e}")
         if platform["up"]:
             for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 signal.signal(s, signal.SIG_IGN)  # teardown must finish

@@ -84,6 +84,7 @@ def up(args) -> int:
     state.load()
     bin_dir = os.path.abspath(args.bin_dir) if args.bin_dir else default_bin_dir(args.release)
     workers = services.parse_workers(args.workers)
+    args.shard_replication = mariadb.replication_for(state, args.shard_replication)
     ctx = Ctx(state, ports, args.kafka_brokers, args.edges, args.infra_only, bin_dir, args.release, args.limits,
               workers, args.trace_ratio, args.shard_replication)
 
@@ -132,7 +133,7 @@ def up(args) -> int:
          + ("" if args.infra_only or set(workers.values()) == {1}
             else ", worker processes " + ",".join(f"{w}={n}" for w, n in workers.items()))
          + ("" if args.limits == "default" else f", {args.limits} limits")
-         + ("" if args.shard_replication == "async" else f", {args.shard_replication} shards"))
+         + f", {args.shard_replication} shards")
 
     try:
         ensure_packages(SYSTEM_COMMANDS)

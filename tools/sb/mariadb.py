@@ -1,6 +1,6 @@
-"""MariaDB shards, plus running sb-migrate. Each shard is either (`--shard-replication async`, the
-default) a primary + a GTID replica, or (`galera`) a Galera cluster of two data nodes (on the same
-ports) and an arbitrator (garbd), so that losing one data node keeps a majority (2 of 3).
+"""MariaDB shards, plus running sb-migrate. Each shard is either (`--shard-replication galera`, the
+default) a Galera cluster of two data nodes and an arbitrator (garbd), so that losing one data node
+keeps a majority (2 of 3), or (`async`) a primary + a GTID replica on the same ports.
 
 Galera: the first start bootstraps node 0 (`--wsrep-new-cluster`) and the others join it (a full state
 transfer, SST, by mariabackup). The command line recorded for the supervisor never bootstraps: a node it starts again
@@ -27,6 +27,9 @@ REPL_PASSWORD = "switchboard-repl"
 
 
 REPLICATIONS = ("async", "galera")
+# What a state dir without MariaDB data gets when `--shard-replication` is not given: the mode in
+# which losing a shard's writer loses no acknowledged write and needs no person.
+DEFAULT_REPLICATION = "galera"
 GALERA_PROVIDER = "/usr/lib/galera/libgalera_smm.so"
 GALERA_COMMANDS = {"garbd": "galera-arbitrator-4", "mariabackup": "mariadb-backup", "socat": "socat"}
 # Galera's failure detection, tightened for loopback (the default, 5 s to suspect a silent node,
@@ -210,6 +213,29 @@ def _marker(ctx) -> str:
     return ctx.state.path("mariadb", "replication")
 
 
+def _recorded(state) -> tuple[str | None, bool]:
+    """The replication a state dir's MariaDB data was made for (its marker; None for a state dir
+    from before the marker), and whether it holds any data (any mode's datadir)."""
+    try:
+        with open(state.path("mariadb", "replication")) as f:
+            recorded = f.read().strip() or None
+    except FileNotFoundError:
+        recorded = None
+    root = state.path("mariadb")
+    has_data = os.path.isdir(root) and any(
+        os.path.isdir(os.path.join(root, d, "data", "mysql")) for d in os.listdir(root))
+    return recorded, has_data
+
+
+def replication_for(state, asked: str | None) -> str:
+    """`--shard-replication` as asked; when not asked, what the state dir's data was made for (a
+    state dir from before the marker: async, the default then), else DEFAULT_REPLICATION."""
+    if asked:
+        return asked
+    recorded, has_data = _recorded(state)
+    return recorded or ("async" if has_data else DEFAULT_REPLICATION)
+
+
 def check_replication(recorded: str | None, wanted: str, has_data: bool) -> None:
     """The datadirs of one replication cannot serve the other: refuse, naming the way out."""
     if has_data and (recorded or "async") != wanted:
@@ -341,16 +367,7 @@ def start(ctx) -> None:
         if not os.path.exists(GALERA_PROVIDER):
             raise SbError(f"{GALERA_PROVIDER} not found (Debian package galera-4)")
     todo = [(s, r) for s, r in instances() if not ctx.state.running(name(s, r, ctx))]
-    try:
-        with open(_marker(ctx)) as f:
-            recorded = f.read().strip()
-    except FileNotFoundError:
-        recorded = None
-    has_data = any(os.path.isdir(os.path.join(inst_dir(ctx, s, r), "data", "mysql")) for s, r in instances())
-    # the other mode's datadirs live under other names: any instance dir counts
-    has_data |= os.path.isdir(ctx.state.path("mariadb")) and any(
-        os.path.isdir(os.path.join(ctx.state.path("mariadb"), d, "data", "mysql"))
-        for d in os.listdir(ctx.state.path("mariadb")))
+    recorded, has_data = _recorded(ctx.state)
     check_replication(recorded, ctx.shard_replication, has_data)
     write_atomic(_marker(ctx), ctx.shard_replication + "\n")
     # which stopped Galera nodes ran before (their grastate.dat), before install-db adds datadirs

@@ -63,10 +63,11 @@ def parser() -> argparse.ArgumentParser:
                     help="workers' [limits] and edges' per-client limits: default = the product's; "
                          "bench = rate limits and connection caps lifted for load tests")
 
-    up.add_argument("--shard-replication", choices=["async", "galera"], default="async",
-                    help="MariaDB shards: async = a primary + a GTID replica each (promotion is manual); "
-                         "galera = a Galera cluster of two nodes + garbd each, the workers write to the "
-                         "first Synced node and fail over by themselves (docs/operations.md)")
+    up.add_argument("--shard-replication", choices=["async", "galera"], default=None,
+                    help="MariaDB shards: galera (the default for new data) = a Galera cluster of two "
+                         "nodes + garbd each, the workers write to the first Synced node and fail over by "
+                         "themselves; async = a primary + a GTID replica each (promotion is manual). "
+                         "Unset: what the state dir's data was made for (docs/operations.md)")
 
     down = sub.add_parser("down", parents=[common], help="stop everything `up` started")
     down.add_argument("--purge", action="store_true", help="also delete the state dir (all data)")

@@ -76,6 +76,19 @@ class BootstrapTest(unittest.TestCase):
             mariadb.check_replication("galera", "async", True)
 
 
+    def test_unasked_the_replication_is_what_the_data_was_made_for_else_galera(self):
+        with tempfile.TemporaryDirectory() as d:
+            state = State(d)
+            self.assertEqual(mariadb.replication_for(state, None), "galera")  # no data yet
+            self.assertEqual(mariadb.replication_for(state, "async"), "async")
+            os.makedirs(os.path.join(d, "mariadb", "mariadb-shard0-primary", "data", "mysql"))
+            # data from before the marker was made by the default of then
+            self.assertEqual(mariadb.replication_for(state, None), "async")
+            with open(os.path.join(d, "mariadb", "replication"), "w") as f:
+                f.write("galera\n")
+            self.assertEqual(mariadb.replication_for(state, None), "galera")
+            self.assertEqual(mariadb.replication_for(state, "async"), "async")  # refused later, by check_replication
+
 class GaleraProcessesTest(unittest.TestCase):
     def test_the_supervisor_restarts_a_node_without_bootstrapping(self):
         with tempfile.TemporaryDirectory() as d:
