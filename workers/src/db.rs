@@ -933,6 +933,13 @@ mod tests {
         Shards::connect(&s).unwrap().all()[0].clone()
     }
 
+    /// A pool of at most `max` connections to whatever listens on `listener`, counting in `in_use`.
+    fn pool_of(listener: &tokio::net::TcpListener, in_use: Gauge, max: usize) -> CountedPool {
+        let addr = listener.local_addr().unwrap().to_string();
+        let pool = Pool::new(opts(&DatabaseSettings::default(), &addr, None).unwrap());
+        CountedPool::new(pool, in_use, max)
+    }
+
     fn io_error() -> Error {
         Error::Db(mysql_async::Error::Io(mysql_async::IoError::Io(
             std::io::ErrorKind::ConnectionRefused.into(),
@@ -1048,18 +1055,7 @@ mod tests {
         // a listener that accepts and never answers, as the shard's replica
         let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut shard = unreachable_shard(1_000);
-        shard.replica = CountedPool::new(
-            Pool::new(
-                opts(
-                    &DatabaseSettings::default(),
-                    &hung.local_addr().unwrap().to_string(),
-                    None,
-                )
-                .unwrap(),
-            ),
-            Gauge::default(),
-            1,
-        );
+        shard.replica = pool_of(&hung, Gauge::default(), 1);
         shard.has_replica = true;
         let t0 = std::time::Instant::now();
         let r = shard
@@ -1083,18 +1079,7 @@ mod tests {
         let mut shard = unreachable_shard(2_000);
         shard.connect_timeout = Duration::from_millis(200);
         let in_use = Gauge::default();
-        shard.primary = CountedPool::new(
-            Pool::new(
-                opts(
-                    &DatabaseSettings::default(),
-                    &hung.local_addr().unwrap().to_string(),
-                    None,
-                )
-                .unwrap(),
-            ),
-            in_use.clone(),
-            2,
-        );
+        shard.primary = pool_of(&hung, in_use.clone(), 2);
         let select = async |c: &mut PooledConn| Ok(c.query_drop("SELECT 1").await?);
         // every connection held by other requests: busy, however often, and the breaker stays shut
         in_use.set(2);
