@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { backoff } from "./conn";
 import { parseRoute } from "./route";
-import { passwordProblem, usernameProblem } from "./ui/login";
+import { passwordProblem, signupIds, usernameProblem } from "./ui/login";
 
 describe("reconnect backoff", () => {
   it("doubles from the base up to the cap, with jitter in the upper half", () => {
@@ -40,5 +40,18 @@ describe("sign-up rules (as topics/src/validate.rs)", () => {
     for (const bad of ["short1", "abcdefgh", "12345678", "x1".repeat(65)]) {
       expect(passwordProblem(bad), bad).not.toBeNull();
     }
+  });
+});
+
+describe("sign-up ids", () => {
+  it("stay the same for a retry of the same sign-up and change with the username or password", () => {
+    let n = 0;
+    const id = signupIds(() => `id-${++n}`);
+    expect(id("ann", "pass-word-1")).toBe("id-1");
+    expect(id("ann", "pass-word-1")).toBe("id-1");
+    expect(id("ann", "pass-word-2")).toBe("id-2");
+    expect(id("bob", "pass-word-2")).toBe("id-3");
+    expect(id("bob", "pass-word-2")).toBe("id-3");
+    expect(signupIds()("ann", "p")).toMatch(/^[0-9a-f]{32}$/);
   });
 });

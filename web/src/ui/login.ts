@@ -11,6 +11,17 @@ export interface LoginNotice {
   kind: "info" | "error";
 }
 
+/** The `client_request_id` of each sign-up: one id, kept while the username and password stay the
+ * same, so that a retry after an error (a lost answer, a failed login right after) is the same
+ * sign-up to the server, answered as the first was instead of "taken". */
+export function signupIds(newId: () => string = newClientMsgId): (u: string, p: string) => string {
+  let attempt: { u: string; p: string; id: string } | null = null;
+  return (u, p) => {
+    if (!attempt || attempt.u !== u || attempt.p !== p) attempt = { u, p, id: newId() };
+    return attempt.id;
+  };
+}
+
 export function usernameProblem(raw: string): string | null {
   const name = raw.trim().toLowerCase();
   if (name.length < 3 || name.length > 32) return "Usernames are 3–32 characters.";
@@ -73,13 +84,7 @@ export function loginView(
     error.textContent = "";
   };
 
-  // One sign-up's id, kept while the username and password stay the same: a retry after an
-  // error (a lost answer, a failed login right after) is then the same sign-up to the server.
-  let attempt: { u: string; p: string; id: string } | null = null;
-  const signupId = (u: string, p: string): string => {
-    if (!attempt || attempt.u !== u || attempt.p !== p) attempt = { u, p, id: newClientMsgId() };
-    return attempt.id;
-  };
+  const signupId = signupIds();
 
   const form = h(
     "form",
