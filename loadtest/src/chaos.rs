@@ -434,6 +434,15 @@ async fn client(
                 ..
             }) if rid.starts_with("s:") => {
                 let cmid = &rid[2..];
+                let resend = matches!(
+                    code,
+                    ErrorCode::Unavailable | ErrorCode::RateLimited | ErrorCode::OutOfOrder
+                );
+                if resend {
+                    if let Some(s) = log.sent.get_mut(cmid) {
+                        *s.resent.entry(code.as_str().to_string()).or_default() += 1;
+                    }
+                }
                 if matches!(code, ErrorCode::Unavailable | ErrorCode::RateLimited) {
                     outbox.later(cmid, now + Duration::from_secs(1));
                 } else if code == ErrorCode::OutOfOrder {
@@ -712,6 +721,7 @@ impl Rows for ChaosResult {
                 ),
             ),
             ("refused".into(), kv(&t.refused)),
+            ("answered and resent".into(), kv(&t.resent)),
             ("not caught up".into(), t.not_caught_up.to_string()),
             (
                 "conversations not read at the end".into(),
@@ -741,7 +751,7 @@ impl ChaosResult {
     /// The per-fault table (Markdown).
     pub fn table(&self) -> String {
         let mut s = String::from(
-            "| fault | process | back after | clients on it / unacked at kill | sent | lost | dup | out of order | unanswered | refused | not caught up | recovered | recovery max / p99 | note |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|\n",
+            "| fault | process | back after | clients on it / unacked at kill | sent | lost | dup | out of order | unanswered | refused | answered and resent | not caught up | recovered | recovery max / p99 | note |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---|\n",
         );
         for f in &self.faults {
             let t = &f.tally;
@@ -761,7 +771,7 @@ impl ChaosResult {
                 None => f.note.clone(),
             };
             s += &format!(
-                "| {} | {} | {back} | {on_it} | {} | {} | {} | {} | {} | {} | {} | {}/{} | {} / {} | {note} |\n",
+                "| {} | {} | {back} | {on_it} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} | {} / {} | {note} |\n",
                 f.fault,
                 if f.process.is_empty() { "–".into() } else { format!("{} (pid {})", f.process, f.pid) },
                 t.sent,
@@ -770,6 +780,7 @@ impl ChaosResult {
                 t.out_of_order,
                 t.unanswered,
                 kv(&t.refused),
+                kv(&t.resent),
                 t.not_caught_up,
                 t.recovered_clients,
                 t.recovered_clients + t.unrecovered_clients,
@@ -837,6 +848,9 @@ fn sum(into: &mut PhaseTally, t: &PhaseTally) {
     into.not_caught_up += t.not_caught_up;
     for (k, v) in &t.refused {
         *into.refused.entry(k.clone()).or_default() += v;
+    }
+    for (k, v) in &t.resent {
+        *into.resent.entry(k.clone()).or_default() += v;
     }
 }
 

@@ -306,6 +306,9 @@ pub struct Sent {
     pub other_seqs: Vec<u64>,
     /// The error code of a refusal retrying would not change.
     pub refused: Option<String>,
+    /// Answers that made the client send it again (`unavailable`, `rate_limited`,
+    /// `out_of_order`), by code.
+    pub resent: BTreeMap<String, u64>,
 }
 
 /// What one client did and saw during the run.
@@ -354,6 +357,10 @@ pub struct PhaseTally {
     pub unanswered_stored: u64,
     /// Refused with an error retrying does not change, by code.
     pub refused: BTreeMap<String, u64>,
+    /// Answers that made a client send a message again, by code (a message answered
+    /// `unavailable` twice counts twice).
+    #[serde(default)]
+    pub resent: BTreeMap<String, u64>,
     /// Messages of the final timeline a member's client did not hold at the end.
     pub not_caught_up: u64,
     /// Clients with a message typed after the fault, acknowledged and arrived at the peer.
@@ -390,6 +397,9 @@ pub fn tally(pairs: &[PairRun], faults: &[Instant]) -> Vec<PhaseTally> {
             for (cmid, s) in &me.sent {
                 let t = &mut out[s.phase];
                 t.sent += 1;
+                for (code, n) in &s.resent {
+                    *t.resent.entry(code.clone()).or_default() += n;
+                }
                 let copies = stored.get(cmid.as_str()).map_or(0, Vec::len);
                 match (&s.ack, &s.refused) {
                     (Some((_, seq)), _) => {
@@ -673,6 +683,8 @@ mod tests {
             .insert("b0".into(), sent(0, 0, at(50), Some((at(60), 2))));
         let mut b1 = sent(1, 1, at(10_050), Some((at(12_000), 6)));
         b1.other_seqs = vec![7];
+        // b1 was answered `unavailable` twice and `out_of_order` once before its `sent`
+        b1.resent = BTreeMap::from([("unavailable".into(), 2), ("out_of_order".into(), 1)]);
         b.sent.insert("b1".into(), b1);
         let timeline = vec![
             stored(1, 1, "a0"),
@@ -708,6 +720,14 @@ mod tests {
             (5, 3, 1, 0)
         );
         assert_eq!(p1.refused, BTreeMap::from([("forbidden".to_string(), 1)]));
+        assert!(p0.resent.is_empty());
+        assert_eq!(
+            p1.resent,
+            BTreeMap::from([
+                ("out_of_order".to_string(), 1),
+                ("unavailable".to_string(), 2)
+            ])
+        );
         // a2 stored at 4 and 5; b1 acknowledged as 6 and later as 7
         assert_eq!(p1.duplicated, 2);
         assert_eq!(p1.out_of_order, 1);
