@@ -49,18 +49,37 @@ pub fn serves(ready: Option<&str>, local_state: Option<&str>) -> bool {
     ready == Some("ON") && local_state == Some("4")
 }
 
-/// The writer of a cluster whose nodes, in configuration order, do or do not serve: the first
-/// that serves, so that every worker, asking the same nodes, picks the same one. `None` when
-/// none serves (the current choice stays).
-pub fn elect_writer(serving: &[bool]) -> Option<usize> {
-    serving.iter().position(|&s| s)
+/// Whether a Galera node can take writes though not Synced: in the primary component and
+/// Donor/Desynced (`wsrep_local_state` 2), as the node that streams a state transfer to a joiner
+/// is. With `mariabackup` state transfers (`./sb`'s) the donor goes on committing meanwhile.
+pub fn donor(ready: Option<&str>, local_state: Option<&str>) -> bool {
+    ready == Some("ON") && local_state == Some("2")
 }
 
-/// The node for reads that tolerate lag: the first serving node that is not the writer, else
+/// What a node said of itself when asked ([`serves`], [`donor`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeState {
+    pub synced: bool,
+    pub donor: bool,
+}
+
+/// The writer of a cluster whose nodes, in configuration order, said `nodes`: the first Synced
+/// one, so that every worker, asking the same nodes, picks the same one; when none is Synced,
+/// the first donor (a node rejoining by a full state transfer leaves its donor the only node
+/// that can write, for as long as the transfer takes). `None` when neither (the current choice
+/// stays).
+pub fn elect_writer(nodes: &[NodeState]) -> Option<usize> {
+    nodes
+        .iter()
+        .position(|n| n.synced)
+        .or_else(|| nodes.iter().position(|n| n.donor))
+}
+
+/// The node for reads that tolerate lag: the first Synced node that is not the writer, else
 /// the writer itself.
-pub fn elect_reader(serving: &[bool], writer: usize) -> usize {
-    (0..serving.len())
-        .find(|&i| i != writer && serving[i])
+pub fn elect_reader(nodes: &[NodeState], writer: usize) -> usize {
+    (0..nodes.len())
+        .find(|&i| i != writer && nodes[i].synced)
         .unwrap_or(writer)
 }
 
@@ -103,7 +122,16 @@ impl Cluster {
             shard,
             write: pools()?,
             read: pools()?,
-            reader: AtomicUsize::new(elect_reader(&vec![true; addrs.len()], 0)),
+            reader: AtomicUsize::new(elect_reader(
+                &vec![
+                    NodeState {
+                        synced: true,
+                        donor: false
+                    };
+                    addrs.len()
+                ],
+                0,
+            )),
             addrs,
             writer: AtomicUsize::new(0),
             wake: tokio::sync::Notify::new(),
@@ -136,8 +164,8 @@ impl Cluster {
         self.wake.notify_one();
     }
 
-    /// Ask node `i` whether it serves, within `ask_timeout`.
-    async fn ask(&self, i: usize) -> bool {
+    /// Ask node `i` how it is, within `ask_timeout` (no answer: neither Synced nor a donor).
+    async fn ask(&self, i: usize) -> NodeState {
         let asked = tokio::time::timeout(self.ask_timeout, async {
             let mut c = self.write[i].get_conn().await?;
             let rows: Vec<(String, String)> = c
@@ -149,9 +177,13 @@ impl Cluster {
         match asked {
             Ok(Ok(rows)) => {
                 let get = |k: &str| rows.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-                serves(get("wsrep_ready"), get("wsrep_local_state"))
+                let (ready, state) = (get("wsrep_ready"), get("wsrep_local_state"));
+                NodeState {
+                    synced: serves(ready, state),
+                    donor: donor(ready, state),
+                }
             }
-            _ => false,
+            _ => NodeState::default(),
         }
     }
 
@@ -171,9 +203,9 @@ impl Cluster {
     /// [`elect_writer`] and [`elect_reader`]. A new writer first catches up ([`Cluster::catch_up`]);
     /// when it cannot, the writer stays.
     pub async fn elect(&self) {
-        let serving = futures::future::join_all((0..self.addrs.len()).map(|i| self.ask(i))).await;
+        let nodes = futures::future::join_all((0..self.addrs.len()).map(|i| self.ask(i))).await;
         let before = self.node(Use::Write);
-        let writer = match elect_writer(&serving) {
+        let writer = match elect_writer(&nodes) {
             Some(w) if w != before => {
                 if self.catch_up(w).await {
                     tracing::warn!(shard = self.shard, from = %self.addrs[before], to = %self.addrs[w], "shard writer moved");
@@ -190,7 +222,7 @@ impl Cluster {
             }
         };
         self.reader
-            .store(elect_reader(&serving, writer), Ordering::Release);
+            .store(elect_reader(&nodes, writer), Ordering::Release);
     }
 
     /// Until `stop`: elect every `every`, and at once when [`Cluster::suspect`] says so (at most
@@ -224,8 +256,8 @@ impl Cluster {
             return Err(format!("only {} serves the shard", self.addrs[w]));
         }
         match tokio::time::timeout(timeout, self.ask(r)).await {
-            Ok(true) => Ok(0),
-            Ok(false) => Err(format!("{} is not a Synced node", self.addrs[r])),
+            Ok(n) if n.synced => Ok(0),
+            Ok(_) => Err(format!("{} is not a Synced node", self.addrs[r])),
             Err(_) => Err(format!("no answer within {timeout:?}")),
         }
     }
@@ -1154,17 +1186,41 @@ mod tests {
         );
         assert!(!serves(Some("ON"), Some("2")), "a donor or joiner");
         assert!(!serves(None, None), "no Galera");
+        assert!(donor(Some("ON"), Some("2")));
+        assert!(!donor(Some("ON"), Some("4")), "Synced");
+        assert!(!donor(Some("ON"), Some("1")), "a joiner");
+        assert!(!donor(Some("OFF"), Some("2")));
     }
 
     #[test]
-    fn the_first_serving_node_writes_and_another_one_reads() {
-        assert_eq!(elect_writer(&[true, true]), Some(0));
-        assert_eq!(elect_writer(&[false, true]), Some(1));
-        assert_eq!(elect_writer(&[false, false]), None);
-        assert_eq!(elect_reader(&[true, true], 0), 1);
-        assert_eq!(elect_reader(&[true, true], 1), 0);
-        assert_eq!(elect_reader(&[false, true], 1), 1, "the writer alone");
-        assert_eq!(elect_reader(&[true, false, true], 0), 2);
+    fn the_first_synced_node_writes_else_a_donor_and_another_synced_one_reads() {
+        let (s, d, x) = (
+            NodeState {
+                synced: true,
+                donor: false,
+            },
+            NodeState {
+                synced: false,
+                donor: true,
+            },
+            NodeState::default(),
+        );
+        assert_eq!(elect_writer(&[s, s]), Some(0));
+        assert_eq!(elect_writer(&[x, s]), Some(1));
+        assert_eq!(elect_writer(&[x, x]), None);
+        // a node rejoining by a full state transfer (x) and its donor (d): the donor writes
+        assert_eq!(elect_writer(&[x, d]), Some(1));
+        // a Synced node before any donor, wherever it is
+        assert_eq!(elect_writer(&[d, s]), Some(1));
+        assert_eq!(elect_reader(&[s, s], 0), 1);
+        assert_eq!(elect_reader(&[s, s], 1), 0);
+        assert_eq!(elect_reader(&[x, s], 1), 1, "the writer alone");
+        assert_eq!(
+            elect_reader(&[d, d], 1),
+            1,
+            "a donor reads only as the writer"
+        );
+        assert_eq!(elect_reader(&[s, x, s], 0), 2);
     }
 
     fn cluster_settings(failover: bool, replica: Option<&str>) -> DatabaseSettings {
