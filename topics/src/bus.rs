@@ -268,8 +268,8 @@ pub enum EdgeEvent {
     /// Of this edge process' connection ids in `from..below`, exactly `conns` are open: a
     /// connection in that range that the registry holds and this list does not is gone (its
     /// `disconnected` was lost), and is taken out. Sent every `edge.registry_sweep_ms`, with
-    /// `below` an id handed out at least that long before, so that every handshake below it has
-    /// ended ([`present`]).
+    /// `below` where the edge's id counter stood at its previous sweep, so that every handshake
+    /// below it has ended ([`present`]).
     Present {
         edge: String,
         epoch: u64,

@@ -122,16 +122,8 @@ impl Cluster {
             shard,
             write: pools()?,
             read: pools()?,
-            reader: AtomicUsize::new(elect_reader(
-                &vec![
-                    NodeState {
-                        synced: true,
-                        donor: false
-                    };
-                    addrs.len()
-                ],
-                0,
-            )),
+            // until the first election: the second node reads, if there is one
+            reader: AtomicUsize::new(usize::from(addrs.len() > 1)),
             addrs,
             writer: AtomicUsize::new(0),
             wake: tokio::sync::Notify::new(),
