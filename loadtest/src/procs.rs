@@ -1,6 +1,8 @@
 //! CPU time and resident memory of the platform's processes from /proc, so a report can say
 //! which one saturates first. A component's figures include its child processes (nginx's
-//! workers under the master `./sb` recorded).
+//! workers under the master `./sb` recorded). A JVM's (Kafka's) share spent in its JIT compiler
+//! threads is reported apart: a broker compiles its hot code for minutes after it starts, and
+//! that one-time cost is not what a message costs it.
 
 use crate::stack::Component;
 use serde::{Deserialize, Serialize};
@@ -16,6 +18,26 @@ pub fn parse_stat(text: &str) -> Option<(u32, u64)> {
     let utime: u64 = f.get(11)?.parse().ok()?;
     let stime: u64 = f.get(12)?.parse().ok()?;
     Some((ppid, utime + stime))
+}
+
+/// Whether a thread (its `comm`, which Linux cuts at 15 bytes) is one of HotSpot's JIT compilers:
+/// "C1 CompilerThread0", "C2 CompilerThread1", ….
+pub fn is_jit_thread(comm: &str) -> bool {
+    let comm = comm.trim_end();
+    comm.starts_with("C1 Compiler") || comm.starts_with("C2 Compiler")
+}
+
+/// CPU ticks of `pid`'s JIT compiler threads (0 for a process that has none).
+fn jit_ticks(pid: u32) -> u64 {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    dir.flatten()
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| is_jit_thread(&c)))
+        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+        .filter_map(|t| parse_stat(&t))
+        .map(|(_, ticks)| ticks)
+        .sum()
 }
 
 /// `VmRSS` in KiB from the text of `/proc/<pid>/status`.
@@ -71,6 +93,8 @@ fn tree(root: u32, all: &HashMap<u32, (u32, u64)>) -> Vec<u32> {
 struct Reading {
     kind: String,
     ticks: u64,
+    /// Of `ticks`, those of JIT compiler threads.
+    jit_ticks: u64,
     rss_kib: u64,
 }
 
@@ -101,6 +125,9 @@ pub struct Usage {
     pub kind: String,
     pub cpu_pct: f64,
     pub rss_mib: f64,
+    /// Of `cpu_pct`, what JIT compiler threads used (a JVM only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jit_pct: Option<f64>,
 }
 
 /// Read every component (and this load generator, as `loadtest`).
@@ -125,11 +152,13 @@ pub fn sample(components: &[Component]) -> Sample {
             .map(|(_, t)| *t)
             .sum();
         let rss_kib = pids.iter().filter_map(|p| rss_kib(*p)).sum();
+        let jit_ticks = pids.iter().map(|p| jit_ticks(*p)).sum();
         per.insert(
             c.name.clone(),
             Reading {
                 kind: c.kind.clone(),
                 ticks,
+                jit_ticks,
                 rss_kib,
             },
         );
@@ -158,13 +187,20 @@ pub fn usage(a: &Sample, b: &Sample) -> Vec<Usage> {
         .per
         .iter()
         .map(|(name, r)| {
-            let before = a.per.get(name).map_or(r.ticks, |x| x.ticks);
-            let cpu = r.ticks.saturating_sub(before) as f64 / hz / secs * 100.0;
+            let pct = |now: u64, before: u64| {
+                let cpu = now.saturating_sub(before) as f64 / hz / secs * 100.0;
+                (cpu * 10.0).round() / 10.0
+            };
+            let (before, jit_before) = a
+                .per
+                .get(name)
+                .map_or((r.ticks, r.jit_ticks), |x| (x.ticks, x.jit_ticks));
             Usage {
                 name: name.clone(),
                 kind: r.kind.clone(),
-                cpu_pct: (cpu * 10.0).round() / 10.0,
+                cpu_pct: pct(r.ticks, before),
                 rss_mib: (r.rss_kib as f64 / 1024.0 * 10.0).round() / 10.0,
+                jit_pct: (r.jit_ticks > 0).then(|| pct(r.jit_ticks, jit_before)),
             }
         })
         .collect();
@@ -180,6 +216,7 @@ pub fn usage(a: &Sample, b: &Sample) -> Vec<Usage> {
                 kind: "machine".into(),
                 cpu_pct: (cpu * 10.0).round() / 10.0,
                 rss_mib: 0.0,
+                jit_pct: None,
             },
         );
     }
@@ -205,6 +242,17 @@ mod tests {
     }
 
     #[test]
+    fn knows_hotspots_compiler_threads_by_name() {
+        assert!(is_jit_thread("C2 CompilerThre\n"));
+        assert!(is_jit_thread("C1 CompilerThre"));
+        assert!(!is_jit_thread("data-plane-kafk"));
+        assert!(!is_jit_thread("GC Thread#0"));
+        assert!(!is_jit_thread("tokio-rt-worker"));
+        // this test's process runs no JVM
+        assert_eq!(jit_ticks(std::process::id()), 0);
+    }
+
+    #[test]
     fn samples_this_process_and_its_children() {
         let me = std::process::id();
         let c = vec![Component {
@@ -226,6 +274,7 @@ mod tests {
         assert!(u.iter().any(|u| u.name == "self" && u.rss_mib > 0.0));
         assert!(u.iter().any(|u| u.name == "loadtest"));
         assert_eq!(u[0].kind, "machine");
+        assert!(u.iter().all(|u| u.jit_pct.is_none()), "no JVM here: {u:?}");
         assert!(sample(&[Component {
             name: "gone".into(),
             kind: "x".into(),

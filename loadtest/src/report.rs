@@ -155,12 +155,13 @@ impl<T: Rows + Serialize> Report<T> {
         for (phase, usage) in &self.cpu {
             let _ = writeln!(
                 s,
-                "\n| CPU during {phase} | kind | % of one core | RSS MiB |\n|---|---|---:|---:|"
+                "\n| CPU during {phase} | kind | % of one core | RSS MiB | of which JIT compiler |\n|---|---|---:|---:|---:|"
             );
             for u in usage {
+                let jit = u.jit_pct.map_or("–".into(), |j| format!("{j:.1}"));
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {:.1} | {:.1} |",
+                    "| {} | {} | {:.1} | {:.1} | {jit} |",
                     u.name, u.kind, u.cpu_pct, u.rss_mib
                 );
             }
@@ -278,19 +279,33 @@ mod tests {
             load_average: ["1 1 1".into(), "2 2 2".into()],
             cpu: [(
                 "run".to_string(),
-                vec![Usage {
-                    name: "edge-0".into(),
-                    kind: "edge".into(),
-                    cpu_pct: 50.0,
-                    rss_mib: 1.0,
-                }],
+                vec![
+                    Usage {
+                        name: "edge-0".into(),
+                        kind: "edge".into(),
+                        cpu_pct: 50.0,
+                        rss_mib: 1.0,
+                        jit_pct: None,
+                    },
+                    Usage {
+                        name: "kafka-0".into(),
+                        kind: "kafka".into(),
+                        cpu_pct: 40.0,
+                        rss_mib: 500.0,
+                        jit_pct: Some(12.5),
+                    },
+                ],
             )]
             .into(),
         };
         let md = r.markdown();
         assert!(md.contains("| held | 5 |"), "{md}");
         assert!(md.contains("| edge-0 | 2 | 0.0 | 0.0 | 7.5 |"), "{md}");
-        assert!(md.contains("| edge-0 | edge | 50.0 | 1.0 |"), "{md}");
+        assert!(md.contains("| edge-0 | edge | 50.0 | 1.0 | – |"), "{md}");
+        assert!(
+            md.contains("| kafka-0 | kafka | 40.0 | 500.0 | 12.5 |"),
+            "{md}"
+        );
         let dir = std::env::temp_dir().join(format!("lt-report-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         r.emit(Some(&dir.join("r.json"))).unwrap();
