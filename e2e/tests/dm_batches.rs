@@ -4,7 +4,9 @@
 //! Sequence numbers stay gap-free and in the order of the partition, the retry is answered with
 //! the first message, the refusals store nothing, the poison record alone is dead-lettered, and
 //! each message costs at most three Kafka records: none go through the router's delivery topic,
-//! and the edges get one record per batch rather than one per message.
+//! and the edges get one record per batch rather than one per message. A send MariaDB refuses
+//! for good fails its whole batch's transaction: the batch is then handled one send at a time,
+//! and that send alone is dead-lettered.
 
 mod common;
 
@@ -529,5 +531,103 @@ async fn requests_past_their_deadline_are_dropped_unapplied_but_sends_keep_their
     assert_eq!(expired(&dms_metrics, "dm.send"), Some(0.0));
     let auth_metrics = e2e::scrape(app.health["worker-auth"]).await;
     assert_eq!(expired(&auth_metrics, "ping"), Some(1.0), "{auth_metrics}");
+    app.stop().await;
+}
+
+/// Run `sql` on the writer of every shard of the app's database.
+async fn on_every_shard(app: &e2e::TestApp, sql: &str) {
+    use mysql_async::prelude::Queryable;
+    let shards = workers::db::Shards::connect(&app.database).unwrap();
+    for shard in shards.all() {
+        let mut c = shard.primary.get_conn().await.unwrap();
+        c.query_drop(sql).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_send_the_database_refuses_is_dead_lettered_alone_and_the_rest_of_its_batch_stored() {
+    let app = spawn_app().await;
+    let (ann, _, ann_token) = app.user(0).await;
+    let (bob, _, bob_token) = app.user(1).await;
+    befriend(&app, (ann, &ann_token), (bob, &bob_token)).await;
+    let ab = open_dm(&app, &ann_token, bob).await;
+    let mut b = Client::connect(&app.ws_url(1), &bob_token).await;
+    // MariaDB refuses one text for good (a trigger's SIGNAL, error 1644: no retry can fix it),
+    // so the batch's multi-row INSERT fails whole.
+    on_every_shard(
+        &app,
+        "CREATE TRIGGER refuse_poison BEFORE INSERT ON messages FOR EACH ROW BEGIN \
+         IF NEW.body = 'poison' THEN SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'refused'; \
+         END IF; END",
+    )
+    .await;
+    let topics = app.kafka.topics();
+    let watcher: StreamConsumer =
+        runtime::kafka::consumer(&app.kafka, &e2e::unique("watch-"), false).expect("consumer");
+
+    // Twenty sends from both members published together (so they are read in one poll or a
+    // few), the refused one among them.
+    let mut burst: Vec<(String, Vec<u8>)> = Vec::new();
+    for i in 0..20u64 {
+        let (edge, token, tag) = if i % 2 == 0 {
+            ("edge-0", &ann_token, "ab")
+        } else {
+            ("edge-1", &bob_token, "ba")
+        };
+        let cmid = format!("{tag}-{i}");
+        let env = send_env(edge, 1000 + i, token, ab, &cmid, &cmid);
+        burst.push((env.key(), env.encode()));
+        if i == 9 {
+            let env = send_env("edge-0", 1500, &ann_token, ab, "bad", "poison");
+            burst.push((env.key(), env.encode()));
+        }
+    }
+    let producer = runtime::kafka::producer(&app.kafka).expect("producer");
+    let requests = topics.requests(Domain::Dms);
+    let sent = burst.iter().map(|(key, payload)| {
+        producer.send(
+            FutureRecord::to(&requests).key(key).payload(payload),
+            Duration::from_secs(10),
+        )
+    });
+    for r in futures::future::join_all(sent).await {
+        r.map_err(|(e, _)| e).expect("published");
+    }
+
+    // The batch is handled one send at a time: the twenty others are stored gap-free, in the
+    // order published, and delivered; the refused one is answered `internal`, stores nothing and
+    // is the only dead letter.
+    let expected: Vec<String> = (0..20u64)
+        .map(|i| format!("{}-{i}", if i % 2 == 0 { "ab" } else { "ba" }))
+        .collect();
+    let on_b = messages(&mut b, 20).await;
+    let seqs: Vec<u64> = on_b.iter().map(|m| m.1).collect();
+    assert_eq!(seqs, (1..=20).collect::<Vec<u64>>());
+    let delivered: Vec<String> = on_b.iter().map(|m| m.2.clone()).collect();
+    assert_eq!(delivered, expected);
+    let stored: Vec<String> = history(&app, &ann_token, ab)
+        .await
+        .into_iter()
+        .map(|(_, cmid)| cmid)
+        .collect();
+    assert_eq!(stored, expected, "the refused send stored nothing");
+    let replies = edge_records(&app, 21).await;
+    let refused: Vec<&EdgeMessage> = replies
+        .iter()
+        .filter(|(edge, m)| edge == "edge-0" && matches!(m, EdgeMessage::Reply { req: 1500, .. }))
+        .map(|(_, m)| m)
+        .collect();
+    assert!(
+        matches!(
+            refused[..],
+            [EdgeMessage::Reply {
+                error: Some(ErrorCode::Internal),
+                ..
+            }]
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(written(&watcher, &topics.dead_letter()), 1);
+    on_every_shard(&app, "DROP TRIGGER refuse_poison").await;
     app.stop().await;
 }
