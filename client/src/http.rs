@@ -8,6 +8,11 @@ use std::net::IpAddr;
 use std::time::Duration;
 use topics::{ErrorBody, Id, Request, Response};
 
+/// A new sign-up request id: 128 random bits in hex, for [`Http::sign_up`].
+pub fn request_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
 /// An HTTP client of one Switchboard address (`http://host:port`, an nginx or an edge).
 #[derive(Clone, Debug)]
 pub struct Http {
@@ -138,8 +143,23 @@ impl Http {
     }
 
     /// `POST /api/v1/users`: sign up. The reply is `user` (with the invite code).
-    pub async fn sign_up(&self, username: &str, password: &str) -> Result<Response> {
-        let body = serde_json::json!({"username": username, "password": password});
+    ///
+    /// `client_request_id` (1-64 bytes, unguessable: [`request_id`]) makes the sign-up safe to
+    /// send again after a lost answer: keep it while the username and password stay the same,
+    /// and a resend
+    /// is answered like the first sign-up (`conflict` only when the account was made with
+    /// another password or another id; docs/protocol.md, `user.create`).
+    pub async fn sign_up(
+        &self,
+        username: &str,
+        password: &str,
+        client_request_id: Option<&str>,
+    ) -> Result<Response> {
+        let body = serde_json::json!({
+            "username": username,
+            "password": password,
+            "client_request_id": client_request_id,
+        });
         self.call(Method::POST, "/api/v1/users", Some(&body), None)
             .await
     }
@@ -321,6 +341,14 @@ pub fn decode(status: u16, body: &[u8]) -> Result<Response> {
 mod tests {
     use super::*;
     use topics::ErrorCode;
+
+    #[test]
+    fn request_ids_are_valid_and_new_each_time() {
+        let (a, b) = (request_id(), request_id());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+        assert!(topics::validate::client_request_id(&a).is_ok());
+    }
 
     #[test]
     fn decodes_replies_and_error_bodies() {

@@ -23,7 +23,7 @@ mod socket;
 
 pub use backoff::{retry, Backoff};
 pub use connect::{ws_url, ConnectOptions, Connector};
-pub use http::{decode, Http, HttpBuilder, Session};
+pub use http::{decode, request_id, Http, HttpBuilder, Session};
 pub use seqs::{Seqs, SyncPlan, SYNC_MAX_CONVERSATIONS};
 pub use socket::{Read, Socket, WhenFull, Ws};
 

@@ -13,10 +13,27 @@ const WAIT: Duration = Duration::from_secs(20);
 /// Sign up and log in over the SDK: (user id, invite code, token).
 async fn account(http: &Http) -> (Id, String, String) {
     let name = e2e::unique("u");
-    let Response::User { user, invite_code } = http.sign_up(&name, PASSWORD).await.unwrap() else {
+    let id = client::request_id();
+    let Response::User { user, invite_code } =
+        http.sign_up(&name, PASSWORD, Some(&id)).await.unwrap()
+    else {
         panic!("sign-up did not answer with a user")
     };
     assert_eq!(user.username, name);
+    // The same sign-up sent again (its answer lost, say) is answered as the first was.
+    let Response::User { user: again, .. } =
+        http.sign_up(&name, PASSWORD, Some(&id)).await.unwrap()
+    else {
+        panic!("a resent sign-up did not answer with the user")
+    };
+    assert_eq!(again.user_id, user.user_id);
+    // Without its id it is another sign-up of a taken name.
+    match http.sign_up(&name, PASSWORD, None).await {
+        Err(client::Error::Api {
+            status: Some(409), ..
+        }) => {}
+        other => panic!("expected conflict, got {other:?}"),
+    }
     let session = http.log_in(&name, PASSWORD).await.unwrap();
     assert_eq!(session.user_id, user.user_id);
     (

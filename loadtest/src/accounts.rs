@@ -193,7 +193,13 @@ impl Accounts {
             }
         }
         let _permit = argon.acquire().await.expect("semaphore open");
-        match retrying("POST /api/v1/users", || http.sign_up(&name, &self.password)).await? {
+        // One id for every try of this sign-up: a resend after a lost answer gets the account.
+        let request_id = client::request_id();
+        match retrying("POST /api/v1/users", || {
+            http.sign_up(&name, &self.password, Some(&request_id))
+        })
+        .await?
+        {
             Ok(_) => {
                 stats.signed_up.fetch_add(1, Ordering::Relaxed);
             }
