@@ -4,7 +4,7 @@ keeps a majority (2 of 3), or (`async`) a primary + a GTID replica on the same p
 
 Galera: the first start bootstraps node 0 (`--wsrep-new-cluster`) and the others join it (a full state
 transfer, SST, by mariabackup). The command line recorded for the supervisor never bootstraps: a node it starts again
-joins the running cluster (IST from the other node). When no node of a shard runs (`./sb down`,
+joins the running cluster at the position `--wsrep-recover` finds (IST from the other node: `rejoin_args`). When no node of a shard runs (`./sb down`,
 or both lost), `./sb up` bootstraps the node that can (`safe_to_bootstrap: 1` in its grastate.dat,
 else the highest position `mariadbd --wsrep-recover` finds) and the others join it."""
 
@@ -258,17 +258,59 @@ def grastate(path: str) -> dict | None:
     return {"safe": fields.get("safe_to_bootstrap", "0").strip() == "1", "seqno": seqno}
 
 
-def recovered_seqno(log_text: str) -> int:
+def recovered_position(log_text: str) -> str | None:
     """The position `mariadbd --wsrep-recover` wrote to its log ("WSREP: Recovered position:
-    <uuid>:<seqno>"), or -1."""
-    seqno = -1
+    <uuid>:<seqno>"), or None."""
+    pos = None
     for ln in log_text.splitlines():
         if "Recovered position:" in ln:
-            try:
-                seqno = int(ln.rsplit(":", 1)[1].strip())
-            except ValueError:
-                pass
-    return seqno
+            p = ln.split("Recovered position:", 1)[1].strip()
+            if ":" in p:
+                pos = p
+    return pos
+
+
+def recovered_seqno(log_text: str) -> int:
+    """The seqno of [`recovered_position`], or -1."""
+    pos = recovered_position(log_text)
+    try:
+        return int(pos.rsplit(":", 1)[1]) if pos else -1
+    except ValueError:
+        return -1
+
+
+def wsrep_recover(cnf: str, log: str) -> str | None:
+    """Run `mariadbd --wsrep-recover` on a stopped node (InnoDB recovers its committed transactions,
+    reports the last one's Galera position, and exits): that position, or None."""
+    try:
+        os.remove(log)  # never read an earlier run's position
+    except FileNotFoundError:
+        pass
+    cmd = [which("mariadbd") or "mariadbd", f"--defaults-file={cnf}", "--wsrep-recover", f"--log-error={log}"]
+    subprocess.run(cmd, capture_output=True, timeout=120)
+    try:
+        with open(log) as f:
+            return recovered_position(f.read())
+    except FileNotFoundError:
+        return None
+
+
+def rejoin_args(comp: dict) -> list[str]:
+    """What the supervisor adds to the recorded command line of a Galera data node it starts again
+    (mysqld_safe and galera_recovery do the same): after a crash grastate.dat says seqno -1, and
+    `mariadbd` alone would then ask its peer for a full state transfer (SST: a copy of the whole
+    datadir, its peer a donor meanwhile). The position `--wsrep-recover` finds lets it ask for the
+    writes it missed only (IST, from the peer's gcache). Nothing for other processes, or for a
+    node that stopped cleanly (its grastate.dat has the position)."""
+    if comp.get("kind") != "mariadb" or comp.get("role") != "node" or not comp.get("cnf"):
+        return []
+    st = grastate(os.path.join(comp["cwd"], "data", "grastate.dat"))
+    if st is None or st["seqno"] >= 0:
+        return []
+    pos = wsrep_recover(comp["cnf"], os.path.join(comp["cwd"], "tmp", "wsrep-recover.log"))
+    if pos is None or recovered_seqno(f"Recovered position: {pos}") < 0:
+        return []
+    return [f"--wsrep-start-position={pos}"]
 
 
 def pick_bootstrap(nodes: list[dict | None]) -> int:
@@ -291,15 +333,8 @@ def _galera_position(ctx, s: int, r: bool) -> dict | None:
     st = grastate(os.path.join(data, "grastate.dat"))
     if st is None or st["safe"] or st["seqno"] >= 0:
         return st
-    log = os.path.join(inst_dir(ctx, s, r), "tmp", "wsrep-recover.log")
-    cmd = [which("mariadbd") or "mariadbd", f"--defaults-file={cnf_path(ctx, s, r)}", "--wsrep-recover",
-           f"--log-error={log}"]
-    subprocess.run(cmd, capture_output=True, timeout=120)
-    try:
-        with open(log) as f:
-            st["seqno"] = recovered_seqno(f.read())
-    except FileNotFoundError:
-        pass
+    pos = wsrep_recover(cnf_path(ctx, s, r), os.path.join(inst_dir(ctx, s, r), "tmp", "wsrep-recover.log"))
+    st["seqno"] = recovered_seqno(f"Recovered position: {pos}") if pos else -1
     return st
 
 

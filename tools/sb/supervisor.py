@@ -11,7 +11,9 @@ topic) and its port, and announces a new epoch by itself; nginx's upstream entri
 and the discovery loop puts the edge back into them once it answers /healthz. A Redis node,
 MariaDB instance or Kafka broker starts again on its own data directory: MariaDB recovers its
 committed transactions (InnoDB with `innodb_flush_log_at_trx_commit = 1`), Redis reloads its
-append-only file, a broker catches up from its peers.
+append-only file, a broker catches up from its peers. A Galera data node is first run with
+`--wsrep-recover` (a few seconds, during which the supervisor waits) and started at the position
+it finds, so that it asks its peer only for the writes it missed (`mariadb.rejoin_args`).
 
 A Redis node is started again only after REDIS_FAILOVER_WAIT: a master that came back sooner
 than the cluster notices it gone (`cluster-node-timeout`) would skip the failover; this way its
@@ -38,6 +40,7 @@ import signal
 import sys
 import time
 
+import mariadb
 from state import State
 from util import alive, session_members, spawn, stop_on_signals
 
@@ -127,7 +130,9 @@ class Procs:
                 pass
 
     def spawn(self, comp: dict) -> tuple[int, int]:
-        return spawn(comp["argv"], comp["out"], env=None, cwd=comp.get("cwd"))
+        # a crashed Galera node rejoins at the position it had committed (IST, not a full SST)
+        argv = comp["argv"] + mariadb.rejoin_args(comp)
+        return spawn(argv, comp["out"], env=None, cwd=comp.get("cwd"))
 
 
 class Supervisor:

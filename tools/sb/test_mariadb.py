@@ -64,6 +64,42 @@ class BootstrapTest(unittest.TestCase):
         self.assertEqual(mariadb.recovered_seqno(log), 12)
         self.assertEqual(mariadb.recovered_seqno("nothing recovered"), -1)
         self.assertEqual(mariadb.recovered_seqno("WSREP: Recovered position: x:notanumber"), -1)
+        self.assertEqual(mariadb.recovered_position(log), "723f68b8-f1bc-11f1-919c-c341dea4a71c:12")
+        self.assertIsNone(mariadb.recovered_position("nothing recovered"))
+
+    def test_a_crashed_galera_node_is_started_again_at_its_recovered_position(self):
+        recovered = []
+
+        def fake_recover(cnf, log):
+            recovered.append(cnf)
+            return position
+
+        real, mariadb.wsrep_recover = mariadb.wsrep_recover, fake_recover
+        try:
+            with tempfile.TemporaryDirectory() as d:
+                os.makedirs(os.path.join(d, "data"))
+                node = {"kind": "mariadb", "role": "node", "cnf": "n.cnf", "cwd": d}
+                grastate = os.path.join(d, "data", "grastate.dat")
+                position = "723f68b8-f1bc-11f1-919c-c341dea4a71c:12"
+                # a node that never ran, and other processes: nothing to add
+                self.assertEqual(mariadb.rejoin_args(node), [])
+                self.assertEqual(mariadb.rejoin_args({**node, "role": "primary"}), [])
+                self.assertEqual(mariadb.rejoin_args({"kind": "edge", "cwd": d}), [])
+                # stopped cleanly: grastate.dat has the position, mariadbd reads it itself
+                with open(grastate, "w") as f:
+                    f.write("uuid: x\nseqno: 42\nsafe_to_bootstrap: 0\n")
+                self.assertEqual(mariadb.rejoin_args(node), [])
+                self.assertEqual(recovered, [])
+                # killed: the recovered position is passed on
+                with open(grastate, "w") as f:
+                    f.write("uuid: x\nseqno: -1\nsafe_to_bootstrap: 0\n")
+                self.assertEqual(mariadb.rejoin_args(node), [f"--wsrep-start-position={position}"])
+                self.assertEqual(recovered, ["n.cnf"])
+                # nothing recovered: started as recorded (it asks for a full transfer)
+                for position in (None, "723f68b8-f1bc-11f1-919c-c341dea4a71c:-1"):
+                    self.assertEqual(mariadb.rejoin_args(node), [])
+        finally:
+            mariadb.wsrep_recover = real
 
     def test_data_of_one_replication_is_refused_by_the_other(self):
         mariadb.check_replication(None, "async", True)  # a state dir from before the option
