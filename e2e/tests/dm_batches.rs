@@ -59,6 +59,21 @@ fn send_env(edge: &str, req: u64, token: &str, conv: Id, cmid: &str, text: &str)
     }
 }
 
+/// Publish `(key, payload)` records to the DM request topic all at once, as edges would.
+async fn publish_burst(app: &e2e::TestApp, burst: &[(String, Vec<u8>)]) {
+    let producer = runtime::kafka::producer(&app.kafka).expect("producer");
+    let requests = app.kafka.topics().requests(Domain::Dms);
+    let sent = burst.iter().map(|(key, payload)| {
+        producer.send(
+            FutureRecord::to(&requests).key(key).payload(payload),
+            Duration::from_secs(10),
+        )
+    });
+    for r in futures::future::join_all(sent).await {
+        r.map_err(|(e, _)| e).expect("published");
+    }
+}
+
 /// `dm.message` events on `c` until `n` have arrived: (conversation, seq, client_msg_id, text).
 async fn messages(c: &mut Client, n: usize) -> Vec<(Id, u64, String, String)> {
     let mut got = Vec::new();
@@ -191,17 +206,7 @@ async fn a_burst_of_sends_is_stored_gap_free_and_delivered_in_few_records() {
             ));
         }
     }
-    let producer = runtime::kafka::producer(&app.kafka).expect("producer");
-    let requests = topics.requests(Domain::Dms);
-    let sent = burst.iter().map(|(key, payload)| {
-        producer.send(
-            FutureRecord::to(&requests).key(key).payload(payload),
-            Duration::from_secs(10),
-        )
-    });
-    for r in futures::future::join_all(sent).await {
-        r.map_err(|(e, _)| e).expect("published");
-    }
+    publish_burst(&app, &burst).await;
 
     // Every member's socket gets every message of its conversations in sequence order, numbered
     // 1..=60 without a gap; each sender's messages in the order they were published. The retry
@@ -582,17 +587,7 @@ async fn a_send_the_database_refuses_is_dead_lettered_alone_and_the_rest_of_its_
             burst.push((env.key(), env.encode()));
         }
     }
-    let producer = runtime::kafka::producer(&app.kafka).expect("producer");
-    let requests = topics.requests(Domain::Dms);
-    let sent = burst.iter().map(|(key, payload)| {
-        producer.send(
-            FutureRecord::to(&requests).key(key).payload(payload),
-            Duration::from_secs(10),
-        )
-    });
-    for r in futures::future::join_all(sent).await {
-        r.map_err(|(e, _)| e).expect("published");
-    }
+    publish_burst(&app, &burst).await;
 
     // The batch is handled one send at a time: the twenty others are stored gap-free, in the
     // order published, and delivered; the refused one is answered `internal`, stores nothing and
