@@ -1,5 +1,6 @@
-//! Poison records (brief section 4): a record a worker cannot process goes to the dead-letter
-//! topic with its reason, and the partition it sat on keeps flowing.
+//! Poison records (brief section 4): a record a worker cannot process (garbage, a newer wire
+//! version, a request of another domain, on a request topic or on worker-presence's) goes to the
+//! dead-letter topic with its reason, and the partition it sat on keeps flowing.
 
 mod common;
 
@@ -61,11 +62,24 @@ async fn poison_records_are_dead_lettered_and_the_partition_keeps_flowing() {
     let mut future: Value = serde_json::from_slice(&env.encode()).unwrap();
     future["v"] = json!(99);
     let future = future.to_string();
+    // A well-formed request of another domain (`user.me` belongs on the users topic).
+    let stray = Envelope {
+        request: Request::Me,
+        ..env.clone()
+    }
+    .encode();
+    let presence = topics.requests(Domain::Presence);
     let producer = runtime::kafka::producer(&app.kafka).expect("producer");
-    for payload in [garbage.as_slice(), future.as_bytes()] {
+    for (topic, payload) in [
+        (&requests, garbage.as_slice()),
+        (&requests, future.as_bytes()),
+        (&requests, stray.as_slice()),
+        // worker-presence decodes its topic's records its own way (edge events or requests)
+        (&presence, garbage.as_slice()),
+    ] {
         producer
             .send(
-                FutureRecord::to(&requests).key(&key).payload(payload),
+                FutureRecord::to(topic).key(&key).payload(payload),
                 Duration::from_secs(10),
             )
             .await
@@ -84,13 +98,13 @@ async fn poison_records_are_dead_lettered_and_the_partition_keeps_flowing() {
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["message"]["seq"], 2);
 
-    // Both poison records are on the dead-letter topic, with a reason.
+    // Every poison record is on the dead-letter topic, with a reason.
     let dlq: StreamConsumer =
         runtime::kafka::consumer(&app.kafka, &e2e::unique("dlq-reader-"), false).expect("consumer");
     dlq.subscribe(&[&topics.dead_letter()]).unwrap();
     let mut found: Vec<Value> = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while found.len() < 2 {
+    while found.len() < 4 {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let m = tokio::time::timeout(left, dlq.recv())
             .await
@@ -101,16 +115,17 @@ async fn poison_records_are_dead_lettered_and_the_partition_keeps_flowing() {
         found.push(v);
     }
     let hex_garbage: String = garbage.iter().map(|b| format!("{b:02x}")).collect();
-    let by_payload = |p: &str| {
+    let from = |topic: &str, p: &str| {
         found
             .iter()
-            .find(|v| v["payload"] == p)
-            .unwrap_or_else(|| panic!("no dead letter with payload {p}: {found:?}"))
+            .find(|v| v["topic"] == topic && v["payload"] == p)
+            .unwrap_or_else(|| panic!("no dead letter from {topic} with payload {p}: {found:?}"))
     };
-    let g = by_payload(&hex_garbage);
-    let f = by_payload(&future);
-    for d in [g, f] {
-        assert_eq!(d["topic"], requests.as_str());
+    let g = from(&requests, &hex_garbage);
+    let f = from(&requests, &future);
+    let s = from(&requests, &String::from_utf8(stray.clone()).unwrap());
+    let p = from(&presence, &hex_garbage);
+    for d in [g, f, s, p] {
         assert!(
             d["reason"].as_str().is_some_and(|r| !r.is_empty()),
             "a reason: {d}"
@@ -120,7 +135,15 @@ async fn poison_records_are_dead_lettered_and_the_partition_keeps_flowing() {
         f["reason"].as_str().unwrap().contains("version"),
         "the version is the reason: {f}"
     );
+    assert!(
+        s["reason"]
+            .as_str()
+            .unwrap()
+            .contains("user.me does not belong on this topic"),
+        "the topic is the reason: {s}"
+    );
     assert_eq!(g["partition"], f["partition"]);
+    assert_eq!(g["partition"], s["partition"]);
 
     // Neither poison record did anything.
     let (_, b) = rpc(

@@ -124,6 +124,17 @@ async fn nobody_reads_or_writes_a_conversation_they_are_not_in() {
         send(conv, "c1", "let me in"),
         json!({"type": "dm.read", "conversation_id": conv, "seq": 1}),
     ];
+    // More than a page of conversations in one sync is refused before any is read.
+    let since: serde_json::Map<String, serde_json::Value> =
+        (1..=101).map(|i| (i.to_string(), json!(0))).collect();
+    let (s, b) = rpc(
+        &app,
+        0,
+        &ann_token,
+        json!({"type": "dm.sync", "since": since}),
+    )
+    .await;
+    assert_eq!((s, b["code"].as_str()), (400, Some("invalid_input")), "{b}");
     for req in &attempts {
         assert_eq!(
             err(c.request(req.clone()).await),

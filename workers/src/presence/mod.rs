@@ -8,9 +8,8 @@ pub mod online;
 pub use edge_events::apply_edge_event;
 pub use online::merge_page;
 
-use crate::context::{Ctx, Deps, Outcome};
-use crate::Result;
-use topics::{Id, Request};
+use crate::context::{Ctx, Outcome};
+use topics::Request;
 
 /// The presence domain's requests (edge events come through [`apply_edge_event`]).
 pub async fn handle(ctx: &Ctx<'_>) -> crate::Result<Outcome> {
@@ -21,10 +20,4 @@ pub async fn handle(ctx: &Ctx<'_>) -> crate::Result<Outcome> {
         Request::BroadcastSend { text } => broadcast::broadcast(ctx, text).await,
         other => Err(crate::Error::Unrouted(other.kind())),
     }
-}
-
-/// Used by tests and the router: is `user` registered on any connection?
-pub async fn connections(d: &Deps, user: Id) -> Result<usize> {
-    let mut c = d.redis.get().await?;
-    Ok(d.registry.user_conns(&mut c, user).await?.len())
 }
