@@ -389,3 +389,34 @@ async fn account_checks_made_at_once_share_one_query_per_shard() {
     assert!(matches!(err, workers::Error::AccountCheck(_)), "{err}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn logins_are_rate_limited_per_address() {
+    let mut opts = Options::default();
+    opts.limits.login_attempts_per_address_per_minute = 3;
+    let app = spawn_app_with(opts).await;
+    let (_, name) = signup(&app, 0).await;
+    inside_one_minute_window(Duration::from_secs(15)).await;
+    let login = |h: Http, username: String| async move {
+        let (s, b) = h
+            .post(
+                "/api/v1/sessions",
+                json!({"username": username, "password": PASSWORD}),
+                None,
+            )
+            .await;
+        (s, b["code"].as_str().unwrap_or("").to_string())
+    };
+    // Every attempt from one address counts, right or wrong, whoever it names.
+    assert_eq!(login(app.http_from(0, 21), name.clone()).await.0, 200);
+    let ghost = e2e::unique("ghost");
+    assert_eq!(login(app.http_from(1, 21), ghost).await.0, 401);
+    assert_eq!(login(app.http_from(0, 21), name.clone()).await.0, 200);
+    assert_eq!(
+        login(app.http_from(1, 21), name.clone()).await,
+        (429, "rate_limited".into())
+    );
+    // Another address is not held back by it.
+    assert_eq!(login(app.http_from(0, 22), name).await.0, 200);
+    app.stop().await;
+}

@@ -2,9 +2,11 @@
 
 mod common;
 
-use common::{befriend, eventually, id, invite_code, rpc, signup, PASSWORD};
+use common::{
+    befriend, eventually, id, inside_one_minute_window, invite_code, rpc, signup, PASSWORD,
+};
 use e2e::client::{err, ok, Client};
-use e2e::spawn_app;
+use e2e::{spawn_app, spawn_app_with, Options};
 use serde_json::{json, Value};
 use topics::{ErrorCode, Response};
 
@@ -464,5 +466,44 @@ async fn deleting_a_user_removes_their_links_and_frees_the_username() {
         "the old password does not open the new account"
     );
     app.http(0).login(&ann_name, "new-pass-word-2").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn sign_ups_are_rate_limited_per_address() {
+    let mut opts = Options::default();
+    opts.limits.signups_per_address_per_minute = 2;
+    let app = spawn_app_with(opts).await;
+    inside_one_minute_window(std::time::Duration::from_secs(15)).await;
+    let sign_up = |edge: usize, host: u8| {
+        let h = app.http_from(edge, host);
+        async move {
+            let name = e2e::unique("r");
+            let (s, b) = h
+                .post(
+                    "/api/v1/users",
+                    json!({"username": name, "password": PASSWORD}),
+                    None,
+                )
+                .await;
+            (s, b["code"].as_str().unwrap_or("").to_string(), name)
+        }
+    };
+    assert_eq!(sign_up(0, 23).await.0, 201);
+    assert_eq!(sign_up(1, 23).await.0, 201);
+    let (s, code, refused) = sign_up(0, 23).await;
+    assert_eq!((s, code.as_str()), (429, "rate_limited"));
+    // The refused sign-up made nothing: its name is free.
+    let (s, _) = app
+        .http(1)
+        .post(
+            "/api/v1/users",
+            json!({"username": refused, "password": PASSWORD}),
+            None,
+        )
+        .await;
+    assert_eq!(s, 201);
+    // Another address is not held back by it.
+    assert_eq!(sign_up(1, 24).await.0, 201);
     app.stop().await;
 }
