@@ -86,16 +86,6 @@ impl Registry {
             self.liveness_ms,
         ))
     }
-
-    /// Every registered connection of `user` (live or not: callers filter by [`Self::live_edges`]).
-    pub async fn user_conns<C: redis::aio::ConnectionLike + Send + Sync>(
-        &self,
-        con: &mut C,
-        user: Id,
-    ) -> Result<Vec<Conn>> {
-        let all: HashMap<String, String> = con.hgetall(self.conns_key(user)).await?;
-        Ok(conns_of(all))
-    }
 }
 
 /// Where some users can be reached now: the live edges (edge id → epoch) and the current
