@@ -146,9 +146,8 @@ impl Http {
     ///
     /// `client_request_id` (1-64 bytes, unguessable: [`request_id`]) makes the sign-up safe to
     /// send again after a lost answer: keep it while the username and password stay the same,
-    /// and a resend
-    /// is answered like the first sign-up (`conflict` only when the account was made with
-    /// another password or another id; docs/protocol.md, `user.create`).
+    /// and a resend is answered like the first sign-up (`conflict` only when the account was
+    /// made with another password or another id; docs/protocol.md, `user.create`).
     pub async fn sign_up(
         &self,
         username: &str,

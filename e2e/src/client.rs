@@ -44,6 +44,13 @@ impl Http {
         self.send(rb, token).await
     }
 
+    /// `POST {"username", "password"}` to `path` (`/api/v1/users` signs up, `/api/v1/sessions`
+    /// logs in), whatever the answer.
+    pub async fn credentials(&self, path: &str, username: &str, password: &str) -> (u16, Value) {
+        let body = serde_json::json!({"username": username, "password": password});
+        self.post(path, body, None).await
+    }
+
     pub async fn post_raw(&self, path: &str, body: Vec<u8>, token: Option<&str>) -> (u16, Value) {
         let rb = self
             .inner

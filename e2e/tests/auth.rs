@@ -398,13 +398,7 @@ async fn logins_are_rate_limited_per_address() {
     let (_, name) = signup(&app, 0).await;
     inside_one_minute_window(Duration::from_secs(15)).await;
     let login = |h: Http, username: String| async move {
-        let (s, b) = h
-            .post(
-                "/api/v1/sessions",
-                json!({"username": username, "password": PASSWORD}),
-                None,
-            )
-            .await;
+        let (s, b) = h.credentials("/api/v1/sessions", &username, PASSWORD).await;
         (s, b["code"].as_str().unwrap_or("").to_string())
     };
     // Every attempt from one address counts, right or wrong, whoever it names.

@@ -479,13 +479,7 @@ async fn sign_ups_are_rate_limited_per_address() {
         let h = app.http_from(edge, host);
         async move {
             let name = e2e::unique("r");
-            let (s, b) = h
-                .post(
-                    "/api/v1/users",
-                    json!({"username": name, "password": PASSWORD}),
-                    None,
-                )
-                .await;
+            let (s, b) = h.credentials("/api/v1/users", &name, PASSWORD).await;
             (s, b["code"].as_str().unwrap_or("").to_string(), name)
         }
     };
@@ -496,11 +490,7 @@ async fn sign_ups_are_rate_limited_per_address() {
     // The refused sign-up made nothing: its name is free.
     let (s, _) = app
         .http(1)
-        .post(
-            "/api/v1/users",
-            json!({"username": refused, "password": PASSWORD}),
-            None,
-        )
+        .credentials("/api/v1/users", &refused, PASSWORD)
         .await;
     assert_eq!(s, 201);
     // Another address is not held back by it.

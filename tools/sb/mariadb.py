@@ -270,9 +270,8 @@ def recovered_position(log_text: str) -> str | None:
     return pos
 
 
-def recovered_seqno(log_text: str) -> int:
-    """The seqno of [`recovered_position`], or -1."""
-    pos = recovered_position(log_text)
+def position_seqno(pos: str | None) -> int:
+    """The seqno of a Galera position ("<uuid>:<seqno>"), or -1."""
     try:
         return int(pos.rsplit(":", 1)[1]) if pos else -1
     except ValueError:
@@ -308,7 +307,7 @@ def rejoin_args(comp: dict) -> list[str]:
     if st is None or st["seqno"] >= 0:
         return []
     pos = wsrep_recover(comp["cnf"], os.path.join(comp["cwd"], "tmp", "wsrep-recover.log"))
-    if pos is None or recovered_seqno(f"Recovered position: {pos}") < 0:
+    if position_seqno(pos) < 0:
         return []
     return [f"--wsrep-start-position={pos}"]
 
@@ -334,7 +333,7 @@ def _galera_position(ctx, s: int, r: bool) -> dict | None:
     if st is None or st["safe"] or st["seqno"] >= 0:
         return st
     pos = wsrep_recover(cnf_path(ctx, s, r), os.path.join(inst_dir(ctx, s, r), "tmp", "wsrep-recover.log"))
-    st["seqno"] = recovered_seqno(f"Recovered position: {pos}") if pos else -1
+    st["seqno"] = position_seqno(pos)
     return st
 
 

@@ -61,9 +61,10 @@ class BootstrapTest(unittest.TestCase):
             self.assertEqual(mariadb.grastate(path), {"safe": False, "seqno": -1})
         log = ("2026-12-06 21:32:50 0 [Note] WSREP: Recovered position: 723f68b8-f1bc-11f1-919c-c341dea4a71c:12\n"
                "2026-12-06 21:32:50 0 [Note] other\n")
-        self.assertEqual(mariadb.recovered_seqno(log), 12)
-        self.assertEqual(mariadb.recovered_seqno("nothing recovered"), -1)
-        self.assertEqual(mariadb.recovered_seqno("WSREP: Recovered position: x:notanumber"), -1)
+        self.assertEqual(mariadb.position_seqno(mariadb.recovered_position(log)), 12)
+        self.assertEqual(mariadb.position_seqno(mariadb.recovered_position("nothing recovered")), -1)
+        garbled = mariadb.recovered_position("WSREP: Recovered position: x:notanumber")
+        self.assertEqual(mariadb.position_seqno(garbled), -1)
         self.assertEqual(mariadb.recovered_position(log), "723f68b8-f1bc-11f1-919c-c341dea4a71c:12")
         self.assertIsNone(mariadb.recovered_position("nothing recovered"))
 
