@@ -84,6 +84,21 @@ pub fn loop_consumer(
         .create_with_context(context)?)
 }
 
+/// Records a consumer holds fetched and not yet taken before it stops fetching
+/// (`queued.min.messages`; librdkafka counts a partition's queue, which for these consumers is
+/// the consumer's one queue of every partition): several of the largest batches a handler takes.
+pub const PREFETCH_RECORDS: usize = 2_000;
+
+/// How long a consumer holding [`PREFETCH_RECORDS`] waits before it looks again
+/// (`fetch.queue.backoff.ms`; librdkafka's default, 1 s, would leave a fast handler idle).
+pub const PREFETCH_BACKOFF_MS: u64 = 10;
+
+/// The most one fetch takes of one partition (`max.partition.fetch.bytes`; librdkafka's default
+/// is 1 MiB). A fetch's records are queued partition after partition: a consumer that is behind
+/// would otherwise take 1 MiB of one partition's records before the next partition's, and the
+/// conversations of the others would wait seconds. A larger record is still fetched whole.
+pub const FETCH_PARTITION_BYTES: usize = 64 * 1024;
+
 fn consumer_config(s: &KafkaSettings, group: &str, from_latest: bool) -> ClientConfig {
     let mut c = base(s);
     c.set("group.id", group)
@@ -99,6 +114,16 @@ fn consumer_config(s: &KafkaSettings, group: &str, from_latest: bool) -> ClientC
         // `fetch.min.bytes` is 1: the broker answers as soon as a record is there, so a longer wait
         // costs no latency and stops idle consumers polling the broker 100 times a second.
         .set("fetch.wait.max.ms", "100")
+        // Prefetch about this many records ahead of the application, not librdkafka's 100,000
+        // (up to 64 MiB). A consumer that keeps up never gets
+        // near it and fetches as before; one that is behind stops fetching one produce request's
+        // records at a time at the head of the log and takes what piled up in one fetch instead.
+        .set("queued.min.messages", PREFETCH_RECORDS.to_string())
+        .set("fetch.queue.backoff.ms", PREFETCH_BACKOFF_MS.to_string())
+        .set(
+            "max.partition.fetch.bytes",
+            FETCH_PARTITION_BYTES.to_string(),
+        )
         .set("partition.assignment.strategy", "cooperative-sticky");
     if let Some(id) = &s.group_instance_id {
         c.set("group.instance.id", id);
@@ -500,6 +525,18 @@ mod tests {
         use rdkafka::consumer::Consumer;
         let c = loop_consumer(&s, "sb.worker-dms", false).unwrap();
         assert_eq!(c.context().group, "sb.worker-dms");
+    }
+
+    /// A consumer that is behind holds a few batches fetched, not librdkafka's 100,000 records,
+    /// and looks again soon once it has taken them (e2e `fetching.rs` checks the slices per
+    /// partition against the broker).
+    #[test]
+    fn a_consumer_prefetches_a_bounded_amount_in_slices_per_partition() {
+        let c = consumer_config(&KafkaSettings::default(), "g", false);
+        let set = |key| c.get(key).map(str::to_string);
+        assert_eq!(set("queued.min.messages"), Some("2000".into()));
+        assert_eq!(set("fetch.queue.backoff.ms"), Some("10".into()));
+        assert_eq!(set("max.partition.fetch.bytes"), Some("65536".into()));
     }
 
     #[test]
