@@ -262,6 +262,8 @@ pub struct Shared {
     revoke_wait_ms: AtomicU64,
     /// `sb_consumer_lag`, once [`run_batched`] runs (statistics before that are dropped).
     lag: OnceLock<Family<Labels, Gauge>>,
+    /// `sb_consumer_prefetched`, set with `lag`.
+    prefetched: OnceLock<Family<Labels, Gauge>>,
 }
 
 impl Shared {
@@ -365,10 +367,13 @@ pub struct LoopContext {
 
 impl ClientContext for LoopContext {
     /// librdkafka's statistics (every `statistics.interval.ms`, on its own thread): the lag of
-    /// each assigned partition.
+    /// each assigned partition, and what the consumer holds fetched.
     fn stats(&self, statistics: Statistics) {
         if let Some(lag) = self.shared.lag.get() {
             record_lag(lag, &self.group, &statistics);
+        }
+        if let Some(prefetched) = self.shared.prefetched.get() {
+            record_prefetched(prefetched, &self.group, &statistics);
         }
     }
 }
@@ -394,6 +399,24 @@ pub fn record_lag(lag: &Family<Labels, Gauge>, group: &str, statistics: &Statist
             }
         }
     }
+}
+
+/// Set `sb_consumer_prefetched{group}` from one statistics report: the records librdkafka holds
+/// fetched and not yet taken by the loop (bounded by `kafka::PREFETCH_RECORDS` and one fetch).
+/// The loop's consumer forwards every partition's fetch queue to its one queue, so each assigned
+/// partition reports that queue's length (`fetchq_cnt`): the largest is taken, not the sum.
+pub fn record_prefetched(prefetched: &Family<Labels, Gauge>, group: &str, statistics: &Statistics) {
+    let held = statistics
+        .topics
+        .values()
+        .flat_map(|t| t.partitions.iter())
+        .filter(|(partition, _)| **partition >= 0)
+        .map(|(_, p)| p.fetchq_cnt)
+        .max()
+        .unwrap_or(0);
+    prefetched
+        .get_or_create(&vec![("group", group.to_string())])
+        .set(held);
 }
 
 impl ConsumerContext for LoopContext {
@@ -714,6 +737,7 @@ pub async fn run_batched(
     let consumer = Arc::new(consumer);
     let shared = consumer.context().shared.clone();
     let _ = shared.lag.set(metrics.consumer_lag.clone());
+    let _ = shared.prefetched.set(metrics.consumer_prefetched.clone());
     // what waits in the lanes or is being handled, read when scraped (weak: the consumer's
     // context owns `shared`)
     let in_flight = (Arc::downgrade(&shared), metrics.consumer_in_flight.clone());
@@ -868,6 +892,49 @@ mod tests {
         let text = m.render();
         assert!(text.contains("partition=\"0\"} 2"));
         assert!(!text.contains("partition=\"1\""), "{text}");
+    }
+
+    /// Every partition reports the length of the consumer's one queue: the gauge is that length,
+    /// not the sum over partitions (nor librdkafka's "unassigned" partition -1).
+    #[test]
+    fn the_prefetched_records_are_the_consumers_one_queue() {
+        let m = Metrics::default();
+        let ctx = LoopContext {
+            group: "sb.worker-dms".into(),
+            ..Default::default()
+        };
+        let queued = |held: &[(i32, i64)]| {
+            let mut s = stats("sb.dms.v1", &[]);
+            let topic = s.topics.get_mut("sb.dms.v1").unwrap();
+            for &(p, n) in held {
+                topic.partitions.insert(
+                    p,
+                    rdkafka::statistics::Partition {
+                        partition: p,
+                        fetchq_cnt: n,
+                        ..Default::default()
+                    },
+                );
+            }
+            s
+        };
+        ctx.stats(queued(&[(0, 9)]));
+        assert!(!m.render().contains("sb_consumer_prefetched{"));
+        let _ = ctx.shared.prefetched.set(m.consumer_prefetched.clone());
+        ctx.stats(queued(&[(-1, 5000), (0, 1800), (1, 1800), (2, 1800)]));
+        let text = m.render();
+        assert!(
+            text.contains("# TYPE sb_consumer_prefetched gauge"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sb_consumer_prefetched{group=\"sb.worker-dms\"} 1800"),
+            "{text}"
+        );
+        ctx.stats(queued(&[]));
+        assert!(m
+            .render()
+            .contains("sb_consumer_prefetched{group=\"sb.worker-dms\"} 0"));
     }
 
     #[test]

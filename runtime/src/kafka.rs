@@ -115,9 +115,9 @@ fn consumer_config(s: &KafkaSettings, group: &str, from_latest: bool) -> ClientC
         // costs no latency and stops idle consumers polling the broker 100 times a second.
         .set("fetch.wait.max.ms", "100")
         // Prefetch about this many records ahead of the application, not librdkafka's 100,000
-        // (up to 64 MiB). A consumer that keeps up never gets
-        // near it and fetches as before; one that is behind stops fetching one produce request's
-        // records at a time at the head of the log and takes what piled up in one fetch instead.
+        // (up to 64 MiB). A consumer that keeps up never gets near it and fetches as before; one
+        // that is behind stops fetching one produce request's records at a time at the head of
+        // the log, and takes what piled up in slices of every partition in turn instead.
         .set("queued.min.messages", PREFETCH_RECORDS.to_string())
         .set("fetch.queue.backoff.ms", PREFETCH_BACKOFF_MS.to_string())
         .set(

@@ -280,6 +280,7 @@ pub struct Inner {
     pub consumer_batches: ByLabel<Counter>,
     pub consumer_batch_records: Histogram,
     pub consumer_lag: Family<Labels, Gauge>,
+    pub consumer_prefetched: Family<Labels, Gauge>,
     pub consumer_in_flight: Gauge,
     // edges
     pub ws_connections: Gauge,
@@ -393,6 +394,7 @@ impl Metrics {
             });
         let consumer_batch_records = batch_sizes();
         let consumer_lag: Family<Labels, Gauge> = Family::default();
+        let consumer_prefetched: Family<Labels, Gauge> = Family::default();
         let consumer_in_flight = Gauge::default();
         if consumes {
             r.register(
@@ -429,6 +431,11 @@ impl Metrics {
                 "sb_consumer_lag",
                 "Records not yet consumed per partition of the group, from librdkafka's statistics",
                 consumer_lag.clone(),
+            );
+            r.register(
+                "sb_consumer_prefetched",
+                "Records the group's consumer holds fetched and not yet taken by the loop, from librdkafka's statistics",
+                consumer_prefetched.clone(),
             );
         }
 
@@ -676,6 +683,7 @@ impl Metrics {
             consumer_batches,
             consumer_batch_records,
             consumer_lag,
+            consumer_prefetched,
             consumer_in_flight,
             ws_connections,
             ws_connections_opened,
@@ -885,7 +893,8 @@ mod tests {
 
     #[test]
     fn every_series_is_shown_at_zero_with_help_and_type() {
-        // (`sb_consumer_lag` is per partition, known once assigned: `consume::record_lag`; the
+        // (`sb_consumer_lag` is per partition, known once assigned: `consume::record_lag`, and
+        // `sb_consumer_prefetched` per group, from the first statistics report; the
         // shards of `sb_dm_commit_duration_seconds` are known once the worker connects)
         let m = Metrics::default();
         m.shards(2);
