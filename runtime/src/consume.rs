@@ -260,10 +260,9 @@ pub struct Shared {
     /// How long a revocation waits for the records in flight on the revoked partitions, in ms;
     /// 0 outside [`run`] (nothing is consuming, or the loop has stopped).
     revoke_wait_ms: AtomicU64,
-    /// `sb_consumer_lag`, once [`run_batched`] runs (statistics before that are dropped).
-    lag: OnceLock<Family<Labels, Gauge>>,
-    /// `sb_consumer_prefetched`, set with `lag`.
-    prefetched: OnceLock<Family<Labels, Gauge>>,
+    /// The loop's metrics (`sb_consumer_lag`, `sb_consumer_prefetched`), once [`run_batched`]
+    /// runs (statistics before that are dropped).
+    metrics: OnceLock<Metrics>,
 }
 
 impl Shared {
@@ -369,11 +368,9 @@ impl ClientContext for LoopContext {
     /// librdkafka's statistics (every `statistics.interval.ms`, on its own thread): the lag of
     /// each assigned partition, and what the consumer holds fetched.
     fn stats(&self, statistics: Statistics) {
-        if let Some(lag) = self.shared.lag.get() {
-            record_lag(lag, &self.group, &statistics);
-        }
-        if let Some(prefetched) = self.shared.prefetched.get() {
-            record_prefetched(prefetched, &self.group, &statistics);
+        if let Some(m) = self.shared.metrics.get() {
+            record_lag(&m.consumer_lag, &self.group, &statistics);
+            record_prefetched(&m.consumer_prefetched, &self.group, &statistics);
         }
     }
 }
@@ -736,8 +733,7 @@ pub async fn run_batched(
 ) {
     let consumer = Arc::new(consumer);
     let shared = consumer.context().shared.clone();
-    let _ = shared.lag.set(metrics.consumer_lag.clone());
-    let _ = shared.prefetched.set(metrics.consumer_prefetched.clone());
+    let _ = shared.metrics.set(metrics.clone());
     // what waits in the lanes or is being handled, read when scraped (weak: the consumer's
     // context owns `shared`)
     let in_flight = (Arc::downgrade(&shared), metrics.consumer_in_flight.clone());
@@ -878,7 +874,7 @@ mod tests {
         // before the loop runs, statistics go nowhere
         ctx.stats(stats("sb.dms.v1", &[(0, 9)]));
         assert!(!m.render().contains("sb_consumer_lag{"));
-        let _ = ctx.shared.lag.set(m.consumer_lag.clone());
+        let _ = ctx.shared.metrics.set(m.clone());
         ctx.stats(stats("sb.dms.v1", &[(-1, 5), (0, 7), (1, 0)]));
         let text = m.render();
         assert!(text.contains("# TYPE sb_consumer_lag gauge"), "{text}");
@@ -920,7 +916,7 @@ mod tests {
         };
         ctx.stats(queued(&[(0, 9)]));
         assert!(!m.render().contains("sb_consumer_prefetched{"));
-        let _ = ctx.shared.prefetched.set(m.consumer_prefetched.clone());
+        let _ = ctx.shared.metrics.set(m.clone());
         ctx.stats(queued(&[(-1, 5000), (0, 1800), (1, 1800), (2, 1800)]));
         let text = m.render();
         assert!(
