@@ -246,12 +246,34 @@ impl TestApp {
     }
 }
 
+/// Where [`free_addr`] looks for ports: below Linux's ephemeral range (32768-60999), which
+/// the kernel hands to outgoing connections and to `bind(":0")`, and below every port the
+/// launcher uses (13306 and up, plus its offset; tools/sb/ports.py).
+const FREE_PORTS: std::ops::Range<u16> = 11_000..13_000;
+
 /// A loopback address with a port free a moment ago, for a process that reports no bound
-/// address back (workers and the router log theirs).
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
+/// address back (workers and the router log theirs) or for a test that needs an address nothing
+/// listens on.
+///
+/// A port from `bind(":0")` is in the ephemeral range: between letting it go and the process
+/// binding it, one of the test's own connections to Kafka, Redis or MariaDB can take it as its
+/// local port (a worker then fails with "address in use"). Ports of [`FREE_PORTS`] are only
+/// taken by an explicit bind; each call of this process takes the next one.
+pub fn free_addr() -> SocketAddr {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = u32::from(FREE_PORTS.end - FREE_PORTS.start);
+    // test binaries run one after another; a start that depends on the process keeps two that
+    // do overlap apart anyway
+    let start = std::process::id() % span;
+    for _ in 0..span {
+        let n = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let port = FREE_PORTS.start + u16::try_from(n).expect("below the span");
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return l.local_addr().expect("a bound address");
+        }
+    }
+    panic!("no free loopback port in {FREE_PORTS:?}")
 }
 
 pub async fn spawn_app() -> TestApp {

@@ -8,7 +8,7 @@
 //! are those of `tools/sb/nginx.py`; the instance runs as a single process
 //! (`master_process off`) so that killing it leaves nothing behind.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -103,14 +103,8 @@ http {{
     )
 }
 
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-}
-
 fn try_start(dir: &Path, primary: SocketAddr, backup: SocketAddr) -> Option<Nginx> {
-    let addr = free_port();
+    let addr = crate::free_addr();
     for sub in ["conf", "logs", "temp"] {
         std::fs::create_dir_all(dir.join(sub)).expect("nginx directories");
     }

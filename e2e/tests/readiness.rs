@@ -7,10 +7,9 @@ use serde_json::Value;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// A loopback address nothing listens on (bound, then let go).
+/// A loopback address nothing listens on.
 fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
+    e2e::free_addr().to_string()
 }
 
 async fn readyz(addr: &str) -> (u16, Value) {
