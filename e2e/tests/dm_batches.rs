@@ -626,3 +626,58 @@ async fn a_send_the_database_refuses_is_dead_lettered_alone_and_the_rest_of_its_
     on_every_shard(&app, "DROP TRIGGER refuse_poison").await;
     app.stop().await;
 }
+
+/// worker-dms waits `limits.dm_batch_wait_ms` after a batch's first send for more to arrive:
+/// four sends published 40 ms apart, inside a 600 ms wait, are handled as one batch (with no wait
+/// each would be a batch of its own: worker-dms handles one in a few milliseconds).
+#[tokio::test]
+async fn sends_arriving_within_the_batch_wait_are_one_batch() {
+    let app = e2e::spawn_app_with(e2e::Options {
+        limits: workers::Limits {
+            dm_batch_wait_ms: 600,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let Chat {
+        ann_token,
+        bob_token,
+        conv,
+        ..
+    } = chat(&app).await;
+    let mut b = Client::connect(&app.ws_url(1), &bob_token).await;
+    let batches = |text: &str| {
+        let at = |name: &str| runtime::metrics::sample(text, name).unwrap_or(0.0);
+        (
+            at("sb_consumer_batch_records_count"),
+            at("sb_consumer_batch_records_sum"),
+        )
+    };
+    // the dm.open's batch is counted before it is handled, so before its answer came back
+    let before = batches(&e2e::scrape(app.health["worker-dms"]).await);
+    let producer = runtime::kafka::producer(&app.kafka).expect("producer");
+    let requests = app.kafka.topics().requests(Domain::Dms);
+    for i in 0..4u64 {
+        let cmid = format!("w-{i}");
+        let env = send_env("edge-0", 3000 + i, &ann_token, conv, &cmid, &cmid);
+        let (key, payload) = (env.key(), env.encode());
+        let record = FutureRecord::to(&requests).key(&key).payload(&payload);
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)
+            .expect("published");
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    let got = messages(&mut b, 4).await;
+    let texts: Vec<&str> = got.iter().map(|m| m.3.as_str()).collect();
+    assert_eq!(texts, ["w-0", "w-1", "w-2", "w-3"]);
+    let after = batches(&e2e::scrape(app.health["worker-dms"]).await);
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1),
+        (1.0, 4.0),
+        "batches and records handled for the four sends"
+    );
+    app.stop().await;
+}

@@ -200,16 +200,7 @@ pub async fn run(role: Role, settings: Settings, stop: CancellationToken) -> Res
         Role::Dms => Arc::new(dms::batch::DmBatch { dispatcher }),
         _ => Arc::new(runtime::consume::PerRecord(dispatcher)),
     };
-    let (lanes, batch) = match role {
-        Role::Dms => (
-            settings.limits.dm_lanes,
-            runtime::consume::BatchSettings {
-                max_records: settings.limits.dm_batch_records.max(1),
-                ..Default::default()
-            },
-        ),
-        _ => (settings.limits.lanes, Default::default()),
-    };
+    let (lanes, batch) = lanes_and_batches(role, &settings.limits);
     let loop_settings = runtime::consume::LoopSettings {
         lanes,
         lane_capacity: 64,
@@ -276,9 +267,48 @@ pub async fn start(role: Role) -> anyhow::Result<()> {
     }
 }
 
+/// A role's consumer lanes and what one batch of a lane may hold: worker-dms' come from its own
+/// limits (its handler takes a batch at once); every other role's records are handled one at a
+/// time per key, so their batches take what is queued.
+fn lanes_and_batches(role: Role, limits: &Limits) -> (usize, runtime::consume::BatchSettings) {
+    match role {
+        Role::Dms => (
+            limits.dm_lanes,
+            runtime::consume::BatchSettings {
+                max_records: limits.dm_batch_records.max(1),
+                max_wait_ms: limits.dm_batch_wait_ms,
+                ..Default::default()
+            },
+        ),
+        _ => (limits.lanes, Default::default()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn worker_dms_batches_by_its_own_limits_and_the_others_take_what_is_queued() {
+        let limits = Limits {
+            lanes: 7,
+            dm_lanes: 2,
+            dm_batch_records: 100,
+            dm_batch_wait_ms: 9,
+            ..Default::default()
+        };
+        let (lanes, batch) = lanes_and_batches(Role::Dms, &limits);
+        assert_eq!((lanes, batch.max_records, batch.max_wait_ms), (2, 100, 9));
+        for role in Role::ALL.iter().copied().filter(|r| *r != Role::Dms) {
+            let (lanes, batch) = lanes_and_batches(role, &limits);
+            assert_eq!((lanes, batch.max_wait_ms), (7, 0), "{role:?}");
+        }
+        let none = Limits {
+            dm_batch_records: 0,
+            ..Default::default()
+        };
+        assert_eq!(lanes_and_batches(Role::Dms, &none).1.max_records, 1);
+    }
 
     #[test]
     fn the_launcher_lists_every_role() {
