@@ -628,13 +628,13 @@ async fn a_send_the_database_refuses_is_dead_lettered_alone_and_the_rest_of_its_
 }
 
 /// worker-dms waits `limits.dm_batch_wait_ms` after a batch's first send for more to arrive:
-/// four sends published 40 ms apart, inside a 600 ms wait, are handled as one batch (with no wait
-/// each would be a batch of its own: worker-dms handles one in a few milliseconds).
+/// four sends handed to the producer 40 ms apart, inside a 2 s wait, are handled as one batch
+/// (with no wait each would be a batch of its own: worker-dms handles one in a few milliseconds).
 #[tokio::test]
 async fn sends_arriving_within_the_batch_wait_are_one_batch() {
     let app = e2e::spawn_app_with(e2e::Options {
         limits: workers::Limits {
-            dm_batch_wait_ms: 600,
+            dm_batch_wait_ms: 2_000,
             ..Default::default()
         },
         ..Default::default()
@@ -658,17 +658,34 @@ async fn sends_arriving_within_the_batch_wait_are_one_batch() {
     let before = batches(&e2e::scrape(app.health["worker-dms"]).await);
     let producer = runtime::kafka::producer(&app.kafka).expect("producer");
     let requests = app.kafka.topics().requests(Domain::Dms);
+    // The first is awaited (a new producer holds records until it has the topic's metadata, and
+    // would send them together); the rest are queued 40 ms apart and acknowledged later, so
+    // their spacing is the sleeps', not the broker's answers'.
+    let mut acks = Vec::new();
     for i in 0..4u64 {
         let cmid = format!("w-{i}");
         let env = send_env("edge-0", 3000 + i, &ann_token, conv, &cmid, &cmid);
         let (key, payload) = (env.key(), env.encode());
         let record = FutureRecord::to(&requests).key(&key).payload(&payload);
-        producer
-            .send(record, Duration::from_secs(10))
-            .await
+        let ack = producer
+            .send_result(record)
+            .map_err(|(e, _)| e)
+            .expect("queued");
+        if i == 0 {
+            ack.await
+                .expect("not cancelled")
+                .map_err(|(e, _)| e)
+                .expect("published");
+        } else {
+            acks.push(ack);
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    for ack in acks {
+        ack.await
+            .expect("not cancelled")
             .map_err(|(e, _)| e)
             .expect("published");
-        tokio::time::sleep(Duration::from_millis(40)).await;
     }
     let got = messages(&mut b, 4).await;
     let texts: Vec<&str> = got.iter().map(|m| m.3.as_str()).collect();
