@@ -658,9 +658,9 @@ async fn sends_arriving_within_the_batch_wait_are_one_batch() {
     let before = batches(&e2e::scrape(app.health["worker-dms"]).await);
     let producer = runtime::kafka::producer(&app.kafka).expect("producer");
     let requests = app.kafka.topics().requests(Domain::Dms);
-    // The first is awaited (a new producer holds records until it has the topic's metadata, and
-    // would send them together); the rest are queued 40 ms apart and acknowledged later, so
-    // their spacing is the sleeps', not the broker's answers'.
+    // The first is awaited: queued at once, a new producer's records arrived together (without
+    // this await the test passed with the wait not wired; its topic metadata, presumably). The
+    // rest are queued 40 ms apart and acknowledged later: their spacing is the sleeps'.
     let mut acks = Vec::new();
     for i in 0..4u64 {
         let cmid = format!("w-{i}");

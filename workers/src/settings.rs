@@ -170,7 +170,7 @@ pub struct Limits {
     /// How long a worker-dms batch waits for more sends after its first when none are queued
     /// behind it; 0 takes only what is already queued. Each batch costs a transaction per shard
     /// and a record per edge, so fewer, larger batches cost less: 5 ms measured 8-11 % less
-    /// platform CPU per DM at 1,000 msg/s and more delivered at saturation, for 2-5 ms more p50
+    /// platform CPU per DM at 1,000 msg/s and more delivered at saturation, for 1.5-5 ms more p50
     /// (docs/benchmarks.md). A send waits at most this long for company.
     pub dm_batch_wait_ms: u64,
     /// Replicas of the node holding a session key that must have a revocation (logout, logout
