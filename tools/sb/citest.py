@@ -9,7 +9,9 @@ import hashlib
 import json
 import os
 import shlex
+import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -53,6 +55,12 @@ HEALTHY_WITHIN = 90.0
 # instrumented, so their code counts in the coverage report.
 ASYNC_OFFSET = 1000
 ASYNC_TESTS = ["replica_lag", "replica_metrics"]
+# What one run writes to the disk: from a fresh clone (2026-12-07, CI=true), the instrumented
+# debug build, clippy's, the platforms' state, the release build and the images took the free
+# space down by 13.9 GB at most (Cargo.toml: the dev profile keeps line tables only). A run first
+# checks that much is there (free, or held by an earlier run's target/, which the builds reuse),
+# so that a short disk fails in seconds with a message, not with a linker's SIGBUS minutes in.
+DISK_PEAK_GB = 14
 
 
 def promtool() -> str:
@@ -118,6 +126,37 @@ def run(cmd: list[str], env: dict | None = None, cwd: str = REPO, capture: bool 
 
 
 # ---------------------------------------------------------------- steps
+
+
+def tree_bytes(path: str) -> int:
+    """Bytes of the regular files under `path` (0 if it does not exist); links are not followed."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                st = os.lstat(os.path.join(root, f))
+            except OSError:
+                continue  # removed while walking
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_blocks * 512
+    return total
+
+
+def disk_shortfall(free: int, reusable: int, needed: int) -> int:
+    """Bytes a run lacks: what it needs, less the free space and what target/ already holds."""
+    return max(0, needed - free - reusable)
+
+
+def disk_space() -> str:
+    target = os.path.join(REPO, "target")
+    free = shutil.disk_usage(REPO).free
+    held = tree_bytes(target)
+    short = disk_shortfall(free, held, DISK_PEAK_GB * 10**9)
+    gb = 10**9
+    if short:
+        raise SbError(f"{free / gb:.1f} GB free on the disk of {REPO} and {held / gb:.1f} GB in target/: "
+                      f"a run writes up to {DISK_PEAK_GB} GB; free {short / gb:.1f} GB more and rerun")
+    return f"ok ({free / gb:.1f} GB free, {held / gb:.1f} GB in target/, a run writes up to {DISK_PEAK_GB} GB)"
 
 
 def ensure_cargo_tool(subcommand: str, crate: str) -> str:
@@ -326,6 +365,7 @@ def test(args) -> int:
 
     try:
         r.step("system packages, llvm-22, cargo-llvm-cov, cargo-machete", ensure_tools)
+        r.step("free disk space for the builds and the platforms", disk_space)
         r.step("cargo fmt --all -- --check", lambda: run(["cargo", "fmt", "--all", "--", "--check"]))
         r.step("tools/sb unit tests (python3 -m unittest)", lambda: run(
             [sys.executable, "-B", "-m", "unittest", "discover", "-s", os.path.join(REPO, "tools", "sb"),
