@@ -182,4 +182,71 @@ pub(crate) mod tests {
             .unwrap();
         assert!(none.is_empty(), "no query string");
     }
+
+    /// What `recover` answered to `request` against `filter`: status and the error body's code
+    /// and message.
+    async fn answer<F>(request: warp::test::RequestBuilder, filter: F) -> (u16, String, String)
+    where
+        F: Filter<Extract = (&'static str,), Error = Rejection> + Clone + Send + Sync + 'static,
+    {
+        let filter = filter
+            .map(|s: &'static str| s.into_response())
+            .recover(recover)
+            .unify();
+        let r = request.reply(&filter).await;
+        let body: serde_json::Value = serde_json::from_slice(r.body())
+            .unwrap_or_else(|e| panic!("{e}: {} {:?}", r.status(), r.body()));
+        (
+            r.status().as_u16(),
+            body["code"].as_str().unwrap().to_string(),
+            body["message"].as_str().unwrap().to_string(),
+        )
+    }
+
+    #[tokio::test]
+    async fn every_rejection_is_a_typed_error() {
+        let post_small = || {
+            warp::post()
+                .and(warp::body::content_length_limit(4))
+                .and(warp::body::bytes())
+                .map(|_| "ok")
+        };
+        let too_large = warp::test::request()
+            .method("POST")
+            .header("content-length", "5")
+            .body("12345");
+        assert_eq!(
+            answer(too_large, post_small()).await,
+            (
+                413,
+                "payload_too_large".into(),
+                "body is larger than the limit".into()
+            )
+        );
+        let no_length = warp::test::request().method("POST");
+        let (status, code, message) = answer(no_length, post_small()).await;
+        assert_eq!((status, code.as_str()), (400, "invalid_input"));
+        assert_eq!(message, "content-length is required");
+        let put = warp::test::request().method("PUT").path("/x");
+        assert_eq!(
+            answer(put, warp::path!("x").and(warp::get()).map(|| "ok")).await,
+            (
+                404,
+                "not_found".into(),
+                "no such endpoint for this method".into()
+            )
+        );
+        let elsewhere = warp::test::request().path("/y");
+        assert_eq!(
+            answer(elsewhere, warp::path!("x").map(|| "ok")).await,
+            (404, "not_found".into(), "no such endpoint".into())
+        );
+        // any other rejection, here a query that does not parse
+        let bad_query = warp::test::request().path("/x?n=ten");
+        let numbers = warp::query::<HashMap<String, u32>>().map(|_| "ok");
+        assert_eq!(
+            answer(bad_query, numbers).await,
+            (400, "invalid_input".into(), "bad request".into())
+        );
+    }
 }
