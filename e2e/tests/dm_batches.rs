@@ -14,7 +14,7 @@ use common::{befriend, chat, open_dm, rpc, Chat};
 use e2e::client::Client;
 use e2e::spawn_app;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::producer::FutureRecord;
+use rdkafka::producer::{DeliveryFuture, FutureRecord};
 use rdkafka::Message as _;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -661,6 +661,12 @@ async fn sends_arriving_within_the_batch_wait_are_one_batch() {
     // The first is awaited: queued at once, a new producer's records arrived together (without
     // this await the test passed with the wait not wired; its topic metadata, presumably). The
     // rest are queued 40 ms apart and acknowledged later: their spacing is the sleeps'.
+    let published = async |ack: DeliveryFuture| {
+        ack.await
+            .expect("not cancelled")
+            .map_err(|(e, _)| e)
+            .expect("published");
+    };
     let mut acks = Vec::new();
     for i in 0..4u64 {
         let cmid = format!("w-{i}");
@@ -672,20 +678,14 @@ async fn sends_arriving_within_the_batch_wait_are_one_batch() {
             .map_err(|(e, _)| e)
             .expect("queued");
         if i == 0 {
-            ack.await
-                .expect("not cancelled")
-                .map_err(|(e, _)| e)
-                .expect("published");
+            published(ack).await;
         } else {
             acks.push(ack);
         }
         tokio::time::sleep(Duration::from_millis(40)).await;
     }
     for ack in acks {
-        ack.await
-            .expect("not cancelled")
-            .map_err(|(e, _)| e)
-            .expect("published");
+        published(ack).await;
     }
     let got = messages(&mut b, 4).await;
     let texts: Vec<&str> = got.iter().map(|m| m.3.as_str()).collect();

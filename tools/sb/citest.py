@@ -151,8 +151,8 @@ def disk_space() -> str:
     target = os.path.join(REPO, "target")
     free = shutil.disk_usage(REPO).free
     held = tree_bytes(target)
-    short = disk_shortfall(free, held, DISK_PEAK_GB * 10**9)
     gb = 10**9
+    short = disk_shortfall(free, held, DISK_PEAK_GB * gb)
     if short:
         raise SbError(f"{free / gb:.1f} GB free on the disk of {REPO} and {held / gb:.1f} GB in target/: "
                       f"a run writes up to {DISK_PEAK_GB} GB; free {short / gb:.1f} GB more and rerun")
