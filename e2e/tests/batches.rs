@@ -1,8 +1,8 @@
 //! The batched consumer loop (`runtime::consume::run_batched`) against the real Kafka of the
 //! shared stack, each test on its own topics and consumer groups: a poison record in a batch is
 //! dead-lettered alone, a transient failure retries only what failed and commits nothing before
-//! the batch is final, and a rebalance in the middle of a slow batch neither loses nor repeats a
-//! record.
+//! the batch is final, a rebalance in the middle of a slow batch neither loses nor repeats a
+//! record, and a record its handler holds ages in `sb_consumer_oldest_in_flight_seconds`.
 
 use futures::future::BoxFuture;
 use rdkafka::consumer::{Consumer, DefaultConsumerContext, StreamConsumer};
@@ -176,6 +176,7 @@ impl BatchHandler for Probe {
 struct Running {
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
+    metrics: Metrics,
 }
 
 impl Running {
@@ -207,10 +208,14 @@ fn start(t: &Topics, handler: Arc<Probe>, lanes: usize, batch: BatchSettings) ->
         handler,
         publisher,
         settings,
-        metrics,
+        metrics.clone(),
         stop.clone(),
     ));
-    Running { stop, task }
+    Running {
+        stop,
+        task,
+        metrics,
+    }
 }
 
 /// Wait (at most 60 s) until `done` holds for the log.
@@ -325,6 +330,36 @@ async fn a_poison_record_in_a_batch_is_dead_lettered_alone() {
     };
     assert_eq!(high - low, 1, "only the poison record is dead-lettered");
     assert_eq!(committed(&t, 1), vec![Some(6)], "every offset finished");
+}
+
+/// A handler that hangs shows in `sb_consumer_oldest_in_flight_seconds` (what
+/// SwitchboardConsumerStuck watches): it grows while the record is held, and is 0 again once
+/// the record is finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_held_by_its_handler_ages_in_the_oldest_in_flight_gauge() {
+    use runtime::metrics::sample;
+    let t = topics(1).await;
+    let probe = Arc::new(Probe::new("a", &Arc::new(Mutex::new(Log::default()))));
+    *probe.slow_first.lock().unwrap() = Some(Duration::from_secs(6));
+    let log = probe.log.clone();
+    let running = start(&t, probe.clone(), 1, batch(64, 0));
+    let oldest = |m: &Metrics| sample(&m.render(), "sb_consumer_oldest_in_flight_seconds");
+    assert_eq!(oldest(&running.metrics), Some(0.0), "nothing in flight yet");
+    produce(&t, &[(0, "k".to_string(), "held".to_string())]).await;
+    probe.started.notified().await;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let held = oldest(&running.metrics).expect("the gauge");
+    assert!(
+        (2.5..6.0).contains(&held),
+        "held for {held} s while the handler sleeps"
+    );
+    until(&log, "the held record is handled", |l| l.handled.len() == 1).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while oldest(&running.metrics) != Some(0.0) {
+        assert!(tokio::time::Instant::now() < deadline, "back to 0");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -125,7 +125,9 @@ async fn one_dm_shows_in_the_histograms_of_the_edge_and_the_worker() {
     // (the reply can reach the edge a moment before the worker marks its batch finished)
     eventually("nothing in flight in worker-dms", || async {
         let (_, text) = scrape(dms).await;
-        (sample(&text, "sb_consumer_records_in_flight") == Some(0.0)).then_some(())
+        let idle = sample(&text, "sb_consumer_records_in_flight") == Some(0.0)
+            && sample(&text, "sb_consumer_oldest_in_flight_seconds") == Some(0.0);
+        idle.then_some(())
     })
     .await;
     assert!(total(&worker, "sb_kafka_produce_duration_seconds_count") >= 1.0);

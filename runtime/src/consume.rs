@@ -20,7 +20,7 @@ use rdkafka::consumer::{
 use rdkafka::message::{Headers, Message};
 use rdkafka::statistics::Statistics;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -203,17 +203,19 @@ pub struct OffsetTracker {
 
 #[derive(Default, Debug)]
 struct Part {
-    in_flight: BTreeSet<i64>,
+    /// Each offset in flight, with when it was taken from Kafka.
+    in_flight: BTreeMap<i64, Instant>,
     highest_done: Option<i64>,
 }
 
 impl OffsetTracker {
-    pub fn start(&mut self, topic: &str, partition: i32, offset: i64) {
+    /// `offset` was taken from Kafka `at`.
+    pub fn start(&mut self, topic: &str, partition: i32, offset: i64, at: Instant) {
         self.parts
             .entry((topic.to_string(), partition))
             .or_default()
             .in_flight
-            .insert(offset);
+            .insert(offset, at);
     }
 
     /// Mark `offset` finished; returns the offset whose successor is now safe to commit from
@@ -221,19 +223,26 @@ impl OffsetTracker {
     /// in flight (its partition was revoked and forgotten meanwhile) changes nothing.
     pub fn finish(&mut self, topic: &str, partition: i32, offset: i64) -> Option<i64> {
         let p = self.parts.get_mut(&(topic.to_string(), partition))?;
-        if !p.in_flight.remove(&offset) {
-            return None;
-        }
+        p.in_flight.remove(&offset)?;
         p.highest_done = Some(p.highest_done.map_or(offset, |h| h.max(offset)));
-        match p.in_flight.first() {
-            Some(&lowest) if lowest <= offset => None,
-            Some(&lowest) => Some(lowest - 1),
+        match p.in_flight.first_key_value() {
+            Some((&lowest, _)) if lowest <= offset => None,
+            Some((&lowest, _)) => Some(lowest - 1),
             None => p.highest_done,
         }
     }
 
     pub fn in_flight(&self) -> usize {
         self.parts.values().map(|p| p.in_flight.len()).sum()
+    }
+
+    /// When the oldest record still in flight was taken from Kafka (`None`: nothing is). A
+    /// partition's records are taken in offset order, so its lowest offset is its oldest.
+    pub fn oldest_start(&self) -> Option<Instant> {
+        self.parts
+            .values()
+            .filter_map(|p| p.in_flight.first_key_value().map(|(_, &at)| at))
+            .min()
     }
 
     /// Records in flight on these partitions.
@@ -272,8 +281,21 @@ impl Shared {
 
     /// A record was dispatched to a lane.
     pub fn start(&self, record: &Inbound) {
+        self.tracker().start(
+            &record.topic,
+            record.partition,
+            record.offset,
+            Instant::now(),
+        );
+    }
+
+    /// How long the oldest record in flight has been waiting in its lane or in its handler
+    /// (zero when none is). A handler that never finishes makes it grow without bound, while
+    /// `sb_consumer_lag` stops moving (its statistics arrive only while the loop polls).
+    pub fn oldest_in_flight(&self, now: Instant) -> Duration {
         self.tracker()
-            .start(&record.topic, record.partition, record.offset);
+            .oldest_start()
+            .map_or(Duration::ZERO, |at| now.saturating_duration_since(at))
     }
 
     /// A batch is final: mark its records finished and `store` (topic, partition, offset) for
@@ -736,10 +758,17 @@ pub async fn run_batched(
     let _ = shared.metrics.set(metrics.clone());
     // what waits in the lanes or is being handled, read when scraped (weak: the consumer's
     // context owns `shared`)
-    let in_flight = (Arc::downgrade(&shared), metrics.consumer_in_flight.clone());
+    let scraped = (
+        Arc::downgrade(&shared),
+        metrics.consumer_in_flight.clone(),
+        metrics.consumer_oldest_in_flight.clone(),
+    );
     metrics.on_scrape(move || {
-        if let Some(s) = in_flight.0.upgrade() {
-            in_flight.1.set(s.in_flight() as i64);
+        if let Some(s) = scraped.0.upgrade() {
+            scraped.1.set(s.in_flight() as i64);
+            scraped
+                .2
+                .set(s.oldest_in_flight(Instant::now()).as_secs_f64());
         }
     });
     shared.revoke_wait_ms.store(
@@ -937,7 +966,7 @@ mod tests {
     fn only_a_contiguous_prefix_is_committed() {
         let mut t = OffsetTracker::default();
         for o in 10..14 {
-            t.start("t", 0, o);
+            t.start("t", 0, o, Instant::now());
         }
         assert_eq!(t.in_flight(), 4);
         assert_eq!(t.finish("t", 0, 12), None, "10 and 11 still running");
@@ -1080,6 +1109,20 @@ mod tests {
         let (b, bound) = c.next().await.unwrap();
         assert_eq!((offsets(&b), bound), (vec![0, 1], Bound::Wait));
         assert_eq!(started.elapsed(), Duration::ZERO);
+
+        // The lane closed while its batch waits for more: the batch ends then, not at the wait.
+        let (tx, rx) = mpsc::channel(16);
+        let mut c = Collector::new(rx, settings(100, 1 << 20, 1_000));
+        tx.send(rec(0, "a", "x")).await.unwrap();
+        let closer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            drop(tx);
+        });
+        let started = tokio::time::Instant::now();
+        let (b, bound) = c.next().await.unwrap();
+        assert_eq!((offsets(&b), bound), (vec![0], Bound::Closed));
+        assert!(started.elapsed() < Duration::from_millis(1_000));
+        closer.await.unwrap();
         assert_eq!(
             [Bound::Records, Bound::Bytes, Bound::Wait, Bound::Closed].map(Bound::as_str),
             ["records", "bytes", "wait", "closed"]
@@ -1387,18 +1430,52 @@ mod tests {
         );
     }
 
+    /// The age of the oldest record in flight: of the partitions' lowest offsets, the one taken
+    /// first; a finished record no longer counts, and with nothing in flight it is zero.
+    #[test]
+    fn the_oldest_record_in_flight_is_the_first_taken_of_any_partition() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut t = OffsetTracker::default();
+        assert_eq!(t.oldest_start(), None);
+        t.start("t", 0, 5, at(10));
+        t.start("t", 1, 7, at(20));
+        t.start("t", 0, 6, at(30));
+        assert_eq!(t.oldest_start(), Some(at(10)));
+        assert_eq!(t.finish("t", 0, 5), Some(5));
+        assert_eq!(
+            t.oldest_start(),
+            Some(at(20)),
+            "partition 1's record is now the oldest"
+        );
+        t.finish("t", 1, 7);
+        assert_eq!(t.oldest_start(), Some(at(30)));
+        t.finish("t", 0, 6);
+        assert_eq!(t.oldest_start(), None);
+
+        let s = Shared::default();
+        let now = Instant::now();
+        assert_eq!(s.oldest_in_flight(now), Duration::ZERO, "nothing in flight");
+        let r = rec(1, "k", "x");
+        s.start(&r);
+        let waited = s.oldest_in_flight(now + Duration::from_secs(90));
+        assert!(waited > Duration::from_secs(89), "{waited:?}");
+        s.finish(std::slice::from_ref(&r), |_, _, _| {});
+        assert_eq!(s.oldest_in_flight(Instant::now()), Duration::ZERO);
+    }
+
     #[test]
     fn revoked_and_unknown_offsets_are_forgotten() {
         let mut t = OffsetTracker::default();
-        t.start("t", 0, 5);
-        t.start("t", 1, 7);
+        t.start("t", 0, 5, Instant::now());
+        t.start("t", 1, 7, Instant::now());
         let p0 = [("t".to_string(), 0)];
         assert_eq!(t.in_flight_of(&p0), 1);
         t.forget("t", 0);
         assert_eq!(t.in_flight_of(&p0), 0);
         assert_eq!(t.finish("t", 0, 5), None, "late finish of a revoked record");
         // Assigned again, from the committed offset 3: the old record 5 must not count as done.
-        t.start("t", 0, 3);
+        t.start("t", 0, 3, Instant::now());
         assert_eq!(t.finish("t", 0, 5), None, "not in flight");
         assert_eq!(t.finish("t", 0, 3), Some(3));
         assert_eq!(t.in_flight(), 1);

@@ -282,6 +282,7 @@ pub struct Inner {
     pub consumer_lag: Family<Labels, Gauge>,
     pub consumer_prefetched: Family<Labels, Gauge>,
     pub consumer_in_flight: Gauge,
+    pub consumer_oldest_in_flight: FloatGauge,
     // edges
     pub ws_connections: Gauge,
     pub ws_connections_opened: Counter,
@@ -396,11 +397,17 @@ impl Metrics {
         let consumer_lag: Family<Labels, Gauge> = Family::default();
         let consumer_prefetched: Family<Labels, Gauge> = Family::default();
         let consumer_in_flight = Gauge::default();
+        let consumer_oldest_in_flight = FloatGauge::default();
         if consumes {
             r.register(
                 "sb_consumer_records_in_flight",
                 "Records handed to the consumer loop's lanes and not finished yet: queued in a lane or being handled (at scrape time)",
                 consumer_in_flight.clone(),
+            );
+            r.register(
+                "sb_consumer_oldest_in_flight_seconds",
+                "How long the oldest record in flight in the consumer loop has waited in its lane or its handler, 0 when none is (at scrape time): it grows without bound while a handler hangs",
+                consumer_oldest_in_flight.clone(),
             );
             r.register(
                 "sb_records_consumed",
@@ -685,6 +692,7 @@ impl Metrics {
             consumer_lag,
             consumer_prefetched,
             consumer_in_flight,
+            consumer_oldest_in_flight,
             ws_connections,
             ws_connections_opened,
             ws_handshakes_refused,
