@@ -206,6 +206,43 @@ async fn a_revocation_too_few_replicas_confirm_is_unavailable_and_counted() {
     app.stop().await;
 }
 
+/// A session whose account only the database knows is deleted (the revocation of the deletion
+/// lost with a Redis master, say) lets nobody in: the WebSocket handshake with its token is
+/// refused `401`, the session is revoked on the spot (gone from the replicas too), and the token
+/// is refused over HTTP from then on.
+#[tokio::test]
+async fn a_session_of_an_account_deleted_in_the_database_is_refused_and_revoked() {
+    let app = spawn_app().await;
+    let (user, name) = signup(&app, 0).await;
+    let (token, sid) = login(&app, 0, &name).await;
+    for k in keys(&app, &token, &sid) {
+        common::eventually(&format!("{k} on its replica"), || async {
+            on_replica(&app, &k).await.then_some(())
+        })
+        .await;
+    }
+    let shards = workers::db::Shards::connect(&app.database).unwrap();
+    workers::users::store::mark_deleted(&shards, user, runtime::now_ms())
+        .await
+        .unwrap();
+
+    assert_eq!(
+        e2e::client::connect(&app.ws_url(0), Some(&token), None)
+            .await
+            .err(),
+        Some(401),
+        "the handshake is refused"
+    );
+    for k in keys(&app, &token, &sid) {
+        assert!(!on_replica(&app, &k).await, "{k} still on the replica");
+    }
+    assert_eq!(
+        app.http(1).get("/api/v1/users/me", Some(&token)).await.0,
+        401
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn with_no_replicas_asked_for_a_revocation_does_not_wait() {
     // `revocation_replicas = 0` (a cluster without replicas): done once the masters have it.
