@@ -235,4 +235,68 @@ mod tests {
         assert_eq!(c.max_message_size, Some(64 * 1024));
         assert_eq!(c.max_frame_size, Some(64 * 1024));
     }
+
+    /// A well-formed upgrade that carries a session token.
+    fn offer() -> HeaderMap {
+        h(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("sec-websocket-protocol", "switchboard.v1, auth.some-token"),
+        ])
+    }
+
+    /// The status of a refused handshake, checking that the edge counted it under `code`.
+    async fn refused(edge: &Arc<Edge>, headers: HeaderMap, code: ErrorCode) -> u16 {
+        let on_upgrade = Some(warp::hyper::upgrade::on(warp::http::Request::new(())));
+        let r = upgrade(
+            edge.clone(),
+            CancellationToken::new(),
+            headers,
+            None,
+            on_upgrade,
+        )
+        .await
+        .expect("answered");
+        let counted = edge.metrics.ws_handshakes_refused.get(code.as_str()).get();
+        assert_eq!(counted, 1, "counted as {code:?}");
+        r.status().as_u16()
+    }
+
+    /// What is not an upgrade, and an upgrade to an edge at its connection cap, are refused with
+    /// their typed error before any session check.
+    #[tokio::test]
+    async fn a_request_that_is_no_upgrade_and_an_edge_that_is_full_are_refused() {
+        let edge = Edge::for_tests(Default::default());
+        let plain = h(&[("sec-websocket-protocol", "auth.some-token")]);
+        assert_eq!(refused(&edge, plain, ErrorCode::InvalidInput).await, 400);
+        let full = Edge::for_tests(crate::EdgeSettings {
+            max_connections: 0,
+            ..Default::default()
+        });
+        assert_eq!(refused(&full, offer(), ErrorCode::Unavailable).await, 503);
+        assert_eq!(edge.hub.len() + full.hub.len(), 0);
+    }
+
+    /// A session check that cannot be published is refused `unavailable`; the check may have
+    /// reached Kafka all the same, so the edge also announces the connection abandoned (so that a
+    /// late check cannot leave it in the registry): two publishes, both failed here, where no
+    /// broker answers. Real time: librdkafka's own timers.
+    #[tokio::test]
+    async fn a_session_check_that_cannot_be_published_is_refused_and_the_connection_abandoned() {
+        let kafka = runtime::KafkaSettings {
+            brokers: "127.0.0.1:1".into(),
+            message_timeout_ms: 100,
+            ..Default::default()
+        };
+        let edge = Edge::for_tests_with(Default::default(), &kafka);
+        assert_eq!(refused(&edge, offer(), ErrorCode::Unavailable).await, 503);
+        assert_eq!(
+            edge.metrics.publish_failures.get(),
+            2,
+            "the check and the abandon"
+        );
+        assert_eq!(edge.hub.len(), 0, "no connection registered");
+    }
 }
