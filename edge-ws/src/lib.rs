@@ -83,6 +83,18 @@ impl Edge {
         })
     }
 
+    /// [`Edge::for_tests`] with no broker at its address: every publish fails once
+    /// `message_timeout_ms` has passed (real time: librdkafka's own timers).
+    #[cfg(test)]
+    pub(crate) fn without_broker(message_timeout_ms: u64) -> Arc<Edge> {
+        let kafka = runtime::KafkaSettings {
+            brokers: "127.0.0.1:1".into(),
+            message_timeout_ms,
+            ..Default::default()
+        };
+        Edge::for_tests_with(Default::default(), &kafka)
+    }
+
     /// Publish an edge event to the presence topic under its key ([`EdgeEvent::key`]: the edge
     /// for `started` and heartbeats, the connection for `connected` / `disconnected`).
     pub async fn emit(&self, event: EdgeEvent) {

@@ -285,12 +285,7 @@ mod tests {
     /// broker answers. Real time: librdkafka's own timers.
     #[tokio::test]
     async fn a_session_check_that_cannot_be_published_is_refused_and_the_connection_abandoned() {
-        let kafka = runtime::KafkaSettings {
-            brokers: "127.0.0.1:1".into(),
-            message_timeout_ms: 100,
-            ..Default::default()
-        };
-        let edge = Edge::for_tests_with(Default::default(), &kafka);
+        let edge = Edge::without_broker(100);
         assert_eq!(refused(&edge, offer(), ErrorCode::Unavailable).await, 503);
         assert_eq!(
             edge.metrics.publish_failures.get(),

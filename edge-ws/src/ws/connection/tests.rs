@@ -345,12 +345,7 @@ async fn next_text(out: &mut fmpsc::UnboundedReceiver<Message>) -> String {
 /// `unavailable` for that frame's `rid`, through the hub. Real time: librdkafka's own timers.
 #[tokio::test]
 async fn a_publish_waiting_for_the_broker_does_not_hold_the_socket() {
-    let kafka = runtime::KafkaSettings {
-        brokers: "127.0.0.1:1".into(),
-        message_timeout_ms: 200,
-        ..Default::default()
-    };
-    let edge = Edge::for_tests_with(Default::default(), &kafka);
+    let edge = Edge::without_broker(200);
     let mut peer = start_on(edge.clone());
     edge.hub.register(
         1,
