@@ -387,8 +387,10 @@ pub struct LoopContext {
 }
 
 impl ClientContext for LoopContext {
-    /// librdkafka's statistics (every `statistics.interval.ms`, on its own thread): the lag of
-    /// each assigned partition, and what the consumer holds fetched.
+    /// librdkafka's statistics (every `statistics.interval.ms`): the lag of each assigned
+    /// partition, and what the consumer holds fetched. They arrive on the consumer's queue, so
+    /// only while the loop polls: a loop blocked on a full lane reports none
+    /// ([`Shared::oldest_in_flight`] shows that instead).
     fn stats(&self, statistics: Statistics) {
         if let Some(m) = self.shared.metrics.get() {
             record_lag(&m.consumer_lag, &self.group, &statistics);
