@@ -339,9 +339,9 @@ async fn a_poison_record_in_a_batch_is_dead_lettered_alone() {
 async fn a_record_held_by_its_handler_ages_in_the_oldest_in_flight_gauge() {
     use runtime::metrics::sample;
     let t = topics(1).await;
-    let probe = Arc::new(Probe::new("a", &Arc::new(Mutex::new(Log::default()))));
+    let log = Arc::new(Mutex::new(Log::default()));
+    let probe = Arc::new(Probe::new("a", &log));
     *probe.slow_first.lock().unwrap() = Some(Duration::from_secs(6));
-    let log = probe.log.clone();
     let running = start(&t, probe.clone(), 1, batch(64, 0));
     let oldest = |m: &Metrics| sample(&m.render(), "sb_consumer_oldest_in_flight_seconds");
     assert_eq!(oldest(&running.metrics), Some(0.0), "nothing in flight yet");

@@ -281,12 +281,9 @@ impl Shared {
 
     /// A record was dispatched to a lane.
     pub fn start(&self, record: &Inbound) {
-        self.tracker().start(
-            &record.topic,
-            record.partition,
-            record.offset,
-            Instant::now(),
-        );
+        let at = Instant::now();
+        self.tracker()
+            .start(&record.topic, record.partition, record.offset, at);
     }
 
     /// How long the oldest record in flight has been waiting in its lane or in its handler
