@@ -53,6 +53,9 @@ struct Peer {
     reads: Arc<AtomicUsize>,
     ended: tokio::task::JoinHandle<Option<u16>>,
     queue: mpsc::Sender<Outbound>,
+    /// The connection's own kill switch (a full queue, a revocation) and the edge's shutdown.
+    kill: CancellationToken,
+    stop: CancellationToken,
 }
 
 fn start(idle_timeout_ms: u64) -> Peer {
@@ -84,14 +87,8 @@ fn start_on(edge: Arc<Edge>) -> Peer {
         session_id: "s".into(),
         peer: None,
     };
-    let ended = tokio::spawn(drive(
-        edge,
-        ctx,
-        socket,
-        queued,
-        CancellationToken::new(),
-        CancellationToken::new(),
-    ));
+    let (kill, stop) = (CancellationToken::new(), CancellationToken::new());
+    let ended = tokio::spawn(drive(edge, ctx, socket, queued, kill.clone(), stop.clone()));
     Peer {
         tx,
         out,
@@ -99,6 +96,34 @@ fn start_on(edge: Arc<Edge>) -> Peer {
         reads,
         ended,
         queue,
+        kill,
+        stop,
+    }
+}
+
+/// A connection's kill switch (its queue filled up) and the edge's shutdown each end it with
+/// their own close code, however many frames it has written before.
+#[tokio::test(start_paused = true)]
+async fn a_killed_connection_and_a_stopping_edge_close_after_any_number_of_turns() {
+    for (stopping, code) in [
+        (false, close_code::TOO_SLOW),
+        (true, close_code::GOING_AWAY),
+    ] {
+        let mut p = start(60_000);
+        for i in 0..20 {
+            p.queue
+                .send(Outbound::Text(format!("f{i}").into()))
+                .await
+                .unwrap();
+            assert_eq!(next_text(&mut p.out).await, format!("f{i}"));
+        }
+        if stopping {
+            p.stop.cancel();
+        } else {
+            p.kill.cancel();
+        }
+        assert_eq!(until_close(&mut p.out).await, (code, 0));
+        assert_eq!(p.ended.await.unwrap(), Some(code));
     }
 }
 
