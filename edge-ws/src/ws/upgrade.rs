@@ -23,14 +23,20 @@ use warp::hyper::upgrade::OnUpgrade;
 use warp::reply::Response;
 use warp::Rejection;
 
+/// Frames written to a socket gather up to this many bytes before they go to it; a flush sends
+/// them at once.
+const WRITE_BUFFER: usize = 4 * 1024;
+
 /// The WebSocket settings of every connection: messages and frames up to `max_frame` (a larger
 /// one closes the connection with 1009), a 4 KiB read buffer (tungstenite's 128 KiB default
-/// costs ~135 KiB of memory per idle connection) and writes that go straight to the socket.
+/// costs ~135 KiB of memory per idle connection) and a 4 KiB write buffer: frames queued
+/// together go out in one write when the connection flushes ([`WRITE_BUFFER`]; with none, each
+/// frame was a write of its own).
 pub fn ws_config(max_frame: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
-        .max_write_buffer_size(max_frame * 4)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(WRITE_BUFFER + max_frame * 4)
         .max_message_size(Some(max_frame))
         .max_frame_size(Some(max_frame))
 }

@@ -456,3 +456,83 @@ fn a_frame_carries_the_time_its_edge_stops_waiting() {
     assert!(!env.expired(env.sent_at_ms + 1_500));
     assert!(env.expired(env.sent_at_ms + 1_501));
 }
+
+/// One end of an in-memory stream that counts the writes reaching it (the socket's `write`s).
+struct Counted {
+    inner: tokio::io::DuplexStream,
+    writes: Arc<AtomicUsize>,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Frames queued for a socket while it was busy reach it in one write, through the WebSocket
+/// settings every connection gets ([`ws_config`]), not one write per frame.
+#[tokio::test(start_paused = true)]
+async fn frames_queued_together_reach_the_socket_in_one_write() {
+    let (ours, theirs) = tokio::io::duplex(1 << 20);
+    let writes = Arc::new(AtomicUsize::new(0));
+    let edge = Edge::for_tests(EdgeSettings::default());
+    let socket = WebSocketStream::from_raw_socket(
+        Counted {
+            inner: ours,
+            writes: writes.clone(),
+        },
+        Role::Server,
+        Some(ws_config(edge.settings.max_frame_bytes)),
+    )
+    .await;
+    let (queue, queued) = mpsc::channel(64);
+    for i in 0..20 {
+        queue
+            .try_send(Outbound::Text(format!("frame {i}").into()))
+            .unwrap();
+    }
+    let ctx = ConnCtx {
+        conn: 1,
+        user_id: Id(1),
+        session_id: "s".into(),
+        peer: None,
+    };
+    let stop = CancellationToken::new();
+    let ended = tokio::spawn(drive(
+        edge,
+        ctx,
+        socket,
+        queued,
+        CancellationToken::new(),
+        stop.clone(),
+    ));
+    let mut client = WebSocketStream::from_raw_socket(theirs, Role::Client, None).await;
+    for i in 0..20 {
+        let m = client.next().await.unwrap().unwrap();
+        assert_eq!(m, Message::text(format!("frame {i}")));
+    }
+    assert_eq!(writes.load(Ordering::Relaxed), 1);
+    stop.cancel();
+    assert_eq!(ended.await.unwrap(), Some(close_code::GOING_AWAY));
+}
