@@ -295,17 +295,6 @@ pub struct BoundedBatch {
     drops: DropCounters,
 }
 
-impl std::fmt::Debug for Msg {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Msg::Span(_) => "Span",
-            Msg::Flush(_) => "Flush",
-            Msg::Stop(_) => "Stop",
-            Msg::Resource(_) => "Resource",
-        })
-    }
-}
-
 impl BoundedBatch {
     /// Start the export thread; `queue` spans at most wait for it; lost spans count in `drops`.
     pub fn new<E: SpanExporter + 'static>(
@@ -659,18 +648,49 @@ mod tests {
         provider.shutdown().unwrap();
     }
 
+    /// An exporter whose exports never finish: the thread takes one batch and stays there. Each
+    /// export it starts is told on its channel.
+    #[derive(Debug)]
+    struct Stuck(Mutex<mpsc::Sender<()>>);
+
+    impl Stuck {
+        fn new() -> (Stuck, mpsc::Receiver<()>) {
+            let (tx, rx) = mpsc::channel();
+            (Stuck(Mutex::new(tx)), rx)
+        }
+    }
+
+    impl SpanExporter for Stuck {
+        fn export(
+            &self,
+            _batch: Vec<SpanData>,
+        ) -> impl std::future::Future<Output = OTelSdkResult> + Send {
+            let _ = self.0.lock().unwrap().send(());
+            futures::future::pending()
+        }
+    }
+
+    /// A finished, sampled span, as an exporter is given it.
+    fn a_span() -> SpanData {
+        let kept = Kept::default();
+        let provider = with_processor(
+            BoundedBatch::new(kept.clone(), 4, DropCounters::default()).unwrap(),
+            "test",
+        );
+        end_spans(&provider, 1);
+        provider.shutdown().unwrap();
+        let span = kept.0.lock().unwrap().pop().unwrap();
+        assert!(span.span_context.is_sampled());
+        span
+    }
+
     #[test]
     fn a_full_queue_drops_and_counts_instead_of_waiting() {
-        // an exporter that never finishes: the thread takes one batch and stays there
-        #[derive(Debug)]
-        struct Stuck;
-        impl SpanExporter for Stuck {
-            async fn export(&self, _batch: Vec<SpanData>) -> OTelSdkResult {
-                futures::future::pending().await
-            }
-        }
         let drops = DropCounters::default();
-        let provider = with_processor(BoundedBatch::new(Stuck, 4, drops.clone()).unwrap(), "test");
+        let provider = with_processor(
+            BoundedBatch::new(Stuck::new().0, 4, drops.clone()).unwrap(),
+            "test",
+        );
         let t0 = Instant::now();
         end_spans(&provider, MAX_BATCH_SPANS + 100);
         assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
@@ -685,6 +705,98 @@ mod tests {
         let before = drops.queue_full.get();
         end_spans(&provider, 3);
         assert_eq!(drops.queue_full.get(), before);
+    }
+
+    #[test]
+    fn a_flush_waits_for_room_on_a_full_queue_up_to_its_deadline_only() {
+        let (stuck, exporting) = Stuck::new();
+        let drops = DropCounters::default();
+        let p = BoundedBatch::new(stuck, 2, drops.clone()).unwrap();
+        p.on_end(a_span());
+        // a flush sends the span to the exporter, which never answers
+        assert!(matches!(
+            p.ask(Msg::Flush, Duration::from_millis(10)),
+            Err(OTelSdkError::Timeout(_))
+        ));
+        exporting
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the export started");
+        // the thread is busy: two spans fill the queue, no room is left for a flush
+        p.on_end(a_span());
+        p.on_end(a_span());
+        assert_eq!(drops.queue_full.get(), 0);
+        let timeout = Duration::from_millis(150);
+        let t0 = Instant::now();
+        let r = p.ask(Msg::Flush, timeout);
+        let waited = t0.elapsed();
+        assert!(
+            matches!(r, Err(OTelSdkError::Timeout(t)) if t == timeout),
+            "{r:?}"
+        );
+        assert!(
+            waited >= timeout && waited < Duration::from_secs(2),
+            "{waited:?}"
+        );
+    }
+
+    #[test]
+    fn a_shut_down_processor_queues_nothing_and_says_so() {
+        let kept = Kept::default();
+        let drops = DropCounters::default();
+        let mut p = BoundedBatch::new(kept.clone(), 4, drops.clone()).unwrap();
+        let span = a_span();
+        // an unsampled span (the SDK does not end those through a provider) is not queued
+        let mut unsampled = span.clone();
+        unsampled.span_context = opentelemetry::trace::SpanContext::new(
+            span.span_context.trace_id(),
+            span.span_context.span_id(),
+            opentelemetry::trace::TraceFlags::default(),
+            false,
+            Default::default(),
+        );
+        p.on_end(unsampled);
+        p.force_flush().unwrap();
+        assert!(kept.0.lock().unwrap().is_empty());
+        p.on_end(span.clone());
+        p.force_flush().unwrap();
+        assert_eq!(kept.0.lock().unwrap().len(), 1);
+
+        p.shutdown().unwrap();
+        assert!(matches!(p.shutdown(), Err(OTelSdkError::AlreadyShutdown)));
+        assert!(matches!(
+            p.force_flush(),
+            Err(OTelSdkError::AlreadyShutdown)
+        ));
+        // a span ended after the shutdown is not queued, so not counted as a full queue either
+        p.on_end(span);
+        assert_eq!(drops.queue_full.get(), 0);
+        // a resource that cannot reach the exporter is counted as a failed export
+        p.set_resource(&Resource::builder_empty().with_service_name("late").build());
+        assert_eq!(drops.export_failed.get(), 1);
+        assert_eq!(kept.0.lock().unwrap().len(), 1);
+        assert_eq!(kept.1.lock().unwrap().as_deref(), None);
+    }
+
+    #[test]
+    fn spans_queued_when_the_processor_is_dropped_are_still_exported() {
+        let kept = Kept::default();
+        let p = BoundedBatch::new(kept.clone(), 4, DropCounters::default()).unwrap();
+        p.on_end(a_span());
+        let thread = p.thread.lock().unwrap().take().unwrap();
+        drop(p);
+        // the thread exports what it holds as soon as the queue is closed, not at its interval
+        thread.join().unwrap();
+        assert_eq!(kept.0.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_carrier_lists_the_headers_it_holds() {
+        let c = Carrier(vec![
+            ("traceparent".into(), "00-x".into()),
+            ("tracestate".into(), "a=b".into()),
+        ]);
+        assert_eq!(c.keys(), ["traceparent", "tracestate"]);
+        assert!(Carrier::default().keys().is_empty());
     }
 
     #[test]
