@@ -286,6 +286,74 @@ pub(crate) mod tests {
         assert_eq!(Chain(&io()).to_string(), "connection refused");
     }
 
+    #[tokio::test]
+    async fn spans_that_could_not_be_flushed_on_exit_are_logged() {
+        let buf = Buf::default();
+        let out = buf.clone();
+        let sub = subscriber(
+            LogFormat::Text,
+            EnvFilter::new("warn"),
+            move || out.clone(),
+            None,
+        );
+        let _default = tracing::subscriber::set_default(sub);
+        let text = || String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let provider = SdkTracerProvider::builder().build();
+        Telemetry {
+            provider: Some(provider.clone()),
+        }
+        .shutdown()
+        .await;
+        assert_eq!(text(), "", "a clean shutdown logs nothing");
+        // the provider is shut down already: its shutdown fails, and the exit says so
+        Telemetry {
+            provider: Some(provider),
+        }
+        .shutdown()
+        .await;
+        let text = text();
+        assert!(
+            text.contains("WARN") && text.contains("spans not flushed"),
+            "{text}"
+        );
+        assert!(text.contains("already"), "the error is shown: {text}");
+    }
+
+    /// A binary given a bad `[trace]` section exits with the configuration code and says why.
+    /// `exit` ends the process: the test runs itself again in a child process that calls it.
+    #[test]
+    fn init_or_exit_exits_with_the_configuration_code() {
+        const CHILD: &str = "SB_TEST_INIT_OR_EXIT_CHILD";
+        if std::env::var_os(CHILD).is_some() {
+            let bad = TraceSettings {
+                otlp_endpoint: Some("http://127.0.0.1:1/v1/traces".into()),
+                sample_ratio: 2.0,
+                ..Default::default()
+            };
+            let _ = init_or_exit("test", &LogSettings::default(), &bad);
+            unreachable!("init_or_exit returned");
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "telemetry::tests::init_or_exit_exits_with_the_configuration_code",
+                "--nocapture",
+            ])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(crate::settings::EXIT_CONFIG),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains("configuration error: trace.sample_ratio must be between 0 and 1"),
+            "{stderr}"
+        );
+    }
+
     #[test]
     fn init_refuses_a_bad_trace_section_and_installs_once() {
         let bad = TraceSettings {
