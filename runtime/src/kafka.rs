@@ -455,6 +455,25 @@ mod tests {
         assert!(during.await.unwrap(), "another task ran during the flush");
     }
 
+    /// Readiness against a cluster that does not answer: an error from librdkafka, within the
+    /// check's timeout.
+    #[tokio::test]
+    async fn an_unreachable_cluster_is_not_reachable() {
+        let s = KafkaSettings {
+            brokers: "127.0.0.1:1".into(),
+            ..Default::default()
+        };
+        let p = Publisher::new(&s, Metrics::default()).unwrap();
+        let t0 = std::time::Instant::now();
+        let e = p.reachable().await.expect_err("nothing listens on port 1");
+        assert!(
+            t0.elapsed() < crate::health::CHECK_TIMEOUT + Duration::from_secs(2),
+            "{:?}",
+            t0.elapsed()
+        );
+        assert!(e.contains("Meta data fetch error"), "{e}");
+    }
+
     /// A queued record that fails later is told to its `on_failure` (once, with its topic) and
     /// counted; one refused at once (larger than `message.max.bytes`) is the `Err` of `enqueue`
     /// and its `on_failure` never runs.
