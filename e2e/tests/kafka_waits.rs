@@ -1,6 +1,6 @@
 //! Waits on Kafka that librdkafka makes blocking (the edge's watermark query at start-up, the
 //! producer's flush at shutdown) against the real broker: they leave the async runtime free for
-//! other tasks, and keep doing what they did.
+//! other tasks, and keep doing what they did. And a topic the broker refuses to create.
 
 use e2e::{stack, unique};
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -89,4 +89,36 @@ async fn a_flush_delivers_what_is_queued() {
     for send in sends {
         send.await.expect("delivered");
     }
+}
+
+/// A topic the broker refuses (more replicas than it has brokers) is a configuration error
+/// naming the topic and the broker's reason, and leaves no topic behind.
+#[tokio::test]
+async fn a_topic_the_broker_refuses_is_a_configuration_error() {
+    runtime::telemetry::init_for_tests();
+    let mut kafka = kafka();
+    kafka.replication_factor = 100;
+    let topic = format!("{}.refused.v1", kafka.topic_prefix);
+    let e = ensure_topics(&kafka, std::slice::from_ref(&topic), 1, None)
+        .await
+        .expect_err("100 replicas");
+    match &e {
+        runtime::Error::Config(m) => {
+            assert!(m.contains(&format!("creating topic {topic}")), "{m}");
+            assert!(m.contains("replication factor"), "{m}");
+        }
+        other => panic!("not a configuration error: {other:?}"),
+    }
+    let reader: StreamConsumer =
+        runtime::kafka::consumer(&kafka, &format!("{}.reader", kafka.topic_prefix), false).unwrap();
+    let metadata =
+        tokio::task::spawn_blocking(move || reader.fetch_metadata(None, Duration::from_secs(10)))
+            .await
+            .unwrap()
+            .unwrap();
+    assert!(!metadata.brokers().is_empty());
+    assert!(
+        metadata.topics().iter().all(|t| t.name() != topic),
+        "{topic} was not created"
+    );
 }
