@@ -190,16 +190,35 @@ impl Running {
 }
 
 fn start(t: &Topics, handler: Arc<Probe>, lanes: usize, batch: BatchSettings) -> Running {
+    start_with(
+        t,
+        handler,
+        lanes,
+        batch,
+        &[&t.input],
+        Duration::from_secs(10),
+    )
+}
+
+/// [`start`], subscribed to `topics`, draining at most `drain_timeout` when stopped.
+fn start_with(
+    t: &Topics,
+    handler: Arc<Probe>,
+    lanes: usize,
+    batch: BatchSettings,
+    topics: &[&str],
+    drain_timeout: Duration,
+) -> Running {
     let consumer: LoopConsumer =
         runtime::kafka::consumer(&t.kafka, &t.group, false).expect("consumer");
-    consumer.subscribe(&[&t.input]).expect("subscribe");
+    consumer.subscribe(topics).expect("subscribe");
     let metrics = Metrics::default();
     let publisher = Publisher::new(&t.kafka, metrics.clone()).expect("publisher");
     let settings = LoopSettings {
         lanes,
         lane_capacity: 64,
         dead_letter_topic: t.dead_letter.clone(),
-        drain_timeout: Duration::from_secs(10),
+        drain_timeout,
         batch,
     };
     let stop = CancellationToken::new();
@@ -215,6 +234,43 @@ fn start(t: &Topics, handler: Arc<Probe>, lanes: usize, batch: BatchSettings) ->
         stop,
         task,
         metrics,
+    }
+}
+
+/// The JSON log lines (warnings and above) written on this thread while the guard of
+/// [`Lines::capture`] lives: in a current-thread test, the loop's too.
+#[derive(Clone, Default)]
+struct Lines(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Lines {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Lines {
+    fn capture(&self) -> tracing::subscriber::DefaultGuard {
+        let out = self.clone();
+        tracing::subscriber::set_default(runtime::telemetry::subscriber(
+            runtime::LogFormat::Json,
+            tracing_subscriber::EnvFilter::new("warn"),
+            move || out.clone(),
+            None,
+        ))
+    }
+
+    /// The lines whose message is `message`.
+    fn with_message(&self, message: &str) -> Vec<serde_json::Value> {
+        String::from_utf8(self.0.lock().unwrap().clone())
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["message"] == message)
+            .collect()
     }
 }
 
@@ -529,4 +585,83 @@ async fn a_rebalance_in_the_middle_of_a_batch_loses_and_repeats_nothing() {
         l.handled
     );
     assert_eq!(committed(&t, 2), vec![Some(24), Some(24)]);
+}
+
+/// A batch its handler still holds when the drain time is up is given up on: the loop stops at
+/// its drain timeout and says so, commits nothing of the batch, and the group's next consumer
+/// handles the record.
+#[tokio::test]
+async fn a_batch_held_past_the_drain_time_is_left_to_the_next_consumer() {
+    let t = topics(1).await;
+    let log = Arc::new(Mutex::new(Log::default()));
+    let stuck = Arc::new(Probe::new("stuck", &log));
+    *stuck.slow_first.lock().unwrap() = Some(Duration::from_secs(600));
+    let started = stuck.started.clone();
+    let lines = Lines::default();
+    let _capture = lines.capture();
+    let drain = Duration::from_millis(500);
+    let a = start_with(&t, stuck, 1, batch(64, 0), &[&t.input], drain);
+    produce(&t, &[(0, "k".into(), "held".into())]).await;
+    tokio::time::timeout(Duration::from_secs(60), started.notified())
+        .await
+        .expect("the handler took the record");
+
+    let t0 = std::time::Instant::now();
+    a.stop().await;
+    let took = t0.elapsed();
+    assert!(
+        took >= drain && took < Duration::from_secs(20),
+        "stopped after {took:?}"
+    );
+    let warned = lines.with_message("drain timed out; unfinished records will be redelivered");
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert_eq!(warned[0]["in_flight"], 1);
+    assert_eq!(committed(&t, 1), [None], "nothing of the batch committed");
+    assert!(log.lock().unwrap().handled.is_empty());
+
+    let b = start(&t, Arc::new(Probe::new("next", &log)), 1, batch(64, 0));
+    until(&log, "the next consumer handled the held record", |l| {
+        !l.handled.is_empty()
+    })
+    .await;
+    b.stop().await;
+    assert_eq!(log.lock().unwrap().handled, [("next", "held".to_string())]);
+}
+
+/// An error the consumer reports (here: one of its subscribed topics does not exist) is logged
+/// and polling goes on: the records of the other topic are handled.
+#[tokio::test]
+async fn a_consumer_error_is_logged_and_polling_goes_on() {
+    let t = topics(1).await;
+    let missing = format!("{}.missing.v1", t.kafka.topic_prefix);
+    let log = Arc::new(Mutex::new(Log::default()));
+    let lines = Lines::default();
+    let _capture = lines.capture();
+    let a = start_with(
+        &t,
+        Arc::new(Probe::new("a", &log)),
+        1,
+        batch(64, 0),
+        &[&t.input, &missing],
+        Duration::from_secs(10),
+    );
+    produce(&t, &[(0, "k".into(), "r0".into())]).await;
+    until(&log, "the record of the existing topic is handled", |l| {
+        l.handled.len() == 1
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let warned = loop {
+        let warned = lines.with_message("consumer error");
+        if !warned.is_empty() || tokio::time::Instant::now() > deadline {
+            break warned;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    a.stop().await;
+    assert!(!warned.is_empty(), "the error was logged");
+    let error = warned[0]["error"].as_str().unwrap();
+    // (rdkafka's error keeps the broker's code, not the topic's name)
+    assert!(error.contains("Unknown topic or partition"), "{error}");
+    assert_eq!(log.lock().unwrap().handled, [("a", "r0".to_string())]);
 }
