@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 /// A socket made of channels: what the test sends comes out of `next()`, what the edge writes
-/// goes to `out`; flushes are counted (tungstenite writes its queued close reply on flush).
+/// goes to `out`; flushes are counted (tungstenite writes its queued close reply on flush). Once
+/// the test drops `out` (the client is gone), every write fails.
 struct Socket {
     rx: fmpsc::UnboundedReceiver<Result<Message, WsError>>,
     out: fmpsc::UnboundedSender<Message>,
@@ -33,8 +34,9 @@ impl Sink<Message> for Socket {
         Poll::Ready(Ok(()))
     }
     fn start_send(self: Pin<&mut Self>, m: Message) -> Result<(), WsError> {
-        let _ = self.out.unbounded_send(m);
-        Ok(())
+        self.out
+            .unbounded_send(m)
+            .map_err(|_| WsError::ConnectionClosed)
     }
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
         self.flushes.fetch_add(1, Ordering::Relaxed);
@@ -535,4 +537,136 @@ async fn frames_queued_together_reach_the_socket_in_one_write() {
     assert_eq!(writes.load(Ordering::Relaxed), 1);
     stop.cancel();
     assert_eq!(ended.await.unwrap(), Some(close_code::GOING_AWAY));
+}
+
+/// A client that goes away without a close handshake (its stream ends), and a queue the hub no
+/// longer feeds (its sender dropped), each end the connection at once with no close code and
+/// nothing written.
+#[tokio::test(start_paused = true)]
+async fn a_vanished_client_or_a_dropped_queue_ends_the_connection_without_a_close() {
+    let t0 = tokio::time::Instant::now();
+    let mut p = start(60_000);
+    drop(p.tx);
+    assert_eq!(p.ended.await.unwrap(), None);
+    assert!(p.out.next().await.is_none(), "nothing written");
+    let mut p = start(60_000);
+    drop(p.queue);
+    assert_eq!(p.ended.await.unwrap(), None);
+    assert!(p.out.next().await.is_none(), "nothing written");
+    assert_eq!(
+        t0.elapsed(),
+        Duration::ZERO,
+        "neither waited for the idle close"
+    );
+}
+
+/// A client that no longer takes what the edge writes ends its connection at the first write
+/// that fails, whatever was being written: a queued frame, a ping, the error frame for a bad
+/// frame, or the `unavailable` answer at a request's deadline. Each ends with no close code, at
+/// the moment of that write (not at the idle timeout, 60 s).
+#[tokio::test(start_paused = true)]
+async fn a_write_that_fails_ends_the_connection() {
+    let gone = |p: Peer| {
+        drop(p.out);
+        (p.ended, p.tx, p.queue)
+    };
+    // a queued frame
+    let t0 = tokio::time::Instant::now();
+    let (ended, _tx, queue) = gone(start(60_000));
+    queue.send(Outbound::Text("f".into())).await.unwrap();
+    assert_eq!(ended.await.unwrap(), None);
+    assert_eq!(t0.elapsed(), Duration::ZERO);
+    // the first ping, a third of the idle timeout in
+    let t0 = tokio::time::Instant::now();
+    let (ended, _tx, _queue) = gone(start(60_000));
+    assert_eq!(ended.await.unwrap(), None);
+    assert_eq!(t0.elapsed(), Duration::from_secs(20));
+    // the error frame for a binary frame
+    let t0 = tokio::time::Instant::now();
+    let edge = Edge::for_tests(EdgeSettings::default());
+    let p = start_on(edge.clone());
+    let (ended, tx, _queue) = gone(p);
+    tx.unbounded_send(Ok(Message::binary(vec![1u8]))).unwrap();
+    assert_eq!(ended.await.unwrap(), None);
+    assert_eq!(t0.elapsed(), Duration::ZERO);
+    assert_eq!(edge.metrics.ws_frames_rejected.get(), 1);
+    // `unavailable` for a frame nobody answered, at its deadline
+    let edge = Edge::for_tests(EdgeSettings {
+        request_timeout_ms: 100,
+        ..Default::default()
+    });
+    let (ended, tx, _queue) = gone(start_on(edge.clone()));
+    tx.unbounded_send(Ok(Message::text(r#"{"type":"ping","rid":"r1"}"#)))
+        .unwrap();
+    assert_eq!(ended.await.unwrap(), None);
+    assert_eq!(t0.elapsed(), Duration::from_millis(100));
+    assert_eq!(edge.metrics.ws_requests_timed_out.get(), 1);
+}
+
+/// A frame over the connection's bound of requests waiting for their answer is refused with
+/// `rate_limited` for its `rid`, and the connection goes on.
+#[tokio::test(start_paused = true)]
+async fn a_frame_past_the_in_flight_bound_gets_rate_limited_for_its_rid() {
+    let edge = Edge::for_tests(EdgeSettings::default());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    for req in 1..=crate::flights::MAX_IN_FLIGHT as u64 {
+        assert!(edge.hub.track(1, req, None, deadline));
+    }
+    let mut p = start_on(edge.clone());
+    p.tx.unbounded_send(Ok(Message::text(r#"{"type":"ping","rid":"r9"}"#)))
+        .unwrap();
+    let refused: serde_json::Value = serde_json::from_str(&next_text(&mut p.out).await).unwrap();
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["rid"], "r9", "{refused}");
+    assert_eq!(refused["code"], "rate_limited", "{refused}");
+    assert_eq!(edge.metrics.ws_frames_rejected.get(), 1);
+    assert!(!p.ended.is_finished(), "the connection stays");
+    p.ended.abort();
+}
+
+/// An upgrade that never completes (the client went away after the 101) still gives its
+/// connection back: out of the hub, its slots released, and its disconnection announced (here a
+/// publish that fails, where no broker answers). Real time: librdkafka's own timers.
+#[tokio::test]
+async fn an_upgrade_that_never_completes_gives_the_connection_back() {
+    let edge = Edge::without_broker(100);
+    let (tx, _rx) = mpsc::channel(4);
+    let kill = CancellationToken::new();
+    edge.hub.register(
+        7,
+        crate::hub::ConnHandle {
+            user_id: Id(1),
+            session_id: "s".into(),
+            tx,
+            kill: kill.clone(),
+        },
+    );
+    let user = edge.limits.user_conns.acquire(Id(1), 1).unwrap();
+    let address = edge.limits.address_conns.acquire("1.2.3.4".into(), 1);
+    let ctx = ConnCtx {
+        conn: 7,
+        user_id: Id(1),
+        session_id: "s".into(),
+        peer: Some("1.2.3.4".into()),
+    };
+    // a request that was never upgraded: its upgrade fails at once
+    let on_upgrade = warp::hyper::upgrade::on(warp::http::Request::new(()));
+    let (_queue, queued) = mpsc::channel(4);
+    run(
+        edge.clone(),
+        ctx,
+        on_upgrade,
+        (queued, kill),
+        (user, address),
+        CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(edge.hub.len(), 0, "unregistered");
+    assert_eq!(edge.limits.user_conns.held(&Id(1)), 0);
+    assert_eq!(edge.limits.address_conns.held(&"1.2.3.4".to_string()), 0);
+    assert_eq!(
+        edge.metrics.publish_failures.get(),
+        1,
+        "disconnection announced"
+    );
 }
