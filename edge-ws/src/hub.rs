@@ -359,6 +359,23 @@ mod tests {
         assert!(hub.expect(1).is_none(), "the map is bounded");
     }
 
+    /// A connection's requests waiting for their answer go with it: once it is unregistered,
+    /// nothing of it is due at any time and it has no deadline left.
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_connection_has_no_request_left_to_expire() {
+        let hub = Hub::new(1, Metrics::default());
+        let (h, _rx) = handle(4);
+        hub.register(3, h);
+        let deadline = Instant::now() + Duration::from_secs(1);
+        assert!(hub.track(3, 10, Some("r".into()), deadline));
+        assert_eq!(hub.next_deadline(3), Some(deadline));
+        hub.unregister(3);
+        let later = deadline + Duration::from_secs(60);
+        assert_eq!(hub.expire(3, later), (Vec::new(), None));
+        assert_eq!(hub.next_deadline(3), None);
+        assert!(!hub.settle(3, 10), "nothing left to answer");
+    }
+
     fn timed(m: &Metrics, what: &str) -> f64 {
         let series = format!("sb_edge_request_duration_seconds_{what}{{kind=\"ping\"}}");
         runtime::metrics::sample(&m.render(), &series).unwrap()
