@@ -300,4 +300,20 @@ mod tests {
         );
         assert_eq!(edge.hub.len(), 0, "no connection registered");
     }
+
+    /// An edge too loaded to wait for one more answer refuses the handshake `unavailable` without
+    /// sending the session check, and so announces nothing: a connection it never sent cannot be
+    /// in the registry. (With no broker here, a publish would fail, awaited by the handshake, and
+    /// be counted.)
+    #[tokio::test]
+    async fn an_overloaded_edge_refuses_the_handshake_and_announces_nothing() {
+        let edge = Edge::without_broker(100);
+        let held: Vec<_> = (0..crate::hub::MAX_PENDING as u64)
+            .map(|i| edge.hub.expect(u64::MAX - i).expect("room"))
+            .collect();
+        assert_eq!(refused(&edge, offer(), ErrorCode::Unavailable).await, 503);
+        assert_eq!(edge.metrics.publish_failures.get(), 0, "nothing published");
+        assert_eq!(edge.hub.len(), 0, "no connection registered");
+        drop(held);
+    }
 }
