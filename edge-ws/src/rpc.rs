@@ -262,4 +262,37 @@ mod tests {
         assert!(err.maybe_sent);
         assert_eq!(err.error.code, ErrorCode::Unavailable);
     }
+
+    /// A frame the producer refuses at once (here a record over the broker's 1 MB message limit,
+    /// which no frame within `max_frame_bytes` makes) is an `Err` for its client right away, and
+    /// its request is no longer awaited: the connection will not answer `unavailable` for it a
+    /// second time at its deadline, and it no longer counts against the in-flight bound.
+    #[tokio::test]
+    async fn a_frame_the_producer_refuses_at_once_is_answered_once() {
+        let edge = Edge::for_tests(Default::default());
+        let env = Envelope {
+            v: WIRE_VERSION,
+            edge: "edge-0".into(),
+            conn: 7,
+            req: edge.hub.next_id(),
+            rid: Some("r".into()),
+            auth: auth(),
+            peer: None,
+            sent_at_ms: 0,
+            deadline_ms: None,
+            request: Request::DmSend {
+                conversation_id: Id(3),
+                client_msg_id: "c".into(),
+                text: "x".repeat(2_000_000),
+                after_client_msg_id: None,
+            },
+        };
+        let err = publish_frame(&edge, &env).expect_err("too large for the producer");
+        assert_eq!(err.code, ErrorCode::Unavailable);
+        assert_eq!(err.message, "could not accept the request; retry");
+        assert_eq!(edge.metrics.publish_failures.get(), 1);
+        assert_eq!(edge.hub.next_deadline(7), None, "not awaited any more");
+        let far = tokio::time::Instant::now() + Duration::from_secs(3600);
+        assert_eq!(edge.hub.expire(7, far).0, Vec::<Option<String>>::new());
+    }
 }
