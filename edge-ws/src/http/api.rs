@@ -179,11 +179,91 @@ pub(crate) async fn current_session(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use warp::Filter;
 
     #[test]
     fn rate_limited_answers_say_when_to_retry() {
         let r = rate_limited(Duration::from_millis(1500));
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(r.headers()[header::RETRY_AFTER], "2");
+    }
+
+    /// Status, error code and message of an error answer.
+    fn error_of<B>(r: &warp::http::Response<B>, body: &[u8]) -> (u16, String, String) {
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+        (
+            r.status().as_u16(),
+            v["code"].as_str().unwrap().to_string(),
+            v["message"].as_str().unwrap().to_string(),
+        )
+    }
+
+    /// What a worker's answer may not be: another kind of record, or a reply whose frame is no
+    /// reply or error frame (garbage, an event). Each is a 500 `internal` for the client, never
+    /// passed on as it is, and sets no cookie.
+    #[tokio::test]
+    async fn an_answer_that_is_no_reply_is_an_internal_error() {
+        let edge = Edge::for_tests(Default::default());
+        let reply = |frame: &str| EdgeMessage::Reply {
+            conn: 0,
+            req: 1,
+            frame: frame.into(),
+            error: None,
+            session: None,
+            clear_session: false,
+        };
+        let event = ServerFrame::Event {
+            data: topics::Event::ConnectionRemoved {
+                user_id: topics::Id(7),
+            },
+        }
+        .to_json();
+        for msg in [
+            EdgeMessage::Broadcast { frame: "b".into() },
+            reply("not json"),
+            reply(&event),
+        ] {
+            let (e, m) = (edge.clone(), msg.clone());
+            let answer = warp::any().map(move || http_reply(&e, m.clone(), StatusCode::OK, false));
+            let r = warp::test::request().reply(&answer).await;
+            assert_eq!(
+                error_of(&r, r.body()),
+                (500, "internal".into(), "unexpected answer".into()),
+                "{msg:?}"
+            );
+            assert!(r.headers().get(header::SET_COOKIE).is_none(), "{msg:?}");
+        }
+    }
+
+    /// A call the edge cannot make (here: too many calls already wait for their answers) is
+    /// answered with the call's typed error, `unavailable`: for any endpoint, and for the
+    /// start-up session check too, which must not take it for "signed out" (a page would show
+    /// its login form to a signed-in user).
+    #[tokio::test]
+    async fn a_call_the_edge_cannot_make_gets_its_typed_error() {
+        let edge = Edge::for_tests(Default::default());
+        let held: Vec<_> = (0..crate::hub::MAX_PENDING as u64)
+            .map(|i| edge.hub.expect(u64::MAX - i).expect("room"))
+            .collect();
+        let routes = super::super::routes(edge.clone(), tokio_util::sync::CancellationToken::new());
+        for path in ["/api/v1/users/me", "/api/v1/sessions/current"] {
+            let r = warp::test::request()
+                .path(path)
+                .header("authorization", "Bearer some-token")
+                .reply(&routes)
+                .await;
+            assert_eq!(
+                error_of(&r, r.body()),
+                (
+                    503,
+                    "unavailable".into(),
+                    "this edge is overloaded; retry".into()
+                ),
+                "{path}"
+            );
+            assert!(r.headers().get(header::SET_COOKIE).is_none(), "{path}");
+        }
+        assert_eq!(edge.metrics.http_requests.get(), 2);
+        drop(held);
     }
 }

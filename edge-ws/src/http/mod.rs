@@ -249,4 +249,34 @@ pub(crate) mod tests {
             (400, "invalid_input".into(), "bad request".into())
         );
     }
+
+    /// A POST that says its body is chunked, without a length, is refused `invalid_input`
+    /// ("content-length is required") before it reaches the API: it is not taken for a POST
+    /// without a body, which is (the second request, refused for want of a session).
+    #[tokio::test]
+    async fn a_chunked_post_without_a_length_is_refused_before_the_api() {
+        let edge = Edge::for_tests(Default::default());
+        let routes = routes(edge.clone(), CancellationToken::new());
+        let body = |r: &warp::http::Response<Bytes>| -> serde_json::Value {
+            serde_json::from_slice(r.body()).unwrap()
+        };
+        let chunked = warp::test::request()
+            .method("POST")
+            .path("/api/v1/users/me/invite_code")
+            .header("transfer-encoding", "chunked")
+            .reply(&routes)
+            .await;
+        assert_eq!(chunked.status(), 400);
+        let b = body(&chunked);
+        assert_eq!(b["code"], "invalid_input", "{b}");
+        assert_eq!(b["message"], "content-length is required", "{b}");
+        assert_eq!(edge.metrics.http_requests.get(), 0, "the API never saw it");
+        let bodiless = warp::test::request()
+            .method("POST")
+            .path("/api/v1/users/me/invite_code")
+            .reply(&routes)
+            .await;
+        assert_eq!(bodiless.status(), 401, "{}", body(&bodiless));
+        assert_eq!(edge.metrics.http_requests.get(), 1);
+    }
 }

@@ -148,4 +148,16 @@ mod tests {
             ErrorCode::NotFound
         );
     }
+
+    /// A method no endpoint takes is `not_found`, even on a path another method takes (the
+    /// table's methods are GET, POST and DELETE).
+    #[test]
+    fn a_method_no_endpoint_takes_is_not_found() {
+        let q = HashMap::new();
+        for method in [Method::PUT, Method::PATCH, Method::HEAD] {
+            let e = route(&method, "/users/me", &q, b"").unwrap_err();
+            assert_eq!(e.code, ErrorCode::NotFound, "{method}");
+            assert_eq!(e.message, "no such endpoint", "{method}");
+        }
+    }
 }
