@@ -220,10 +220,6 @@ impl Application {
         self.internal.local_addr().expect("bound listener")
     }
 
-    pub fn edge(&self) -> Arc<Edge> {
-        self.edge.clone()
-    }
-
     /// Serve until `stop`: then stop accepting, let HTTP requests in progress finish, close every
     /// socket (clients reconnect to another edge), tell presence, and flush the producer.
     pub async fn run_until_stopped(self, stop: CancellationToken) {
@@ -354,5 +350,38 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(edge_kafka(told).linger_ms, Some(0));
+    }
+
+    /// An edge id that cannot name a topic is refused at once with its typed error, before any
+    /// topic is created or port bound: the broker here is not even there.
+    #[tokio::test]
+    async fn an_edge_id_that_cannot_name_a_topic_is_refused_before_any_io() {
+        for id in ["Edge-1", "edge_1", "", &"e".repeat(33)] {
+            let settings = Settings {
+                kafka: runtime::KafkaSettings {
+                    brokers: "127.0.0.1:1".into(),
+                    ..Default::default()
+                },
+                edge: EdgeSettings {
+                    id: id.to_string(),
+                    listen: "127.0.0.1:0".into(),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let built = tokio::time::timeout(
+                std::time::Duration::from_secs(1),
+                Application::build(settings),
+            )
+            .await
+            .expect("refused at once");
+            let Err(e @ Error::EdgeId(_)) = built else {
+                panic!("{id:?} was not refused for its id");
+            };
+            assert_eq!(
+                e.to_string(),
+                format!("edge id {id:?} must be 1-32 characters of a-z, 0-9 and -")
+            );
+        }
     }
 }
