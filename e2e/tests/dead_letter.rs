@@ -1,6 +1,7 @@
 //! Poison records (brief section 4): a record a worker cannot process (garbage, a newer wire
 //! version, a request of another domain, on a request topic or on worker-presence's) goes to the
-//! dead-letter topic with its reason, and the partition it sat on keeps flowing.
+//! dead-letter topic with its reason, and the partition it sat on keeps flowing. Garbage on an
+//! edge's own topic is skipped, and the edge goes on reading it.
 
 mod common;
 
@@ -69,6 +70,8 @@ async fn poison_records_are_dead_lettered_and_the_partition_keeps_flowing() {
     }
     .encode();
     let presence = topics.requests(Domain::Presence);
+    // The topic of the edge the next send goes through: its answer comes after the garbage.
+    let edge = topics.edge("edge-1");
     let producer = runtime::kafka::producer(&app.kafka).expect("producer");
     for (topic, payload) in [
         (&requests, garbage.as_slice()),
@@ -76,6 +79,8 @@ async fn poison_records_are_dead_lettered_and_the_partition_keeps_flowing() {
         (&requests, stray.as_slice()),
         // worker-presence decodes its topic's records its own way (edge events or requests)
         (&presence, garbage.as_slice()),
+        // an edge skips what it cannot decode (nothing to dead-letter: it is read from the end)
+        (&edge, garbage.as_slice()),
     ] {
         producer
             .send(
@@ -87,7 +92,8 @@ async fn poison_records_are_dead_lettered_and_the_partition_keeps_flowing() {
             .expect("poison published");
     }
 
-    // The partition keeps flowing: a normal send right after is handled.
+    // The partition keeps flowing: a normal send right after is handled, and its answer reaches
+    // edge 1 past the garbage on that edge's topic.
     let (s, b) = rpc(
         &app,
         1,
