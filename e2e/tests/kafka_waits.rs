@@ -50,6 +50,26 @@ async fn the_edge_waits_for_its_topic_without_holding_the_runtime() {
     assert_eq!(m.payload(), Some(&b"hello"[..]));
 }
 
+/// An edge whose topic never appears gives up after 30 s with Kafka's error, so its process
+/// exits with the cause rather than serving without its answers.
+#[tokio::test]
+async fn the_edge_gives_up_on_a_topic_that_never_appears() {
+    runtime::telemetry::init_for_tests();
+    let kafka = kafka();
+    let topics = kafka.topics();
+    let t0 = tokio::time::Instant::now();
+    let subscribed = edge_ws::inbox::subscribe(&kafka, &topics, "never-created").await;
+    let waited = t0.elapsed();
+    let Err(e) = subscribed else {
+        panic!("subscribed to a topic that does not exist");
+    };
+    assert!(matches!(e, runtime::Error::Kafka(_)), "{e:?}");
+    assert!(
+        waited >= Duration::from_secs(30) && waited < Duration::from_secs(45),
+        "gave up after {waited:?}"
+    );
+}
+
 /// What was queued but not yet delivered is on the broker once the flush returns.
 #[tokio::test]
 async fn a_flush_delivers_what_is_queued() {
