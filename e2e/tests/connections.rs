@@ -266,3 +266,28 @@ async fn a_partial_request_head_through_nginx_is_closed_by_nginx() {
     );
     app.stop().await;
 }
+
+/// At shutdown an edge lets a request in progress finish, but only for its grace period (5 s):
+/// one whose body never comes (here allowed 31 s by the edge's limits) does not hold the stop.
+#[tokio::test]
+async fn a_request_in_progress_holds_the_edge_stop_for_the_grace_period_only() {
+    let mut opts = Options::default();
+    opts.edge.header_read_timeout_ms = 30_000;
+    let app = spawn_app_with(opts).await;
+    let mut s = TcpStream::connect(app.edges[0]).await.unwrap();
+    s.write_all(
+        b"POST /api/v1/users HTTP/1.1\r\nHost: edge\r\ncontent-type: application/json\r\n\
+content-length: 100\r\n\r\n{",
+    )
+    .await
+    .unwrap();
+    // the head is read: the request is in progress, waiting for the rest of its body
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t0 = Instant::now();
+    app.stop().await;
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(15),
+        "stopped after {took:?}"
+    );
+}
