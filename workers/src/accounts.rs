@@ -200,4 +200,45 @@ mod tests {
             matches!(Error::from(other), Error::AccountCheck(ref why) if why.contains("shard 0")),
         );
     }
+
+    /// A task that panics while answering (a bug) must not leave its queue "running" with
+    /// nobody answering: the checks it held fail with a typed error instead of waiting forever,
+    /// and the queue is free for the next check to start a new task.
+    #[tokio::test]
+    async fn a_panicking_answer_fails_its_waiting_checks_and_frees_the_queue() {
+        let s = crate::DatabaseSettings {
+            shards: vec![crate::settings::ShardSettings {
+                primary: "127.0.0.1:1".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let db = Shards::connect(&s).unwrap();
+        let metrics = Metrics::new(runtime::metrics::Role::Worker(crate::Role::Auth));
+        let checks = AccountChecks::new(&db, &metrics);
+        let queue = checks.shards[0].clone();
+        // a task is (said to be) answering: a new check only queues
+        queue.lock().running = true;
+        let check = tokio::spawn(async move { checks.exists(Id(7)).await });
+        while queue.lock().waiting.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _guard = Running(&queue);
+            panic!("answering failed");
+        }));
+        assert!(answered.is_err());
+        // without the guard the check would wait for good
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(5), check).await;
+        let e = waited
+            .expect("the check was answered")
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::AccountCheck(why) if why.contains("dropped")),
+            "{e}"
+        );
+        let s = queue.lock();
+        assert!(!s.running && s.waiting.is_empty());
+    }
 }
