@@ -268,4 +268,16 @@ mod tests {
         let again = migrations(&[(1, "a", "SELECT 1")]).unwrap();
         assert_eq!(a[0].checksum(), again[0].checksum());
     }
+
+    /// A refinery error other than a changed, missing or unreachable migration is still ours:
+    /// it names the shard, then refinery's own words.
+    #[test]
+    fn any_other_refinery_error_names_its_shard() {
+        let e = Migration::unapplied("no version here", "SELECT 1").unwrap_err();
+        assert!(matches!(e.kind(), Kind::InvalidName));
+        let want = format!("shard 2: {e}");
+        assert!(want.contains("V{number}__{name}"), "{want}");
+        let got = refused(2, &e);
+        assert!(matches!(&got, Error::Migration(m) if *m == want), "{got}");
+    }
 }
