@@ -41,26 +41,22 @@ mod tests {
     fn a_removal_tells_both_users_about_the_other() {
         let out = removed(Id(1), Id(2));
         assert_eq!(out.response, Some(Response::Ok));
-        let told: Vec<(Vec<Id>, Event)> = out
+        // Decoded, so that the target and the frame are checked as what they mean.
+        let told: Vec<(topics::Target, topics::ServerFrame)> = out
             .deliveries
             .iter()
-            .map(|d| {
-                let topics::Target::Users { user_ids } = &d.target else {
-                    panic!("{d:?}")
-                };
-                let topics::ServerFrame::Event { data } = serde_json::from_str(&d.frame).unwrap()
-                else {
-                    panic!("{d:?}")
-                };
-                (user_ids.clone(), data)
-            })
+            .map(|d| (d.target.clone(), serde_json::from_str(&d.frame).unwrap()))
             .collect();
-        assert_eq!(
-            told,
-            vec![
-                (vec![Id(2)], Event::ConnectionRemoved { user_id: Id(1) }),
-                (vec![Id(1)], Event::ConnectionRemoved { user_id: Id(2) }),
-            ]
-        );
+        let to = |user: u64, peer: u64| {
+            (
+                topics::Target::Users {
+                    user_ids: vec![Id(user)],
+                },
+                topics::ServerFrame::Event {
+                    data: Event::ConnectionRemoved { user_id: Id(peer) },
+                },
+            )
+        };
+        assert_eq!(told, vec![to(2, 1), to(1, 2)]);
     }
 }
