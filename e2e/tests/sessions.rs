@@ -648,3 +648,104 @@ async fn secure_cookies_use_the_host_prefix() {
     );
     app.stop().await;
 }
+
+/// A refresh past the session's absolute end (the setting lowered after the session was loaded)
+/// or of a session gone meanwhile is `Gone` and rotates nothing: the session keeps its token.
+#[tokio::test]
+async fn a_refresh_past_the_end_or_of_a_gone_session_rotates_nothing() {
+    use workers::sessions::{self, Rotation};
+    let app = spawn_app().await;
+    let d = common::deps(&app, Default::default()).await;
+    let ended = workers::Limits {
+        session_max_lifetime_s: 0,
+        ..Default::default()
+    };
+    let ended = common::deps(&app, ended).await;
+    let user = d.ids.next();
+    let (token, sid) = sessions::create(&d, user, "ann", None).await.unwrap();
+    let rec = sessions::load(&d, &sid).await.unwrap().expect("live");
+
+    let r = sessions::refresh(&ended, &sid, &rec, None).await.unwrap();
+    assert!(matches!(r, Rotation::Gone), "{r:?}");
+    let hash = sessions::hash_token(&token);
+    let now = sessions::load(&d, &sid).await.unwrap().expect("still live");
+    assert_eq!(now.token_hash, hash, "not rotated");
+    let resolved = sessions::resolve_token(&d, &hash).await.unwrap();
+    assert_eq!(resolved.map(|(s, _)| s), Some(sid.clone()));
+
+    let r = sessions::refresh(&d, "no-such-session", &rec, None)
+        .await
+        .unwrap();
+    assert!(matches!(r, Rotation::Gone), "{r:?}");
+    assert!(sessions::load(&d, "no-such-session")
+        .await
+        .unwrap()
+        .is_none());
+    app.stop().await;
+}
+
+/// Listing a user's sessions drops from their index the ones past their end (here: the
+/// lifetime lowered since they were made), so they are not listed again even where they last.
+#[tokio::test]
+async fn listing_sessions_drops_the_ones_past_their_end_from_the_index() {
+    use workers::sessions;
+    let app = spawn_app().await;
+    let d = common::deps(&app, Default::default()).await;
+    let ended = workers::Limits {
+        session_max_lifetime_s: 0,
+        ..Default::default()
+    };
+    let ended = common::deps(&app, ended).await;
+    let user = d.ids.next();
+    let (_, s1) = sessions::create(&d, user, "ann", None).await.unwrap();
+    let (_, s2) = sessions::create(&d, user, "ann", None).await.unwrap();
+    async fn listed(d: &workers::Deps, user: topics::Id) -> Vec<String> {
+        let mut ids: Vec<String> = workers::sessions::list(d, user)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(sid, _)| sid)
+            .collect();
+        ids.sort();
+        ids
+    }
+    let mut both = vec![s1.clone(), s2];
+    both.sort();
+    assert_eq!(listed(&d, user).await, both);
+
+    assert!(listed(&ended, user).await.is_empty());
+    assert!(
+        sessions::load(&d, &s1).await.unwrap().is_some(),
+        "the record itself is still there"
+    );
+    assert!(listed(&d, user).await.is_empty(), "dropped from the index");
+    app.stop().await;
+}
+
+/// Only hashes of the shape of the tokens this service makes (64 hex digits) are looked up or
+/// written: a token key of another shape, planted here naming a live session, resolves to no
+/// session, and confirming such a token gone leaves the key alone.
+#[tokio::test]
+async fn token_hashes_of_another_shape_are_neither_resolved_nor_confirmed_gone() {
+    use runtime::redis::redis::AsyncCommands;
+    use workers::sessions::{self, Gone};
+    let app = spawn_app().await;
+    let d = common::deps(&app, Default::default()).await;
+    let (token, sid) = sessions::create(&d, d.ids.next(), "ann", None)
+        .await
+        .unwrap();
+    let odd = "not-a-token-hash";
+    let planted = d.keys.key(format!("tok:{odd}"));
+    let mut c = d.redis.get().await.unwrap();
+    let () = c.set(&planted, &sid).await.unwrap();
+    let real = sessions::resolve_token(&d, &sessions::hash_token(&token))
+        .await
+        .unwrap();
+    assert_eq!(real.map(|(s, _)| s), Some(sid.clone()));
+
+    assert!(sessions::resolve_token(&d, odd).await.unwrap().is_none());
+    sessions::confirm_gone(&d, Gone::Token(odd)).await.unwrap();
+    let still: Option<String> = c.get(&planted).await.unwrap();
+    assert_eq!(still, Some(sid), "the key was not written");
+    app.stop().await;
+}

@@ -354,3 +354,39 @@ impl Raw {
         }
     }
 }
+
+/// The dependencies a worker of `app` builds (its topics, Redis key prefix and database), with
+/// `limits`: for tests that call handlers and stores directly.
+pub async fn deps(app: &TestApp, limits: workers::Limits) -> std::sync::Arc<workers::Deps> {
+    let settings = workers::Settings {
+        kafka: app.kafka.clone(),
+        redis: app.redis.clone(),
+        database: app.database.clone(),
+        service: runtime::ServiceSettings {
+            name: "worker-test".into(),
+            health_listen: "127.0.0.1:0".into(),
+        },
+        limits,
+        log: Default::default(),
+        trace: Default::default(),
+    };
+    let metrics =
+        runtime::metrics::Metrics::new(runtime::metrics::Role::Worker(workers::Role::Users));
+    workers::deps(&settings, metrics).await.expect("deps")
+}
+
+/// The envelope a worker gets for `request` (an HTTP call with no credentials).
+pub fn envelope(request: topics::Request) -> topics::Envelope {
+    topics::Envelope {
+        v: topics::WIRE_VERSION,
+        edge: "edge-0".into(),
+        conn: 0,
+        req: 1,
+        rid: None,
+        auth: topics::Auth::None,
+        peer: None,
+        sent_at_ms: runtime::now_ms(),
+        deadline_ms: None,
+        request,
+    }
+}
