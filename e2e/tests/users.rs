@@ -497,3 +497,193 @@ async fn sign_ups_are_rate_limited_per_address() {
     assert_eq!(sign_up(1, 24).await.0, 201);
     app.stop().await;
 }
+
+/// An account the database has marked deleted while one of its sockets is still open (the
+/// socket's frames carry its session, with no account check per frame): `user.me` and a code
+/// rotation are `not_found` and leave the row as it was, its invite code (not yet freed) invites
+/// nobody, and its username and password no longer log in.
+#[tokio::test]
+async fn an_account_marked_deleted_is_not_found_behind_a_socket_and_its_code_invites_nobody() {
+    let app = spawn_app().await;
+    let (dan, dan_name, dan_token) = app.user(0).await;
+    let (eve, _, eve_token) = app.user(1).await;
+    let dan_code = invite_code(&app, &dan_token).await;
+    let mut sock = Client::connect(&app.ws_url(0), &dan_token).await;
+    let shards = workers::db::Shards::connect(&app.database).unwrap();
+    // Marked deleted, its password hash kept: a refused login below is the deletion's doing.
+    workers::db::exec_drop(
+        shards.by_id(dan),
+        "UPDATE users SET deleted_at_ms = ? WHERE id = ?",
+        (runtime::now_ms(), dan.0),
+    )
+    .await
+    .unwrap();
+    let row = async || {
+        workers::users::store::row(&shards, dan, true)
+            .await
+            .unwrap()
+            .expect("the row stays")
+    };
+    let before = row().await;
+    assert!(before.5.is_some() && !before.2.is_empty(), "{before:?}");
+
+    let me = sock.request(json!({"type": "user.me"})).await;
+    assert_eq!(err(me), ErrorCode::NotFound);
+    let rotated = sock
+        .request(json!({"type": "user.rotate_invite_code"}))
+        .await;
+    assert_eq!(err(rotated), ErrorCode::NotFound);
+    assert_eq!(row().await, before, "the rotation changed nothing");
+
+    let (s, b) = rpc(
+        &app,
+        1,
+        &eve_token,
+        json!({"type": "invite.send", "code": dan_code}),
+    )
+    .await;
+    assert_eq!((s, b["code"].as_str()), (404, Some("not_found")), "{b}");
+    assert_eq!(
+        workers::invites::store::link(&shards, eve, dan)
+            .await
+            .unwrap(),
+        None,
+        "no invite stored"
+    );
+
+    let (s, b) = app
+        .http(0)
+        .credentials("/api/v1/sessions", &dan_name, PASSWORD)
+        .await;
+    assert_eq!((s, b["code"].as_str()), (401, Some("unauthorized")), "{b}");
+    sock.close().await;
+    app.stop().await;
+}
+
+/// `user.delete` from a caller whose account has no row at all (a session outliving a row the
+/// shard no longer has) is `not_found`, and writes no row.
+#[tokio::test]
+async fn deleting_an_account_that_has_no_row_is_not_found_and_writes_nothing() {
+    let app = spawn_app().await;
+    let d = common::deps(&app, Default::default()).await;
+    let ghost = d.ids.next();
+    let env = common::envelope(topics::Request::UserDelete);
+    let ctx = workers::Ctx {
+        env: &env,
+        caller: Some(workers::Caller {
+            user_id: ghost,
+            username: "ghost".into(),
+            session_id: "s".into(),
+        }),
+        deps: &d,
+    };
+    let e = workers::users::handle(&ctx).await.unwrap_err();
+    assert!(
+        matches!(&e, workers::Error::Reply(b) if b.code == ErrorCode::NotFound),
+        "{e}"
+    );
+    assert_eq!(
+        workers::users::store::row(&d.db, ghost, true)
+            .await
+            .unwrap(),
+        None
+    );
+    app.stop().await;
+}
+
+/// Each domain's handler answers a request of another domain with `Unrouted` naming its kind
+/// (poison for the dispatcher), never with another domain's effect.
+#[tokio::test]
+async fn each_domain_refuses_a_request_of_another_as_unrouted() {
+    use topics::Request;
+    let app = spawn_app().await;
+    let d = common::deps(&app, Default::default()).await;
+    for (domain, request) in [
+        ("auth", Request::DmList),
+        ("users", Request::InviteList),
+        ("invites", Request::Me),
+        ("dms", Request::LogoutAll),
+        ("presence", Request::DmList),
+    ] {
+        let kind = request.kind();
+        let env = common::envelope(request);
+        let ctx = workers::Ctx {
+            env: &env,
+            caller: None,
+            deps: &d,
+        };
+        let got = match domain {
+            "auth" => workers::auth::handle(&ctx).await,
+            "users" => workers::users::handle(&ctx).await,
+            "invites" => workers::invites::handle(&ctx).await,
+            "dms" => workers::dms::handle(&ctx).await,
+            _ => workers::presence::handle(&ctx).await,
+        };
+        assert!(
+            matches!(got, Err(workers::Error::Unrouted(k)) if k == kind),
+            "{domain}: {got:?}"
+        );
+    }
+    app.stop().await;
+}
+
+/// A drawn invite code that already names someone is not claimed (a rotation then draws
+/// another): the claim says so and the code stays its owner's.
+#[tokio::test]
+async fn an_invite_code_that_names_someone_is_not_claimed_again() {
+    use workers::users::store::{claim_invite_code, code_owner};
+    let app = spawn_app().await;
+    let (ann, _, ann_token) = app.user(0).await;
+    let (bob, _, _) = app.user(1).await;
+    let code = workers::users::normalise_code(&invite_code(&app, &ann_token).await);
+    let shards = workers::db::Shards::connect(&app.database).unwrap();
+    assert!(!claim_invite_code(&shards, &code, bob).await.unwrap());
+    assert_eq!(code_owner(&shards, &code).await.unwrap(), Some(ann));
+    shards.disconnect().await;
+    app.stop().await;
+}
+
+/// Disconnecting one handle of shards that others share leaves the pools open for them: only
+/// the last handle closes them.
+#[tokio::test]
+async fn disconnecting_shared_shards_leaves_them_open_for_the_other_handles() {
+    let app = spawn_app().await;
+    let (ann, name, _) = app.user(0).await;
+    let shards = workers::db::Shards::connect(&app.database).unwrap();
+    let other = shards.clone();
+    let read = async |db: &workers::db::Shards| {
+        workers::users::store::row(db, ann, true)
+            .await
+            .unwrap()
+            .map(|r| r.1)
+    };
+    assert_eq!(read(&shards).await.as_deref(), Some(name.as_str()));
+    shards.disconnect().await;
+    assert_eq!(read(&other).await.as_deref(), Some(name.as_str()));
+    other.disconnect().await;
+    app.stop().await;
+}
+
+/// Id nodes (the node part of every id a worker mints) are leased once each: 1024 leases get
+/// the 1024 nodes, and one more is refused with a configuration error rather than handed a node
+/// another worker holds (two workers on one node could mint the same id).
+#[tokio::test]
+async fn every_id_node_is_leased_once_and_a_lease_more_is_refused() {
+    let settings = runtime::RedisSettings {
+        nodes: e2e::stack().redis.nodes,
+        key_prefix: e2e::unique("ids"),
+    };
+    let redis = runtime::redis::cluster(&settings).expect("redis");
+    let keys = runtime::redis::Keys::new(settings.key_prefix.clone());
+    let mut nodes = std::collections::BTreeSet::new();
+    for _ in 0..1024 {
+        let node = workers::ids::lease_node(&redis, &keys).await.unwrap();
+        assert!(nodes.insert(node), "node {node} leased twice");
+    }
+    assert_eq!(nodes.last(), Some(&1023));
+    let e = workers::ids::lease_node(&redis, &keys).await.unwrap_err();
+    assert!(
+        matches!(&e, workers::Error::Config(why) if why.contains("no free id node")),
+        "{e}"
+    );
+}
