@@ -270,6 +270,8 @@ async fn a_down_shard_stalls_only_the_requests_that_need_it() {
             .await
     };
     let me = async |token: &str| app.http(0).get("/api/v1/users/me", Some(token)).await;
+    // carl's conversation with ann (on whichever shard)
+    let carls = open_dm(&app, &carl_token, ann).await;
 
     forwarder.down();
     // Each role's first request for the down shard opens that role's breaker, after
@@ -324,6 +326,9 @@ async fn a_down_shard_stalls_only_the_requests_that_need_it() {
             true,
         ),
         (links.clone(), links.clone(), false),
+        // dms: a send over carl's socket (no account check per frame): the sender's membership
+        // and link are read from his own shard first, wherever the conversation lives
+        (send(carls, "c2"), links.clone(), false),
     ];
     for (bad_frame, good_frame, from_ann) in &ws_cases {
         let t0 = Instant::now();
