@@ -677,8 +677,8 @@ async fn every_id_node_is_leased_once_and_a_lease_more_is_refused() {
     let keys = runtime::redis::Keys::new(settings.key_prefix.clone());
     let mut nodes = std::collections::BTreeSet::new();
     for _ in 0..1024 {
-        let node = workers::ids::lease_node(&redis, &keys).await.unwrap();
-        assert!(nodes.insert(node), "node {node} leased twice");
+        let lease = workers::ids::lease_node(&redis, &keys).await.unwrap();
+        assert!(nodes.insert(lease.node), "node {} leased twice", lease.node);
     }
     assert_eq!(nodes.last(), Some(&1023));
     let e = workers::ids::lease_node(&redis, &keys).await.unwrap_err();
@@ -686,4 +686,75 @@ async fn every_id_node_is_leased_once_and_a_lease_more_is_refused() {
         matches!(&e, workers::Error::Config(why) if why.contains("no free id node")),
         "{e}"
     );
+}
+
+/// Only the process holding an id node's lease renews or releases it. Once its lease ran out and
+/// another process took the node (a worker stalled past 60 s), renewing and releasing leave the
+/// other's lease as it is, and the renewal loop stops the worker with the reason instead of going
+/// on minting ids on a node that is no longer its own. A lease still held is given back at stop.
+#[tokio::test]
+async fn an_id_node_lease_taken_by_another_is_neither_renewed_nor_released() {
+    use runtime::redis::redis::AsyncCommands;
+    use workers::ids::{lease_node, release, renew, renew_node};
+    let settings = runtime::RedisSettings {
+        nodes: e2e::stack().redis.nodes,
+        key_prefix: e2e::unique("lease"),
+    };
+    let redis = runtime::redis::cluster(&settings).expect("redis");
+    let keys = runtime::redis::Keys::new(settings.key_prefix.clone());
+    let mut con = redis.get().await.unwrap();
+    let lease = lease_node(&redis, &keys).await.unwrap();
+    let key = keys.key(format!("node:{}", lease.node));
+    assert!(renew(&redis, &keys, &lease).await.unwrap());
+    let ttl: i64 = con.pttl(&key).await.unwrap();
+    assert!(ttl > 55_000, "renewed to 60 s: {ttl}");
+
+    // the lease ran out and another process took the node
+    let _: () = con.pset_ex(&key, "another", 60_000).await.unwrap();
+    let _: () = con.pexpire(&key, 30_000).await.unwrap();
+    assert!(!renew(&redis, &keys, &lease).await.unwrap());
+    assert!(!release(&redis, &keys, &lease).await.unwrap());
+    let held: Option<String> = con.get(&key).await.unwrap();
+    assert_eq!(held.as_deref(), Some("another"));
+    let ttl: i64 = con.pttl(&key).await.unwrap();
+    assert!(ttl <= 30_000, "the other's lease is not extended: {ttl}");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let lost = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        renew_node(
+            redis.clone(),
+            keys.clone(),
+            lease.clone(),
+            stop.clone(),
+            std::time::Duration::from_millis(50),
+        ),
+    )
+    .await
+    .expect("the renewal loop ends");
+    assert!(
+        matches!(&lost, Err(workers::Error::LeaseLost(n)) if *n == lease.node),
+        "{lost:?}"
+    );
+    assert!(stop.is_cancelled(), "the worker is told to stop");
+    let held: Option<String> = con.get(&key).await.unwrap();
+    assert_eq!(held.as_deref(), Some("another"));
+
+    // a lease still held is renewed until stop, then given back
+    let mine = lease_node(&redis, &keys).await.unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let kept = tokio::spawn(renew_node(
+        redis.clone(),
+        keys.clone(),
+        mine.clone(),
+        stop.clone(),
+        std::time::Duration::from_millis(50),
+    ));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    stop.cancel();
+    assert!(kept.await.unwrap().is_ok());
+    let gone: Option<String> = con
+        .get(keys.key(format!("node:{}", mine.node)))
+        .await
+        .unwrap();
+    assert_eq!(gone, None, "released at stop");
 }

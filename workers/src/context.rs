@@ -23,6 +23,8 @@ pub struct Deps {
     pub db: crate::db::Shards,
     pub accounts: crate::accounts::AccountChecks,
     pub ids: crate::ids::IdGen,
+    /// The lease of `ids`' node, renewed while the worker runs.
+    pub id_lease: crate::ids::Lease,
     pub limits: crate::Limits,
     pub metrics: Metrics,
 }

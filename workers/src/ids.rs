@@ -54,27 +54,51 @@ impl IdGen {
     }
 }
 
+/// A node id leased in Redis, and the token that shows this process holds it: only the holder
+/// renews or releases it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub node: u64,
+    pub token: String,
+}
+
+/// How long a lease lasts unless renewed (every [`RENEW_EVERY`]).
+const LEASE_MS: u64 = 60_000;
+pub const RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Extend the lease if its key still holds this process's token; 1 when it did, 0 when not.
+const RENEW_SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+    return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
+/// Delete the lease if its key still holds this process's token.
+const RELEASE_SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+    return redis.call('DEL', KEYS[1]) else return 0 end";
+
 /// Lease a node id in Redis: the first free one from a random start. Leases last 60 s and are
-/// renewed every 20 s by [`renew_node`].
+/// renewed every [`RENEW_EVERY`] by [`renew_node`].
 pub async fn lease_node(
     redis: &runtime::redis::Cluster,
     keys: &runtime::redis::Keys,
-) -> crate::Result<u64> {
+) -> crate::Result<Lease> {
     use rand::Rng;
     let mut con = redis.get().await?;
     let start = rand::rng().random_range(0..MAX_NODES);
+    let token = format!(
+        "{}:{:016x}",
+        std::process::id(),
+        rand::rng().random::<u64>()
+    );
     for i in 0..MAX_NODES {
         let n = (start + i) % MAX_NODES;
         let ok: Option<String> = runtime::redis::redis::cmd("SET")
             .arg(keys.key(format!("node:{n}")))
-            .arg(std::process::id())
+            .arg(&token)
             .arg("NX")
             .arg("PX")
-            .arg(60_000)
+            .arg(LEASE_MS)
             .query_async(&mut con)
             .await?;
         if ok.is_some() {
-            return Ok(n);
+            return Ok(Lease { node: n, token });
         }
     }
     Err(crate::Error::Config(
@@ -82,39 +106,76 @@ pub async fn lease_node(
     ))
 }
 
-/// Keep the node lease alive until `stop`, then release it.
+/// Run one of the lease scripts on `lease`'s key: did the key still hold its token?
+async fn on_lease(
+    redis: &runtime::redis::Cluster,
+    keys: &runtime::redis::Keys,
+    lease: &Lease,
+    script: &str,
+) -> crate::Result<bool> {
+    let mut con = redis.get().await?;
+    let done: i64 = runtime::redis::redis::Script::new(script)
+        .key(keys.key(format!("node:{}", lease.node)))
+        .arg(&lease.token)
+        .arg(LEASE_MS)
+        .invoke_async(&mut con)
+        .await?;
+    Ok(done == 1)
+}
+
+/// Extend `lease` by 60 s; false when its key no longer holds this process's token (the lease
+/// ran out and another process may have taken the node).
+pub async fn renew(
+    redis: &runtime::redis::Cluster,
+    keys: &runtime::redis::Keys,
+    lease: &Lease,
+) -> crate::Result<bool> {
+    on_lease(redis, keys, lease, RENEW_SCRIPT).await
+}
+
+/// Give `lease` back; false when its key no longer held this process's token (nothing deleted).
+pub async fn release(
+    redis: &runtime::redis::Cluster,
+    keys: &runtime::redis::Keys,
+    lease: &Lease,
+) -> crate::Result<bool> {
+    on_lease(redis, keys, lease, RELEASE_SCRIPT).await
+}
+
+/// Keep the node lease alive until `stop`, then release it. A lease found no longer held (this
+/// process stalled past its 60 s and another may have taken the node) ends the worker: `stop` is
+/// cancelled and the error returned, so that it stops minting ids on a node that may be another's
+/// and starts again with a node of its own.
 pub async fn renew_node(
     redis: runtime::redis::Cluster,
     keys: runtime::redis::Keys,
-    node: u64,
+    lease: Lease,
     stop: tokio_util::sync::CancellationToken,
-) {
-    let key = keys.key(format!("node:{node}"));
+    every: std::time::Duration,
+) -> crate::Result<()> {
+    let node = lease.node;
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
-            _ = tokio::time::sleep(std::time::Duration::from_secs(20)) => {}
+            _ = tokio::time::sleep(every) => {}
         }
-        let renewed: crate::Result<()> = async {
-            let mut con = redis.get().await?;
-            runtime::redis::redis::cmd("PEXPIRE")
-                .arg(&key)
-                .arg(60_000)
-                .query_async::<()>(&mut con)
-                .await?;
-            Ok(())
-        }
-        .await;
-        if let Err(e) = renewed {
-            tracing::warn!(error = %runtime::telemetry::Chain(&e), node, "id node lease not renewed");
+        match renew(&redis, &keys, &lease).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::error!(
+                    node,
+                    "id node lease lost (held by another process or expired); stopping"
+                );
+                stop.cancel();
+                return Err(crate::Error::LeaseLost(node));
+            }
+            Err(e) => {
+                tracing::warn!(error = %runtime::telemetry::Chain(&e), node, "id node lease not renewed")
+            }
         }
     }
-    if let Ok(mut con) = redis.get().await {
-        let _: std::result::Result<(), _> = runtime::redis::redis::cmd("DEL")
-            .arg(&key)
-            .query_async(&mut con)
-            .await;
-    }
+    let _ = release(&redis, &keys, &lease).await;
+    Ok(())
 }
 
 #[cfg(test)]

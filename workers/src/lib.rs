@@ -74,6 +74,10 @@ pub enum Error {
     /// (its breaker does not count it); retried like any database error.
     #[error("shard {0}: every pooled connection busy")]
     ShardBusy(usize),
+    /// This worker's id node lease was found held by another process, or gone ([`ids::renew_node`]):
+    /// the worker stops (exit 1) rather than mint ids on a node that may be another's.
+    #[error("id node {0}: lease lost (another process holds it, or it expired)")]
+    LeaseLost(u64),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -102,9 +106,9 @@ pub async fn deps(settings: &Settings, metrics: Metrics) -> Result<Arc<Deps>> {
     // Redis Cluster may be slow to accept the first connections (a loaded machine, a failover in
     // progress): retry for a minute before giving up.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
-    let node = loop {
+    let lease = loop {
         match ids::lease_node(&redis, &keys).await {
-            Ok(n) => break n,
+            Ok(l) => break l,
             Err(e) if tokio::time::Instant::now() < deadline => {
                 tracing::warn!(error = %runtime::telemetry::Chain(&e), "redis not reachable yet; retrying");
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
@@ -125,7 +129,8 @@ pub async fn deps(settings: &Settings, metrics: Metrics) -> Result<Arc<Deps>> {
         },
         accounts: accounts::AccountChecks::new(&db, &metrics),
         db,
-        ids: ids::IdGen::new(node),
+        ids: ids::IdGen::new(lease.node),
+        id_lease: lease,
         limits: settings.limits.clone(),
         topics,
         revocations: runtime::redis::cluster(&settings.redis)?
@@ -178,8 +183,9 @@ pub async fn run(role: Role, settings: Settings, stop: CancellationToken) -> Res
     let renew = tokio::spawn(ids::renew_node(
         deps.redis.clone(),
         deps.keys.clone(),
-        deps.ids.node(),
+        deps.id_lease.clone(),
         stop.clone(),
+        ids::RENEW_EVERY,
     ));
     let probe = tokio::spawn(deps.db.clone().probe(stop.clone()));
     let topic = deps.topics.requests(role);
@@ -220,12 +226,16 @@ pub async fn run(role: Role, settings: Settings, stop: CancellationToken) -> Res
     deps.publisher
         .flush(std::time::Duration::from_secs(5))
         .await;
-    let _ = renew.await;
+    let lease = renew.await;
     let _ = probe.await;
     health_stop.cancel();
     let _ = health.await;
     tracing::info!(role = %role.worker(), "worker stopped");
-    Ok(())
+    match lease {
+        // its id node may be another's now: the worker exits with the reason, to start again
+        Ok(Err(e)) => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// `sb-migrate`: apply the schema migrations to every shard (see [`start`] for why it lives here).
