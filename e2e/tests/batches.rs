@@ -237,43 +237,6 @@ fn start_with(
     }
 }
 
-/// The JSON log lines (warnings and above) written on this thread while the guard of
-/// [`Lines::capture`] lives: in a current-thread test, the loop's too.
-#[derive(Clone, Default)]
-struct Lines(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Lines {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Lines {
-    fn capture(&self) -> tracing::subscriber::DefaultGuard {
-        let out = self.clone();
-        tracing::subscriber::set_default(runtime::telemetry::subscriber(
-            runtime::LogFormat::Json,
-            tracing_subscriber::EnvFilter::new("warn"),
-            move || out.clone(),
-            None,
-        ))
-    }
-
-    /// The lines whose message is `message`.
-    fn with_message(&self, message: &str) -> Vec<serde_json::Value> {
-        String::from_utf8(self.0.lock().unwrap().clone())
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .filter(|v| v["message"] == message)
-            .collect()
-    }
-}
-
 /// Wait (at most 60 s) until `done` holds for the log.
 async fn until(log: &Arc<Mutex<Log>>, what: &str, done: impl Fn(&Log) -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -597,8 +560,8 @@ async fn a_batch_held_past_the_drain_time_is_left_to_the_next_consumer() {
     let stuck = Arc::new(Probe::new("stuck", &log));
     *stuck.slow_first.lock().unwrap() = Some(Duration::from_secs(600));
     let started = stuck.started.clone();
-    let lines = Lines::default();
-    let _capture = lines.capture();
+    let lines = runtime::telemetry::LogCapture::default();
+    let _capture = lines.install("warn");
     let drain = Duration::from_millis(500);
     let a = start_with(&t, stuck, 1, batch(64, 0), &[&t.input], drain);
     produce(&t, &[(0, "k".into(), "held".into())]).await;
@@ -635,8 +598,8 @@ async fn a_consumer_error_is_logged_and_polling_goes_on() {
     let t = topics(1).await;
     let missing = format!("{}.missing.v1", t.kafka.topic_prefix);
     let log = Arc::new(Mutex::new(Log::default()));
-    let lines = Lines::default();
-    let _capture = lines.capture();
+    let lines = runtime::telemetry::LogCapture::default();
+    let _capture = lines.install("warn");
     let a = start_with(
         &t,
         Arc::new(Probe::new("a", &log)),

@@ -649,18 +649,28 @@ async fn secure_cookies_use_the_host_prefix() {
     app.stop().await;
 }
 
+/// A worker's dependencies, and the same with a session lifetime of 0: every session is past
+/// its end for the second.
+async fn live_and_ended(
+    app: &e2e::TestApp,
+) -> (std::sync::Arc<workers::Deps>, std::sync::Arc<workers::Deps>) {
+    let ended = workers::Limits {
+        session_max_lifetime_s: 0,
+        ..Default::default()
+    };
+    (
+        common::deps(app, Default::default()).await,
+        common::deps(app, ended).await,
+    )
+}
+
 /// A refresh past the session's absolute end (the setting lowered after the session was loaded)
 /// or of a session gone meanwhile is `Gone` and rotates nothing: the session keeps its token.
 #[tokio::test]
 async fn a_refresh_past_the_end_or_of_a_gone_session_rotates_nothing() {
     use workers::sessions::{self, Rotation};
     let app = spawn_app().await;
-    let d = common::deps(&app, Default::default()).await;
-    let ended = workers::Limits {
-        session_max_lifetime_s: 0,
-        ..Default::default()
-    };
-    let ended = common::deps(&app, ended).await;
+    let (d, ended) = live_and_ended(&app).await;
     let user = d.ids.next();
     let (token, sid) = sessions::create(&d, user, "ann", None).await.unwrap();
     let rec = sessions::load(&d, &sid).await.unwrap().expect("live");
@@ -690,12 +700,7 @@ async fn a_refresh_past_the_end_or_of_a_gone_session_rotates_nothing() {
 async fn listing_sessions_drops_the_ones_past_their_end_from_the_index() {
     use workers::sessions;
     let app = spawn_app().await;
-    let d = common::deps(&app, Default::default()).await;
-    let ended = workers::Limits {
-        session_max_lifetime_s: 0,
-        ..Default::default()
-    };
-    let ended = common::deps(&app, ended).await;
+    let (d, ended) = live_and_ended(&app).await;
     let user = d.ids.next();
     let (_, s1) = sessions::create(&d, user, "ann", None).await.unwrap();
     let (_, s2) = sessions::create(&d, user, "ann", None).await.unwrap();

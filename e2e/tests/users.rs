@@ -664,17 +664,23 @@ async fn disconnecting_shared_shards_leaves_them_open_for_the_other_handles() {
     app.stop().await;
 }
 
-/// Id nodes (the node part of every id a worker mints) are leased once each: 1024 leases get
-/// the 1024 nodes, and one more is refused with a configuration error rather than handed a node
-/// another worker holds (two workers on one node could mint the same id).
-#[tokio::test]
-async fn every_id_node_is_leased_once_and_a_lease_more_is_refused() {
+/// The stack's Redis Cluster under a key prefix of one test's own: id node leases there touch
+/// no running worker's.
+fn lease_space() -> (runtime::redis::Cluster, runtime::redis::Keys) {
     let settings = runtime::RedisSettings {
         nodes: e2e::stack().redis.nodes,
         key_prefix: e2e::unique("ids"),
     };
     let redis = runtime::redis::cluster(&settings).expect("redis");
-    let keys = runtime::redis::Keys::new(settings.key_prefix.clone());
+    (redis, runtime::redis::Keys::new(settings.key_prefix))
+}
+
+/// Id nodes (the node part of every id a worker mints) are leased once each: 1024 leases get
+/// the 1024 nodes, and one more is refused with a configuration error rather than handed a node
+/// another worker holds (two workers on one node could mint the same id).
+#[tokio::test]
+async fn every_id_node_is_leased_once_and_a_lease_more_is_refused() {
+    let (redis, keys) = lease_space();
     let mut nodes = std::collections::BTreeSet::new();
     for _ in 0..1024 {
         let lease = workers::ids::lease_node(&redis, &keys).await.unwrap();
@@ -696,12 +702,7 @@ async fn every_id_node_is_leased_once_and_a_lease_more_is_refused() {
 async fn an_id_node_lease_taken_by_another_is_neither_renewed_nor_released() {
     use runtime::redis::redis::AsyncCommands;
     use workers::ids::{lease_node, release, renew, renew_node};
-    let settings = runtime::RedisSettings {
-        nodes: e2e::stack().redis.nodes,
-        key_prefix: e2e::unique("lease"),
-    };
-    let redis = runtime::redis::cluster(&settings).expect("redis");
-    let keys = runtime::redis::Keys::new(settings.key_prefix.clone());
+    let (redis, keys) = lease_space();
     let mut con = redis.get().await.unwrap();
     let lease = lease_node(&redis, &keys).await.unwrap();
     let key = keys.key(format!("node:{}", lease.node));

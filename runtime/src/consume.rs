@@ -1304,28 +1304,14 @@ mod tests {
         // handler's fault is logged.
         let h = Scripted::new(vec![vec!["ok"], vec!["ok", "poison"]]);
         let dlq = Letters::default();
-        let buf = crate::telemetry::tests::Buf::default();
-        let out = buf.clone();
-        let logs = crate::telemetry::subscriber(
-            crate::LogFormat::Json,
-            tracing_subscriber::EnvFilter::new("warn"),
-            move || out.clone(),
-            None,
-        );
-        let capture = tracing::subscriber::set_default(logs);
+        let logs = crate::telemetry::LogCapture::default();
+        let capture = logs.install("warn");
         assert!(process_batch(&h, &batch_of(3), &dlq, &m, &CancellationToken::new()).await);
         drop(capture);
         assert_eq!(h.calls(), vec![vec![0, 1, 2], vec![1, 2]]);
         assert_eq!(dlq.sent.lock().unwrap()[0].0, 2);
-        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-        let short: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .filter(|v| {
-                v["message"] == "batch handler answered too few outcomes; retrying the rest"
-            })
-            .collect();
-        assert_eq!(short.len(), 1, "{text}");
+        let short = logs.with_message("batch handler answered too few outcomes; retrying the rest");
+        assert_eq!(short.len(), 1, "{}", logs.text());
         assert_eq!(short[0]["level"], "ERROR");
         assert_eq!(short[0]["records"], 3);
         assert_eq!(short[0]["outcomes"], 1);

@@ -198,27 +198,54 @@ impl std::fmt::Display for Chain<'_> {
     }
 }
 
+/// Log lines kept in memory, for tests that read back what was logged. Clones share one buffer;
+/// as a writer (`move || capture.clone()` is a [`MakeWriter`]) it appends.
+#[derive(Clone, Default)]
+pub struct LogCapture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log capture").extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogCapture {
+    /// JSON lines at `level` and above are this thread's log while the guard lives.
+    pub fn install(&self, level: &str) -> tracing::subscriber::DefaultGuard {
+        let out = self.clone();
+        tracing::subscriber::set_default(subscriber(
+            LogFormat::Json,
+            EnvFilter::new(level),
+            move || out.clone(),
+            None,
+        ))
+    }
+
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("log capture")).into_owned()
+    }
+
+    /// The JSON lines written so far whose message is `message`.
+    pub fn with_message(&self, message: &str) -> Vec<serde_json::Value> {
+        self.text()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["message"] == message)
+            .collect()
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
-
-    /// A writer into a shared buffer (log lines a test reads back).
-    #[derive(Clone, Default)]
-    pub(crate) struct Buf(pub(crate) Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Buf {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
     fn logged(format: LogFormat) -> String {
-        let buf = Buf::default();
+        let buf = LogCapture::default();
         let out = buf.clone();
         let sub = subscriber(format, EnvFilter::new("info"), move || out.clone(), None);
         tracing::subscriber::with_default(sub, || {
@@ -227,8 +254,7 @@ pub(crate) mod tests {
             tracing::warn!(offset = 7, "request failed");
             tracing::debug!("filtered out");
         });
-        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-        text
+        buf.text()
     }
 
     #[test]
@@ -288,7 +314,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn spans_that_could_not_be_flushed_on_exit_are_logged() {
-        let buf = Buf::default();
+        let buf = LogCapture::default();
         let out = buf.clone();
         let sub = subscriber(
             LogFormat::Text,
@@ -297,7 +323,7 @@ pub(crate) mod tests {
             None,
         );
         let _default = tracing::subscriber::set_default(sub);
-        let text = || String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let text = || buf.text();
         let provider = SdkTracerProvider::builder().build();
         Telemetry {
             provider: Some(provider.clone()),

@@ -605,7 +605,7 @@ mod tests {
         provider.shutdown().unwrap();
     }
 
-    use crate::telemetry::tests::Buf;
+    use crate::telemetry::LogCapture;
 
     #[test]
     fn json_lines_inside_a_span_carry_its_trace_and_span_ids() {
@@ -614,7 +614,7 @@ mod tests {
             BoundedBatch::new(kept.clone(), 64, DropCounters::default()).unwrap(),
             "test",
         );
-        let buf = Buf::default();
+        let buf = LogCapture::default();
         let out = buf.clone();
         let sub = crate::telemetry::subscriber(
             crate::LogFormat::Json,
@@ -631,7 +631,7 @@ mod tests {
             tracing::warn!(offset = 7, "inside");
             current_ids().unwrap()
         });
-        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let text = buf.text();
         let lines: Vec<serde_json::Value> = text
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
